@@ -1,0 +1,3 @@
+//! Kernel back ends. Today one: io_uring (`uring.rs`).
+
+pub(crate) mod uring;

@@ -1,0 +1,281 @@
+//! Bottom halves: callbacks scheduled from any thread, run by the home thread's `poll`.
+//!
+//! QEMU: `QEMUBH`, `aio_bh_new`, `qemu_bh_schedule`, `aio_bh_poll` (util/async.c).
+//!
+//! Each BH has a flag word (the bits below) and sits on the context's pending list at
+//! most once: the `PENDING` bit says it is there. The rules:
+//!
+//! 1. `schedule` sets `PENDING | SCHEDULED` with one `fetch_or`; only the caller that
+//!    turned `PENDING` on pushes the BH (so it is on the list at most once), then every
+//!    caller notifies the context.
+//! 2. The list is a lock-free stack; `poll` takes the whole stack at once, reverses it
+//!    (FIFO by the moment each BH became pending) and appends it to a local queue. A
+//!    `poll` turns that queue into a *slice*, and runs only slices: a BH scheduled while
+//!    a slice runs — also by itself — lands on the list and waits for the next `poll`.
+//! 3. Running a BH clears `PENDING | SCHEDULED | IDLE` with one `fetch_and` and calls the
+//!    callback only if `SCHEDULED` was set and `DELETED` was not.
+//! 4. `cancel` clears only `SCHEDULED`: the BH stays where it is, and scheduling it again
+//!    before the next `poll` keeps its old place, as in QEMU.
+//! 5. A nested `poll` (from inside a BH) runs the slices of its parents too, oldest
+//!    first, so a BH that waits for another BH of the same slice cannot deadlock.
+//! 6. Dropping the handle (`delete`) kills the callback: it never runs again, also when
+//!    the drop happens inside the callback itself (see `callback.rs`).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::ptr;
+
+use crate::callback::CallbackCell;
+use crate::context::Remote;
+use crate::sync::Arc;
+use crate::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+/// On the pending list.
+pub(crate) const PENDING: u32 = 1 << 0;
+/// Should run on the next pass.
+pub(crate) const SCHEDULED: u32 = 1 << 1;
+/// Freed after it runs once.
+pub(crate) const ONESHOT: u32 = 1 << 2;
+/// Deleted: never runs again.
+pub(crate) const DELETED: u32 = 1 << 3;
+/// Idle: runs within 10 ms and does not count as progress.
+pub(crate) const IDLE: u32 = 1 << 4;
+
+type Callback = dyn FnMut() + Send;
+
+/// The shared part of a bottom half.
+pub(crate) struct BhInner {
+    flags: AtomicU32,
+    next: AtomicPtr<BhInner>,
+    cb: CallbackCell<Callback>,
+}
+
+impl BhInner {
+    pub(crate) fn new(cb: Box<Callback>, flags: u32) -> Arc<Self> {
+        Arc::new(Self {
+            flags: AtomicU32::new(flags),
+            next: AtomicPtr::new(ptr::null_mut()),
+            cb: CallbackCell::new(cb),
+        })
+    }
+
+    /// Whether the BH would run (scheduled and not deleted), and whether that run counts
+    /// as idle. Used to compute the poll timeout.
+    pub(crate) fn wants_run(&self) -> Option<bool> {
+        let flags = self.flags.load(Ordering::Relaxed);
+        (flags & (SCHEDULED | DELETED) == SCHEDULED).then_some(flags & IDLE != 0)
+    }
+
+    /// Runs the BH if rule 3 allows; returns whether it counts as progress.
+    pub(crate) fn run(&self) -> (bool, bool) {
+        // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
+        // scheduler wrote before scheduling is visible to the callback.
+        let flags = self
+            .flags
+            .fetch_and(!(PENDING | SCHEDULED | IDLE), Ordering::Acquire);
+        if flags & (SCHEDULED | DELETED) != SCHEDULED {
+            return (false, false);
+        }
+        let ran = self.cb.run(|f| f());
+        if flags & ONESHOT != 0 {
+            self.cb.kill();
+        }
+        (ran, ran && flags & IDLE == 0)
+    }
+
+    /// Sets `bits`, returning the old flags.
+    pub(crate) fn set_flags(&self, bits: u32) -> u32 {
+        // Release: publishes what the scheduler wrote before scheduling to `run`'s
+        // Acquire `fetch_and`.
+        self.flags.fetch_or(bits, Ordering::Release)
+    }
+}
+
+/// The lock-free pending list (rule 2). Holds one `Arc` per pushed BH.
+pub(crate) struct BhList {
+    head: AtomicPtr<BhInner>,
+}
+
+impl BhList {
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Pushes `bh`; the caller must own its `PENDING` bit (rule 1).
+    pub(crate) fn push(&self, bh: Arc<BhInner>) {
+        let node = Arc::into_raw(bh).cast_mut();
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `node` came from `Arc::into_raw` above and the list owns that
+            // reference; only the pusher that owns the `PENDING` bit touches `next`
+            // before the node is published by the CAS below.
+            unsafe { (*node).next.store(head, Ordering::Relaxed) };
+            // Release: publishes `next` and the BH's flags to `take_all`'s Acquire swap.
+            match self
+                .head
+                .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Whether the list looks non-empty (a hint for busy polling).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.load(Ordering::Relaxed).is_null()
+    }
+
+    /// Takes every pushed BH, appending them to `out` oldest first.
+    pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
+        // Acquire: pairs with the Release CAS in `push`.
+        let mut node = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        let start = out.len();
+        while !node.is_null() {
+            // SAFETY: every node on the list came from `Arc::into_raw` in `push`, and
+            // the swap above made this thread the only owner of the whole chain.
+            let bh = unsafe { Arc::from_raw(node) };
+            node = bh.next.load(Ordering::Relaxed);
+            out.push_back(bh);
+        }
+        out.make_contiguous()[start..].reverse();
+    }
+}
+
+impl Drop for BhList {
+    fn drop(&mut self) {
+        let mut rest = VecDeque::new();
+        self.take_all(&mut rest);
+    }
+}
+
+/// Sets `PENDING | flags` on `bh` and pushes it if this call turned `PENDING` on (rule 1).
+/// The caller notifies the context afterwards.
+pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) {
+    if bh.set_flags(PENDING | flags) & PENDING == 0 {
+        list.push(Arc::clone(bh));
+    }
+}
+
+/// The home thread's side of the BH machinery: the queue of BHs taken off the list and
+/// the stack of slices being run (rules 2 and 5).
+#[derive(Default)]
+pub(crate) struct BhQueue {
+    /// Taken off the list, not yet in a slice.
+    pub(crate) incoming: VecDeque<Arc<BhInner>>,
+    /// Slices being run, outermost `poll` first.
+    pub(crate) slices: VecDeque<VecDeque<Arc<BhInner>>>,
+}
+
+impl BhQueue {
+    /// Timeout contribution of pending BHs: `Some(0)` when one must run now,
+    /// `Some(10ms)` for idle ones only, `None` when none is scheduled.
+    pub(crate) fn timeout_ns(&self) -> Option<i64> {
+        let mut idle = false;
+        for bh in self.incoming.iter().chain(self.slices.iter().flatten()) {
+            match bh.wants_run() {
+                Some(false) => return Some(0),
+                Some(true) => idle = true,
+                None => {}
+            }
+        }
+        idle.then_some(10_000_000)
+    }
+}
+
+/// A bottom half: a callback that runs once on the context's home thread each time it
+/// is scheduled. Dropping it deletes it (QEMU: `qemu_bh_delete`).
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+/// let ctx = aioctx_aio::AioContext::new()?;
+/// let runs = Arc::new(AtomicUsize::new(0));
+/// let r = runs.clone();
+/// let bh = ctx.bh_new(move || { r.fetch_add(1, Ordering::Relaxed); });
+/// bh.schedule();
+/// bh.schedule(); // idempotent while pending
+/// assert!(ctx.poll(false));
+/// assert_eq!(runs.load(Ordering::Relaxed), 1);
+/// assert!(!ctx.poll(false));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Bh {
+    inner: Arc<BhInner>,
+    remote: Arc<Remote>,
+}
+
+/// The context a BH belongs to was dropped; the BH will never run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextGone;
+
+impl fmt::Display for ContextGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the AioContext was dropped; the bottom half will never run")
+    }
+}
+
+impl std::error::Error for ContextGone {}
+
+impl Bh {
+    pub(crate) fn new(remote: Arc<Remote>, cb: Box<Callback>) -> Self {
+        Self {
+            inner: BhInner::new(cb, 0),
+            remote,
+        }
+    }
+
+    /// Schedules the BH to run on the next `poll` of its context. Wait-free from any
+    /// thread, idempotent while pending, notifies the context (QEMU: `qemu_bh_schedule`).
+    /// Scheduling onto a dropped context does nothing; see [`try_schedule`](Self::try_schedule).
+    pub fn schedule(&self) {
+        let _ = self.try_schedule();
+    }
+
+    /// Like [`schedule`](Self::schedule), but says when the context is gone.
+    ///
+    /// # Errors
+    /// [`ContextGone`] when the context was dropped.
+    pub fn try_schedule(&self) -> Result<(), ContextGone> {
+        self.remote.enqueue(&self.inner, SCHEDULED)
+    }
+
+    /// Schedules the BH as idle: it runs within 10 ms and does not count as progress
+    /// (QEMU: `qemu_bh_schedule_idle`).
+    pub fn schedule_idle(&self) {
+        let _ = self.remote.enqueue(&self.inner, SCHEDULED | IDLE);
+    }
+
+    /// Unschedules the BH without notifying. It keeps its place on the pending list, so
+    /// scheduling it again before the next `poll` keeps its old position in the FIFO
+    /// order (QEMU: `qemu_bh_cancel`).
+    pub fn cancel(&self) {
+        self.inner.flags.fetch_and(!SCHEDULED, Ordering::Relaxed);
+    }
+
+    /// Whether the BH is scheduled and has not run yet.
+    pub fn is_scheduled(&self) -> bool {
+        self.inner.wants_run().is_some()
+    }
+}
+
+impl Drop for Bh {
+    fn drop(&mut self) {
+        self.inner.set_flags(DELETED);
+        self.inner.cb.kill();
+    }
+}
+
+impl fmt::Debug for Bh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bh")
+            .field("flags", &self.inner.flags.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+static_assertions::assert_impl_all!(Bh: Send, Sync);
+#[cfg(not(all(loom, test)))]
+static_assertions::const_assert!(std::mem::size_of::<BhInner>() <= 64);

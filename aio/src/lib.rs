@@ -1,0 +1,66 @@
+//! A per-thread, io_uring-driven event loop with the semantics of QEMU's `AioContext`:
+//! bottom halves, timers, fd handlers and raw ring operations, on a loop whose wake-ups
+//! are never lost and cost a syscall only when the loop really sleeps.
+//!
+//! ```
+//! use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+//! use aioctx_aio::{AioContext, EventNotifier};
+//!
+//! let ctx = AioContext::new()?;
+//! // A bottom half scheduled from another thread wakes the loop with one eventfd write.
+//! let ran = Arc::new(AtomicUsize::new(0));
+//! let r = ran.clone();
+//! let bh = ctx.bh_new(move || { r.fetch_add(1, Ordering::Relaxed); });
+//! std::thread::scope(|s| { s.spawn(|| bh.schedule()); });
+//! while ran.load(Ordering::Relaxed) == 0 {
+//!     ctx.poll(true);
+//! }
+//! // An fd handler is level-triggered: it runs while the fd is readable.
+//! let e = Arc::new(EventNotifier::new()?);
+//! let e2 = e.clone();
+//! ctx.set_fd_handler(e.fd(), Some(Box::new(move || { e2.test_and_clear().unwrap(); })), None)?;
+//! e.set()?;
+//! assert!(ctx.poll(true));
+//! ctx.set_fd_handler(e.fd(), None, None)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The design, protocols and their proofs are in DESIGN.md; each protocol module opens
+//! with its rules: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
+//! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`).
+//!
+//! # Notify protocol
+//! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
+//! costs one eventfd write, consumed by the loop through a ring read it keeps armed.
+#![deny(missing_docs)]
+
+mod backend;
+mod bh;
+mod callback;
+mod context;
+mod event_notifier;
+mod fd;
+mod iothread;
+mod notify;
+mod stats;
+mod sync;
+mod sys;
+mod timer;
+
+#[cfg(all(loom, test))]
+mod loom_tests;
+
+pub use backend::uring::MAX_RING_ENTRIES;
+pub use bh::{Bh, ContextGone};
+pub use context::{
+    AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback, current, main_context,
+    try_current,
+};
+pub use event_notifier::EventNotifier;
+pub use fd::FdCallback;
+pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
+pub use stats::Stats;
+pub use timer::{ClockType, Timer};
+
+/// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
+pub use io_uring;

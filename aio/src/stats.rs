@@ -1,0 +1,68 @@
+//! Counters the loop keeps anyway: cheap, always on (QEMU has no equivalent; its
+//! tracepoints play the part).
+
+use crate::sync::atomic::{AtomicU64, Ordering};
+
+/// What one context has counted since it was created. See [`AioContext::stats`].
+///
+/// [`AioContext::stats`]: crate::AioContext::stats
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Calls to `notify` (from BH schedules, timer changes, fd changes, or directly).
+    pub notifies: u64,
+    /// Notifies that found the loop asleep and wrote the eventfd.
+    pub eventfd_writes: u64,
+    /// `io_uring_enter` calls made by the home thread.
+    pub enters: u64,
+    /// Blocking waits in the kernel.
+    pub sleeps: u64,
+    /// `poll` calls.
+    pub polls: u64,
+    /// Bottom-half callbacks run.
+    pub bhs_run: u64,
+    /// Completions taken off the CQ (including the loop's own eventfd read).
+    pub cqes: u64,
+    /// fd-handler dispatches that ran a callback.
+    pub fd_handlers_run: u64,
+    /// Timer callbacks run.
+    pub timers_run: u64,
+}
+
+/// The live counters. Producers' counters are RMWs; home-thread counters have a single
+/// writer, so a load and a store suffice.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) notifies: AtomicU64,
+    pub(crate) eventfd_writes: AtomicU64,
+    pub(crate) enters: AtomicU64,
+    pub(crate) sleeps: AtomicU64,
+    pub(crate) polls: AtomicU64,
+    pub(crate) bhs_run: AtomicU64,
+    pub(crate) cqes: AtomicU64,
+    pub(crate) fd_handlers_run: AtomicU64,
+    pub(crate) timers_run: AtomicU64,
+}
+
+/// Adds `n` to a counter only the home thread writes.
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            notifies: get(&self.notifies),
+            eventfd_writes: get(&self.eventfd_writes),
+            enters: get(&self.enters),
+            sleeps: get(&self.sleeps),
+            polls: get(&self.polls),
+            bhs_run: get(&self.bhs_run),
+            cqes: get(&self.cqes),
+            fd_handlers_run: get(&self.fd_handlers_run),
+            timers_run: get(&self.timers_run),
+        }
+    }
+}
