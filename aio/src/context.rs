@@ -183,6 +183,7 @@ pub struct AioContext {
     owner_label: OnceLock<String>,
     name: String,
     weak_self: Weak<AioContext>,
+    locals: crate::local::Slots,
 }
 
 /// Builds an [`AioContext`] (QEMU: `aio_context_new` plus the iothread properties).
@@ -263,6 +264,7 @@ impl AioContextBuilder {
             owner_label: OnceLock::new(),
             name,
             weak_self: weak_self.clone(),
+            locals: crate::local::new_slots(),
         }))
     }
 }
@@ -359,6 +361,19 @@ impl AioContext {
     pub fn make_current(&self) -> Option<Arc<AioContext>> {
         self.check_home("make_current");
         CURRENT.with(|c| c.replace(Some(self.arc())))
+    }
+
+    /// This context's value for `key`, created by `init` on first access from any
+    /// thread. Dropped with the context (a "context destroyed" hook for upper layers).
+    pub fn local<T: Send + Sync + 'static>(
+        &self,
+        key: &crate::ContextLocal<T>,
+        init: impl FnOnce() -> T,
+    ) -> &T {
+        self.locals[key.index()]
+            .get_or_init(|| Box::new(init()))
+            .downcast_ref::<T>()
+            .expect("a ContextLocal slot holds the type of its key")
     }
 
     /// Whether the calling thread is this context's home thread.

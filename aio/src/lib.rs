@@ -41,6 +41,7 @@ mod context;
 mod event_notifier;
 mod fd;
 mod iothread;
+mod local;
 mod notify;
 mod stats;
 mod sync;
@@ -59,6 +60,7 @@ pub use context::{
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
+pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use stats::Stats;
 pub use timer::{ClockType, Timer};
 

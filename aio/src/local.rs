@@ -1,0 +1,80 @@
+//! Context-local slots: state an upper layer keeps per context without this crate
+//! knowing it (the graph lock keeps its per-context reader counter here). DESIGN §1.
+//!
+//! A [`ContextLocal`] is declared once (usually in a `static`); each context lazily
+//! holds one value for it, created on first access and dropped with the context, so a
+//! value's `Drop` is the layer's "context destroyed" hook.
+
+use std::any::Any;
+use std::sync::OnceLock;
+
+use crate::sync::atomic::{AtomicUsize, Ordering};
+
+/// How many distinct [`ContextLocal`] keys a process may declare.
+pub const MAX_CONTEXT_LOCALS: usize = 16;
+
+static NEXT_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The per-context storage behind [`ContextLocal`].
+pub(crate) type Slots = [OnceLock<Box<dyn Any + Send + Sync>>; MAX_CONTEXT_LOCALS];
+
+pub(crate) fn new_slots() -> Slots {
+    std::array::from_fn(|_| OnceLock::new())
+}
+
+/// A key for one value of type `T` per context (see [`AioContext::local`]).
+///
+/// ```
+/// use aioctx_aio::{AioContext, ContextLocal};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// static COUNTER: ContextLocal<AtomicU32> = ContextLocal::new();
+/// let ctx = AioContext::new()?;
+/// ctx.local(&COUNTER, || AtomicU32::new(7)).fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(ctx.local(&COUNTER, || unreachable!()).load(Ordering::Relaxed), 8);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// [`AioContext::local`]: crate::AioContext::local
+pub struct ContextLocal<T> {
+    index: AtomicUsize,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+const UNASSIGNED: usize = usize::MAX;
+
+impl<T: Send + Sync + 'static> ContextLocal<T> {
+    /// A new key; its slot index is assigned on first use.
+    pub const fn new() -> Self {
+        Self {
+            index: AtomicUsize::new(UNASSIGNED),
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        let index = self.index.load(Ordering::Relaxed);
+        if index != UNASSIGNED {
+            return index;
+        }
+        let fresh = NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            fresh < MAX_CONTEXT_LOCALS,
+            "more than {MAX_CONTEXT_LOCALS} ContextLocal keys declared"
+        );
+        // Relaxed: the index is a plain number; losing the race just wastes one slot
+        // index and everybody uses the winner's.
+        match self
+            .index
+            .compare_exchange(UNASSIGNED, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => fresh,
+            Err(winner) => winner,
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for ContextLocal<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
