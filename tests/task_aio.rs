@@ -46,10 +46,45 @@ fn enter(slot: &Mutex<Option<Waker>>) {
     }
 }
 
+/// The stack pointer (read from the register: under ASan, locals may live on a heap
+/// "fake stack", so their addresses say nothing about stack depth).
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn stack_addr() -> usize {
+    let sp: usize;
+    // SAFETY: reads the stack pointer register into a local; no memory is touched.
+    unsafe { std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
+    sp
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(never)]
 fn stack_addr() -> usize {
     let marker = 0u8;
     std::hint::black_box(&marker) as *const u8 as usize
+}
+
+thread_local! {
+    static POLL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static MAX_POLL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts how deeply polls of wrapped futures nest on this thread: a wake that ran the
+/// other task from inside this one (recursion instead of chaining) would nest them.
+struct DepthProbe<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for DepthProbe<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let depth = POLL_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        MAX_POLL_DEPTH.with(|m| m.set(m.get().max(depth)));
+        let out = self.0.as_mut().poll(cx);
+        POLL_DEPTH.with(|d| d.set(d.get() - 1));
+        out
+    }
 }
 
 struct ChainData {
@@ -96,8 +131,8 @@ fn queue_chaining() {
     const MAX: u32 = 25_000;
     let ctx = AioContext::new().unwrap();
     let (a, b) = (ChainData::new(MAX), ChainData::new(MAX));
-    let ja = ctx.spawn(chain(Arc::clone(&a), Arc::clone(&b)));
-    let jb = ctx.spawn(chain(Arc::clone(&b), Arc::clone(&a)));
+    let ja = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&a), Arc::clone(&b)))));
+    let jb = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&b), Arc::clone(&a)))));
     ctx.block_on(ja);
     assert_eq!(a.i.load(Ordering::Relaxed), MAX);
     assert_eq!(b.i.load(Ordering::Relaxed), MAX - 1);
@@ -116,6 +151,11 @@ fn queue_chaining() {
             "the stack grew by {spread} bytes across chained wakes"
         );
     }
+    assert_eq!(
+        MAX_POLL_DEPTH.with(std::cell::Cell::get),
+        1,
+        "a task was polled from inside another task's poll"
+    );
     assert!(!ctx.poll(false));
 }
 

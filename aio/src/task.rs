@@ -571,7 +571,10 @@ impl AioContext {
     /// [`reschedule_to`], hence `Send`.
     ///
     /// A task whose context is dropped never runs again; its future is dropped with the
-    /// last waker that refers to it.
+    /// last waker that refers to it. Tasks and their wakers hold their context weakly,
+    /// so a parked task does not keep it alive — unless its future owns an `Arc` of
+    /// it: inside a task, reach the context through [`current`](crate::current) when
+    /// the context should be droppable while the task waits.
     ///
     /// ```
     /// use std::sync::Arc;
