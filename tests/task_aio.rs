@@ -382,3 +382,51 @@ fn co_mutex_dropped_waiter_passes_the_lock_on() {
     ctx.block_on(second);
     assert!(!m.is_locked());
 }
+
+#[test]
+fn co_mutex_is_fifo() {
+    let ctx = AioContext::new().unwrap();
+    let m = Arc::new(CoMutex::new(Vec::new()));
+    let g = m.try_lock().unwrap();
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let m = Arc::clone(&m);
+            ctx.spawn(async move { m.lock().await.push(i) })
+        })
+        .collect();
+    while ctx.poll(false) {}
+    assert!(m.try_lock().is_none(), "waiters queue behind the holder");
+    drop(g);
+    ctx.block_on(async {
+        for h in handles {
+            h.await;
+        }
+    });
+    assert_eq!(*m.try_lock().unwrap(), [0, 1, 2, 3, 4]);
+}
+
+/// Tasks that yield to each other forever do not starve the rest of the loop: a drain
+/// stops after its budget, so the bottom half below gets to run.
+#[test]
+fn yielding_tasks_do_not_starve_bottom_halves() {
+    let _wd = common::watchdog("yielding_tasks_do_not_starve_bottom_halves", 30);
+    let ctx = AioContext::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            ctx.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let s = Arc::clone(&stop);
+    ctx.schedule_oneshot(move || s.store(true, Ordering::Relaxed));
+    ctx.block_on(async {
+        for h in handles {
+            h.await;
+        }
+    });
+}
