@@ -68,6 +68,7 @@ mod io;
 mod iothread;
 mod local;
 mod notify;
+mod run_queue;
 mod stats;
 mod sync;
 mod sys;
@@ -89,8 +90,9 @@ pub use fd::FdCallback;
 pub use io::{IoBuf, IoBufMut, MAX_RETRIES, RingOp};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
+pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
-pub use task::{DRAIN_BUDGET, JoinHandle, RescheduleTo, YieldNow, reschedule_to, yield_now};
+pub use task::JoinHandle;
 pub use timer::{ClockType, Timer};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
