@@ -78,6 +78,22 @@ fn invalid_fd_is_an_error_naming_the_fd() {
     ctx.set_fd_handler(1_000_000, None, None).unwrap();
 }
 
+#[test]
+fn closed_fd_is_an_error_naming_the_fd() {
+    let _g = fd_lock();
+    let ctx = new_ctx();
+    let (r, w) = pipe();
+    let fd = r.as_raw_fd();
+    drop(r);
+    let err = ctx
+        .set_fd_handler(fd, Some(Box::new(|| {})), None)
+        .expect_err("a closed fd was accepted");
+    assert!(err.to_string().contains(&format!("fd {fd}")), "{err}");
+    assert!(!ctx.has_fd_handler(fd));
+    assert!(!ctx.poll(false));
+    drop(w);
+}
+
 /// Polls without blocking until the stats stop moving, then checks that they stay put:
 /// the loop does not spin on a dead descriptor.
 fn assert_quiet(ctx: &AioContext) {
@@ -160,6 +176,34 @@ fn fd_closed_by_its_own_handler_is_removed() {
     );
     assert_eq!(runs.load(Ordering::Relaxed), 1);
     drop(w);
+}
+
+#[test]
+fn fd_closed_while_its_poll_is_armed_is_removed_when_it_fires() {
+    // The in-flight POLL_ADD holds the kernel's file open, so the close itself is not
+    // seen; the poll completes when the peer hangs up, the handler runs that once, and
+    // the re-arm finds the fd closed and removes the handler.
+    let _g = fd_lock();
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("fd_closed_while_armed", &ctx);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (r, w) = pipe();
+    let fd = r.as_raw_fd();
+    ctx.set_fd_handler(fd, Some(counter_cb(&runs)), None)
+        .unwrap();
+    assert!(!ctx.poll(false)); // arms the poll
+    drop(r);
+    assert!(!ctx.poll(false));
+    drop(w);
+    while ctx.has_fd_handler(fd) {
+        ctx.poll(true);
+    }
+    assert_quiet(&ctx);
+    assert!(!ctx.has_fd_handler(fd));
+    assert!(
+        runs.load(Ordering::Relaxed) <= 1,
+        "the dead fd's handler kept running"
+    );
 }
 
 #[test]
