@@ -295,3 +295,76 @@ fn handler_removing_itself_never_runs_again() {
     );
     assert!(!ctx.has_fd_handler(fd));
 }
+
+#[test]
+fn handler_churn_from_other_threads() {
+    // Threads keep adding, replacing and removing handlers of always-readable eventfds
+    // while the home thread polls; then final handlers are set. Every final handler must
+    // fire (no lost arm), no replaced handler may run after its replacement, and once
+    // all are removed the loop is quiet. (How much of the churn overlaps the home
+    // thread's polls depends on scheduling; the checks do not.)
+    const FDS: usize = 8;
+    const OPS: usize = 3000;
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("handler_churn", &ctx);
+    let notifiers: Vec<EventNotifier> = (0..FDS)
+        .map(|_| {
+            let e = EventNotifier::new().unwrap();
+            e.set().unwrap();
+            e
+        })
+        .collect();
+    let churn_runs = counter();
+    let done = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for t in 0..3u64 {
+            let (ctx, notifiers, churn_runs, done) = (&ctx, &notifiers, &churn_runs, &done);
+            s.spawn(move || {
+                let mut x = t + 1;
+                for _ in 0..OPS {
+                    // xorshift: a cheap, seeded sequence of (fd, action).
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let fd = notifiers[(x % FDS as u64) as usize].fd();
+                    match (x >> 8) % 3 {
+                        0 => ctx.set_fd_handler(fd, None, None).unwrap(),
+                        1 => ctx
+                            .set_fd_handler(fd, Some(count_cb(churn_runs)), None)
+                            .unwrap(),
+                        _ => ctx
+                            .set_fd_handler(
+                                fd,
+                                Some(count_cb(churn_runs)),
+                                Some(count_cb(churn_runs)),
+                            )
+                            .unwrap(),
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        while done.load(Ordering::Relaxed) < 3 {
+            ctx.poll(false);
+        }
+    });
+
+    let finals: Vec<Arc<AtomicUsize>> = (0..FDS).map(|_| counter()).collect();
+    for (e, c) in notifiers.iter().zip(&finals) {
+        ctx.set_fd_handler(e.fd(), Some(count_cb(c)), None).unwrap();
+    }
+    let churn_final = get(&churn_runs);
+    while finals.iter().any(|c| get(c) < 3) {
+        ctx.poll(true);
+    }
+    assert_eq!(get(&churn_runs), churn_final, "a replaced handler ran");
+    for e in &notifiers {
+        ctx.set_fd_handler(e.fd(), None, None).unwrap();
+    }
+    while ctx.poll(false) {}
+    let totals: Vec<usize> = finals.iter().map(|c| get(c)).collect();
+    for _ in 0..10 {
+        assert!(!ctx.poll(false));
+    }
+    assert_eq!(totals, finals.iter().map(|c| get(c)).collect::<Vec<_>>());
+}

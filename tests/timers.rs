@@ -198,3 +198,47 @@ fn timer_made_earliest_from_another_thread_wakes_a_sleeping_loop() {
     assert_eq!(after.timers_run, 1);
     later.delete();
 }
+
+#[test]
+fn timers_armed_from_many_threads_all_fire_once() {
+    // The loop sleeps whenever it runs dry; each new earliest deadline must wake it, or
+    // it sleeps with a stale (or no) timeout and the watchdog reports the hang.
+    const THREADS: usize = 4;
+    const PER: usize = 500;
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("timers_many_threads", &ctx);
+    ctx.poll(false);
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..THREADS * PER).map(|_| AtomicUsize::new(0)).collect());
+    let fired = Arc::new(AtomicUsize::new(0));
+    let timers: Vec<Timer> = (0..THREADS * PER)
+        .map(|i| {
+            let (c, f) = (Arc::clone(&counts), Arc::clone(&fired));
+            ctx.timer_new(ClockType::Realtime, move || {
+                c[i].fetch_add(1, Ordering::Relaxed);
+                f.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    thread::scope(|s| {
+        for chunk in timers.chunks(PER) {
+            s.spawn(move || {
+                for (k, t) in chunk.iter().enumerate() {
+                    // Deadlines from now to 2 ms ahead, out of order.
+                    t.modify(now() + ((k * 7919) % 2000) as i64 * 1000);
+                    if k % 50 == 0 {
+                        thread::yield_now();
+                    }
+                }
+            });
+        }
+        while fired.load(Ordering::Relaxed) < THREADS * PER {
+            ctx.poll(true);
+        }
+    });
+    for (i, c) in counts.iter().enumerate() {
+        assert_eq!(c.load(Ordering::Relaxed), 1, "timer {i}");
+    }
+    assert!(timers.iter().all(|t| !t.pending()));
+    assert!(!ctx.poll(false));
+}
