@@ -8,12 +8,14 @@
 use std::any::Any;
 use std::sync::OnceLock;
 
-use crate::sync::atomic::{AtomicUsize, Ordering};
+// Not `crate::sync`: keys live in statics and are built by a `const fn`, which loom's
+// atomics cannot do; a key's slot index is outside every loom model anyway.
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many distinct [`ContextLocal`] keys a process may declare.
 pub const MAX_CONTEXT_LOCALS: usize = 16;
 
-static NEXT_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
 
 /// The per-context storage behind [`ContextLocal`].
 pub(crate) type Slots = [OnceLock<Box<dyn Any + Send + Sync>>; MAX_CONTEXT_LOCALS];
@@ -56,7 +58,7 @@ impl<T: Send + Sync + 'static> ContextLocal<T> {
         if index != UNASSIGNED {
             return index;
         }
-        let fresh = NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fresh = NEXT_INDEX.fetch_add(1, Ordering::Relaxed);
         assert!(
             fresh < MAX_CONTEXT_LOCALS,
             "more than {MAX_CONTEXT_LOCALS} ContextLocal keys declared"
