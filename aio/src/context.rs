@@ -560,6 +560,7 @@ impl AioContext {
         if self.is_home_thread() {
             // SAFETY: passed on from this function's contract.
             unsafe { self.home().push(entry, Op::Raw(on_complete)) };
+            self.publish_enters();
         } else {
             lock(&self.remote.raw_queue).push((entry, on_complete));
             self.remote.request();
@@ -635,14 +636,12 @@ impl AioContext {
         let sleep = raised && remote.notify.prepare_sleep();
         {
             let mut home = self.home();
-            let before = home.ring.enters;
             if sleep {
                 bump(&remote.counters.sleeps, 1);
                 home.ring.wait(timeout);
             } else if home.ring.has_unsubmitted() {
                 home.ring.submit(0);
             }
-            bump(&remote.counters.enters, home.ring.enters - before);
         }
         if raised {
             remote.notify.finish_sleep();
@@ -656,7 +655,16 @@ impl AioContext {
         progress |= self.dispatch_completions();
         let timers = remote.timers.run_expired();
         bump(&remote.counters.timers_run, timers as u64);
+        self.publish_enters();
         progress || timers > 0
+    }
+
+    /// Publishes the ring's count of `io_uring_enter` calls to `stats().enters`. The ring
+    /// counts every enter, also those a full SQ (push) or a CQ overflow (reap) forces
+    /// outside the wait, which may happen in callbacks and in `submit_raw`.
+    fn publish_enters(&self) {
+        let enters = self.home().ring.enters;
+        self.remote.counters.enters.store(enters, Ordering::Relaxed);
     }
 
     /// Applies fd-handler changes and raw operations queued by other threads.
