@@ -2,7 +2,10 @@
 //! `aioctx kickstat` as a user runs it: the JSON report, the syscall claims it makes,
 //! the table, and the errors for bad flags.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -20,11 +23,38 @@ const ALL: [&str; 11] = [
     "peer-eventfd-pingpong",
 ];
 
+/// Runs the binary; a watchdog turns a hang into a failure instead of a stuck CI.
 fn aioctx(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aioctx"))
+    let child = Command::new(env!("CARGO_BIN_EXE_aioctx"))
         .args(args)
-        .output()
-        .expect("running aioctx")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running aioctx");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !d.load(Ordering::Relaxed) {
+            if start.elapsed() > Duration::from_secs(120) {
+                // SAFETY: kill(2) on the pid of our own child, which has not been reaped
+                // (wait_with_output below is still waiting for it).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("waiting for aioctx");
+    done.store(true, Ordering::Relaxed);
+    assert!(
+        !watchdog.join().unwrap(),
+        "watchdog: aioctx {args:?} hung for 120 s and was killed; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn json(args: &[&str]) -> Vec<Value> {

@@ -236,9 +236,22 @@ const GATE_READY: u32 = 1;
 const GATE_GO: u32 = 2;
 const GATE_EXIT: u32 = 3;
 
-fn spin_until(mut cond: impl FnMut() -> bool) {
+/// How long any hand-shake may take before the report gives up instead of hanging.
+const STUCK: Duration = Duration::from_secs(30);
+
+/// Spins until `cond()`; after [`STUCK`], ends the process with a message naming what
+/// did not happen (a stuck helper would otherwise leave the main loop asleep forever).
+/// Reading the clock is a vDSO call, not a syscall.
+fn spin_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut spins = 0u32;
     while !cond() {
         std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(4096) && start.elapsed() > STUCK {
+            eprintln!("aioctx kickstat: stuck for {STUCK:?} waiting for {what}; giving up");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -260,14 +273,20 @@ impl<T: Send + 'static> Helper<T> {
                 // Relaxed: only says "running"; nothing is published through it.
                 g.store(GATE_READY, Ordering::Relaxed);
                 // Acquire: pairs with the Release store in `go`.
-                spin_until(|| g.load(Ordering::Acquire) >= GATE_GO);
-                let result = work();
+                spin_until("the go signal", || g.load(Ordering::Acquire) >= GATE_GO);
+                let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                    Ok(result) => result,
+                    // The main thread may be asleep waiting for this one: do not hang.
+                    Err(_) => std::process::exit(1),
+                };
                 // Acquire: pairs with the Release store in `finish`.
-                spin_until(|| g.load(Ordering::Acquire) == GATE_EXIT);
+                spin_until("the exit signal", || g.load(Ordering::Acquire) == GATE_EXIT);
                 result
             })
             .expect("spawning a kickstat helper thread");
-        spin_until(|| gate.load(Ordering::Relaxed) != GATE_STARTING);
+        spin_until("a helper thread to start", || {
+            gate.load(Ordering::Relaxed) != GATE_STARTING
+        });
         Self { gate, handle }
     }
 
@@ -342,7 +361,7 @@ fn kick_busy(env: &Env, n: u64) -> Measured {
     let d = Arc::clone(&done);
     let (_pinned, pin_helper) = Pinned::main_side();
     let kicker = Helper::spawn_pinned("kicker", pin_helper, move || {
-        spin_until(|| num_waiters() > 0);
+        spin_until("a waiter", || num_waiters() > 0);
         let start = Instant::now();
         for _ in 0..n {
             kick();
@@ -382,7 +401,7 @@ fn wake_each_sleep(
     wake: impl Fn(),
 ) {
     for i in 0..n {
-        spin_until(|| main.stats().sleeps > base + i);
+        spin_until("the main loop to sleep", || main.stats().sleeps > base + i);
         // Release: pairs with the Acquire load of the waiter's condition.
         count.store(i + 1, Ordering::Release);
         wake();
@@ -501,7 +520,7 @@ fn peer_unpark(env: &Env, n: u64) -> Measured {
     let (_pinned, pin_helper) = Pinned::main_side();
     let runner = Helper::spawn_pinned("runner", pin_helper, move || {
         // Acquire: pairs with the Release store below.
-        spin_until(|| s.load(Ordering::Acquire));
+        spin_until("the stop signal", || s.load(Ordering::Acquire));
     });
     let thread = runner.handle.thread().clone();
     runner.go();
