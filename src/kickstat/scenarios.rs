@@ -520,7 +520,10 @@ fn peer_unpark(env: &Env, n: u64) -> Measured {
     let (_pinned, pin_helper) = Pinned::main_side();
     let runner = Helper::spawn_pinned("runner", pin_helper, move || {
         // Acquire: pairs with the Release store below.
-        spin_until("the stop signal", || s.load(Ordering::Acquire));
+        // No deadline: it runs as long as the unparks do, however many were asked for.
+        while !s.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
     });
     let thread = runner.handle.thread().clone();
     runner.go();
