@@ -1,0 +1,309 @@
+//! `aioctx stress`: the iotest `iothreads-create` shape under CPU pressure — iothreads
+//! take and drop the graph read lock over and over while the main thread takes and
+//! drops the write lock (drained), with a watchdog that turns a hang into exit code 3
+//! and a diagnosis.
+//!
+//! To reproduce e3082ab3b3 on demand rather than hope for it, each reader holds its
+//! lock until the writer is registered as a waiter and its main loop
+//! sleeps, and only then unlocks: exactly the commit's interleaving. With
+//! `--unlock-kick always` the unlock kicks and the writer wakes; with
+//! `--unlock-kick when-writer-seen` the unlock sees `has_writer == 0` (the writer zeroes
+//! it while polling), skips the kick, and the writer sleeps forever.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aioctx::aio::{IoThread, main_context, yield_now};
+use aioctx::graph::{UnlockKick, graph_lock};
+
+/// The parsed flags of `aioctx stress`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StressOptions {
+    /// Reader iothreads.
+    pub iothreads: usize,
+    /// Write-lock cycles.
+    pub iterations: u64,
+    /// The rdunlock policy.
+    pub unlock_kick: UnlockKick,
+    /// Busy threads making CPU pressure.
+    pub pressure: usize,
+    /// Seconds without a completed cycle before the watchdog fires.
+    pub watchdog_secs: u64,
+    /// JSON output instead of text.
+    pub json: bool,
+}
+
+impl Default for StressOptions {
+    fn default() -> Self {
+        Self {
+            iothreads: 4,
+            iterations: 10_000,
+            unlock_kick: UnlockKick::Always,
+            pressure: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            watchdog_secs: 10,
+            json: false,
+        }
+    }
+}
+
+pub const USAGE: &str = "usage: aioctx stress [--iothreads N] [--iterations N] \
+[--unlock-kick always|when-writer-seen] [--pressure T] [--watchdog-secs S] [--json]";
+
+/// Parses the flags after `stress`.
+///
+/// # Errors
+/// A message naming the bad flag or value.
+pub fn parse_args(args: &[String]) -> Result<StressOptions, String> {
+    let mut o = StressOptions::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+                .cloned()
+        };
+        let number = |name: &str, v: String| -> Result<u64, String> {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: `{v}` is not a non-negative integer\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--iothreads" => {
+                o.iothreads = number("--iothreads", value("--iothreads")?)? as usize;
+                if o.iothreads == 0 {
+                    return Err(format!("--iothreads must be at least 1\n{USAGE}"));
+                }
+            }
+            "--iterations" => o.iterations = number("--iterations", value("--iterations")?)?,
+            "--pressure" => o.pressure = number("--pressure", value("--pressure")?)? as usize,
+            "--watchdog-secs" => {
+                o.watchdog_secs = number("--watchdog-secs", value("--watchdog-secs")?)?;
+                if o.watchdog_secs == 0 {
+                    return Err(format!("--watchdog-secs must be at least 1\n{USAGE}"));
+                }
+            }
+            "--unlock-kick" => {
+                o.unlock_kick = match value("--unlock-kick")?.as_str() {
+                    "always" => UnlockKick::Always,
+                    "when-writer-seen" => UnlockKick::WhenWriterSeen,
+                    other => {
+                        return Err(format!(
+                            "--unlock-kick: `{other}` is not a policy; use `always` or \
+                             `when-writer-seen`\n{USAGE}"
+                        ));
+                    }
+                }
+            }
+            "--json" => o.json = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown flag `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// What the watchdog saw when the writer stopped making progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnosis {
+    pub has_writer: bool,
+    pub num_waiters: u32,
+    pub readers: u32,
+    pub main_loop_asleep: bool,
+    pub seconds_stuck: u64,
+    pub cycles_done: u64,
+}
+
+fn policy_name(p: UnlockKick) -> &'static str {
+    match p {
+        UnlockKick::Always => "always",
+        UnlockKick::WhenWriterSeen => "when-writer-seen",
+    }
+}
+
+/// Runs the stress; returns the process exit code (0 done, 3 writer stuck).
+pub fn run(o: &StressOptions) -> i32 {
+    let main = main_context();
+    main.make_current();
+    let lock = graph_lock();
+    lock.set_unlock_kick(o.unlock_kick);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycles = Arc::new(AtomicU64::new(0));
+    let reader_ops = Arc::new(AtomicU64::new(0));
+
+    // CPU pressure, like `stress-ng --cpu N`.
+    let pressure: Vec<_> = (0..o.pressure)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("pressure{i}"))
+                .spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                })
+                .expect("spawn a pressure thread")
+        })
+        .collect();
+
+    let iothreads: Vec<IoThread> = (0..o.iothreads)
+        .map(|i| IoThread::new(&format!("iothread{i}")).expect("create an iothread"))
+        .collect();
+    for t in &iothreads {
+        let (stop, reader_ops, cycles) =
+            (Arc::clone(&stop), Arc::clone(&reader_ops), Arc::clone(&cycles));
+        t.ctx()
+            .spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let guard = graph_lock().rdlock().await;
+                    // The commit's interleaving: unlock only once the writer waits and
+                    // its main loop sleeps (bounded, so phases without a writer go on).
+                    let deadline = Instant::now() + Duration::from_millis(2);
+                    while !(aioctx::wait::num_waiters() > 0 && main_context().is_sleeping())
+                        && Instant::now() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        yield_now().await;
+                    }
+                    drop(guard);
+                    reader_ops.fetch_add(1, Ordering::Relaxed);
+                    // Let the writer through before reading again (bounded): readers that
+                    // re-lock at once could starve it, and drain does not stop them.
+                    let seen = cycles.load(Ordering::Relaxed);
+                    let deadline = Instant::now() + Duration::from_millis(1);
+                    while cycles.load(Ordering::Relaxed) == seen
+                        && Instant::now() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        yield_now().await;
+                    }
+                }
+            })
+            .detach();
+    }
+
+    // The watchdog: no finished cycle for `watchdog_secs` means the writer is stuck.
+    let watchdog = {
+        let (stop, cycles) = (Arc::clone(&stop), Arc::clone(&cycles));
+        let (json, secs, policy) = (o.json, o.watchdog_secs, o.unlock_kick);
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let mut last = cycles.load(Ordering::Relaxed);
+                let mut since = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let now = cycles.load(Ordering::Relaxed);
+                    if now != last {
+                        (last, since) = (now, Instant::now());
+                    } else if since.elapsed() >= Duration::from_secs(secs) {
+                        let d = Diagnosis {
+                            has_writer: graph_lock().has_writer(),
+                            num_waiters: aioctx::wait::num_waiters(),
+                            readers: graph_lock().readers(),
+                            main_loop_asleep: main_context().is_sleeping(),
+                            seconds_stuck: since.elapsed().as_secs(),
+                            cycles_done: now,
+                        };
+                        report_stuck(&d, policy, json);
+                        std::process::exit(3);
+                    }
+                }
+            })
+            .expect("spawn the watchdog")
+    };
+
+    let tty = std::io::stderr().is_terminal() && !o.json;
+    let start = Instant::now();
+    for i in 0..o.iterations {
+        let w = lock.wrlock_drained();
+        drop(w);
+        cycles.store(i + 1, Ordering::Relaxed);
+        if tty && (i % 100 == 0 || i + 1 == o.iterations) {
+            let done = i + 1;
+            let width = 30;
+            let filled = (done * width / o.iterations.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{} write-lock cycles",
+                "#".repeat(filled),
+                "-".repeat(width as usize - filled),
+                o.iterations
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    watchdog.join().expect("the watchdog thread");
+    drop(iothreads);
+    for p in pressure {
+        p.join().expect("a pressure thread");
+    }
+    let reads = reader_ops.load(Ordering::Relaxed);
+    if o.json {
+        println!(
+            "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"iothreads\":{},\"pressure\":{},\
+             \"cycles\":{},\"reader_cycles\":{reads},\"seconds\":{:.3}}}",
+            policy_name(o.unlock_kick),
+            o.iothreads,
+            o.pressure,
+            o.iterations,
+            elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
+             threads) in {:.2} s; readers took and dropped the lock {reads} times",
+            o.iterations,
+            policy_name(o.unlock_kick),
+            o.iothreads,
+            o.pressure,
+            elapsed.as_secs_f64()
+        );
+    }
+    0
+}
+
+fn report_stuck(d: &Diagnosis, policy: UnlockKick, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{{\"result\":\"writer-stuck\",\"unlock_kick\":\"{}\",\"has_writer\":{},\
+             \"num_waiters\":{},\"readers\":{},\"main_loop_asleep\":{},\"seconds_stuck\":{},\
+             \"cycles_done\":{}}}",
+            policy_name(policy),
+            d.has_writer,
+            d.num_waiters,
+            d.readers,
+            d.main_loop_asleep,
+            d.seconds_stuck,
+            d.cycles_done
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
+             num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
+             stuck for        = {} s\n{}",
+            d.cycles_done,
+            policy_name(policy),
+            d.has_writer,
+            d.num_waiters,
+            d.readers,
+            d.main_loop_asleep,
+            d.seconds_stuck,
+            if d.readers == 0 && d.num_waiters > 0 && !d.has_writer {
+                "  no reader holds the lock and the writer waits asleep with has_writer = 0: \
+                 the last reader skipped its kick — the missed wake-up of QEMU e3082ab3b3."
+            } else {
+                "  (not the e3082ab3b3 state: readers still hold the lock or no writer waits)"
+            }
+        );
+    }
+    let _ = out.flush();
+}
