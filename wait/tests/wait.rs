@@ -1,0 +1,339 @@
+#![cfg(not(loom))]
+//! `kick`, `wait_while` and `bh_oneshot` against real contexts and iothreads.
+//!
+//! The main context has one home thread per process, so every test that touches it
+//! runs its body on one long-lived "main loop" thread, one test at a time (`on_main`),
+//! with a watchdog that turns a hang into a failure naming the test.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use aioctx_aio::{AioContext, IoThread, main_context};
+use aioctx_wait::{bh_oneshot, kick, num_waiters, wait_while};
+
+/// Counts the calling thread's allocations, to check the "no allocation" claims.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
+// const-initialized thread-local that never allocates itself.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's layout, as GlobalAlloc requires.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+const WATCHDOG: Duration = Duration::from_secs(20);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the main context's home thread and returns its value (or its panic).
+fn on_main<R: Send + 'static>(test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    static MAIN: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = MAIN.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("main".into())
+            .spawn(move || {
+                main_context().make_current();
+                for job in rx {
+                    job();
+                }
+            })
+            .unwrap();
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
+    });
+    sender.lock().unwrap().send(job).unwrap();
+    match rx.recv_timeout(WATCHDOG) {
+        Ok(Ok(value)) => value,
+        Ok(Err(payload)) => panic::resume_unwind(payload),
+        Err(_) => panic!(
+            "watchdog: `{test}` did not finish within {WATCHDOG:?} on the main loop thread \
+             (num_waiters = {}): a lost kick leaves the main loop asleep",
+            num_waiters()
+        ),
+    }
+}
+
+fn message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "<non-string panic payload>".to_owned())
+}
+
+fn spin_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < WATCHDOG,
+            "watchdog: waited too long for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn kick_without_waiter_schedules_nothing_and_allocates_nothing() {
+    on_main("kick_without_waiter", || {
+        let main = main_context();
+        assert!(!main.poll(false), "the main loop starts with nothing to do");
+        let before = main.stats();
+        let a = allocs();
+        for _ in 0..1000 {
+            kick();
+        }
+        assert_eq!(allocs() - a, 0, "kick() with no waiter allocated");
+        let after = main.stats();
+        assert_eq!(
+            after.notifies, before.notifies,
+            "kick() with no waiter notified"
+        );
+        assert_eq!(after.eventfd_writes, before.eventfd_writes);
+        assert!(!main.poll(false), "kick() with no waiter scheduled a BH");
+        assert_eq!(main.stats().bhs_run, before.bhs_run);
+    });
+}
+
+#[test]
+fn kick_with_waiter_runs_one_dummy_bh_and_allocates_nothing() {
+    on_main("kick_with_waiter", || {
+        let main = main_context();
+        let mut step = 0;
+        let mut seen = (0, 0, u64::MAX);
+        let bhs_before = main.stats().bhs_run;
+        let waited = wait_while(None, || {
+            step += 1;
+            if step > 1 {
+                return false;
+            }
+            kick(); // first kick with a waiter: creates the dummy BH once
+            let before = main.stats();
+            let a = allocs();
+            for _ in 0..100 {
+                kick();
+            }
+            seen = (
+                num_waiters(),
+                main.stats().eventfd_writes - before.eventfd_writes,
+                allocs() - a,
+            );
+            true
+        });
+        assert!(waited);
+        let (waiters, writes, allocated) = seen;
+        assert_eq!(waiters, 1);
+        assert_eq!(writes, 0, "kicks to an awake main loop wrote the eventfd");
+        assert_eq!(allocated, 0, "kick() with a waiter allocated");
+        assert_eq!(
+            main.stats().bhs_run - bhs_before,
+            1,
+            "101 kicks, one dummy BH run"
+        );
+        assert_eq!(num_waiters(), 0);
+    });
+}
+
+#[test]
+fn wait_while_false_condition_returns_false_without_polling() {
+    on_main("wait_while_false", || {
+        let main = main_context();
+        let polls = main.stats().polls;
+        let mut evaluated = 0;
+        assert!(!wait_while(None, || {
+            evaluated += 1;
+            assert_eq!(num_waiters(), 1, "registered before the first evaluation");
+            false
+        }));
+        assert!(!wait_while(Some(main), || false));
+        assert_eq!(evaluated, 1);
+        assert_eq!(
+            main.stats().polls,
+            polls,
+            "wait_while polled with a false condition"
+        );
+        assert_eq!(num_waiters(), 0);
+    });
+}
+
+#[test]
+fn wait_while_returns_once_iothread_changes_condition_and_kicks() {
+    let io = IoThread::new("io-kick").unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let (d, ctx) = (done.clone(), io.ctx().clone());
+    let seen_waiters = on_main("wait_while_iothread", move || {
+        let seen = Arc::new(AtomicU32::new(0));
+        let (s, d2) = (seen.clone(), d.clone());
+        ctx.schedule_oneshot(move || {
+            // Let the main loop register and fall asleep, then change and kick.
+            spin_until("the main loop's registration", || num_waiters() > 0);
+            s.store(num_waiters(), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+            d2.store(true, Ordering::Release);
+            kick();
+        });
+        assert!(wait_while(Some(&ctx), || !d.load(Ordering::Acquire)));
+        assert_eq!(num_waiters(), 0);
+        seen.load(Ordering::Relaxed)
+    });
+    assert!(done.load(Ordering::Acquire));
+    assert_eq!(seen_waiters, 1);
+}
+
+#[test]
+fn wait_while_many_kicks_from_two_iothreads() {
+    const PER_THREAD: u32 = 2000;
+    let ios = [
+        IoThread::new("io-a").unwrap(),
+        IoThread::new("io-b").unwrap(),
+    ];
+    let ctxs: Vec<Arc<AioContext>> = ios.iter().map(|io| io.ctx().clone()).collect();
+    on_main("wait_while_many_kicks", move || {
+        let count = Arc::new(AtomicU32::new(0));
+        for ctx in &ctxs {
+            let c = count.clone();
+            let target = ctx.clone();
+            ctx.schedule_oneshot(move || step(target, c, PER_THREAD));
+        }
+        assert!(wait_while(None, || count.load(Ordering::Acquire) < 2 * PER_THREAD));
+        assert_eq!(count.load(Ordering::Relaxed), 2 * PER_THREAD);
+    });
+
+    /// One increment and kick per BH run, rescheduling itself on its own context.
+    fn step(ctx: Arc<AioContext>, count: Arc<AtomicU32>, left: u32) {
+        count.fetch_add(1, Ordering::Release);
+        kick();
+        if left > 1 {
+            let again = ctx.clone();
+            ctx.schedule_oneshot(move || step(again, count, left - 1));
+        }
+    }
+}
+
+#[test]
+fn wait_while_on_own_iothread_context_polls_it() {
+    let io = IoThread::new("io-own").unwrap();
+    let ctx = io.ctx().clone();
+    let (waited, polled_main) = on_main("wait_while_own_ctx", move || {
+        let inner = ctx.clone();
+        bh_oneshot(&ctx, move || {
+            let flag = Arc::new(AtomicBool::new(false));
+            let f = flag.clone();
+            // A BH on the iothread's own context changes the condition.
+            inner.schedule_oneshot(move || f.store(true, Ordering::Relaxed));
+            let main_polls = main_context().stats().polls;
+            let waited = wait_while(Some(&inner), || !flag.load(Ordering::Relaxed));
+            (waited, main_context().stats().polls != main_polls)
+        })
+    });
+    assert!(waited);
+    assert!(
+        !polled_main,
+        "an iothread waiting on its own context polled the main loop"
+    );
+}
+
+#[test]
+fn bh_oneshot_returns_value_from_ctx_thread() {
+    let io = IoThread::new("io-value").unwrap();
+    let ctx = io.ctx().clone();
+    let (name, value) = on_main("bh_oneshot_value", move || {
+        let name = bh_oneshot(&ctx, || std::thread::current().name().map(str::to_owned));
+        (name, bh_oneshot(&ctx, || vec![1u8, 2, 3]))
+    });
+    assert_eq!(name.as_deref(), Some("io-value"));
+    assert_eq!(value, vec![1, 2, 3]);
+}
+
+#[test]
+fn bh_oneshot_on_main_context_runs_on_main_loop() {
+    let name = on_main("bh_oneshot_main", || {
+        bh_oneshot(main_context(), || {
+            std::thread::current().name().map(str::to_owned)
+        })
+    });
+    assert_eq!(name.as_deref(), Some("main"));
+}
+
+#[test]
+fn bh_oneshot_propagates_panic_and_ctx_survives() {
+    let io = IoThread::new("io-panic").unwrap();
+    let ctx = io.ctx().clone();
+    let (msg, after) = on_main("bh_oneshot_panic", move || {
+        let err = panic::catch_unwind(AssertUnwindSafe(|| {
+            bh_oneshot(&ctx, || -> u32 { panic!("boom {}", 42) })
+        }))
+        .expect_err("the closure's panic must reach the caller");
+        assert_eq!(num_waiters(), 0);
+        (message(&*err), bh_oneshot(&ctx, || 7))
+    });
+    assert_eq!(msg, "boom 42");
+    assert_eq!(
+        after, 7,
+        "the iothread keeps running after a panicking closure"
+    );
+}
+
+#[test]
+fn wait_between_iothreads_panics_with_reason() {
+    let io1 = IoThread::new("io-one").unwrap();
+    let io2 = IoThread::new("io-two").unwrap();
+    let (ctx1, ctx2) = (io1.ctx().clone(), io2.ctx().clone());
+    let msgs = on_main("wait_between_iothreads", move || {
+        bh_oneshot(&ctx1, move || {
+            let waiters = num_waiters(); // the main loop, waiting for this closure
+            let other = panic::catch_unwind(AssertUnwindSafe(|| wait_while(Some(&ctx2), || true)))
+                .expect_err("waiting on another iothread's context must panic");
+            let none = panic::catch_unwind(|| wait_while(None, || true))
+                .expect_err("waiting on the main loop from an iothread must panic");
+            assert_eq!(
+                num_waiters(),
+                waiters,
+                "the registration is dropped on the panic"
+            );
+            (message(&*other), message(&*none))
+        })
+    });
+    for msg in [&msgs.0, &msgs.1] {
+        assert!(msg.contains("iothread `io-one`"), "{msg}");
+        assert!(msg.contains("deadlock"), "{msg}");
+    }
+    assert!(msgs.0.contains("context `io-two`"), "{}", msgs.0);
+    assert!(msgs.1.contains("main loop"), "{}", msgs.1);
+}
+
+#[test]
+fn panicking_condition_lowers_the_count() {
+    on_main("panicking_condition", || {
+        let err = panic::catch_unwind(|| wait_while(None, || panic!("cond failed")))
+            .expect_err("the condition's panic propagates");
+        assert_eq!(message(&*err), "cond failed");
+        assert_eq!(num_waiters(), 0);
+    });
+}
