@@ -285,6 +285,23 @@ fn thread_label() -> String {
     format!("`{}`", t.name().unwrap_or("<unnamed>"))
 }
 
+/// Makes `ctx` the calling thread's current context until the guard drops; the task
+/// executor uses it so that [`current`] inside a task is the task's context.
+pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
+    CurrentGuard(CURRENT.with(|c| c.replace(Some(Arc::clone(ctx)))))
+}
+
+/// Restores the previous current context (see [`enter_current`]).
+pub(crate) struct CurrentGuard(Option<Arc<AioContext>>);
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        // The replaced value is dropped after the borrow ends.
+        let _old = CURRENT.with(|c| c.replace(prev));
+    }
+}
+
 static MAIN: OnceLock<Arc<AioContext>> = OnceLock::new();
 
 /// The process-wide main context (QEMU: `qemu_get_aio_context`). Created on first use;
@@ -376,12 +393,18 @@ impl AioContext {
             .expect("a ContextLocal slot holds the type of its key")
     }
 
+    /// A weak reference to this context (tasks and their wakers hold these, so that a
+    /// parked task never keeps its context alive).
+    pub(crate) fn weak(&self) -> Weak<AioContext> {
+        self.weak_self.clone()
+    }
+
     /// Whether the calling thread is this context's home thread.
     pub fn is_home_thread(&self) -> bool {
         self.owner.load(Ordering::Relaxed) == thread_id()
     }
 
-    fn check_home(&self, what: &str) {
+    pub(crate) fn check_home(&self, what: &str) {
         let me = thread_id();
         // Relaxed: the owner id is only compared with the caller's own id; the context's
         // construction was ordered before this call by handing over the `Arc`.

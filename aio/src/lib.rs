@@ -37,15 +37,18 @@
 mod backend;
 mod bh;
 mod callback;
+mod co_lock;
 mod context;
 mod event_notifier;
 mod fd;
+mod io;
 mod iothread;
 mod local;
 mod notify;
 mod stats;
 mod sync;
 mod sys;
+mod task;
 mod timer;
 
 #[cfg(all(loom, test))]
@@ -53,15 +56,18 @@ mod loom_tests;
 
 pub use backend::uring::MAX_RING_ENTRIES;
 pub use bh::{Bh, ContextGone};
+pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
 pub use context::{
     AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback, current, main_context,
     try_current,
 };
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
+pub use io::{IoBuf, IoBufMut, MAX_RETRIES, RingOp};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use stats::Stats;
+pub use task::{DRAIN_BUDGET, JoinHandle, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use timer::{ClockType, Timer};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.

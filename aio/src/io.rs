@@ -1,0 +1,463 @@
+//! Safe file I/O on the context's ring, on owned buffers (QEMU: `luring_co_submit` in
+//! block/io_uring.c, on top of `aio_add_sqe`).
+//!
+//! Each operation is a future that owns its buffer and gives it back with the result:
+//! `(io::Result<usize>, buf)`. The rules that make this safe:
+//!
+//! 1. At the first poll the buffer moves into the completion callback handed to
+//!    [`AioContext::submit_raw`]; from then on only the callback owns it, and the
+//!    context drops the callback only after the operation's CQE was reaped. So the
+//!    kernel never writes into freed memory, whatever happens to the future.
+//! 2. The callback hands the buffer back through a small shared slot. A future dropped
+//!    before completion marks the slot abandoned; the callback then frees the buffer
+//!    when the CQE arrives.
+//! 3. A context dropped with operations in flight cancels them and reaps every CQE
+//!    before it frees anything (see `AioContext`'s `Drop`); each dropped callback hands
+//!    its buffer back with `ECANCELED`.
+//! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
+//!    owned), up to [`MAX_RETRIES`] times.
+//!
+//! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
+//! or the kernel may apply it to whatever file next gets that number (a logic error,
+//! not a memory-safety one). A closed fd completes with `EBADF`.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::{opcode, squeue, types};
+
+use crate::context::AioContext;
+use crate::sync::{Arc, Mutex, lock};
+
+/// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
+pub const MAX_RETRIES: u32 = 16;
+
+/// A buffer the kernel may read from: its bytes stay at the same address when the
+/// value is moved (a heap buffer).
+///
+/// # Safety
+/// `stable_ptr()` must point at `bytes_init()` initialized bytes that stay valid and at
+/// the same address while the value is alive, even when it is moved, and must not be
+/// changed by anything but the owner.
+pub unsafe trait IoBuf: Send + 'static {
+    /// The address of the first byte.
+    fn stable_ptr(&self) -> *const u8;
+    /// How many bytes are initialized (what a write sends).
+    fn bytes_init(&self) -> usize;
+}
+
+/// A buffer the kernel may write into.
+///
+/// # Safety
+/// As for [`IoBuf`], and `stable_mut_ptr()` must be valid for writes of `bytes_init()`
+/// bytes.
+pub unsafe trait IoBufMut: IoBuf {
+    /// The address of the first byte, for writing.
+    fn stable_mut_ptr(&mut self) -> *mut u8;
+}
+
+// SAFETY: a Vec's elements live on the heap and do not move with the Vec; `len` bytes
+// are initialized.
+unsafe impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above; the pointer is derived from `&mut self`.
+unsafe impl IoBufMut for Vec<u8> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+}
+
+// SAFETY: a boxed slice lives on the heap and does not move with the box.
+unsafe impl IoBuf for Box<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for Box<[u8]> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+}
+
+// SAFETY: static data never moves or goes away, and `&[u8]` gives no write access.
+unsafe impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+/// `iovec`s pointing into buffers owned by the same operation.
+struct IoVecs(Box<[libc::iovec]>);
+
+// SAFETY: the iovecs only point into buffers owned by the same in-flight operation,
+// which moves between threads with them (the buffers are `Send`).
+unsafe impl Send for IoVecs {}
+
+fn iovecs<B: IoBuf>(bufs: &[B]) -> IoVecs {
+    IoVecs(
+        bufs.iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr().cast_mut().cast(),
+                iov_len: b.bytes_init(),
+            })
+            .collect(),
+    )
+}
+
+fn iovecs_mut<B: IoBufMut>(bufs: &mut [B]) -> IoVecs {
+    IoVecs(
+        bufs.iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_mut_ptr().cast(),
+                iov_len: b.bytes_init(),
+            })
+            .collect(),
+    )
+}
+
+/// The slot through which the callback hands the buffer back (rule 2).
+enum Slot<T> {
+    Waiting(Option<Waker>),
+    Done(i32, T),
+    Abandoned,
+    Taken,
+}
+
+/// What the callback owns until the CQE (rule 1).
+struct InFlight<T: Send + 'static> {
+    payload: Option<(T, Option<IoVecs>)>,
+    slot: Arc<Mutex<Slot<T>>>,
+    entry: squeue::Entry,
+    ctx: Weak<AioContext>,
+    retries: u32,
+}
+
+impl<T: Send + 'static> InFlight<T> {
+    fn submit(self, ctx: &AioContext) {
+        let entry = self.entry.clone();
+        // SAFETY: the entry names only memory owned by `payload` (buffers and iovecs),
+        // which moves into the callback; the context drops the callback only after the
+        // CQE was reaped (rule 1, `submit_raw`'s contract).
+        unsafe { ctx.submit_raw(entry, Box::new(move |res, _flags| self.complete(res))) };
+    }
+
+    fn complete(mut self, res: i32) {
+        if (res == -libc::EINTR || res == -libc::EAGAIN)
+            && self.retries < MAX_RETRIES
+            && let Some(ctx) = self.ctx.upgrade()
+        {
+            self.retries += 1;
+            self.submit(&ctx);
+            return;
+        }
+        self.deliver(res);
+    }
+
+    fn deliver(&mut self, res: i32) {
+        let Some((buf, iovs)) = self.payload.take() else {
+            return;
+        };
+        drop(iovs);
+        let waker = {
+            let mut slot = lock(&self.slot);
+            match std::mem::replace(&mut *slot, Slot::Taken) {
+                Slot::Waiting(waker) => {
+                    *slot = Slot::Done(res, buf);
+                    waker
+                }
+                Slot::Abandoned => {
+                    drop(slot);
+                    drop(buf);
+                    None
+                }
+                Slot::Done(..) | Slot::Taken => unreachable!("an operation completed twice"),
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for InFlight<T> {
+    /// The context dropped the callback without calling it: it was cancelled with the
+    /// context, after its CQE was reaped (rule 3).
+    fn drop(&mut self) {
+        self.deliver(-libc::ECANCELED);
+    }
+}
+
+enum OpState<T: Send + 'static> {
+    Unsubmitted(Arc<AioContext>, InFlight<T>),
+    Submitted(Arc<Mutex<Slot<T>>>),
+    Finished,
+}
+
+/// A ring operation that owns its buffer; resolves to `(io::Result<usize>, buf)`.
+/// Submitted at its first poll, on the context that created it. See the module docs
+/// for what dropping it does.
+#[must_use = "futures do nothing unless awaited"]
+pub struct RingOp<T: Send + 'static> {
+    state: OpState<T>,
+}
+
+// The buffer is never pinned: it is only moved around by value.
+impl<T: Send + 'static> Unpin for RingOp<T> {}
+
+impl<T: Send + 'static> RingOp<T> {
+    fn new(ctx: &AioContext, entry: squeue::Entry, buf: T, iovs: Option<IoVecs>) -> Self {
+        let slot = Arc::new(Mutex::new(Slot::Waiting(None)));
+        let inflight = InFlight {
+            payload: Some((buf, iovs)),
+            slot,
+            entry,
+            ctx: ctx.weak(),
+            retries: 0,
+        };
+        Self {
+            state: OpState::Unsubmitted(ctx.arc(), inflight),
+        }
+    }
+}
+
+fn to_result(res: i32) -> io::Result<usize> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
+    }
+}
+
+impl<T: Send + 'static> Future for RingOp<T> {
+    type Output = (io::Result<usize>, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let OpState::Unsubmitted(..) = self.state {
+            let OpState::Unsubmitted(ctx, inflight) =
+                std::mem::replace(&mut self.state, OpState::Finished)
+            else {
+                unreachable!()
+            };
+            *lock(&inflight.slot) = Slot::Waiting(Some(cx.waker().clone()));
+            self.state = OpState::Submitted(Arc::clone(&inflight.slot));
+            inflight.submit(&ctx);
+            return Poll::Pending;
+        }
+        let OpState::Submitted(slot) = &self.state else {
+            panic!("RingOp polled after completion");
+        };
+        let mut guard = lock(slot);
+        match std::mem::replace(&mut *guard, Slot::Taken) {
+            Slot::Done(res, buf) => {
+                drop(guard);
+                self.state = OpState::Finished;
+                Poll::Ready((to_result(res), buf))
+            }
+            Slot::Waiting(old) => {
+                let waker = match old {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                *guard = Slot::Waiting(Some(waker));
+                Poll::Pending
+            }
+            Slot::Abandoned | Slot::Taken => unreachable!("a live RingOp's slot was taken"),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for RingOp<T> {
+    fn drop(&mut self) {
+        if let OpState::Submitted(slot) = &self.state {
+            let mut guard = lock(slot);
+            if let Slot::Waiting(_) = &*guard {
+                // Rule 2: the callback frees the buffer when the CQE arrives.
+                *guard = Slot::Abandoned;
+            } else {
+                // Completed but never polled again: the buffer is freed here, after
+                // the lock is released.
+                let done = std::mem::replace(&mut *guard, Slot::Taken);
+                drop(guard);
+                drop(done);
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for RingOp<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            OpState::Unsubmitted(..) => "unsubmitted",
+            OpState::Submitted(_) => "in flight",
+            OpState::Finished => "finished",
+        };
+        f.debug_struct("RingOp").field("state", &state).finish()
+    }
+}
+
+impl AioContext {
+    /// Reads up to `buf.len()` bytes from `fd` at `offset` into `buf` (`pread`); the
+    /// buffer's length is not changed, the result says how many bytes were read (fewer
+    /// at end of file, 0 past it). Callable from any thread; completes on this
+    /// context's home thread.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("aioctx-doc-read-{}", std::process::id()));
+    /// std::fs::File::create(&path)?.write_all(b"hello, ring")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// let (res, buf) = ctx.block_on(ctx.read_at(file.as_raw_fd(), vec![0u8; 64], 7));
+    /// assert_eq!(res?, 4); // short read at end of file
+    /// assert_eq!(&buf[..4], b"ring");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
+    /// back either way.
+    pub fn read_at<B: IoBufMut>(&self, fd: RawFd, mut buf: B, offset: u64) -> RingOp<B> {
+        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
+        let entry = opcode::Read::new(types::Fd(fd), buf.stable_mut_ptr(), len)
+            .offset(offset)
+            .build();
+        RingOp::new(self, entry, buf, None)
+    }
+
+    /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes
+    /// written, which may be short.
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("aioctx-doc-write-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// let (res, _buf) = ctx.block_on(ctx.write_at(file.as_raw_fd(), b"data".to_vec(), 0));
+    /// assert_eq!(res?, 4);
+    /// ctx.block_on(ctx.fsync(file.as_raw_fd()))?;
+    /// assert_eq!(std::fs::read(&path)?, b"data");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error for the write.
+    pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
+        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
+        let entry = opcode::Write::new(types::Fd(fd), buf.stable_ptr(), len)
+            .offset(offset)
+            .build();
+        RingOp::new(self, entry, buf, None)
+    }
+
+    /// Reads into several buffers in order (`preadv`), each up to its length.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("aioctx-doc-readv-{}", std::process::id()));
+    /// std::fs::File::create(&path)?.write_all(b"abcdef")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// let (res, bufs) = ctx.block_on(ctx.readv_at(file.as_raw_fd(), vec![vec![0u8; 2], vec![0u8; 4]], 0));
+    /// assert_eq!(res?, 6);
+    /// assert_eq!(bufs, [b"ab".to_vec(), b"cdef".to_vec()]);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error for the read.
+    pub fn readv_at<B: IoBufMut>(
+        &self,
+        fd: RawFd,
+        mut bufs: Vec<B>,
+        offset: u64,
+    ) -> RingOp<Vec<B>> {
+        let iovs = iovecs_mut(&mut bufs);
+        let entry = opcode::Readv::new(types::Fd(fd), iovs.0.as_ptr(), iovs.0.len() as u32)
+            .offset(offset)
+            .build();
+        RingOp::new(self, entry, bufs, Some(iovs))
+    }
+
+    /// Writes several buffers in order (`pwritev`).
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let path = std::env::temp_dir().join(format!("aioctx-doc-writev-{}", std::process::id()));
+    /// let file = std::fs::File::create(&path)?;
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// let bufs = vec![b"ab".to_vec(), b"cd".to_vec()];
+    /// let (res, _bufs) = ctx.block_on(ctx.writev_at(file.as_raw_fd(), bufs, 0));
+    /// assert_eq!(res?, 4);
+    /// assert_eq!(std::fs::read(&path)?, b"abcd");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error for the write.
+    pub fn writev_at<B: IoBuf>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
+        let iovs = iovecs(&bufs);
+        let entry = opcode::Writev::new(types::Fd(fd), iovs.0.as_ptr(), iovs.0.len() as u32)
+            .offset(offset)
+            .build();
+        RingOp::new(self, entry, bufs, Some(iovs))
+    }
+
+    /// Flushes `fd`'s data and metadata to stable storage (`fsync`).
+    ///
+    /// # Errors
+    /// The kernel's error for the sync.
+    pub fn fsync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let op = RingOp::new(self, opcode::Fsync::new(types::Fd(fd)).build(), (), None);
+        async move { op.await.0.map(|_| ()) }
+    }
+
+    /// Flushes `fd`'s data (and only the metadata needed to read it) (`fdatasync`).
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let file = tempfile_like()?;
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// ctx.block_on(ctx.fdatasync(file.as_raw_fd()))?;
+    /// # fn tempfile_like() -> std::io::Result<std::fs::File> {
+    /// #     let p = std::env::temp_dir().join(format!("aioctx-doc-fdatasync-{}", std::process::id()));
+    /// #     let f = std::fs::File::create(&p)?; std::fs::remove_file(&p)?; Ok(f)
+    /// # }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error for the sync.
+    pub fn fdatasync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        let op = RingOp::new(self, entry, (), None);
+        async move { op.await.0.map(|_| ()) }
+    }
+}
