@@ -81,7 +81,9 @@ impl HeldReader {
     /// Drops the guard on `iothread`'s thread (its counter is written there only).
     fn release_from(&self, iothread: &IoThread) {
         let s = Arc::clone(&self.slot);
-        iothread.ctx().schedule_oneshot(move || drop(s.lock().unwrap().take()));
+        iothread
+            .ctx()
+            .schedule_oneshot(move || drop(s.lock().unwrap().take()));
     }
 }
 
@@ -179,7 +181,10 @@ fn reader_arriving_while_writer_holds_sleeps_until_wrunlock() {
         for _ in 0..3 {
             bh_oneshot(iothread.ctx(), || ());
         }
-        assert!(!got.load(Ordering::Acquire), "a reader got in while the writer held the lock");
+        assert!(
+            !got.load(Ordering::Acquire),
+            "a reader got in while the writer held the lock"
+        );
         assert_eq!(graph_lock().readers(), 0);
         drop(w);
         wait_while(None, || !got.load(Ordering::Acquire));
@@ -261,7 +266,11 @@ fn wrlock_drained_nested_in_bh_stays_balanced() {
         let iothread = Arc::new(IoThread::new("io-nest").unwrap());
         let reader = HeldReader::take(&iothread);
         let nested = Arc::new(AtomicBool::new(false));
-        let (n, slot, io) = (Arc::clone(&nested), Arc::clone(&reader.slot), Arc::clone(&iothread));
+        let (n, slot, io) = (
+            Arc::clone(&nested),
+            Arc::clone(&reader.slot),
+            Arc::clone(&iothread),
+        );
         // Runs inside the outer writer's poll.
         main_context().schedule_oneshot(move || {
             HeldReader { slot }.release_from(&io);

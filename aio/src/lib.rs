@@ -67,7 +67,9 @@ pub use io::{IoBuf, IoBufMut, MAX_RETRIES, RingOp};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use stats::Stats;
-pub use task::{DRAIN_BUDGET, JoinHandle, RescheduleTo, YieldNow, reschedule_to, yield_now};
+pub use task::{
+    DRAIN_BUDGET, JoinHandle, RescheduleTo, YieldNow, in_task, reschedule_to, yield_now,
+};
 pub use timer::{ClockType, Timer};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.

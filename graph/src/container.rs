@@ -7,7 +7,7 @@
 //! references that borrow it; changing edges needs `&mut WriteGuard`. So a write while
 //! a reference from a read is alive does not compile:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0502
 //! # use aioctx_graph::{Graph, graph_lock};
 //! # aioctx_aio::main_context().make_current();
 //! let graph = Graph::new();
@@ -20,17 +20,17 @@
 //!
 //! and a read guard cannot stand in for the write guard:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0308
 //! # use aioctx_graph::{Graph, graph_lock};
 //! # aioctx_aio::main_context().make_current();
 //! let graph: Graph<&str> = Graph::new();
-//! let r = graph_lock().rdlock_main_loop();
+//! let mut r = graph_lock().rdlock_main_loop();
 //! graph.add_node(&mut r, "a"); // expected `&mut WriteGuard`, found `&mut MainLoopGuard`
 //! ```
 //!
 //! nor can a graph be read with no guard at all:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0061
 //! # use aioctx_graph::Graph;
 //! let graph: Graph<&str> = Graph::new();
 //! let n = graph.node_ids(); // missing the guard argument
@@ -73,10 +73,9 @@ impl fmt::Display for GraphError {
             GraphError::NoSuchEdge { parent, child } => {
                 write!(f, "node {parent:?} has no child {child:?}")
             }
-            GraphError::Cycle { parent, child } => write!(
-                f,
-                "attaching {child:?} under {parent:?} would make a cycle"
-            ),
+            GraphError::Cycle { parent, child } => {
+                write!(f, "attaching {child:?} under {parent:?} would make a cycle")
+            }
         }
     }
 }
@@ -213,8 +212,16 @@ impl<T> Graph<T> {
         if parent == child || inner.reaches(child, parent) {
             return Err(GraphError::Cycle { parent, child });
         }
-        inner.nodes[parent.0].as_mut().expect("checked").children.push(child);
-        inner.nodes[child.0].as_mut().expect("checked").parents.push(parent);
+        inner.nodes[parent.0]
+            .as_mut()
+            .expect("checked")
+            .children
+            .push(child);
+        inner.nodes[child.0]
+            .as_mut()
+            .expect("checked")
+            .parents
+            .push(parent);
         Ok(())
     }
 
@@ -239,7 +246,11 @@ impl<T> Graph<T> {
             .ok_or(GraphError::NoSuchEdge { parent, child })?;
         p.children.remove(pos);
         let c = inner.nodes[child.0].as_mut().expect("checked");
-        let pos = c.parents.iter().position(|x| *x == parent).expect("edges are symmetric");
+        let pos = c
+            .parents
+            .iter()
+            .position(|x| *x == parent)
+            .expect("edges are symmetric");
         c.parents.remove(pos);
         Ok(())
     }
@@ -271,9 +282,17 @@ impl<T> Graph<T> {
             .ok_or(GraphError::NoSuchEdge { parent, child: old })?;
         p.children[pos] = new;
         let o = inner.nodes[old.0].as_mut().expect("checked");
-        let i = o.parents.iter().position(|x| *x == parent).expect("edges are symmetric");
+        let i = o
+            .parents
+            .iter()
+            .position(|x| *x == parent)
+            .expect("edges are symmetric");
         o.parents.remove(i);
-        inner.nodes[new.0].as_mut().expect("checked").parents.push(parent);
+        inner.nodes[new.0]
+            .as_mut()
+            .expect("checked")
+            .parents
+            .push(parent);
         Ok(())
     }
 
@@ -319,10 +338,10 @@ impl<T> Inner<T> {
             if n == to {
                 return true;
             }
-            if seen.insert(n) {
-                if let Ok(node) = self.node(n) {
-                    stack.extend(node.children.iter().copied());
-                }
+            if seen.insert(n)
+                && let Ok(node) = self.node(n)
+            {
+                stack.extend(node.children.iter().copied());
             }
         }
         false

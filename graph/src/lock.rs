@@ -252,7 +252,11 @@ impl<'a> Future for RdLock<'a> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadGuard<'a>> {
         let (_ctx, counter) = current_counter("rdlock");
-        if self.lock.state.try_rdlock(&counter, &MainLoopWait, cx.waker()) {
+        if self
+            .lock
+            .state
+            .try_rdlock(&counter, &MainLoopWait, cx.waker())
+        {
             Poll::Ready(ReadGuard { lock: self.lock })
         } else {
             Poll::Pending

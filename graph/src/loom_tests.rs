@@ -80,7 +80,10 @@ fn read_once(w: &'static World, counter: &ReaderCounter) {
         parked.0.wait();
     }
     w.reading.store(true, Ordering::SeqCst);
-    assert!(!w.writing.load(Ordering::SeqCst), "reader and writer at once");
+    assert!(
+        !w.writing.load(Ordering::SeqCst),
+        "reader and writer at once"
+    );
     w.reading.store(false, Ordering::SeqCst);
     w.lock.rdunlock(counter, &w.wait);
 }
@@ -91,7 +94,10 @@ fn write_once(w: &'static World) {
     w.writing.store(true, Ordering::SeqCst);
     // (`readers()` may read 1 here: a reader that saw `has_writer` is between its
     // increment and its back-off. Exclusion is what matters, checked by the flags.)
-    assert!(!w.reading.load(Ordering::SeqCst), "reader and writer at once");
+    assert!(
+        !w.reading.load(Ordering::SeqCst),
+        "reader and writer at once"
+    );
     w.writing.store(false, Ordering::SeqCst);
     for waker in w.lock.wrunlock() {
         waker.wake();

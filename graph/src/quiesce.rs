@@ -19,9 +19,15 @@ pub trait Quiesce: Send + Sync {
     fn is_idle(&self) -> bool;
 }
 
+/// The registered sources, each with its registration id.
+struct Sources {
+    last_id: u64,
+    list: Vec<(u64, Arc<dyn Quiesce>)>,
+}
+
 /// The registered sources.
 pub(crate) struct Quiescers {
-    sources: Mutex<(u64, Vec<(u64, Arc<dyn Quiesce>)>)>,
+    sources: Mutex<Sources>,
 }
 
 /// Keeps a source registered; dropping it unregisters the source.
@@ -34,7 +40,7 @@ pub struct QuiesceRegistration {
 impl Drop for QuiesceRegistration {
     fn drop(&mut self) {
         lock(&self.quiescers.sources)
-            .1
+            .list
             .retain(|(id, _)| *id != self.id);
     }
 }
@@ -59,15 +65,18 @@ impl Drop for Quiesced {
 impl Quiescers {
     pub(crate) const fn new() -> Self {
         Self {
-            sources: Mutex::new((0, Vec::new())),
+            sources: Mutex::new(Sources {
+                last_id: 0,
+                list: Vec::new(),
+            }),
         }
     }
 
     pub(crate) fn register(&'static self, source: Arc<dyn Quiesce>) -> QuiesceRegistration {
         let mut sources = lock(&self.sources);
-        sources.0 += 1;
-        let id = sources.0;
-        sources.1.push((id, source));
+        sources.last_id += 1;
+        let id = sources.last_id;
+        sources.list.push((id, source));
         QuiesceRegistration {
             quiescers: self,
             id,
@@ -77,7 +86,7 @@ impl Quiescers {
     /// Calls `begin` on every registered source.
     pub(crate) fn begin(&self) -> Quiesced {
         let sources: Vec<_> = lock(&self.sources)
-            .1
+            .list
             .iter()
             .map(|(_, s)| Arc::clone(s))
             .collect();
