@@ -46,10 +46,45 @@ fn enter(slot: &Mutex<Option<Waker>>) {
     }
 }
 
+/// The stack pointer (read from the register: under ASan, locals may live on a heap
+/// "fake stack", so their addresses say nothing about stack depth).
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn stack_addr() -> usize {
+    let sp: usize;
+    // SAFETY: reads the stack pointer register into a local; no memory is touched.
+    unsafe { std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack)) };
+    sp
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(never)]
 fn stack_addr() -> usize {
     let marker = 0u8;
     std::hint::black_box(&marker) as *const u8 as usize
+}
+
+thread_local! {
+    static POLL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static MAX_POLL_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts how deeply polls of wrapped futures nest on this thread: a wake that ran the
+/// other task from inside this one (recursion instead of chaining) would nest them.
+struct DepthProbe<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for DepthProbe<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let depth = POLL_DEPTH.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        MAX_POLL_DEPTH.with(|m| m.set(m.get().max(depth)));
+        let out = self.0.as_mut().poll(cx);
+        POLL_DEPTH.with(|d| d.set(d.get() - 1));
+        out
+    }
 }
 
 struct ChainData {
@@ -96,8 +131,8 @@ fn queue_chaining() {
     const MAX: u32 = 25_000;
     let ctx = AioContext::new().unwrap();
     let (a, b) = (ChainData::new(MAX), ChainData::new(MAX));
-    let ja = ctx.spawn(chain(Arc::clone(&a), Arc::clone(&b)));
-    let jb = ctx.spawn(chain(Arc::clone(&b), Arc::clone(&a)));
+    let ja = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&a), Arc::clone(&b)))));
+    let jb = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&b), Arc::clone(&a)))));
     ctx.block_on(ja);
     assert_eq!(a.i.load(Ordering::Relaxed), MAX);
     assert_eq!(b.i.load(Ordering::Relaxed), MAX - 1);
@@ -116,6 +151,11 @@ fn queue_chaining() {
             "the stack grew by {spread} bytes across chained wakes"
         );
     }
+    assert_eq!(
+        MAX_POLL_DEPTH.with(std::cell::Cell::get),
+        1,
+        "a task was polled from inside another task's poll"
+    );
     assert!(!ctx.poll(false));
 }
 
@@ -341,4 +381,52 @@ fn co_mutex_dropped_waiter_passes_the_lock_on() {
     drop(first); // cancelled: hands to the task
     ctx.block_on(second);
     assert!(!m.is_locked());
+}
+
+#[test]
+fn co_mutex_is_fifo() {
+    let ctx = AioContext::new().unwrap();
+    let m = Arc::new(CoMutex::new(Vec::new()));
+    let g = m.try_lock().unwrap();
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let m = Arc::clone(&m);
+            ctx.spawn(async move { m.lock().await.push(i) })
+        })
+        .collect();
+    while ctx.poll(false) {}
+    assert!(m.try_lock().is_none(), "waiters queue behind the holder");
+    drop(g);
+    ctx.block_on(async {
+        for h in handles {
+            h.await;
+        }
+    });
+    assert_eq!(*m.try_lock().unwrap(), [0, 1, 2, 3, 4]);
+}
+
+/// Tasks that yield to each other forever do not starve the rest of the loop: a drain
+/// stops after its budget, so the bottom half below gets to run.
+#[test]
+fn yielding_tasks_do_not_starve_bottom_halves() {
+    let _wd = common::watchdog("yielding_tasks_do_not_starve_bottom_halves", 30);
+    let ctx = AioContext::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            ctx.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let s = Arc::clone(&stop);
+    ctx.schedule_oneshot(move || s.store(true, Ordering::Relaxed));
+    ctx.block_on(async {
+        for h in handles {
+            h.await;
+        }
+    });
 }

@@ -25,9 +25,32 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! Tasks (QEMU's coroutines) run on a context too: [`AioContext::spawn`],
+//! [`AioContext::block_on`], [`reschedule_to`], with [`CoQueue`] and [`CoMutex`] to
+//! coordinate them, and file I/O on owned buffers goes through the ring:
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! let path = std::env::temp_dir().join(format!("aioctx-lib-doc-{}", std::process::id()));
+//! let file = std::fs::File::create_new(&path)?;
+//! let ctx = aioctx_aio::AioContext::new()?;
+//! let c = ctx.clone();
+//! let fd = file.as_raw_fd();
+//! let task = ctx.spawn(async move {
+//!     let (res, buf) = c.write_at(fd, b"hello".to_vec(), 0).await;
+//!     res?;
+//!     c.fsync(fd).await?;
+//!     Ok::<_, std::io::Error>(buf.len())
+//! });
+//! assert_eq!(ctx.block_on(task)?, 5);
+//! # std::fs::remove_file(&path)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! The design, protocols and their proofs are in DESIGN.md; each protocol module opens
 //! with its rules: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
-//! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`).
+//! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
+//! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`).
 //!
 //! # Notify protocol
 //! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
@@ -45,6 +68,7 @@ mod io;
 mod iothread;
 mod local;
 mod notify;
+mod run_queue;
 mod stats;
 mod sync;
 mod sys;
@@ -66,10 +90,9 @@ pub use fd::FdCallback;
 pub use io::{IoBuf, IoBufMut, MAX_RETRIES, RingOp};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
+pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
-pub use task::{
-    DRAIN_BUDGET, JoinHandle, RescheduleTo, YieldNow, in_task, reschedule_to, yield_now,
-};
+pub use task::{JoinHandle, in_task};
 pub use timer::{ClockType, Timer};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.

@@ -8,7 +8,9 @@
 use std::any::Any;
 use std::sync::OnceLock;
 
-use crate::sync::atomic::{AtomicUsize, Ordering};
+// The slot index is a process-wide key assigned once, not protocol state: it stays
+// `std` under loom too (loom's atomics cannot be built in a `const fn` for statics).
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How many distinct [`ContextLocal`] keys a process may declare.
 pub const MAX_CONTEXT_LOCALS: usize = 16;

@@ -4,10 +4,8 @@
 //! `co_schedule_bh_cb` (util/async.c).
 //!
 //! A task is one `Arc` holding a state word, the task's home (the run queue of the
-//! context it belongs to, held weakly), its join waker and its future. Each context has
-//! one run queue and one bottom half that drains it (`co_schedule_bh_cb`); QEMU's two
-//! lists — the cross-thread `scheduled_coroutines` and the per-thread wake-up queue —
-//! collapse into this one FIFO.
+//! context it belongs to, held weakly), its join waker and its future. The run queues,
+//! `spawn`, `block_on`, `yield_now` and `reschedule_to` are in `run_queue.rs`.
 //!
 //! # State word
 //!
@@ -27,15 +25,10 @@
 //!    moves `RUNNING | NOTIFIED → SCHEDULED` and pushes the task itself (rule 1 holds:
 //!    nobody else could push it meanwhile), or `RUNNING → IDLE` when no wake came.
 //! 4. The home is changed only by the task itself while `RUNNING`
-//!    ([`reschedule_to`]) and read by whoever pushes the task, after rule 1 or 3 made
-//!    it the only pusher; so a task moved to another context is pushed there only after
-//!    its poll on the old one has returned: it never runs on two threads at once.
-//! 5. A waker that fires on the home thread of the task's context while that context
-//!    is draining its run queue only pushes (the drain loop picks the task up: chaining,
-//!    never recursion). Anywhere else it pushes and schedules the context's run-queue
-//!    bottom half, which notifies the context.
-//! 6. One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
-//!    so tasks that keep waking each other cannot starve timers, fd handlers and I/O.
+//!    ([`reschedule_to`](crate::reschedule_to), through [`move_current_task`]) and read
+//!    by whoever pushes the task, after rule 1 or 3 made it the only pusher; so a task
+//!    moved to another context is pushed there only after its poll on the old one has
+//!    returned: it never runs on two threads at once.
 //!
 //! The interleaving rule 3 must survive (a wake from another thread racing the end of
 //! a poll):
@@ -53,20 +46,16 @@
 //! Both CASes are on the same word, so exactly one side sees the other and pushes.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
-use crate::bh::Bh;
-use crate::context::{AioContext, enter_current};
-use crate::local::ContextLocal;
-use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// Parked: not queued, not running.
@@ -83,9 +72,6 @@ const COMPLETE: u32 = 1 << 3;
 const JOIN_INTEREST: u32 = 1 << 4;
 /// The bits that make up the lifecycle value.
 const LIFECYCLE: u32 = SCHEDULED | RUNNING | NOTIFIED | COMPLETE;
-
-/// How many tasks one drain of a run queue runs before it yields to the loop (rule 6).
-pub const DRAIN_BUDGET: usize = 256;
 
 fn lifecycle(state: u32) -> u32 {
     state & LIFECYCLE
@@ -475,283 +461,42 @@ impl<T> fmt::Debug for JoinHandle<T> {
     }
 }
 
-/// One context's run queue and the bottom half that drains it (QEMU:
-/// `AioContext::scheduled_coroutines` and `co_schedule_bh`).
-pub(crate) struct RunQueue {
-    queue: Mutex<VecDeque<TaskRef>>,
-    bh: Bh,
-    ctx: Weak<AioContext>,
-    /// How many drains of this queue are on the home thread's stack (home thread only).
-    draining: AtomicU32,
+/// Creates a task that is `SCHEDULED` on `home` and its [`JoinHandle`]; the caller
+/// pushes the returned reference (rule 1: it is the only pusher).
+pub(crate) fn new_task<F>(future: F, home: Weak<dyn Schedule>) -> (TaskRef, JoinHandle<F::Output>)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let task = Task::new(future, home);
+    let handle = JoinHandle {
+        task: Some(Arc::clone(&task) as Arc<dyn Join<F::Output>>),
+        _marker: PhantomData,
+    };
+    (task, handle)
 }
 
-static RUN_QUEUE: ContextLocal<Arc<RunQueue>> = ContextLocal::new();
-
-impl RunQueue {
-    /// The run queue of `ctx`, created on first use.
-    pub(crate) fn of(ctx: &AioContext) -> &Arc<RunQueue> {
-        ctx.local(&RUN_QUEUE, || {
-            Arc::new_cyclic(|me: &Weak<RunQueue>| {
-                let (me, weak_ctx) = (me.clone(), ctx.weak());
-                let bh = ctx.bh_new(move || {
-                    if let (Some(q), Some(ctx)) = (me.upgrade(), weak_ctx.upgrade()) {
-                        q.drain(&ctx);
-                    }
-                });
-                RunQueue {
-                    queue: Mutex::new(VecDeque::new()),
-                    bh,
-                    ctx: ctx.weak(),
-                    draining: AtomicU32::new(0),
-                }
-            })
-        })
-    }
-
-    fn home(self: &Arc<Self>) -> Weak<dyn Schedule> {
-        let weak: Weak<dyn Schedule> = Arc::downgrade(self) as Weak<dyn Schedule>;
-        weak
-    }
-
-    /// Runs queued tasks, FIFO, up to the budget (rules 5 and 6).
-    fn drain(&self, ctx: &Arc<AioContext>) {
-        let _current = enter_current(ctx);
-        // Relaxed: home-thread-only counter.
-        self.draining.fetch_add(1, Ordering::Relaxed);
-        struct Leave<'a>(&'a AtomicU32);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let _leave = Leave(&self.draining);
-        for _ in 0..DRAIN_BUDGET {
-            let task = lock(&self.queue).pop_front();
-            match task {
-                Some(task) => task.run(),
-                None => return,
-            }
-        }
-        if !lock(&self.queue).is_empty() {
-            self.bh.schedule();
-        }
-    }
-}
-
-impl Schedule for RunQueue {
-    fn schedule(&self, task: TaskRef) {
-        lock(&self.queue).push_back(task);
-        // Relaxed: only meaningful on the home thread, which is the only writer.
-        if self.draining.load(Ordering::Relaxed) > 0
-            && self.ctx.upgrade().is_some_and(|c| c.is_home_thread())
-        {
-            return;
-        }
-        self.bh.schedule();
-    }
-}
-
-/// Wakes a `block_on` caller: sets a flag and notifies its context.
-struct BlockOnSignal {
-    woken: AtomicBool,
-    ctx: Weak<AioContext>,
-}
-
-impl Wake for BlockOnSignal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Release: pairs with the Acquire swap in `block_on`.
-        self.woken.store(true, Ordering::Release);
-        if let Some(ctx) = self.ctx.upgrade() {
-            ctx.notify();
-        }
-    }
-}
-
-impl AioContext {
-    /// Spawns `future` as a task of this context and schedules it: it first runs at the
-    /// next `poll` of the context (QEMU: `qemu_coroutine_create` + `aio_co_schedule`).
-    /// Callable from any thread. The task may move to another context with
-    /// [`reschedule_to`], hence `Send`.
-    ///
-    /// A task whose context is dropped never runs again; its future is dropped with the
-    /// last waker that refers to it.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let c = Arc::clone(&ctx);
-    /// let handle = ctx.spawn(async move {
-    ///     // Inside a task, `current()` is the task's context.
-    ///     assert!(Arc::ptr_eq(&aioctx_aio::current(), &c));
-    ///     "done"
-    /// });
-    /// assert_eq!(ctx.block_on(handle), "done");
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
+/// Moves the task being polled on this thread to `target` (rule 4). Returns `None`
+/// outside a task, `Some(false)` when the task already lives there, and `Some(true)`
+/// when it was moved: it is pushed on `target` once the current poll returns.
+pub(crate) fn move_current_task(target: Weak<dyn Schedule>) -> Option<bool> {
+    let header = CURRENT_TASK.with(Cell::get)?;
+    // SAFETY: CURRENT_TASK points at the header of the task being polled on this
+    // thread; it is set only for the duration of that poll, during which the runner
+    // holds an `Arc` to the task, and our caller runs inside that poll.
+    let header = unsafe { header.as_ref() };
     {
-        let queue = RunQueue::of(self);
-        let task = Task::new(future, queue.home());
-        queue.schedule(Arc::clone(&task) as TaskRef);
-        JoinHandle {
-            task: Some(task),
-            _marker: PhantomData,
+        let mut home = lock(&header.home);
+        if Weak::ptr_eq(&home, &target) {
+            return Some(false);
         }
+        *home = target; // rule 4: only the running task writes its home
     }
-
-    /// Polls `future` on the calling thread, running this context's loop while it is
-    /// pending, and returns its output. The future need not be `Send`; inside it,
-    /// [`current`](crate::current) is this context. May nest.
-    ///
-    /// ```
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let v = ctx.block_on(async {
-    ///     aioctx_aio::yield_now().await;
-    ///     std::rc::Rc::new(5) // not Send: fine for block_on
-    /// });
-    /// assert_eq!(*v, 5);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Panics
-    /// Off the context's home thread (the first that polled it), or when `future`
-    /// panics.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.check_home("block_on");
-        let ctx = self.arc();
-        let signal = Arc::new(BlockOnSignal {
-            woken: AtomicBool::new(true),
-            ctx: self.weak(),
-        });
-        let waker = Waker::from(Arc::clone(&signal));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = pin!(future);
-        loop {
-            // Acquire: pairs with the Release store in `BlockOnSignal::wake_by_ref`.
-            if signal.woken.swap(false, Ordering::Acquire) {
-                let _current = enter_current(&ctx);
-                if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                    return out;
-                }
-            }
-            // A wake after the swap has notified the context, so this poll does not
-            // sleep through it (notify rule 3).
-            self.poll(true);
-        }
-    }
-}
-
-/// Lets the other tasks of the context (and, past the drain budget, the rest of the
-/// loop) run before the caller continues. QEMU: `aio_co_schedule(ctx, self)` +
-/// `qemu_coroutine_yield`.
-///
-/// ```
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// ctx.block_on(async { aioctx_aio::yield_now().await });
-/// # Ok::<(), std::io::Error>(())
-/// ```
-pub fn yield_now() -> YieldNow {
-    YieldNow { yielded: false }
-}
-
-/// The future of [`yield_now`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless awaited"]
-pub struct YieldNow {
-    yielded: bool,
-}
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Moves the calling task to `ctx`: when the returned future completes, the task runs
-/// on `ctx`'s home thread (QEMU: `aio_co_reschedule_self`). The task finishes its
-/// current poll on the old context before it is queued on the new one, so it never
-/// runs on two threads at once. Moving to the task's own context completes at once.
-///
-/// ```
-/// use std::sync::Arc;
-/// let io = aioctx_aio::IoThread::new("io-resched")?;
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// let target = Arc::clone(io.ctx());
-/// let handle = ctx.spawn(async move {
-///     aioctx_aio::reschedule_to(&target).await;
-///     std::thread::current().name().map(str::to_owned)
-/// });
-/// assert_eq!(ctx.block_on(handle).as_deref(), Some("io-resched"));
-/// # Ok::<(), std::io::Error>(())
-/// ```
-///
-/// # Panics
-/// When awaited outside a task (for instance directly in [`AioContext::block_on`]).
-pub fn reschedule_to(ctx: &Arc<AioContext>) -> RescheduleTo {
-    RescheduleTo {
-        target: Arc::clone(RunQueue::of(ctx)),
-        moved: false,
-    }
-}
-
-/// The future of [`reschedule_to`].
-#[must_use = "futures do nothing unless awaited"]
-pub struct RescheduleTo {
-    target: Arc<RunQueue>,
-    moved: bool,
-}
-
-impl Future for RescheduleTo {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if self.moved {
-            return Poll::Ready(());
-        }
-        let Some(header) = CURRENT_TASK.with(Cell::get) else {
-            panic!("reschedule_to awaited outside a task: spawn the future on an AioContext");
-        };
-        // SAFETY: CURRENT_TASK points at the header of the task being polled on this
-        // thread; it is set only for the duration of that poll, during which the
-        // runner holds an `Arc` to the task, and this future is polled inside it.
-        let header = unsafe { header.as_ref() };
-        let target = self.target.home();
-        {
-            let mut home = lock(&header.home);
-            if Weak::ptr_eq(&home, &target) {
-                return Poll::Ready(());
-            }
-            *home = target; // rule 4: only the running task writes its home
-        }
-        // The task is RUNNING, so this only sets NOTIFIED; the runner pushes it on the
-        // new home once this poll has returned (rule 3).
-        let pushed = header.state.wake();
-        debug_assert!(!pushed, "a running task was pushed by its own wake");
-        self.moved = true;
-        Poll::Pending
-    }
-}
-
-impl fmt::Debug for RescheduleTo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RescheduleTo")
-            .field("moved", &self.moved)
-            .finish()
-    }
+    // The task is RUNNING, so this only sets NOTIFIED; the runner pushes it on the new
+    // home once this poll has returned (rule 3).
+    let pushed = header.state.wake();
+    debug_assert!(!pushed, "a running task was pushed by its own wake");
+    Some(true)
 }
 
 #[cfg(not(all(loom, test)))]
