@@ -3,7 +3,10 @@
 
 use std::fmt;
 
+use aioctx::graph::UnlockKick;
+
 use crate::kickstat::scenarios::Scenario;
+use crate::stress::StressOptions;
 
 /// What the user asked for.
 #[derive(Debug, PartialEq)]
@@ -12,6 +15,8 @@ pub enum Command {
     Help,
     /// Run the kick-cost report.
     Kickstat(KickstatOptions),
+    /// Run the graph-lock stress.
+    Stress(StressOptions),
 }
 
 /// Where syscall counts come from.
@@ -69,6 +74,8 @@ usage: aioctx [kickstat] [options]
 Commands:
   kickstat   measure what a kick costs, in ns and in syscalls, next to its peers
              (the default command)
+  stress     iothreads take and drop the graph read lock while the main thread takes
+             and drops the write lock; a watchdog turns a hang into exit code 3
 
 kickstat options:
   --scenario NAME        run only this scenario (repeatable; default: all)
@@ -78,6 +85,15 @@ kickstat options:
   --syscall-source SRC   auto (default), kernel (perf_event_open, or fail), or self
                          (the library's stats() counters)
   -h, --help             this text
+
+stress options:
+  --iothreads N          reader iothreads (default 4)
+  --iterations N         write-lock cycles (default 10000)
+  --unlock-kick POLICY   always (default: the e3082ab3b3 fix) or when-writer-seen
+                         (the pre-fix code: reproduces the hang)
+  --pressure T           busy threads making CPU pressure (default: one per core)
+  --watchdog-secs S      seconds without a finished cycle before exit 3 (default 10)
+  --json                 print the result as JSON
 ";
 
 /// Parses the arguments after the program name.
@@ -90,10 +106,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         Some("kickstat") => {
             args.next();
         }
+        Some("stress") => {
+            args.next();
+            return parse_stress(args);
+        }
         Some("help" | "-h" | "--help") => return Ok(Command::Help),
         Some(other) if !other.starts_with('-') => {
             return Err(UsageError(format!(
-                "unknown command `{other}`; the commands are: kickstat"
+                "unknown command `{other}`; the commands are: kickstat, stress"
             )));
         }
         _ => {}
@@ -153,6 +173,60 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
         opts.scenarios = scenarios;
     }
     Ok(Command::Kickstat(opts))
+}
+
+/// Parses the flags of `aioctx stress`.
+fn parse_stress(args: impl Iterator<Item = String>) -> Result<Command, UsageError> {
+    let mut opts = StressOptions::default();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, UsageError> {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| UsageError(format!("{name} needs a value")))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--json" => opts.json = true,
+            "--iothreads" => opts.iothreads = count("--iothreads", &value("--iothreads")?)?,
+            "--iterations" => opts.iterations = positive("--iterations", &value("--iterations")?)?,
+            "--watchdog-secs" => {
+                opts.watchdog_secs = positive("--watchdog-secs", &value("--watchdog-secs")?)?
+            }
+            "--pressure" => {
+                let text = value("--pressure")?;
+                opts.pressure = text.parse().map_err(|_| {
+                    UsageError(format!(
+                        "--pressure needs a non-negative integer, not `{text}`"
+                    ))
+                })?;
+            }
+            "--unlock-kick" => {
+                opts.unlock_kick = match value("--unlock-kick")?.as_str() {
+                    "always" => UnlockKick::Always,
+                    "when-writer-seen" => UnlockKick::WhenWriterSeen,
+                    other => {
+                        return Err(UsageError(format!(
+                            "--unlock-kick takes always or when-writer-seen, not `{other}`"
+                        )));
+                    }
+                }
+            }
+            _ => return Err(UsageError(format!("unknown stress option `{arg}`"))),
+        }
+    }
+    Ok(Command::Stress(opts))
+}
+
+/// A positive count that fits a `usize`.
+fn count(flag: &str, text: &str) -> Result<usize, UsageError> {
+    usize::try_from(positive(flag, text)?)
+        .map_err(|_| UsageError(format!("{flag} {text} is too large")))
 }
 
 fn positive(flag: &str, text: &str) -> Result<u64, UsageError> {

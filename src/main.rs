@@ -3,6 +3,7 @@
 
 mod cli;
 mod kickstat;
+mod stress;
 mod sys;
 
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Ok(Command::Stress(opts)) => ExitCode::from(stress::run(&opts)),
         Err(e) => {
             eprintln!("aioctx: {e}\n(run `aioctx --help` for the options)");
             ExitCode::from(2)

@@ -588,6 +588,12 @@ impl AioContext {
         }
     }
 
+    /// Whether the home thread sleeps in a blocking wait, or is about to: a snapshot for
+    /// diagnostics (a watchdog's report), never for synchronization.
+    pub fn is_sleeping(&self) -> bool {
+        self.remote.notify.is_sleeping()
+    }
+
     /// What the loop has counted so far.
     pub fn stats(&self) -> Stats {
         self.remote.counters.snapshot()

@@ -92,8 +92,8 @@ pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
-pub use task::JoinHandle;
-pub use timer::{ClockType, Timer};
+pub use task::{JoinHandle, in_task};
+pub use timer::{ClockType, Sleep, Timer, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
 pub use io_uring;

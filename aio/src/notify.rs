@@ -89,6 +89,12 @@ impl NotifyState {
         }
     }
 
+    /// Whether the home thread has raised `notify_me`: it sleeps or is about to (a hint
+    /// for diagnostics only).
+    pub(crate) fn is_sleeping(&self) -> bool {
+        self.notify_me.load(Ordering::Relaxed) != 0
+    }
+
     /// Whether a notify is pending (for busy polling; a hint only).
     pub(crate) fn is_notified(&self) -> bool {
         self.notified.load(Ordering::Relaxed)

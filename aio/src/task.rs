@@ -231,6 +231,13 @@ thread_local! {
     static CURRENT_TASK: Cell<Option<NonNull<Header>>> = const { Cell::new(None) };
 }
 
+/// Whether the calling code runs inside a spawned task's poll (QEMU:
+/// `qemu_in_coroutine`). Code that must not run in a task — the graph writer, which
+/// polls the main loop — asserts on it.
+pub fn in_task() -> bool {
+    CURRENT_TASK.with(|c| c.get().is_some())
+}
+
 /// Sets [`CURRENT_TASK`] for the duration of a poll, restoring the outer one after.
 struct CurrentTask(Option<NonNull<Header>>);
 

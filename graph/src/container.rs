@@ -1,0 +1,349 @@
+//! A graph of nodes and parent→child edges whose lock rules are compile errors
+//! (QEMU: the `GRAPH_RDLOCK` / `GRAPH_WRLOCK` clang annotations on `BlockDriverState`'s
+//! `children` and `parents` lists).
+//!
+//! Reading needs a [`ReadAccess`] guard — a [`ReadGuard`](crate::ReadGuard), the
+//! [`MainLoopGuard`](crate::MainLoopGuard) or the [`WriteGuard`] — and returns
+//! references that borrow it; changing edges needs `&mut WriteGuard`. So a write while
+//! a reference from a read is alive does not compile:
+//!
+//! ```compile_fail,E0502
+//! # use aioctx_graph::{Graph, graph_lock};
+//! # aioctx_aio::main_context().make_current();
+//! let graph = Graph::new();
+//! let mut w = graph_lock().wrlock();
+//! let a = graph.add_node(&mut w, "a");
+//! let children = graph.children(&w, a).unwrap(); // borrows `w` shared ...
+//! graph.add_node(&mut w, "b");                   // ... so this `&mut w` is an error
+//! println!("{children:?}");
+//! ```
+//!
+//! and a read guard cannot stand in for the write guard:
+//!
+//! ```compile_fail,E0308
+//! # use aioctx_graph::{Graph, graph_lock};
+//! # aioctx_aio::main_context().make_current();
+//! let graph: Graph<&str> = Graph::new();
+//! let mut r = graph_lock().rdlock_main_loop();
+//! graph.add_node(&mut r, "a"); // expected `&mut WriteGuard`, found `&mut MainLoopGuard`
+//! ```
+//!
+//! nor can a graph be read with no guard at all:
+//!
+//! ```compile_fail,E0061
+//! # use aioctx_graph::Graph;
+//! let graph: Graph<&str> = Graph::new();
+//! let n = graph.node_ids(); // missing the guard argument
+//! ```
+
+use std::cell::UnsafeCell;
+use std::fmt;
+
+use crate::lock::{ReadAccess, WriteGuard};
+
+/// A node's handle. Stale after the node is removed (lookups then return `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(usize, u64);
+
+/// Why an edge operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphError {
+    /// The node does not exist (removed, or from another graph).
+    NoSuchNode(NodeId),
+    /// The edge to detach or replace does not exist.
+    NoSuchEdge {
+        /// The parent.
+        parent: NodeId,
+        /// The child.
+        child: NodeId,
+    },
+    /// The edge would close a cycle.
+    Cycle {
+        /// The parent.
+        parent: NodeId,
+        /// The child.
+        child: NodeId,
+    },
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::NoSuchNode(n) => write!(f, "node {n:?} does not exist"),
+            GraphError::NoSuchEdge { parent, child } => {
+                write!(f, "node {parent:?} has no child {child:?}")
+            }
+            GraphError::Cycle { parent, child } => {
+                write!(f, "attaching {child:?} under {parent:?} would make a cycle")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+struct Node<T> {
+    generation: u64,
+    value: T,
+    children: Vec<NodeId>,
+    parents: Vec<NodeId>,
+}
+
+struct Inner<T> {
+    nodes: Vec<Option<Node<T>>>,
+    free: Vec<usize>,
+    generation: u64,
+}
+
+/// A graph guarded by the [graph lock](crate::graph_lock). See the module docs.
+///
+/// ```
+/// use aioctx_graph::{Graph, graph_lock};
+/// aioctx_aio::main_context().make_current();
+/// let graph = Graph::new();
+/// let mut w = graph_lock().wrlock();
+/// let (root, file) = (graph.add_node(&mut w, "qcow2"), graph.add_node(&mut w, "file"));
+/// graph.attach_child(&mut w, root, file)?;
+/// drop(w);
+/// let r = graph_lock().rdlock_main_loop();
+/// assert_eq!(graph.children(&r, root), Some(&[file][..]));
+/// assert_eq!(graph.get(&r, file), Some(&"file"));
+/// # Ok::<(), aioctx_graph::GraphError>(())
+/// ```
+pub struct Graph<T> {
+    inner: UnsafeCell<Inner<T>>,
+}
+
+// SAFETY: the data is read only through `&self` methods that take a `ReadAccess` guard,
+// and written only through methods that take `&mut WriteGuard`. A `WriteGuard` exists
+// only while the graph lock has a writer and no reader (state.rs rules 1–2), the main-
+// loop guard cannot be taken while a writer holds the lock, and the borrow of the
+// guard keeps every returned reference from outliving the access it was given under.
+// Values cross threads through it, hence `T: Send + Sync`.
+unsafe impl<T: Send + Sync> Sync for Graph<T> {}
+
+impl<T> Default for Graph<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Graph<T> {
+    /// An empty graph.
+    pub const fn new() -> Self {
+        Self {
+            inner: UnsafeCell::new(Inner {
+                nodes: Vec::new(),
+                free: Vec::new(),
+                generation: 0,
+            }),
+        }
+    }
+
+    fn read<'g>(&'g self, _: &'g impl ReadAccess) -> &'g Inner<T> {
+        // SAFETY: a read guard is held for 'g (see the `Sync` impl).
+        unsafe { &*self.inner.get() }
+    }
+
+    fn write<'g>(&'g self, _: &'g mut WriteGuard<'_>) -> &'g mut Inner<T> {
+        // SAFETY: the write guard is held, borrowed exclusively for 'g (see `Sync`).
+        unsafe { &mut *self.inner.get() }
+    }
+
+    /// Adds a node.
+    pub fn add_node(&self, w: &mut WriteGuard<'_>, value: T) -> NodeId {
+        let inner = self.write(w);
+        inner.generation += 1;
+        let node = Node {
+            generation: inner.generation,
+            value,
+            children: Vec::new(),
+            parents: Vec::new(),
+        };
+        let index = match inner.free.pop() {
+            Some(i) => {
+                inner.nodes[i] = Some(node);
+                i
+            }
+            None => {
+                inner.nodes.push(Some(node));
+                inner.nodes.len() - 1
+            }
+        };
+        NodeId(index, inner.generation)
+    }
+
+    /// Removes a node and every edge touching it; returns its value (dropped by the
+    /// caller, outside the graph).
+    ///
+    /// # Errors
+    /// [`GraphError::NoSuchNode`].
+    pub fn remove_node(&self, w: &mut WriteGuard<'_>, id: NodeId) -> Result<T, GraphError> {
+        let inner = self.write(w);
+        inner.node(id)?;
+        let node = inner.nodes[id.0].take().expect("checked above");
+        inner.free.push(id.0);
+        for c in &node.children {
+            if let Some(Some(n)) = inner.nodes.get_mut(c.0) {
+                n.parents.retain(|p| *p != id);
+            }
+        }
+        for p in &node.parents {
+            if let Some(Some(n)) = inner.nodes.get_mut(p.0) {
+                n.children.retain(|c| *c != id);
+            }
+        }
+        Ok(node.value)
+    }
+
+    /// Attaches `child` under `parent` (QEMU: `bdrv_attach_child`).
+    ///
+    /// # Errors
+    /// A missing node, or a cycle.
+    pub fn attach_child(
+        &self,
+        w: &mut WriteGuard<'_>,
+        parent: NodeId,
+        child: NodeId,
+    ) -> Result<(), GraphError> {
+        let inner = self.write(w);
+        inner.node(parent)?;
+        inner.node(child)?;
+        if parent == child || inner.reaches(child, parent) {
+            return Err(GraphError::Cycle { parent, child });
+        }
+        inner.nodes[parent.0]
+            .as_mut()
+            .expect("checked")
+            .children
+            .push(child);
+        inner.nodes[child.0]
+            .as_mut()
+            .expect("checked")
+            .parents
+            .push(parent);
+        Ok(())
+    }
+
+    /// Detaches one `parent → child` edge (QEMU: `bdrv_unref_child`).
+    ///
+    /// # Errors
+    /// A missing node or edge.
+    pub fn detach_child(
+        &self,
+        w: &mut WriteGuard<'_>,
+        parent: NodeId,
+        child: NodeId,
+    ) -> Result<(), GraphError> {
+        let inner = self.write(w);
+        inner.node(parent)?;
+        inner.node(child)?;
+        let p = inner.nodes[parent.0].as_mut().expect("checked");
+        let pos = p
+            .children
+            .iter()
+            .position(|c| *c == child)
+            .ok_or(GraphError::NoSuchEdge { parent, child })?;
+        p.children.remove(pos);
+        let c = inner.nodes[child.0].as_mut().expect("checked");
+        let pos = c
+            .parents
+            .iter()
+            .position(|x| *x == parent)
+            .expect("edges are symmetric");
+        c.parents.remove(pos);
+        Ok(())
+    }
+
+    /// Replaces the `parent → old` edge by `parent → new`, keeping its position
+    /// (QEMU: `bdrv_replace_child_noperm`).
+    ///
+    /// # Errors
+    /// A missing node or edge, or a cycle.
+    pub fn replace_child(
+        &self,
+        w: &mut WriteGuard<'_>,
+        parent: NodeId,
+        old: NodeId,
+        new: NodeId,
+    ) -> Result<(), GraphError> {
+        let inner = self.write(w);
+        inner.node(parent)?;
+        inner.node(old)?;
+        inner.node(new)?;
+        if parent == new || inner.reaches(new, parent) {
+            return Err(GraphError::Cycle { parent, child: new });
+        }
+        let p = inner.nodes[parent.0].as_mut().expect("checked");
+        let pos = p
+            .children
+            .iter()
+            .position(|c| *c == old)
+            .ok_or(GraphError::NoSuchEdge { parent, child: old })?;
+        p.children[pos] = new;
+        let o = inner.nodes[old.0].as_mut().expect("checked");
+        let i = o
+            .parents
+            .iter()
+            .position(|x| *x == parent)
+            .expect("edges are symmetric");
+        o.parents.remove(i);
+        inner.nodes[new.0]
+            .as_mut()
+            .expect("checked")
+            .parents
+            .push(parent);
+        Ok(())
+    }
+
+    /// A node's value.
+    pub fn get<'g>(&'g self, r: &'g impl ReadAccess, id: NodeId) -> Option<&'g T> {
+        self.read(r).node(id).ok().map(|n| &n.value)
+    }
+
+    /// A node's children, in attach order.
+    pub fn children<'g>(&'g self, r: &'g impl ReadAccess, id: NodeId) -> Option<&'g [NodeId]> {
+        self.read(r).node(id).ok().map(|n| &n.children[..])
+    }
+
+    /// A node's parents.
+    pub fn parents<'g>(&'g self, r: &'g impl ReadAccess, id: NodeId) -> Option<&'g [NodeId]> {
+        self.read(r).node(id).ok().map(|n| &n.parents[..])
+    }
+
+    /// Every live node.
+    pub fn node_ids(&self, r: &impl ReadAccess) -> Vec<NodeId> {
+        self.read(r)
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| NodeId(i, n.generation)))
+            .collect()
+    }
+}
+
+impl<T> Inner<T> {
+    fn node(&self, id: NodeId) -> Result<&Node<T>, GraphError> {
+        match self.nodes.get(id.0) {
+            Some(Some(n)) if n.generation == id.1 => Ok(n),
+            _ => Err(GraphError::NoSuchNode(id)),
+        }
+    }
+
+    /// Whether `to` is reachable from `from` along child edges.
+    fn reaches(&self, from: NodeId, to: NodeId) -> bool {
+        let mut stack = vec![from];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(n) = stack.pop() {
+            if n == to {
+                return true;
+            }
+            if seen.insert(n)
+                && let Ok(node) = self.node(n)
+            {
+                stack.extend(node.children.iter().copied());
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,312 @@
+//! The process-wide graph lock: the protocol of `state.rs` wired to the real contexts,
+//! `aio_wait` and tasks (QEMU: `bdrv_graph_*`, block/graph-lock.c).
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use aioctx_aio::{AioContext, ContextLocal, main_context};
+
+use crate::quiesce::{Quiesced, Quiescers};
+use crate::state::{AioWaiter, LockState, ReaderCounter, UnlockKick};
+use crate::sync::Arc;
+
+/// `aio_wait` from `aioctx_wait`, the real one.
+struct MainLoopWait;
+
+impl AioWaiter for MainLoopWait {
+    fn kick(&self) {
+        aioctx_wait::kick();
+    }
+
+    fn wait_while(&self, cond: &mut dyn FnMut() -> bool) {
+        aioctx_wait::wait_while(None, cond);
+    }
+}
+
+/// A context's registered reader counter; dropping it with the context moves its count
+/// to the orphaned sum (QEMU: `unregister_aiocontext`).
+struct ContextCounter(Arc<ReaderCounter>);
+
+impl Drop for ContextCounter {
+    fn drop(&mut self) {
+        GRAPH_LOCK.state.unregister(&self.0);
+    }
+}
+
+static COUNTER: ContextLocal<ContextCounter> = ContextLocal::new();
+static GRAPH_LOCK: GraphLock = GraphLock {
+    state: LockState::new(),
+    quiescers: Quiescers::new(),
+};
+
+/// The block-graph reader/writer lock: any number of readers, in tasks on any context,
+/// or one writer on the main loop. There is one per process: [`graph_lock`].
+///
+/// Readers are cheap: a counter on their own context, a fence and a load. The writer
+/// pays: it waits in the main loop until every context's count is zero.
+///
+/// ```
+/// use aioctx_graph::graph_lock;
+/// use aioctx_aio::main_context;
+/// let main = main_context();
+/// main.make_current(); // this thread runs the main loop
+/// let lock = graph_lock();
+/// main.block_on(async {
+///     let guard = lock.rdlock().await; // fast path: no writer
+///     drop(guard);
+/// });
+/// let writer = lock.wrlock();
+/// lock.assert_writable();
+/// drop(writer);
+/// ```
+pub struct GraphLock {
+    state: LockState,
+    quiescers: Quiescers,
+}
+
+/// The process-wide graph lock.
+pub fn graph_lock() -> &'static GraphLock {
+    &GRAPH_LOCK
+}
+
+fn current_counter(what: &str) -> (Arc<AioContext>, Arc<ReaderCounter>) {
+    let ctx = aioctx_aio::try_current().unwrap_or_else(|| {
+        panic!(
+            "GraphLock::{what} called on thread `{}`, which runs no AioContext: take the read \
+             lock from a task, or use rdlock_main_loop on the main loop",
+            std::thread::current().name().unwrap_or("<unnamed>")
+        )
+    });
+    let counter = Arc::clone(
+        &ctx.local(&COUNTER, || {
+            let c = Arc::new(ReaderCounter::new());
+            GRAPH_LOCK.state.register(Arc::clone(&c));
+            ContextCounter(c)
+        })
+        .0,
+    );
+    (ctx, counter)
+}
+
+fn assert_main_loop(what: &str) {
+    let main = main_context();
+    assert!(
+        main.is_home_thread(),
+        "GraphLock::{what} called on thread `{}`, but only the main loop (the main \
+         context's home thread) may take the write lock",
+        std::thread::current().name().unwrap_or("<unnamed>")
+    );
+    assert!(
+        !aioctx_aio::in_task(),
+        "GraphLock::{what} called from inside a task: the writer polls the main loop and \
+         would deadlock against the task's own context"
+    );
+}
+
+impl GraphLock {
+    /// Chooses what `rdunlock` does about a waiting writer; see [`UnlockKick`].
+    pub fn set_unlock_kick(&self, policy: UnlockKick) {
+        self.state.set_unlock_kick(policy);
+    }
+
+    /// The current unlock policy.
+    pub fn unlock_kick(&self) -> UnlockKick {
+        self.state.unlock_kick()
+    }
+
+    /// The number of read locks held, summed over every context (QEMU: `reader_count`).
+    pub fn readers(&self) -> u32 {
+        self.state.readers()
+    }
+
+    /// Whether a writer holds the lock or is between its waits (zero while it polls).
+    pub fn has_writer(&self) -> bool {
+        self.state.has_writer()
+    }
+
+    /// Takes the read lock from a task on any context (QEMU: `bdrv_graph_co_rdlock`).
+    /// Fast path: count, fence, no writer — done. Otherwise the task backs off, kicks the
+    /// writer, and sleeps until `wrunlock`.
+    ///
+    /// # Panics
+    /// When polled on a thread that runs no context.
+    pub fn rdlock(&self) -> RdLock<'_> {
+        RdLock { lock: self }
+    }
+
+    /// Drops a read lock (QEMU: `bdrv_graph_co_rdunlock`): decrement, fence, kick (per the
+    /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`].
+    fn rdunlock(&self) {
+        let (_ctx, counter) = current_counter("rdunlock");
+        self.state.rdunlock(&counter, &MainLoopWait);
+    }
+
+    /// Takes the write lock on the main loop (QEMU: `bdrv_graph_wrlock`): quiesces the
+    /// registered sources so new requests cannot starve it, then polls the main loop
+    /// until no reader is left.
+    ///
+    /// # Panics
+    /// Off the main loop, inside a task, or when already held.
+    pub fn wrlock(&self) -> WriteGuard<'_> {
+        assert_main_loop("wrlock");
+        let quiesced = self.quiescers.begin();
+        self.state.wrlock(&MainLoopWait);
+        drop(quiesced);
+        WriteGuard {
+            lock: self,
+            drained: None,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Like [`wrlock`](Self::wrlock), but first waits until every registered source is
+    /// idle, and keeps them quiesced until the guard drops
+    /// (QEMU: `bdrv_graph_wrlock_drained`).
+    ///
+    /// # Panics
+    /// As [`wrlock`](Self::wrlock).
+    pub fn wrlock_drained(&self) -> WriteGuard<'_> {
+        assert_main_loop("wrlock_drained");
+        let quiesced = self.quiescers.begin();
+        aioctx_wait::wait_while(None, || !quiesced.all_idle());
+        let mut guard = self.wrlock();
+        guard.drained = Some(quiesced);
+        guard
+    }
+
+    fn wrunlock(&self) {
+        for waker in self.state.wrunlock() {
+            waker.wake();
+        }
+        // QEMU runs the main context's BHs once here, so that readers woken on the main
+        // context make progress before the caller goes on.
+        main_context().poll(false);
+    }
+
+    /// A read lock for main-loop code outside tasks (QEMU: `bdrv_graph_rdlock_main_loop`):
+    /// free, since the writer runs on the same thread.
+    ///
+    /// # Panics
+    /// Off the main loop, inside a task, or while the write lock is held (use the
+    /// [`WriteGuard`], which also grants reading).
+    pub fn rdlock_main_loop(&self) -> MainLoopGuard<'_> {
+        assert_main_loop("rdlock_main_loop");
+        assert!(
+            !self.state.has_writer(),
+            "GraphLock::rdlock_main_loop called while the write lock is held: read through \
+             the WriteGuard instead"
+        );
+        MainLoopGuard {
+            _lock: self,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Asserts the graph may be read here: on the main loop, or with a read lock held on
+    /// this context (QEMU: `assert_bdrv_graph_readable`).
+    ///
+    /// # Panics
+    /// When neither holds.
+    pub fn assert_readable(&self) {
+        if main_context().is_home_thread() {
+            return;
+        }
+        assert!(
+            self.readers() > 0,
+            "graph read without the graph lock: no reader holds it"
+        );
+    }
+
+    /// Asserts the write lock is held and this is the main loop
+    /// (QEMU: `assert_bdrv_graph_writable`).
+    ///
+    /// # Panics
+    /// When not.
+    pub fn assert_writable(&self) {
+        assert!(
+            main_context().is_home_thread() && self.state.has_writer(),
+            "graph written without the write lock held on the main loop"
+        );
+    }
+
+    /// Registers a source of requests that the writer quiesces (QEMU: drain). See
+    /// [`Quiesce`](crate::Quiesce).
+    pub fn register_quiesce(
+        &'static self,
+        source: Arc<dyn crate::Quiesce>,
+    ) -> crate::quiesce::QuiesceRegistration {
+        self.quiescers.register(source)
+    }
+}
+
+/// The future of [`GraphLock::rdlock`].
+#[must_use = "a future does nothing unless awaited"]
+pub struct RdLock<'a> {
+    lock: &'a GraphLock,
+}
+
+impl<'a> Future for RdLock<'a> {
+    type Output = ReadGuard<'a>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadGuard<'a>> {
+        let (_ctx, counter) = current_counter("rdlock");
+        if self
+            .lock
+            .state
+            .try_rdlock(&counter, &MainLoopWait, cx.waker())
+        {
+            Poll::Ready(ReadGuard { lock: self.lock })
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// A read lock; dropping it is `rdunlock` (on whatever context the task is on then).
+#[must_use = "dropping the guard releases the read lock at once"]
+pub struct ReadGuard<'a> {
+    lock: &'a GraphLock,
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.rdunlock();
+    }
+}
+
+/// The write lock; dropping it is `wrunlock`. Stays on the main loop (not `Send`).
+#[must_use = "dropping the guard releases the write lock at once"]
+pub struct WriteGuard<'a> {
+    lock: &'a GraphLock,
+    drained: Option<Quiesced>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.wrunlock();
+        // Ends the drained section of `wrlock_drained`, after the unlock as in QEMU.
+        drop(self.drained.take());
+    }
+}
+
+/// The main loop's read access (see [`GraphLock::rdlock_main_loop`]).
+pub struct MainLoopGuard<'a> {
+    _lock: &'a GraphLock,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Guards that grant reading the graph.
+pub trait ReadAccess: private::Sealed {}
+impl ReadAccess for ReadGuard<'_> {}
+impl ReadAccess for WriteGuard<'_> {}
+impl ReadAccess for MainLoopGuard<'_> {}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::ReadGuard<'_> {}
+    impl Sealed for super::WriteGuard<'_> {}
+    impl Sealed for super::MainLoopGuard<'_> {}
+}

@@ -1,0 +1,286 @@
+//! `aioctx stress`: the iotest `iothreads-create` shape under CPU pressure — iothreads
+//! take and drop the graph read lock over and over while the main thread takes and
+//! drops the write lock (drained), with a watchdog that turns a hang into exit code 3
+//! and a diagnosis.
+//!
+//! To reproduce e3082ab3b3 on demand rather than hope for it, each reader holds its
+//! lock until the writer is registered as a waiter and its main loop
+//! sleeps, and only then unlocks: exactly the commit's interleaving. With
+//! `--unlock-kick always` the unlock kicks and the writer wakes; with
+//! `--unlock-kick when-writer-seen` the unlock sees `has_writer == 0` (the writer zeroes
+//! it while polling), skips the kick, and the writer sleeps forever.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aioctx::aio::{IoThread, main_context, sleep};
+use aioctx::graph::{UnlockKick, graph_lock};
+
+/// How long a reader or the writer naps between looks at the other side: sleeping, not
+/// spinning, so the pressure threads alone make the CPU pressure and hand-offs do not
+/// queue behind spinning waiters.
+const NAP: Duration = Duration::from_micros(20);
+
+/// The parsed flags of `aioctx stress`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StressOptions {
+    /// Reader iothreads.
+    pub iothreads: usize,
+    /// Write-lock cycles.
+    pub iterations: u64,
+    /// The rdunlock policy.
+    pub unlock_kick: UnlockKick,
+    /// Busy threads making CPU pressure.
+    pub pressure: usize,
+    /// Seconds without a completed cycle before the watchdog fires.
+    pub watchdog_secs: u64,
+    /// JSON output instead of text.
+    pub json: bool,
+}
+
+impl Default for StressOptions {
+    fn default() -> Self {
+        Self {
+            iothreads: 4,
+            iterations: 10_000,
+            unlock_kick: UnlockKick::Always,
+            pressure: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            watchdog_secs: 10,
+            json: false,
+        }
+    }
+}
+
+/// What the watchdog saw when the writer stopped making progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnosis {
+    pub has_writer: bool,
+    pub num_waiters: u32,
+    pub readers: u32,
+    pub main_loop_asleep: bool,
+    pub seconds_stuck: u64,
+    pub cycles_done: u64,
+}
+
+fn policy_name(p: UnlockKick) -> &'static str {
+    match p {
+        UnlockKick::Always => "always",
+        UnlockKick::WhenWriterSeen => "when-writer-seen",
+    }
+}
+
+/// Runs the stress; returns the process exit code (0 done, 3 writer stuck).
+pub fn run(o: &StressOptions) -> u8 {
+    let main = main_context();
+    main.make_current();
+    let lock = graph_lock();
+    lock.set_unlock_kick(o.unlock_kick);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let cycles = Arc::new(AtomicU64::new(0));
+    let reader_ops = Arc::new(AtomicU64::new(0));
+
+    // CPU pressure, like `stress-ng --cpu N`.
+    let pressure: Vec<_> = (0..o.pressure)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name(format!("pressure{i}"))
+                .spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+                .expect("spawn a pressure thread")
+        })
+        .collect();
+
+    let iothreads: Vec<IoThread> = (0..o.iothreads)
+        .map(|i| IoThread::new(&format!("iothread{i}")).expect("create an iothread"))
+        .collect();
+    for t in &iothreads {
+        let (stop, reader_ops, cycles) = (
+            Arc::clone(&stop),
+            Arc::clone(&reader_ops),
+            Arc::clone(&cycles),
+        );
+        t.ctx()
+            .spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let guard = graph_lock().rdlock().await;
+                    // The commit's interleaving: unlock only once the writer waits and
+                    // its main loop sleeps (bounded, so phases without a writer go on).
+                    let deadline = Instant::now() + Duration::from_millis(2);
+                    while !(aioctx::wait::num_waiters() > 0 && main_context().is_sleeping())
+                        && Instant::now() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        sleep(NAP).await;
+                    }
+                    drop(guard);
+                    reader_ops.fetch_add(1, Ordering::Relaxed);
+                    // Let the writer through before reading again (bounded): readers that
+                    // re-lock at once could starve it, and drain does not stop them.
+                    let seen = cycles.load(Ordering::Relaxed);
+                    let deadline = Instant::now() + Duration::from_millis(1);
+                    while cycles.load(Ordering::Relaxed) == seen
+                        && Instant::now() < deadline
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        sleep(NAP).await;
+                    }
+                }
+            })
+            .detach();
+    }
+
+    // The watchdog: no finished cycle for `watchdog_secs` means the writer is stuck.
+    let watchdog = {
+        let (stop, cycles) = (Arc::clone(&stop), Arc::clone(&cycles));
+        let (json, secs, policy) = (o.json, o.watchdog_secs, o.unlock_kick);
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let mut last = cycles.load(Ordering::Relaxed);
+                let mut since = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let now = cycles.load(Ordering::Relaxed);
+                    if now != last {
+                        (last, since) = (now, Instant::now());
+                    } else if since.elapsed() >= Duration::from_secs(secs) {
+                        let d = Diagnosis {
+                            has_writer: graph_lock().has_writer(),
+                            num_waiters: aioctx::wait::num_waiters(),
+                            readers: graph_lock().readers(),
+                            main_loop_asleep: main_context().is_sleeping(),
+                            seconds_stuck: since.elapsed().as_secs(),
+                            cycles_done: now,
+                        };
+                        report_stuck(&d, policy, json);
+                        std::process::exit(3);
+                    }
+                }
+            })
+            .expect("spawn the watchdog")
+    };
+
+    // Start writing only once every reader is at work.
+    let started = Instant::now();
+    while reader_ops.load(Ordering::Relaxed) < o.iothreads as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(o.watchdog_secs),
+            "stress: the reader tasks did not start within {} s",
+            o.watchdog_secs
+        );
+        std::thread::yield_now();
+    }
+
+    let tty = std::io::stderr().is_terminal() && !o.json;
+    let sleeps_before = main.stats().sleeps;
+    let start = Instant::now();
+    for i in 0..o.iterations {
+        // Come when a reader holds the lock (bounded), so that every cycle waits.
+        let deadline = Instant::now() + Duration::from_millis(2);
+        while lock.readers() == 0 && Instant::now() < deadline {
+            std::thread::sleep(NAP);
+        }
+        let w = lock.wrlock_drained();
+        drop(w);
+        cycles.store(i + 1, Ordering::Relaxed);
+        if tty && (i % 100 == 0 || i + 1 == o.iterations) {
+            let done = i + 1;
+            let width = 30;
+            let filled = (done * width / o.iterations.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{} write-lock cycles",
+                "#".repeat(filled),
+                "-".repeat(width as usize - filled),
+                o.iterations
+            );
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    watchdog.join().expect("the watchdog thread");
+    drop(iothreads);
+    for p in pressure {
+        p.join().expect("a pressure thread");
+    }
+    let reads = reader_ops.load(Ordering::Relaxed);
+    // How often the writer slept waiting for readers: each is one run of the seed
+    // commit's window, survived.
+    let writer_sleeps = main.stats().sleeps - sleeps_before;
+    if o.json {
+        println!(
+            "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"iothreads\":{},\"pressure\":{},\
+             \"cycles\":{},\"reader_cycles\":{reads},\"writer_sleeps\":{writer_sleeps},\
+             \"seconds\":{:.3}}}",
+            policy_name(o.unlock_kick),
+            o.iothreads,
+            o.pressure,
+            o.iterations,
+            elapsed.as_secs_f64()
+        );
+    } else {
+        println!(
+            "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
+             threads) in {:.2} s; readers took and dropped the lock {reads} times; the writer \
+             slept waiting for readers {writer_sleeps} times",
+            o.iterations,
+            policy_name(o.unlock_kick),
+            o.iothreads,
+            o.pressure,
+            elapsed.as_secs_f64()
+        );
+    }
+    0
+}
+
+fn report_stuck(d: &Diagnosis, policy: UnlockKick, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{{\"result\":\"writer-stuck\",\"unlock_kick\":\"{}\",\"has_writer\":{},\
+             \"num_waiters\":{},\"readers\":{},\"main_loop_asleep\":{},\"seconds_stuck\":{},\
+             \"cycles_done\":{}}}",
+            policy_name(policy),
+            d.has_writer,
+            d.num_waiters,
+            d.readers,
+            d.main_loop_asleep,
+            d.seconds_stuck,
+            d.cycles_done
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
+             num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
+             stuck for        = {} s\n{}",
+            d.cycles_done,
+            policy_name(policy),
+            d.has_writer,
+            d.num_waiters,
+            d.readers,
+            d.main_loop_asleep,
+            d.seconds_stuck,
+            if d.readers == 0 && d.num_waiters > 0 && !d.has_writer {
+                "  no reader holds the lock and the writer waits asleep with has_writer = 0: \
+                 the last reader skipped its kick — the missed wake-up of QEMU e3082ab3b3."
+            } else {
+                "  (not the e3082ab3b3 state: readers still hold the lock or no writer waits)"
+            }
+        );
+    }
+    let _ = out.flush();
+}
