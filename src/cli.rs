@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(err("--runs"), "--runs needs a value");
         assert_eq!(
             err("frobnicate"),
-            "unknown command `frobnicate`; the commands are: kickstat"
+            "unknown command `frobnicate`; the commands are: kickstat, stress"
         );
         assert!(err("--syscall-source maybe").contains("auto, kernel or self"));
         assert_eq!(parse_str("--help"), Ok(Command::Help));
