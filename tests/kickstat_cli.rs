@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 15] = [
     "kick-idle",
     "kick-busy",
     "kick-sleeping",
@@ -21,6 +21,10 @@ const ALL: [&str; 11] = [
     "peer-unpark",
     "peer-tokio-notify",
     "peer-eventfd-pingpong",
+    "rdlock-pair-always",
+    "rdlock-pair-when-writer-seen",
+    "peer-std-rwlock-read",
+    "peer-parking-lot-read",
 ];
 
 /// Runs the binary; a watchdog turns a hang into a failure instead of a stuck CI.
@@ -127,6 +131,9 @@ fn json_lists_every_scenario_with_every_field() {
     assert_eq!(syscalls(&rows, "kick-idle"), 0.0);
     assert_eq!(syscalls(&rows, "kick-busy"), 0.0);
     assert!(syscalls(&rows, "kick-sleeping") <= 2.0);
+    // The graph lock's read side without a writer makes no syscall, under either policy.
+    assert_eq!(syscalls(&rows, "rdlock-pair-always"), 0.0);
+    assert_eq!(syscalls(&rows, "rdlock-pair-when-writer-seen"), 0.0);
     assert_eq!(syscalls(&rows, "peer-eventfd-write"), 1.0);
 }
 

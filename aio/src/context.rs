@@ -325,9 +325,20 @@ pub fn main_context() -> &'static Arc<AioContext> {
 ///
 /// [`IoThread`]: crate::IoThread
 pub fn try_current() -> Option<Arc<AioContext>> {
-    CURRENT
-        .with(|c| c.borrow().clone())
-        .or_else(|| MAIN.get().filter(|m| m.is_home_thread()).cloned())
+    with_current(|c| c.map(AioContext::arc))
+}
+
+/// Calls `f` with the calling thread's context as [`try_current`] finds it, without
+/// touching the `Arc`'s count: the hot paths of upper layers (the graph lock's
+/// `rdlock`) look up per-context state this way.
+///
+/// # Panics
+/// When `f` changes the thread's current context ([`AioContext::make_current`]).
+pub fn with_current<R>(f: impl FnOnce(Option<&AioContext>) -> R) -> R {
+    CURRENT.with(|c| match c.borrow().as_deref() {
+        Some(ctx) => f(Some(ctx)),
+        None => f(MAIN.get().filter(|m| m.is_home_thread()).map(|m| &**m)),
+    })
 }
 
 /// Like [`try_current`], for code that must run in a context.

@@ -83,7 +83,7 @@ pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
 pub use context::{
     AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback, current, main_context,
-    try_current,
+    try_current, with_current,
 };
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use aioctx_aio::{AioContext, ContextLocal, main_context};
+use aioctx_aio::{ContextLocal, main_context};
 
 use crate::quiesce::{Quiesced, Quiescers};
 use crate::state::{AioWaiter, LockState, ReaderCounter, UnlockKick};
@@ -71,23 +71,24 @@ pub fn graph_lock() -> &'static GraphLock {
     &GRAPH_LOCK
 }
 
-fn current_counter(what: &str) -> (Arc<AioContext>, Arc<ReaderCounter>) {
-    let ctx = aioctx_aio::try_current().unwrap_or_else(|| {
-        panic!(
-            "GraphLock::{what} called on thread `{}`, which runs no AioContext: take the read \
-             lock from a task, or use rdlock_main_loop on the main loop",
-            std::thread::current().name().unwrap_or("<unnamed>")
-        )
-    });
-    let counter = Arc::clone(
-        &ctx.local(&COUNTER, || {
+/// Calls `f` with the reader counter of the calling thread's context, registering it
+/// on first use.
+fn with_counter<R>(what: &str, f: impl FnOnce(&ReaderCounter) -> R) -> R {
+    aioctx_aio::with_current(|ctx| {
+        let ctx = ctx.unwrap_or_else(|| {
+            panic!(
+                "GraphLock::{what} called on thread `{}`, which runs no AioContext: take the \
+                 read lock from a task, or use rdlock_main_loop on the main loop",
+                std::thread::current().name().unwrap_or("<unnamed>")
+            )
+        });
+        let counter = ctx.local(&COUNTER, || {
             let c = Arc::new(ReaderCounter::new());
             GRAPH_LOCK.state.register(Arc::clone(&c));
             ContextCounter(c)
-        })
-        .0,
-    );
-    (ctx, counter)
+        });
+        f(&counter.0)
+    })
 }
 
 fn assert_main_loop(what: &str) {
@@ -139,8 +140,9 @@ impl GraphLock {
     /// Drops a read lock (QEMU: `bdrv_graph_co_rdunlock`): decrement, fence, kick (per the
     /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`].
     fn rdunlock(&self) {
-        let (_ctx, counter) = current_counter("rdunlock");
-        self.state.rdunlock(&counter, &MainLoopWait);
+        with_counter("rdunlock", |counter| {
+            self.state.rdunlock(counter, &MainLoopWait)
+        });
     }
 
     /// Takes the write lock on the main loop (QEMU: `bdrv_graph_wrlock`): quiesces the
@@ -251,12 +253,10 @@ impl<'a> Future for RdLock<'a> {
     type Output = ReadGuard<'a>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadGuard<'a>> {
-        let (_ctx, counter) = current_counter("rdlock");
-        if self
-            .lock
-            .state
-            .try_rdlock(&counter, &MainLoopWait, cx.waker())
-        {
+        let lock = self.lock;
+        if with_counter("rdlock", |c| {
+            lock.state.try_rdlock(c, &MainLoopWait, cx.waker())
+        }) {
             Poll::Ready(ReadGuard { lock: self.lock })
         } else {
             Poll::Pending

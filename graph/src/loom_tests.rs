@@ -19,12 +19,17 @@ use crate::state::{AioWaiter, LockState, ReaderCounter, UnlockKick};
 struct ModelWait {
     num_waiters: AtomicU32,
     main_loop: Notify,
+    /// Whether `kick` has its leading fence; `false` is a mutation the model must catch.
+    kick_fence: bool,
 }
 
 impl AioWaiter for ModelWait {
     fn kick(&self) {
-        // Pairs with the fence after `num_waiters += 1` below.
-        fence(Ordering::SeqCst);
+        if self.kick_fence {
+            // [K1] (= the graph lock's [U1]) pairs with the fence after
+            // `num_waiters += 1` below.
+            fence(Ordering::SeqCst);
+        }
         if self.num_waiters.load(Ordering::Relaxed) > 0 {
             self.main_loop.notify();
         }
@@ -49,12 +54,17 @@ struct World {
 }
 
 fn world(policy: UnlockKick) -> &'static World {
+    world_with(policy, true)
+}
+
+fn world_with(policy: UnlockKick, kick_fence: bool) -> &'static World {
     // Leaked, not `Arc`: a drop while unwinding from loom's deadlock panic would abort.
     let w = Box::leak(Box::new(World {
         lock: LockState::new(),
         wait: ModelWait {
             num_waiters: AtomicU32::new(0),
             main_loop: Notify::new(),
+            kick_fence,
         },
         reading: AtomicBool::new(false),
         writing: AtomicBool::new(false),
@@ -114,11 +124,11 @@ fn counter(w: &'static World) -> &'static ReaderCounter {
 
 /// The seed commit's interleaving: a reader already holds the lock on an iothread and
 /// drops it while the writer waits for it.
-fn held_reader_unlocks_during_wrlock(policy: UnlockKick) {
+fn held_reader_unlocks_during_wrlock(policy: UnlockKick, kick_fence: bool) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(3);
     builder.check(move || {
-        let w = world(policy);
+        let w = world_with(policy, kick_fence);
         let c = counter(w);
         // The reader took its lock before the model starts.
         assert!(w.lock.try_rdlock(c, &w.wait, Waker::noop()));
@@ -150,13 +160,21 @@ fn always_kick_reader_races_writer() {
 
 #[test]
 fn always_kick_writer_gets_lock_from_held_reader() {
-    held_reader_unlocks_during_wrlock(UnlockKick::Always);
+    held_reader_unlocks_during_wrlock(UnlockKick::Always, true);
+}
+
+/// rdunlock relies on the kick's own fence as its [U1]: without it, even always-kick
+/// loses the wake-up. Shows the model would catch a weakened fence.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn always_kick_without_the_kick_fence_deadlocks() {
+    held_reader_unlocks_during_wrlock(UnlockKick::Always, false);
 }
 
 #[test]
 #[should_panic(expected = "deadlock")]
 fn when_writer_seen_loses_the_wakeup_e3082ab3b3() {
-    held_reader_unlocks_during_wrlock(UnlockKick::WhenWriterSeen);
+    held_reader_unlocks_during_wrlock(UnlockKick::WhenWriterSeen, true);
 }
 
 #[test]

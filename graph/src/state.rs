@@ -20,8 +20,9 @@
 //! 2. A reader that backs off does so under the registry mutex: it re-checks
 //!    `has_writer`, decrements, kicks, and queues itself — and `wrunlock` clears
 //!    `has_writer` and takes the queue under the same mutex, so no reader is left queued.
-//! 3. `rdunlock` decrements, fences ([U1]), and **always** kicks. The kick's skip test
-//!    reads only `num_waiters`, the waiter-registration count, never `has_writer`.
+//! 3. `rdunlock` decrements and **always** kicks; the kick's leading fence is [U1]. The
+//!    kick's skip test reads only `num_waiters`, the waiter-registration count, never
+//!    `has_writer`.
 //!
 //! Rule 3 is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
 //! set, and lost this wake-up:
@@ -202,11 +203,16 @@ impl LockState {
     pub(crate) fn rdunlock(&self, counter: &ReaderCounter, waiter: &impl AioWaiter) {
         // Release: pairs with `ReaderCounter::get` in the writer's `readers()`.
         counter.add(1u32.wrapping_neg(), Ordering::Release);
-        // [U1] pairs with the fence after `num_waiters += 1` in `wait_while`.
-        fence(Ordering::SeqCst);
         match self.unlock_kick() {
+            // [U1] is the kick's own leading fence ([K1] in aioctx_wait): it orders the
+            // decrement before the `num_waiters` load and pairs with the fence after
+            // `num_waiters += 1` in `wait_while`. QEMU issues a second smp_mb before it;
+            // one full fence between the store and the load is all the pair needs.
             UnlockKick::Always => waiter.kick(),
             UnlockKick::WhenWriterSeen => {
+                // [U1] pairs with [W1]: the decrement is ordered before the
+                // `has_writer` load (the pre-fix code's only fence).
+                fence(Ordering::SeqCst);
                 if self.has_writer.load(Ordering::Relaxed) {
                     waiter.kick();
                 }

@@ -90,13 +90,13 @@ pub fn write_table(
     writeln!(out)?;
     writeln!(
         out,
-        "{:<22} {:>8} {:>10} {:>10} {:>10} {:>12} {:>7} {:>10}",
+        "{:<28} {:>5} {:>10} {:>10} {:>10} {:>12} {:>7} {:>10}",
         "scenario", "per", "ns median", "ns min", "ns max", "syscalls/op", "source", "iterations"
     )?;
     for r in rows {
         writeln!(
             out,
-            "{:<22} {:>8} {:>10} {:>10} {:>10} {:>12} {:>7} {:>10}",
+            "{:<28} {:>5} {:>10} {:>10} {:>10} {:>12} {:>7} {:>10}",
             r.scenario.name(),
             r.scenario.unit(),
             fmt_ns(r.ns.0),
@@ -174,6 +174,25 @@ fn write_checks(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
             mark(sleeping.syscalls_per_op.is_some_and(|s| s <= 2.0)),
             fmt_sys(sleeping.syscalls_per_op),
             sleeping.source
+        )?;
+    }
+    if let (Some(always), Some(pre_fix)) = (
+        find(rows, Scenario::RdlockPairAlways),
+        find(rows, Scenario::RdlockPairWhenWriterSeen),
+    ) {
+        let peer = |s| {
+            find(rows, s).map_or_else(String::new, |p: &Row| {
+                format!(", {:.2}x {}", always.ns.0 / p.ns.0, s.name())
+            })
+        };
+        writeln!(
+            out,
+            "  [info] rdlock pair without a writer: always-kick (the e3082ab3b3 fix) is {:.2}x \
+             the pre-fix unlock{}{}; {} syscalls/pair",
+            always.ns.0 / pre_fix.ns.0,
+            peer(Scenario::PeerStdRwlockRead),
+            peer(Scenario::PeerParkingLotRead),
+            fmt_sys(always.syscalls_per_op)
         )?;
     }
     Ok(())

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aioctx::aio::AioContext;
+use aioctx::graph::{UnlockKick, graph_lock};
 use aioctx::wait::{kick, num_waiters, wait_while};
 
 use super::Env;
@@ -45,11 +46,19 @@ pub enum Scenario {
     /// Two threads handing a token back and forth through two eventfds, each blocked in
     /// `read(2)`: the floor of `kick-sleeping`. One op is one hand-off.
     PeerEventfdPingpong,
+    /// Graph `rdlock().await` + drop in a task, no writer, `UnlockKick::Always` (the fix).
+    RdlockPairAlways,
+    /// The same with `UnlockKick::WhenWriterSeen` (the pre-fix unlock).
+    RdlockPairWhenWriterSeen,
+    /// `std::sync::RwLock::read` + drop, uncontended.
+    PeerStdRwlockRead,
+    /// `parking_lot::RwLock::read` + drop, uncontended.
+    PeerParkingLotRead,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::KickIdle,
         Scenario::KickBusy,
         Scenario::KickSleeping,
@@ -61,6 +70,10 @@ impl Scenario {
         Scenario::PeerUnpark,
         Scenario::PeerTokioNotify,
         Scenario::PeerEventfdPingpong,
+        Scenario::RdlockPairAlways,
+        Scenario::RdlockPairWhenWriterSeen,
+        Scenario::PeerStdRwlockRead,
+        Scenario::PeerParkingLotRead,
     ];
 
     /// The scenario's name on the command line and in the report.
@@ -77,6 +90,10 @@ impl Scenario {
             Scenario::PeerUnpark => "peer-unpark",
             Scenario::PeerTokioNotify => "peer-tokio-notify",
             Scenario::PeerEventfdPingpong => "peer-eventfd-pingpong",
+            Scenario::RdlockPairAlways => "rdlock-pair-always",
+            Scenario::RdlockPairWhenWriterSeen => "rdlock-pair-when-writer-seen",
+            Scenario::PeerStdRwlockRead => "peer-std-rwlock-read",
+            Scenario::PeerParkingLotRead => "peer-parking-lot-read",
         }
     }
 
@@ -90,6 +107,10 @@ impl Scenario {
         match self {
             Scenario::KickSleeping | Scenario::NotifySleeping => "cycle",
             Scenario::PeerEventfdPingpong => "hand-off",
+            Scenario::RdlockPairAlways
+            | Scenario::RdlockPairWhenWriterSeen
+            | Scenario::PeerStdRwlockRead
+            | Scenario::PeerParkingLotRead => "pair",
             _ => "op",
         }
     }
@@ -125,6 +146,10 @@ impl Scenario {
             Scenario::PeerUnpark => peer_unpark(env, n),
             Scenario::PeerTokioNotify => peer_tokio_notify(env, n),
             Scenario::PeerEventfdPingpong => peer_eventfd_pingpong(env, n),
+            Scenario::RdlockPairAlways => rdlock_pair(env, n, UnlockKick::Always),
+            Scenario::RdlockPairWhenWriterSeen => rdlock_pair(env, n, UnlockKick::WhenWriterSeen),
+            Scenario::PeerStdRwlockRead => peer_std_rwlock_read(env, n),
+            Scenario::PeerParkingLotRead => peer_parking_lot_read(env, n),
         };
         let syscalls = match (m.window.kernel, self.is_library()) {
             (Some(k), _) => Some(k),
@@ -568,4 +593,39 @@ fn peer_eventfd_pingpong(env: &Env, n: u64) -> Measured {
     let window = w.close();
     ponger.finish();
     single(window, 2 * rounds, Some(4 * rounds))
+}
+
+/// `rdlock().await` + drop, `n` times, in one task on the main context with no writer:
+/// what the read side costs, and what the e3082ab3b3 fix (always kick) adds to it.
+fn rdlock_pair(env: &Env, n: u64, policy: UnlockKick) -> Measured {
+    let lock = graph_lock();
+    lock.set_unlock_kick(policy);
+    let w = Window::open(env);
+    env.main.block_on(async {
+        for _ in 0..n {
+            let guard = lock.rdlock().await;
+            drop(black_box(guard));
+        }
+    });
+    let window = w.close();
+    lock.set_unlock_kick(UnlockKick::Always);
+    single(window, n, None)
+}
+
+fn peer_std_rwlock_read(env: &Env, n: u64) -> Measured {
+    let lock = std::sync::RwLock::new(0u64);
+    let w = Window::open(env);
+    for _ in 0..n {
+        black_box(*lock.read().expect("an uncontended RwLock"));
+    }
+    single(w.close(), n, Some(0))
+}
+
+fn peer_parking_lot_read(env: &Env, n: u64) -> Measured {
+    let lock = parking_lot::RwLock::new(0u64);
+    let w = Window::open(env);
+    for _ in 0..n {
+        black_box(*lock.read());
+    }
+    single(w.close(), n, Some(0))
 }
