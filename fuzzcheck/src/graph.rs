@@ -10,8 +10,10 @@
 //! `WrLock` first tells every reader to drop its locks — those unlocks race with the
 //! writer's wait, the e3082ab3b3 window — then takes the write lock. After every step
 //! the run waits (through `aio_wait`, as the writer does) until every task has acted on
-//! its command, and checks: each task's locks and state are the model's, `readers()`
-//! equals the number of read guards held (so the sum of the per-context counts is never
+//! its command (the tasks kick after each one, except during `wrlock`, where only the
+//! lock's own kicks may wake the writer, so a lost wake-up shows as a hang), and
+//! checks: each task's locks and state are the model's, `readers()` equals the number
+//! of read guards held (so the sum of the per-context counts is never
 //! negative, also after tasks moved between contexts with locks held), `has_writer()`
 //! is the model's, and no reader ever acquired while the writer held the lock. A hang
 //! (a lost wake-up) is turned into an abort with the step by a watchdog.
@@ -118,9 +120,17 @@ impl Mailbox {
         }
     }
 
+    /// Publishes the task's state and wakes the run's `wait_while` — except while the
+    /// writer waits in `wrlock`: then the only wake-ups it may get are the lock's own
+    /// (`rdunlock`'s kick), or a lost one would go unnoticed.
     fn show(&self, f: impl FnOnce(&mut Shown)) {
         f(&mut self.shown.lock().unwrap());
-        kick();
+        // SeqCst: if this load still sees `true`, the main loop's store of `false`
+        // follows it, so the main loop's next look at `shown` (after that store) sees
+        // the update above without a kick.
+        if !IN_WRLOCK.load(Ordering::SeqCst) {
+            kick();
+        }
     }
 }
 
@@ -165,6 +175,8 @@ impl<F: Future> Future for Observed<'_, F> {
 
 /// Set by the main loop while it holds the write lock.
 static WRITER_ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Set by the main loop while it waits in `wrlock` (see `Mailbox::show`).
+static IN_WRLOCK: AtomicBool = AtomicBool::new(false);
 /// Read locks acquired while the writer held the lock.
 static VIOLATIONS: AtomicU32 = AtomicU32::new(0);
 
@@ -218,7 +230,9 @@ fn contexts() -> &'static [Arc<AioContext>; CONTEXTS] {
     static CTXS: OnceLock<[Arc<AioContext>; CONTEXTS]> = OnceLock::new();
     CTXS.get_or_init(|| {
         let spawn = |name: &str| {
-            let t = IoThread::new(name)
+            // No adaptive busy polling: on a loaded machine the spinning would only
+            // slow the fuzzer; the sleeping path is where wake-ups get lost anyway.
+            let t = IoThread::with_builder(name, AioContext::builder())
                 .unwrap_or_else(|e| panic!("graph fuzz: cannot start iothread {name}: {e}"));
             let ctx = Arc::clone(t.ctx());
             std::mem::forget(t);
@@ -406,6 +420,7 @@ fn run_on_main(ops: &[Op]) {
                 if writer.is_some() {
                     continue;
                 }
+                IN_WRLOCK.store(true, Ordering::SeqCst);
                 for (slot, m) in slots.iter().zip(model.tasks.iter_mut()) {
                     if let (Some(slot), Some(m)) = (slot, m)
                         && m.held > 0
@@ -415,6 +430,8 @@ fn run_on_main(ops: &[Op]) {
                     }
                 }
                 let w = graph_lock().wrlock();
+                // SeqCst: pairs with the load in `Mailbox::show`.
+                IN_WRLOCK.store(false, Ordering::SeqCst);
                 WRITER_ACTIVE.store(true, Ordering::SeqCst);
                 writer = Some(w);
                 model.writer = true;
