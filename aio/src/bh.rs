@@ -20,6 +20,10 @@
 //!    first, so a BH that waits for another BH of the same slice cannot deadlock.
 //! 6. Dropping the handle (`delete`) kills the callback: it never runs again, also when
 //!    the drop happens inside the callback itself (see `callback.rs`).
+//! 7. A callback never runs re-entrantly. A BH that is scheduled again while its callback
+//!    runs, and that a nested `poll` inside that callback reaches, is put back on the
+//!    list still scheduled (with its idle bit): it runs at the first `poll` after its
+//!    callback returned, so no schedule is lost.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -66,8 +70,9 @@ impl BhInner {
         (flags & (SCHEDULED | DELETED) == SCHEDULED).then_some(flags & IDLE != 0)
     }
 
-    /// Runs the BH if rule 3 allows; returns whether it counts as progress.
-    pub(crate) fn run(&self) -> (bool, bool) {
+    /// Runs the BH if rule 3 allows; returns whether it ran and whether that counts as
+    /// progress. A BH whose callback is running already (rule 7) goes back on `list`.
+    pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> (bool, bool) {
         // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
         // scheduler wrote before scheduling is visible to the callback.
         let flags = self
@@ -77,6 +82,11 @@ impl BhInner {
             return (false, false);
         }
         let ran = self.cb.run(|f| f());
+        if !ran && !self.cb.is_dead() {
+            // Rule 7: the callback is running further up this thread's stack.
+            enqueue(list, self, SCHEDULED | (flags & IDLE));
+            return (false, false);
+        }
         if flags & ONESHOT != 0 {
             self.cb.kill();
         }

@@ -817,7 +817,7 @@ impl AioContext {
                 }
             };
             let Some(bh) = bh else { break };
-            let (did_run, counts) = bh.run();
+            let (did_run, counts) = bh.run(&self.remote.bhs);
             ran += u64::from(did_run);
             progress |= counts;
         }

@@ -58,7 +58,7 @@ impl Loop {
         self.notify.accept();
         self.bhs.take_all(incoming);
         for bh in incoming.drain(..) {
-            bh.run();
+            bh.run(&self.bhs);
         }
     }
 }
@@ -191,7 +191,7 @@ mod tasks {
             self.notify.accept();
             self.bhs.take_all(incoming);
             for bh in incoming.drain(..) {
-                bh.run();
+                bh.run(&self.bhs);
             }
         }
     }

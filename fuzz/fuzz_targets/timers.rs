@@ -1,0 +1,6 @@
+//! Fuzz target `timers`: decodes a sequence of operations and checks it against the
+//! reference model in `aioctx_fuzzcheck::timers` (the same `run` the corpus replay and the
+//! proptests call).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| aioctx_fuzzcheck::timers::run_bytes(data));

@@ -1,0 +1,482 @@
+//! The graph lock against a reference model (DESIGN §8; QEMU: block/graph-lock.c).
+//!
+//! Readers are tasks on three contexts — the main context and two iothreads — each
+//! obeying commands from the run (take a read lock, drop one, move to another context,
+//! yield, exit). The writer is the main loop: every run executes on one long-lived
+//! "main loop" thread (the main context's home thread), whatever thread calls [`run`].
+//!
+//! The model knows, per task, how many read locks it holds, whether it is blocked in
+//! `rdlock` behind the writer, and its context; and whether the writer holds the lock.
+//! `WrLock` first tells every reader to drop its locks — those unlocks race with the
+//! writer's wait, the e3082ab3b3 window — then takes the write lock. After every step
+//! the run waits (through `aio_wait`, as the writer does) until every task has acted on
+//! its command (the tasks kick after each one, except during `wrlock`, where only the
+//! lock's own kicks may wake the writer, so a lost wake-up shows as a hang), and
+//! checks: each task's locks and state are the model's, `readers()` equals the number
+//! of read guards held (so the sum of the per-context counts is never
+//! negative, also after tasks moved between contexts with locks held), `has_writer()`
+//! is the model's, and no reader ever acquired while the writer held the lock. A hang
+//! (a lost wake-up) is turned into an abort with the step by a watchdog.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use aioctx_aio::{AioContext, IoThread, JoinHandle, main_context, reschedule_to, yield_now};
+use aioctx_graph::{ReadGuard, WriteGuard, graph_lock};
+use aioctx_wait::{kick, wait_while};
+use arbitrary::Arbitrary;
+
+/// How many reader tasks a run has at once.
+pub const TASKS: usize = 4;
+/// How many contexts readers run on (the main context and two iothreads).
+pub const CONTEXTS: usize = 3;
+/// How many read locks one task holds at most (read locks nest).
+pub const MAX_HELD: u32 = 3;
+
+/// A top-level operation. `u8` arguments name a task slot (modulo [`TASKS`]) or a
+/// context (modulo [`CONTEXTS`]); an operation on an empty slot, or one the model says
+/// cannot be sent now (a command to a task blocked in `rdlock`), is a no-op.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Op {
+    /// Spawns a reader task on a context into the first free slot.
+    Spawn(u8),
+    /// The task takes one more read lock (`rdlock().await`).
+    RdLock(u8),
+    /// The task drops one read lock (`rdunlock`).
+    RdUnlock(u8),
+    /// The task moves to a context (`reschedule_to`), keeping its locks.
+    Move(u8, u8),
+    /// The task yields.
+    Yield(u8),
+    /// The task drops its locks and ends; the run waits for it.
+    Exit(u8),
+    /// Every reader is told to drop its locks, then the main loop takes the write lock.
+    WrLock,
+    /// The main loop drops the write lock; blocked readers acquire.
+    WrUnlock,
+}
+
+// ---------------------------------------------------------------------------------
+// The model.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TaskState {
+    held: u32,
+    blocked: bool,
+    ctx: usize,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    tasks: [Option<TaskState>; TASKS],
+    writer: bool,
+}
+
+// ---------------------------------------------------------------------------------
+// Reader tasks.
+
+#[derive(Debug, Clone, Copy)]
+enum Cmd {
+    Lock,
+    Unlock,
+    UnlockAll,
+    Move(usize),
+    Yield,
+    Exit,
+}
+
+#[derive(Debug, Default)]
+struct Shown {
+    /// Commands fully acted on.
+    processed: u64,
+    state: Option<TaskState>,
+    done: bool,
+}
+
+#[derive(Default)]
+struct Mailbox {
+    cmds: Mutex<(VecDeque<Cmd>, Option<Waker>)>,
+    shown: Mutex<Shown>,
+    sent: Mutex<u64>,
+}
+
+impl Mailbox {
+    fn send(&self, cmd: Cmd) {
+        *self.sent.lock().unwrap() += 1;
+        let waker = {
+            let mut c = self.cmds.lock().unwrap();
+            c.0.push_back(cmd);
+            c.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Publishes the task's state and wakes the run's `wait_while` — except while the
+    /// writer waits in `wrlock`: then the only wake-ups it may get are the lock's own
+    /// (`rdunlock`'s kick), or a lost one would go unnoticed.
+    fn show(&self, f: impl FnOnce(&mut Shown)) {
+        f(&mut self.shown.lock().unwrap());
+        // SeqCst: if this load still sees `true`, the main loop's store of `false`
+        // follows it, so the main loop's next look at `shown` (after that store) sees
+        // the update above without a kick.
+        if !IN_WRLOCK.load(Ordering::SeqCst) {
+            kick();
+        }
+    }
+}
+
+struct NextCmd<'a>(&'a Mailbox);
+
+impl Future for NextCmd<'_> {
+    type Output = Cmd;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cmd> {
+        let mut c = self.0.cmds.lock().unwrap();
+        match c.0.pop_front() {
+            Some(cmd) => Poll::Ready(cmd),
+            None => {
+                c.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Polls `rdlock()`, showing "blocked" while it is pending.
+struct Observed<'a, F> {
+    fut: Pin<Box<F>>,
+    mb: &'a Mailbox,
+}
+
+impl<F: Future> Future for Observed<'_, F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.fut.as_mut().poll(cx) {
+            Poll::Ready(v) => Poll::Ready(v),
+            Poll::Pending => {
+                self.mb.show(|s| {
+                    if let Some(st) = &mut s.state {
+                        st.blocked = true;
+                    }
+                });
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Set by the main loop while it holds the write lock.
+static WRITER_ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Set by the main loop while it waits in `wrlock` (see `Mailbox::show`).
+static IN_WRLOCK: AtomicBool = AtomicBool::new(false);
+/// Read locks acquired while the writer held the lock.
+static VIOLATIONS: AtomicU32 = AtomicU32::new(0);
+
+async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
+    let mut guards: Vec<ReadGuard<'static>> = Vec::new();
+    loop {
+        let cmd = NextCmd(&mb).await;
+        match cmd {
+            Cmd::Lock => {
+                let g = Observed {
+                    fut: Box::pin(graph_lock().rdlock()),
+                    mb: &mb,
+                }
+                .await;
+                if WRITER_ACTIVE.load(Ordering::SeqCst) {
+                    VIOLATIONS.fetch_add(1, Ordering::SeqCst);
+                }
+                guards.push(g);
+            }
+            Cmd::Unlock => drop(guards.pop()),
+            Cmd::UnlockAll => guards.clear(),
+            Cmd::Move(c) => {
+                reschedule_to(&contexts()[c]).await;
+                ctx = c;
+            }
+            Cmd::Yield => yield_now().await,
+            Cmd::Exit => {
+                guards.clear();
+                mb.show(|s| {
+                    s.processed += 1;
+                    s.state = None;
+                    s.done = true;
+                });
+                return;
+            }
+        }
+        let held = guards.len() as u32;
+        mb.show(|s| {
+            s.processed += 1;
+            s.state = Some(TaskState {
+                held,
+                blocked: false,
+                ctx,
+            });
+        });
+    }
+}
+
+/// The three contexts: main, and two iothreads that live as long as the process.
+fn contexts() -> &'static [Arc<AioContext>; CONTEXTS] {
+    static CTXS: OnceLock<[Arc<AioContext>; CONTEXTS]> = OnceLock::new();
+    CTXS.get_or_init(|| {
+        let spawn = |name: &str| {
+            // No adaptive busy polling: on a loaded machine the spinning would only
+            // slow the fuzzer; the sleeping path is where wake-ups get lost anyway.
+            let t = IoThread::with_builder(name, AioContext::builder())
+                .unwrap_or_else(|e| panic!("graph fuzz: cannot start iothread {name}: {e}"));
+            let ctx = Arc::clone(t.ctx());
+            std::mem::forget(t);
+            ctx
+        };
+        [
+            Arc::clone(main_context()),
+            spawn("fuzz-io1"),
+            spawn("fuzz-io2"),
+        ]
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the process's one main-loop thread and returns its result (or panic).
+fn on_main<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    static MAIN: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+    let tx = MAIN.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("fuzz-main-loop".into())
+            .spawn(move || {
+                main_context().make_current();
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawn the fuzz main-loop thread");
+        Mutex::new(tx)
+    });
+    let (rtx, rrx) = channel();
+    let job: Job = Box::new(move || {
+        let _ = rtx.send(catch_unwind(AssertUnwindSafe(f)));
+    });
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(job)
+        .expect("the fuzz main-loop thread died");
+    match rrx.recv().expect("the fuzz main-loop thread died") {
+        Ok(r) => r,
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+struct Slot {
+    mb: Arc<Mailbox>,
+    join: JoinHandle<()>,
+}
+
+/// Decodes `data` (libFuzzer bytes) and [`run`]s it; undecodable input is ignored.
+pub fn run_bytes(data: &[u8]) {
+    if let Some(ops) = crate::decode::<Op>(data) {
+        run(&ops);
+    }
+}
+
+/// Runs `ops` on the main-loop thread and checks every step against the model.
+///
+/// # Panics
+/// When the lock and the model disagree (the message names the step); the watchdog
+/// aborts the process when a run hangs for 20 s.
+pub fn run(ops: &[Op]) {
+    let ops = ops.to_vec();
+    on_main(move || run_on_main(&ops));
+}
+
+fn run_on_main(ops: &[Op]) {
+    let ctxs = contexts();
+    let watchdog = crate::Watchdog::start("graph_lock", Duration::from_secs(20));
+    let mut model = Model::default();
+    let mut slots: [Option<Slot>; TASKS] = Default::default();
+    let mut writer: Option<WriteGuard<'static>> = None;
+    VIOLATIONS.store(0, Ordering::SeqCst);
+    let base_readers = graph_lock().readers();
+    assert_eq!(
+        base_readers, 0,
+        "graph: a read lock is held before the run starts"
+    );
+
+    let quiescent = |slots: &[Option<Slot>; TASKS], model: &Model| {
+        slots.iter().zip(&model.tasks).all(|(slot, m)| {
+            let Some(slot) = slot else { return true };
+            let sent = *slot.mb.sent.lock().unwrap();
+            let shown = slot.mb.shown.lock().unwrap();
+            match m {
+                Some(m) if m.blocked => {
+                    shown.processed + 1 == sent && shown.state.is_some_and(|s| s.blocked)
+                }
+                _ => shown.processed == sent,
+            }
+        })
+    };
+
+    let mut steps = ops.iter().copied().map(Some).collect::<Vec<_>>();
+    steps.push(None); // the cleanup
+    for (step, op) in steps.into_iter().enumerate() {
+        watchdog.note(|s| *s = format!("step {step}: {op:?}; model {model:?}"));
+        let Some(op) = op else {
+            // Cleanup: release the writer, then end every task.
+            if let Some(w) = writer.take() {
+                WRITER_ACTIVE.store(false, Ordering::SeqCst);
+                drop(w);
+                model.writer = false;
+                for t in model.tasks.iter_mut().flatten() {
+                    if t.blocked {
+                        t.blocked = false;
+                        t.held += 1;
+                    }
+                }
+            }
+            wait_while(None, || !quiescent(&slots, &model));
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if let Some(s) = slot.take() {
+                    s.mb.send(Cmd::Exit);
+                    wait_while(None, || !s.mb.shown.lock().unwrap().done);
+                    model.tasks[i] = None;
+                }
+            }
+            let left = graph_lock().readers();
+            assert_eq!(
+                left, 0,
+                "graph: {left} read locks left after every task ended"
+            );
+            break;
+        };
+        let task = |t: u8| usize::from(t) % TASKS;
+        match op {
+            Op::Spawn(c) => {
+                if let Some(free) = slots.iter().position(Option::is_none) {
+                    let c = usize::from(c) % CONTEXTS;
+                    let mb = Arc::new(Mailbox::default());
+                    mb.shown.lock().unwrap().state = Some(TaskState {
+                        held: 0,
+                        blocked: false,
+                        ctx: c,
+                    });
+                    let join = ctxs[c].spawn(reader(Arc::clone(&mb), c));
+                    slots[free] = Some(Slot { mb, join });
+                    model.tasks[free] = Some(TaskState {
+                        held: 0,
+                        blocked: false,
+                        ctx: c,
+                    });
+                }
+            }
+            Op::RdLock(t) | Op::RdUnlock(t) | Op::Move(t, _) | Op::Yield(t) | Op::Exit(t) => {
+                let i = task(t);
+                let (Some(slot), Some(m)) = (&slots[i], &mut model.tasks[i]) else {
+                    continue;
+                };
+                if m.blocked {
+                    continue;
+                }
+                let cmd = match op {
+                    Op::RdLock(_) if m.held < MAX_HELD => {
+                        if model.writer {
+                            m.blocked = true;
+                        } else {
+                            m.held += 1;
+                        }
+                        Cmd::Lock
+                    }
+                    Op::RdUnlock(_) if m.held > 0 => {
+                        m.held -= 1;
+                        Cmd::Unlock
+                    }
+                    Op::Move(_, c) => {
+                        m.ctx = usize::from(c) % CONTEXTS;
+                        Cmd::Move(m.ctx)
+                    }
+                    Op::Yield(_) => Cmd::Yield,
+                    Op::Exit(_) => Cmd::Exit,
+                    _ => continue,
+                };
+                slot.mb.send(cmd);
+                if let Cmd::Exit = cmd {
+                    let s = slots[i].take().expect("checked above");
+                    wait_while(None, || !s.mb.shown.lock().unwrap().done);
+                    main_context().block_on(s.join);
+                    model.tasks[i] = None;
+                }
+            }
+            Op::WrLock => {
+                if writer.is_some() {
+                    continue;
+                }
+                IN_WRLOCK.store(true, Ordering::SeqCst);
+                for (slot, m) in slots.iter().zip(model.tasks.iter_mut()) {
+                    if let (Some(slot), Some(m)) = (slot, m)
+                        && m.held > 0
+                    {
+                        m.held = 0;
+                        slot.mb.send(Cmd::UnlockAll);
+                    }
+                }
+                let w = graph_lock().wrlock();
+                // SeqCst: pairs with the load in `Mailbox::show`.
+                IN_WRLOCK.store(false, Ordering::SeqCst);
+                WRITER_ACTIVE.store(true, Ordering::SeqCst);
+                writer = Some(w);
+                model.writer = true;
+            }
+            Op::WrUnlock => {
+                let Some(w) = writer.take() else { continue };
+                WRITER_ACTIVE.store(false, Ordering::SeqCst);
+                drop(w);
+                model.writer = false;
+                for t in model.tasks.iter_mut().flatten() {
+                    if t.blocked {
+                        t.blocked = false;
+                        t.held += 1;
+                    }
+                }
+            }
+        }
+        wait_while(None, || !quiescent(&slots, &model));
+        for (i, (slot, m)) in slots.iter().zip(&model.tasks).enumerate() {
+            let real = slot.as_ref().and_then(|s| s.mb.shown.lock().unwrap().state);
+            assert_eq!(
+                real, *m,
+                "graph: step {step} ({op:?}): task {i} is {real:?}, the model says {m:?}; \
+                 ops: {ops:?}"
+            );
+        }
+        let held: u32 = model.tasks.iter().flatten().map(|t| t.held).sum();
+        let readers = graph_lock().readers();
+        assert_eq!(
+            readers, held,
+            "graph: step {step} ({op:?}): readers() is {readers} (as i32: {}) with {held} read \
+             guards held; ops: {ops:?}",
+            readers as i32
+        );
+        assert_eq!(
+            graph_lock().has_writer(),
+            model.writer,
+            "graph: step {step} ({op:?}): has_writer() differs from the model; ops: {ops:?}"
+        );
+        let v = VIOLATIONS.load(Ordering::SeqCst);
+        assert_eq!(
+            v, 0,
+            "graph: step {step} ({op:?}): a reader acquired while the writer held the lock; \
+             ops: {ops:?}"
+        );
+    }
+    drop(watchdog);
+}

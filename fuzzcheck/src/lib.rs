@@ -1,0 +1,142 @@
+//! Operation sequences and reference models for aioctx's fuzz targets.
+//!
+//! Each module drives the real code with a sequence of operations decoded by
+//! [`arbitrary`] and checks it against a small reference model after every step:
+//!
+//! - [`bh`]: bottom halves (DESIGN §4: slices, FIFO, cancel keeps place, idle is not
+//!   progress, nested polls, delete from anywhere, scheduling from a second thread);
+//! - [`timers`]: timer lists (modify, anticipate, delete, clock advance, poll);
+//! - [`graph`]: the graph lock (readers in tasks on three contexts, the writer on the
+//!   main loop).
+//!
+//! The same `run(&[Op])` is called by the cargo-fuzz targets in `fuzz/`, by the replay
+//! of the committed corpus and by the proptests (`cargo test -p aioctx-fuzzcheck`). A
+//! failed check panics with the step and what differed.
+#![deny(missing_docs)]
+
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arbitrary::{Arbitrary, Unstructured};
+
+pub mod bh;
+pub mod graph;
+pub mod timers;
+
+/// Decodes `data` as libFuzzer's `fuzz_target!(|ops: Vec<Op>| ..)` would
+/// (`arbitrary_take_rest`); `None` when the bytes do not decode.
+pub fn decode<'a, T: Arbitrary<'a>>(data: &'a [u8]) -> Option<Vec<T>> {
+    Vec::<T>::arbitrary_take_rest(Unstructured::new(data)).ok()
+}
+
+/// Decodes one operation from each chunk (the proptests' encoding: random bytes decoded
+/// by `decode` would mostly end after a couple of operations).
+pub fn decode_each<'a, T: Arbitrary<'a>>(chunks: &'a [Vec<u8>]) -> Vec<T> {
+    chunks
+        .iter()
+        .filter_map(|c| T::arbitrary(&mut Unstructured::new(c)).ok())
+        .collect()
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+/// A job and where to say it is done.
+type RemoteJob = (Job, Sender<()>);
+
+/// Runs `f` on a second, long-lived thread (one per process) and waits for it: the
+/// "schedule from another thread" operations. The thread only runs what it is given;
+/// it never polls a context.
+pub(crate) fn on_remote_thread(f: impl FnOnce() + Send + 'static) {
+    static REMOTE: OnceLock<Mutex<Sender<RemoteJob>>> = OnceLock::new();
+    let tx = REMOTE.get_or_init(|| {
+        let (tx, rx) = channel::<RemoteJob>();
+        std::thread::Builder::new()
+            .name("fuzz-remote".into())
+            .spawn(move || {
+                for (job, done) in rx {
+                    job();
+                    let _ = done.send(());
+                }
+            })
+            .expect("spawn the fuzz-remote thread");
+        Mutex::new(tx)
+    });
+    let (dtx, drx) = channel();
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((Box::new(f), dtx))
+        .expect("the fuzz-remote thread died");
+    drx.recv().expect("the fuzz-remote job panicked");
+}
+
+/// Turns a hang into a failure: while the guard lives, a helper thread aborts the
+/// process with `what` and the last step noted if `limit` passes.
+pub(crate) struct Watchdog {
+    slot: usize,
+}
+
+struct WatchState {
+    deadline: Option<Instant>,
+    what: &'static str,
+    note: String,
+}
+
+static WATCH: Mutex<Vec<WatchState>> = Mutex::new(Vec::new());
+
+impl Watchdog {
+    pub(crate) fn start(what: &'static str, limit: Duration) -> Self {
+        static THREAD: OnceLock<()> = OnceLock::new();
+        THREAD.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("fuzz-watchdog".into())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
+                        for w in watch.iter() {
+                            if w.deadline.is_some_and(|d| Instant::now() > d) {
+                                eprintln!(
+                                    "watchdog: {} hung (no end after its time limit); last \
+                                     step: {}",
+                                    w.what, w.note
+                                );
+                                std::process::abort();
+                            }
+                        }
+                    }
+                })
+                .expect("spawn the fuzz-watchdog thread");
+        });
+        let mut watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
+        let state = WatchState {
+            deadline: Some(Instant::now() + limit),
+            what,
+            note: String::new(),
+        };
+        let slot = match watch.iter().position(|w| w.deadline.is_none()) {
+            Some(i) => {
+                watch[i] = state;
+                i
+            }
+            None => {
+                watch.push(state);
+                watch.len() - 1
+            }
+        };
+        Self { slot }
+    }
+
+    /// Records what the run is doing, for the abort message.
+    pub(crate) fn note(&self, note: impl FnOnce(&mut String)) {
+        let mut watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut watch[self.slot].note;
+        s.clear();
+        note(s);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        WATCH.lock().unwrap_or_else(|e| e.into_inner())[self.slot].deadline = None;
+    }
+}
