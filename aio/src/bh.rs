@@ -21,9 +21,11 @@
 //! 6. Dropping the handle (`delete`) kills the callback: it never runs again, also when
 //!    the drop happens inside the callback itself (see `callback.rs`).
 //! 7. A callback never runs re-entrantly. A BH that is scheduled again while its callback
-//!    runs, and that a nested `poll` inside that callback reaches, is put back on the
-//!    list still scheduled (with its idle bit): it runs at the first `poll` after its
-//!    callback returned, so no schedule is lost.
+//!    runs, and that a nested `poll` inside that callback reaches, is marked `DEFERRED`
+//!    (remembering whether it was idle) instead of run; when the callback returns, the
+//!    outer run puts it back on the list, so it runs at the first `poll` after its
+//!    callback returned and no schedule is lost. While deferred it is on no list, so
+//!    nested blocking polls inside the callback still sleep rather than spin on it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -44,6 +46,10 @@ pub(crate) const ONESHOT: u32 = 1 << 2;
 pub(crate) const DELETED: u32 = 1 << 3;
 /// Idle: runs within 10 ms and does not count as progress.
 pub(crate) const IDLE: u32 = 1 << 4;
+/// Reached by a nested poll while its callback ran further up the stack (rule 7).
+const DEFERRED: u32 = 1 << 5;
+/// The deferred schedule was an idle one.
+const DEFERRED_IDLE: u32 = 1 << 6;
 
 type Callback = dyn FnMut() + Send;
 
@@ -82,10 +88,25 @@ impl BhInner {
             return (false, false);
         }
         let ran = self.cb.run(|f| f());
-        if !ran && !self.cb.is_dead() {
-            // Rule 7: the callback is running further up this thread's stack.
-            enqueue(list, self, SCHEDULED | (flags & IDLE));
+        if !ran {
+            if !self.cb.is_dead() {
+                // Rule 7: the callback is running further up this thread's stack.
+                let idle = if flags & IDLE != 0 { DEFERRED_IDLE } else { 0 };
+                self.flags.fetch_or(DEFERRED | idle, Ordering::Relaxed);
+            }
             return (false, false);
+        }
+        // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
+        let deferred = self
+            .flags
+            .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
+        if deferred & DEFERRED != 0 {
+            let idle = if deferred & DEFERRED_IDLE != 0 {
+                IDLE
+            } else {
+                0
+            };
+            enqueue(list, self, SCHEDULED | idle);
         }
         if flags & ONESHOT != 0 {
             self.cb.kill();
@@ -262,12 +283,16 @@ impl Bh {
     /// scheduling it again before the next `poll` keeps its old position in the FIFO
     /// order (QEMU: `qemu_bh_cancel`).
     pub fn cancel(&self) {
-        self.inner.flags.fetch_and(!SCHEDULED, Ordering::Relaxed);
+        // Also drops a schedule deferred by rule 7.
+        self.inner
+            .flags
+            .fetch_and(!(SCHEDULED | DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
     }
 
     /// Whether the BH is scheduled and has not run yet.
     pub fn is_scheduled(&self) -> bool {
-        self.inner.wants_run().is_some()
+        let deferred = self.inner.flags.load(Ordering::Relaxed) & (DEFERRED | DELETED) == DEFERRED;
+        self.inner.wants_run().is_some() || deferred
     }
 }
 

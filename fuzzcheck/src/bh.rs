@@ -7,7 +7,8 @@
 //! parents' slices too); running a BH clears pending, scheduled and idle, and calls it
 //! only if it was scheduled and not deleted. A BH whose callback is already running
 //! (it rescheduled itself and then polled from inside its own callback) cannot run
-//! again re-entrantly: it stays scheduled and runs at the first poll after it returned.
+//! again re-entrantly: the schedule is deferred (on no list) and the BH goes back on the
+//! list when its callback returns, so it runs at the first poll after that (rule 7).
 //!
 //! After every operation the run checks that the callbacks that ran (and the results of
 //! the nested polls they made) are exactly the model's, in the model's order, that
@@ -94,6 +95,8 @@ struct MBh {
     deleted: bool,
     oneshot: bool,
     running: bool,
+    /// A schedule deferred by a nested poll while the callback ran: `Some(idle)`.
+    deferred: Option<bool>,
     actions: Vec<Action>,
 }
 
@@ -117,6 +120,7 @@ impl Model {
             deleted: false,
             oneshot,
             running: false,
+            deferred: None,
             actions,
         });
         id
@@ -140,7 +144,9 @@ impl Model {
 
     fn cancel(&mut self, s: usize) {
         if let Some(id) = self.slots[s] {
-            self.bhs[id as usize].scheduled = false;
+            let bh = &mut self.bhs[id as usize];
+            bh.scheduled = false;
+            bh.deferred = None;
         }
     }
 
@@ -152,7 +158,7 @@ impl Model {
 
     fn is_scheduled(&self, s: usize) -> Option<bool> {
         let bh = &self.bhs[self.slots[s]? as usize];
-        Some(bh.scheduled && !bh.deleted)
+        Some((bh.scheduled || bh.deferred.is_some()) && !bh.deleted)
     }
 
     /// Whether a blocking poll would not sleep: a non-idle BH is scheduled.
@@ -194,8 +200,8 @@ impl Model {
                 continue;
             }
             if bh.running {
-                // Cannot run re-entrantly: stays scheduled for the next poll.
-                self.enqueue(id, idle);
+                // Cannot run re-entrantly: deferred until its callback returns.
+                bh.deferred = Some(idle);
                 continue;
             }
             bh.running = true;
@@ -206,6 +212,10 @@ impl Model {
             }
             let bh = &mut self.bhs[id as usize];
             bh.running = false;
+            if let Some(idle) = bh.deferred.take() {
+                self.enqueue(id, idle);
+            }
+            let bh = &mut self.bhs[id as usize];
             if bh.oneshot {
                 bh.deleted = true;
             }
