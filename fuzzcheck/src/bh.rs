@@ -200,8 +200,9 @@ impl Model {
                 continue;
             }
             if bh.running {
-                // Cannot run re-entrantly: deferred until its callback returns.
-                bh.deferred = Some(idle);
+                // Cannot run re-entrantly: deferred until its callback returns. Like the
+                // idle bit of a pending BH, an idle deferral stays idle (flags OR).
+                bh.deferred = Some(bh.deferred.unwrap_or(false) | idle);
                 continue;
             }
             bh.running = true;
