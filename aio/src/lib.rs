@@ -68,6 +68,8 @@ mod io;
 mod iothread;
 mod local;
 mod notify;
+mod poll;
+mod pool;
 mod run_queue;
 mod stats;
 mod sync;
@@ -79,6 +81,7 @@ mod timer;
 mod loom_tests;
 
 pub use backend::uring::MAX_RING_ENTRIES;
+pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
 pub use context::{
