@@ -15,8 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aioctx::aio::{IoThread, main_context, yield_now};
+use aioctx::aio::{IoThread, main_context, sleep};
 use aioctx::graph::{UnlockKick, graph_lock};
+
+/// How long a reader or the writer naps between looks at the other side: sleeping, not
+/// spinning, so the pressure threads alone make the CPU pressure and hand-offs do not
+/// queue behind spinning waiters.
+const NAP: Duration = Duration::from_micros(20);
 
 /// The parsed flags of `aioctx stress`.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,61 +53,6 @@ impl Default for StressOptions {
     }
 }
 
-pub const USAGE: &str = "usage: aioctx stress [--iothreads N] [--iterations N] \
-[--unlock-kick always|when-writer-seen] [--pressure T] [--watchdog-secs S] [--json]";
-
-/// Parses the flags after `stress`.
-///
-/// # Errors
-/// A message naming the bad flag or value.
-pub fn parse_args(args: &[String]) -> Result<StressOptions, String> {
-    let mut o = StressOptions::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-                .cloned()
-        };
-        let number = |name: &str, v: String| -> Result<u64, String> {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: `{v}` is not a non-negative integer\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--iothreads" => {
-                o.iothreads = number("--iothreads", value("--iothreads")?)? as usize;
-                if o.iothreads == 0 {
-                    return Err(format!("--iothreads must be at least 1\n{USAGE}"));
-                }
-            }
-            "--iterations" => o.iterations = number("--iterations", value("--iterations")?)?,
-            "--pressure" => o.pressure = number("--pressure", value("--pressure")?)? as usize,
-            "--watchdog-secs" => {
-                o.watchdog_secs = number("--watchdog-secs", value("--watchdog-secs")?)?;
-                if o.watchdog_secs == 0 {
-                    return Err(format!("--watchdog-secs must be at least 1\n{USAGE}"));
-                }
-            }
-            "--unlock-kick" => {
-                o.unlock_kick = match value("--unlock-kick")?.as_str() {
-                    "always" => UnlockKick::Always,
-                    "when-writer-seen" => UnlockKick::WhenWriterSeen,
-                    other => {
-                        return Err(format!(
-                            "--unlock-kick: `{other}` is not a policy; use `always` or \
-                             `when-writer-seen`\n{USAGE}"
-                        ));
-                    }
-                }
-            }
-            "--json" => o.json = true,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown flag `{other}`\n{USAGE}")),
-        }
-    }
-    Ok(o)
-}
-
 /// What the watchdog saw when the writer stopped making progress.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diagnosis {
@@ -122,7 +72,7 @@ fn policy_name(p: UnlockKick) -> &'static str {
 }
 
 /// Runs the stress; returns the process exit code (0 done, 3 writer stuck).
-pub fn run(o: &StressOptions) -> i32 {
+pub fn run(o: &StressOptions) -> u8 {
     let main = main_context();
     main.make_current();
     let lock = graph_lock();
@@ -141,7 +91,9 @@ pub fn run(o: &StressOptions) -> i32 {
                 .spawn(move || {
                     let mut x = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
                     }
                 })
                 .expect("spawn a pressure thread")
@@ -152,8 +104,11 @@ pub fn run(o: &StressOptions) -> i32 {
         .map(|i| IoThread::new(&format!("iothread{i}")).expect("create an iothread"))
         .collect();
     for t in &iothreads {
-        let (stop, reader_ops, cycles) =
-            (Arc::clone(&stop), Arc::clone(&reader_ops), Arc::clone(&cycles));
+        let (stop, reader_ops, cycles) = (
+            Arc::clone(&stop),
+            Arc::clone(&reader_ops),
+            Arc::clone(&cycles),
+        );
         t.ctx()
             .spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -165,7 +120,7 @@ pub fn run(o: &StressOptions) -> i32 {
                         && Instant::now() < deadline
                         && !stop.load(Ordering::Relaxed)
                     {
-                        yield_now().await;
+                        sleep(NAP).await;
                     }
                     drop(guard);
                     reader_ops.fetch_add(1, Ordering::Relaxed);
@@ -177,7 +132,7 @@ pub fn run(o: &StressOptions) -> i32 {
                         && Instant::now() < deadline
                         && !stop.load(Ordering::Relaxed)
                     {
-                        yield_now().await;
+                        sleep(NAP).await;
                     }
                 }
             })
@@ -215,9 +170,26 @@ pub fn run(o: &StressOptions) -> i32 {
             .expect("spawn the watchdog")
     };
 
+    // Start writing only once every reader is at work.
+    let started = Instant::now();
+    while reader_ops.load(Ordering::Relaxed) < o.iothreads as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(o.watchdog_secs),
+            "stress: the reader tasks did not start within {} s",
+            o.watchdog_secs
+        );
+        std::thread::yield_now();
+    }
+
     let tty = std::io::stderr().is_terminal() && !o.json;
+    let sleeps_before = main.stats().sleeps;
     let start = Instant::now();
     for i in 0..o.iterations {
+        // Come when a reader holds the lock (bounded), so that every cycle waits.
+        let deadline = Instant::now() + Duration::from_millis(2);
+        while lock.readers() == 0 && Instant::now() < deadline {
+            std::thread::sleep(NAP);
+        }
         let w = lock.wrlock_drained();
         drop(w);
         cycles.store(i + 1, Ordering::Relaxed);
@@ -244,10 +216,14 @@ pub fn run(o: &StressOptions) -> i32 {
         p.join().expect("a pressure thread");
     }
     let reads = reader_ops.load(Ordering::Relaxed);
+    // How often the writer slept waiting for readers: each is one run of the seed
+    // commit's window, survived.
+    let writer_sleeps = main.stats().sleeps - sleeps_before;
     if o.json {
         println!(
             "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"iothreads\":{},\"pressure\":{},\
-             \"cycles\":{},\"reader_cycles\":{reads},\"seconds\":{:.3}}}",
+             \"cycles\":{},\"reader_cycles\":{reads},\"writer_sleeps\":{writer_sleeps},\
+             \"seconds\":{:.3}}}",
             policy_name(o.unlock_kick),
             o.iothreads,
             o.pressure,
@@ -257,7 +233,8 @@ pub fn run(o: &StressOptions) -> i32 {
     } else {
         println!(
             "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
-             threads) in {:.2} s; readers took and dropped the lock {reads} times",
+             threads) in {:.2} s; readers took and dropped the lock {reads} times; the writer \
+             slept waiting for readers {writer_sleeps} times",
             o.iterations,
             policy_name(o.unlock_kick),
             o.iothreads,

@@ -546,6 +546,7 @@ impl AioContext {
         if self.is_home_thread() {
             // SAFETY: passed on from this function's contract.
             unsafe { self.home().driver.push_raw(entry, on_complete) };
+            self.publish_counters();
         } else {
             lock(&self.remote.raw_queue).push((entry, on_complete));
             self.remote.request();

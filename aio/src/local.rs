@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// How many distinct [`ContextLocal`] keys a process may declare.
 pub const MAX_CONTEXT_LOCALS: usize = 16;
 
-static NEXT_INDEX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static NEXT_INDEX: AtomicUsize = AtomicUsize::new(0);
 
 /// The per-context storage behind [`ContextLocal`].
 pub(crate) type Slots = [OnceLock<Box<dyn Any + Send + Sync>>; MAX_CONTEXT_LOCALS];
@@ -58,7 +58,7 @@ impl<T: Send + Sync + 'static> ContextLocal<T> {
         if index != UNASSIGNED {
             return index;
         }
-        let fresh = NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fresh = NEXT_INDEX.fetch_add(1, Ordering::Relaxed);
         assert!(
             fresh < MAX_CONTEXT_LOCALS,
             "more than {MAX_CONTEXT_LOCALS} ContextLocal keys declared"

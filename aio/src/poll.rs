@@ -214,22 +214,17 @@ impl AioContext {
     /// Dispatches what the back end reported, one item at a time (module rule 2);
     /// returns whether a callback ran.
     fn dispatch(&self) -> bool {
-        {
-            let mut home = self.home();
-            home.driver.collect();
-            let c = &self.remote.counters;
-            // Single writer (the home thread): absolute values, so that enters forced
-            // outside the wait (a full SQ, an overflow flush) are counted too.
-            c.enters.store(home.driver.enters(), Ordering::Relaxed);
-            c.cqes.store(home.driver.cqes(), Ordering::Relaxed);
-            c.eventfd_reads
-                .store(home.driver.eventfd_reads(), Ordering::Relaxed);
-        }
+        self.home().driver.collect();
+        self.publish_counters();
         let mut progress = false;
         loop {
             let ready = self.home().driver.next_ready(self.name());
             match ready {
-                None => return progress,
+                None => {
+                    // Callbacks may have forced enters (a full SQ) meanwhile.
+                    self.publish_counters();
+                    return progress;
+                }
                 Some(Ready::Raw(cb, res, flags)) => {
                     cb(res, flags);
                     progress = true;
@@ -238,6 +233,19 @@ impl AioContext {
                 Some(Ready::FdFailed(node, err)) => self.remove_bad_fd(&node, &err),
             }
         }
+    }
+
+    /// Publishes the driver's counts to `stats()`. The driver counts every kernel entry,
+    /// also those a full SQ (push) or a CQ overflow (reap) forces outside the wait, which
+    /// may happen in callbacks and in `submit_raw`. Single writer (the home thread), so
+    /// absolute stores suffice.
+    pub(crate) fn publish_counters(&self) {
+        let home = self.home();
+        let c = &self.remote.counters;
+        c.enters.store(home.driver.enters(), Ordering::Relaxed);
+        c.cqes.store(home.driver.cqes(), Ordering::Relaxed);
+        c.eventfd_reads
+            .store(home.driver.eventfd_reads(), Ordering::Relaxed);
     }
 
     /// Runs a ready handler, then re-arms it — also when the handler panics (module

@@ -222,3 +222,63 @@ impl fmt::Debug for Timer {
             .finish()
     }
 }
+
+/// Completes `duration` after its first poll, on the context of the task that awaits it
+/// (QEMU: `qemu_co_sleep_ns`). The task sleeps: its context may sleep in the kernel
+/// until the deadline, nothing spins.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let ctx = aioctx_aio::AioContext::new()?;
+/// let start = Instant::now();
+/// ctx.block_on(aioctx_aio::sleep(Duration::from_millis(2)));
+/// assert!(start.elapsed() >= Duration::from_millis(2));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Panics
+/// When first polled on a thread without a current context (see [`current`]).
+///
+/// [`current`]: crate::current
+pub fn sleep(duration: std::time::Duration) -> Sleep {
+    Sleep {
+        duration,
+        state: None,
+    }
+}
+
+/// The future of [`sleep`].
+#[must_use = "a future does nothing unless awaited"]
+pub struct Sleep {
+    duration: std::time::Duration,
+    state: Option<(Timer, Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+impl std::future::Future for Sleep {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if let Some((_, fired)) = &self.state {
+            // Acquire: pairs with the Release store in the timer callback.
+            if fired.load(std::sync::atomic::Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            return std::task::Poll::Pending;
+        }
+        let ctx = crate::current();
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, waker) = (Arc::clone(&fired), cx.waker().clone());
+        let timer = ctx.timer_new(ClockType::Realtime, move || {
+            // Release: pairs with the Acquire load in `poll`.
+            f.store(true, std::sync::atomic::Ordering::Release);
+            waker.wake_by_ref();
+        });
+        let ns = i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX / 2);
+        timer.modify(ClockType::Realtime.now_ns().saturating_add(ns));
+        self.state = Some((timer, fired));
+        std::task::Poll::Pending
+    }
+}

@@ -1,0 +1,269 @@
+#![cfg(not(loom))]
+//! `aioctx kickstat` as a user runs it: the JSON report, the syscall claims it makes,
+//! the table, and the errors for bad flags.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ALL: [&str; 11] = [
+    "kick-idle",
+    "kick-busy",
+    "kick-sleeping",
+    "notify-busy",
+    "notify-sleeping",
+    "peer-fence-load",
+    "peer-eventfd-write",
+    "peer-futex-wake",
+    "peer-unpark",
+    "peer-tokio-notify",
+    "peer-eventfd-pingpong",
+];
+
+/// Runs the binary; a watchdog turns a hang into a failure instead of a stuck CI.
+fn aioctx(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_aioctx"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running aioctx");
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while !d.load(Ordering::Relaxed) {
+            if start.elapsed() > Duration::from_secs(120) {
+                // SAFETY: kill(2) on the pid of our own child, which has not been reaped
+                // (wait_with_output below is still waiting for it).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    });
+    let out = child.wait_with_output().expect("waiting for aioctx");
+    done.store(true, Ordering::Relaxed);
+    assert!(
+        !watchdog.join().unwrap(),
+        "watchdog: aioctx {args:?} hung for 120 s and was killed; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What one kick-and-wake cycle may cost in syscalls on the backend this run selects:
+/// 2 on io_uring (eventfd write + the io_uring_enter the sleeper was in), 3 on the epoll
+/// fallback (write + epoll_wait + the woken loop's read(2) of the eventfd).
+fn sleeping_cycle_limit() -> f64 {
+    if std::env::var("AIOCTX_BACKEND").is_ok_and(|v| v == "epoll") {
+        3.0
+    } else {
+        2.0
+    }
+}
+
+fn json(args: &[&str]) -> Vec<Value> {
+    let out = aioctx(args);
+    assert!(
+        out.status.success(),
+        "aioctx {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    match serde_json::from_str(&text) {
+        Ok(Value::Array(rows)) => rows,
+        other => panic!("--json did not print a JSON array ({other:?}):\n{text}"),
+    }
+}
+
+fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["scenario"] == name)
+        .unwrap_or_else(|| panic!("no row for {name}"))
+}
+
+fn syscalls(rows: &[Value], name: &str) -> f64 {
+    row(rows, name)["syscalls_per_op"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: syscalls_per_op is not a number"))
+}
+
+#[test]
+fn json_lists_every_scenario_with_every_field() {
+    let rows = json(&["kickstat", "--json", "--iterations", "200", "--runs", "2"]);
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ALL);
+    let source = rows[0]["syscall_source"].as_str().unwrap().to_owned();
+    assert!(source == "kernel" || source == "self", "source {source}");
+    for r in &rows {
+        let name = r["scenario"].as_str().unwrap();
+        for key in ["median", "min", "max"] {
+            let ns = r["ns_per_op"][key].as_f64();
+            assert!(
+                ns.is_some_and(|ns| ns >= 0.0),
+                "{name}: ns_per_op.{key} = {ns:?}"
+            );
+        }
+        let (min, med, max) = (
+            r["ns_per_op"]["min"].as_f64().unwrap(),
+            r["ns_per_op"]["median"].as_f64().unwrap(),
+            r["ns_per_op"]["max"].as_f64().unwrap(),
+        );
+        assert!(min <= med && med <= max, "{name}: {min} {med} {max}");
+        assert_eq!(
+            r["syscall_source"],
+            source.as_str(),
+            "{name}: one source per report"
+        );
+        assert!(r["unit"].is_string(), "{name}: unit");
+        assert_eq!(r["iterations"], 200, "{name}");
+        assert_eq!(r["runs"], 2, "{name}");
+        if source == "kernel" {
+            assert!(
+                r["syscalls_per_op"].is_f64(),
+                "{name}: kernel counts every row"
+            );
+        }
+    }
+    // The claims of the report hold in this very run.
+    assert_eq!(syscalls(&rows, "kick-idle"), 0.0);
+    assert_eq!(syscalls(&rows, "kick-busy"), 0.0);
+    assert!(syscalls(&rows, "kick-sleeping") <= sleeping_cycle_limit());
+    assert_eq!(syscalls(&rows, "peer-eventfd-write"), 1.0);
+}
+
+#[test]
+fn kick_costs_no_syscall_without_sleeper_and_at_most_two_per_sleeping_cycle() {
+    let rows = json(&[
+        "--json",
+        "--scenario",
+        "kick-idle",
+        "--scenario",
+        "kick-busy",
+        "--scenario",
+        "kick-sleeping",
+        "--iterations",
+        "500",
+        "--runs",
+        "3",
+    ]);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(syscalls(&rows, "kick-idle"), 0.0);
+    assert_eq!(syscalls(&rows, "kick-busy"), 0.0);
+    let sleeping = syscalls(&rows, "kick-sleeping");
+    assert!(
+        sleeping <= sleeping_cycle_limit(),
+        "kick-sleeping costs {sleeping} syscalls per cycle"
+    );
+    // Each cycle really slept and was woken: one write and one wait at least.
+    assert!(
+        sleeping >= 2.0,
+        "kick-sleeping cycles did not sleep ({sleeping})"
+    );
+}
+
+#[test]
+fn self_source_uses_the_library_counters() {
+    let rows = json(&[
+        "--json",
+        "--syscall-source",
+        "self",
+        "--scenario",
+        "kick-sleeping",
+        "--scenario",
+        "notify-sleeping",
+        "--scenario",
+        "peer-tokio-notify",
+        "--iterations",
+        "200",
+        "--runs",
+        "1",
+    ]);
+    for r in &rows {
+        assert_eq!(r["syscall_source"], "self");
+    }
+    assert_eq!(syscalls(&rows, "kick-sleeping"), sleeping_cycle_limit());
+    assert_eq!(syscalls(&rows, "notify-sleeping"), sleeping_cycle_limit());
+    assert!(
+        row(&rows, "peer-tokio-notify")["syscalls_per_op"].is_null(),
+        "a peer's internal syscalls are not countable without the kernel"
+    );
+}
+
+#[test]
+fn table_names_source_scenarios_and_loop() {
+    let out = aioctx(&["kickstat", "--iterations", "100", "--runs", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("syscall source: "), "{text}");
+    for name in ALL {
+        assert!(text.contains(name), "no {name} in:\n{text}");
+    }
+    assert!(text.contains("loop (main context)"), "{text}");
+    let backend = if sleeping_cycle_limit() == 3.0 {
+        "backend epoll"
+    } else {
+        "backend io_uring"
+    };
+    assert!(text.contains(backend), "{text}");
+    assert!(text.contains("[ok  ] kick-busy"), "{text}");
+    assert!(
+        out.stderr.is_empty(),
+        "no progress output when stderr is not a terminal"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--bogus"], "unknown option `--bogus`"),
+        (
+            &["kickstat", "--scenario", "kick-fast"],
+            "unknown scenario `kick-fast`; valid scenarios: kick-idle, kick-busy, kick-sleeping, \
+             notify-busy, notify-sleeping, peer-fence-load, peer-eventfd-write, peer-futex-wake, \
+             peer-unpark, peer-tokio-notify, peer-eventfd-pingpong",
+        ),
+        (&["--runs", "0"], "--runs needs a positive integer, not `0`"),
+        (&["--iterations"], "--iterations needs a value"),
+        (&["frobnicate"], "unknown command `frobnicate`"),
+    ];
+    for (args, want) in cases {
+        let out = aioctx(args);
+        assert_eq!(out.status.code(), Some(2), "aioctx {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want),
+            "aioctx {args:?}: stderr {err:?} lacks {want:?}"
+        );
+        assert!(out.stdout.is_empty(), "aioctx {args:?} printed a report");
+    }
+}
+
+#[test]
+fn help_lists_the_flags() {
+    let out = aioctx(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--scenario",
+        "--iterations",
+        "--runs",
+        "--json",
+        "--syscall-source",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from help:\n{text}");
+    }
+}
