@@ -57,14 +57,15 @@ fn aioctx(args: &[&str]) -> Output {
     out
 }
 
-/// What one kick-and-wake cycle may cost in syscalls on the backend this run selects:
-/// 2 on io_uring (eventfd write + the io_uring_enter the sleeper was in), 3 on the epoll
-/// fallback (write + epoll_wait + the woken loop's read(2) of the eventfd).
+/// What one kick-and-wake cycle may cost in syscalls on the backend this run gets (the
+/// child inherits `AIOCTX_BACKEND` and any seccomp filter, so a context made here runs
+/// on the same one): 2 on io_uring (eventfd write + the io_uring_enter the sleeper was
+/// in), 3 on the epoll fallback (write + epoll_wait + the woken loop's read(2)).
 fn sleeping_cycle_limit() -> f64 {
-    if std::env::var("AIOCTX_BACKEND").is_ok_and(|v| v == "epoll") {
-        3.0
-    } else {
-        2.0
+    let ctx = aioctx::aio::AioContext::new().expect("create an AioContext");
+    match ctx.backend() {
+        aioctx::aio::Backend::IoUring => 2.0,
+        _ => 3.0,
     }
 }
 

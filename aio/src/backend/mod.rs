@@ -151,12 +151,15 @@ pub(crate) fn open(
     }
 }
 
-/// Whether an io_uring setup error means "not here" rather than "not now".
+/// Whether an io_uring setup error means "not here" rather than "not now": `EPERM`
+/// (denied), `ENOSYS` or missing features (`Unsupported`), `EINVAL` (a kernel that
+/// rejects our setup). `Ring::new` keeps the errno's kind in its message-carrying
+/// error, and has already ruled out an out-of-range size (also `InvalidInput`).
 fn falls_back(e: &io::Error) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::EPERM | libc::ENOSYS | libc::EINVAL)
-    ) || e.kind() == io::ErrorKind::Unsupported
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput
+    )
 }
 
 fn log_fallback(reason: &str) {
