@@ -128,7 +128,7 @@ unsafe impl Sync for HomeCell {}
 pub struct AioContext {
     pub(crate) remote: Arc<Remote>,
     home: HomeCell,
-    backend: Backend,
+    pub(crate) backend: Backend,
     fallback: Option<String>,
     owner: AtomicU64,
     owner_label: OnceLock<String>,
@@ -473,85 +473,6 @@ impl AioContext {
     /// Whether `fd` has a handler on this context.
     pub fn has_fd_handler(&self, fd: RawFd) -> bool {
         lock(&self.remote.fds).contains_key(&fd)
-    }
-
-    /// Queues a raw io_uring operation; `on_complete` runs on the home thread with the
-    /// CQE's `res` and `flags` (QEMU: `aio_add_sqe`). Callable from any thread: from
-    /// another thread the entry is handed over and the loop notified. The entry's
-    /// `user_data` is replaced by the loop's own. A full submission queue is submitted
-    /// and the push retried; completions that overflow the completion queue are kept by
-    /// the kernel and flushed by the loop, so `on_complete` runs exactly once per entry.
-    /// The safe typed operations ([`read_at`](Self::read_at) and friends) are built on
-    /// this.
-    ///
-    /// If the context is dropped first, the operation is cancelled, its CQE reaped, and
-    /// `on_complete` dropped without being called. If the kernel does not answer the
-    /// cancellation within 5 s, `on_complete` is leaked (never dropped) rather than
-    /// freed while the kernel may still use what it owns.
-    ///
-    /// ```
-    /// use std::sync::{Arc, atomic::{AtomicI32, Ordering}};
-    /// use aioctx_aio::io_uring::opcode;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let res = Arc::new(AtomicI32::new(-1));
-    /// let r = Arc::clone(&res);
-    /// // SAFETY: a NOP names no memory.
-    /// let submitted = unsafe {
-    ///     ctx.submit_raw(opcode::Nop::new().build(), Box::new(move |res, _flags| {
-    ///         r.store(res, Ordering::Relaxed);
-    ///     }))
-    /// };
-    /// match submitted {
-    ///     Ok(()) => {
-    ///         while res.load(Ordering::Relaxed) == -1 {
-    ///             ctx.poll(true);
-    ///         }
-    ///         assert_eq!(res.load(Ordering::Relaxed), 0);
-    ///     }
-    ///     // The epoll fallback has no ring.
-    ///     Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Unsupported),
-    /// }
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Safety
-    /// Every buffer, `iovec` array and descriptor that `entry` names must stay valid
-    /// (and buffers the kernel writes must not be read or written by anyone else) until
-    /// the kernel is done with it — until `on_complete` runs or is dropped, which is
-    /// never before the operation's CQE was reaped. Moving the buffers into
-    /// `on_complete` is the simple way to meet this. A descriptor closed early is not a
-    /// memory hazard: the operation fails with `EBADF` (or acts on whatever file took
-    /// the number).
-    ///
-    /// # Errors
-    /// `Unsupported` on the epoll back end (see [`backend`](Self::backend)): the entry is
-    /// not submitted and `on_complete` is dropped without being called.
-    pub unsafe fn submit_raw(
-        &self,
-        entry: squeue::Entry,
-        on_complete: RawCallback,
-    ) -> io::Result<()> {
-        if self.backend != Backend::IoUring {
-            drop(on_complete);
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "submit_raw: context `{}` runs on the {} backend, which cannot run raw \
-                     io_uring operations (use the typed I/O operations, or \
-                     Backend::IoUring where io_uring is available)",
-                    self.name, self.backend
-                ),
-            ));
-        }
-        if self.is_home_thread() {
-            // SAFETY: passed on from this function's contract.
-            unsafe { self.home().driver.push_raw(entry, on_complete) };
-            self.publish_counters();
-        } else {
-            lock(&self.remote.raw_queue).push((entry, on_complete));
-            self.remote.request();
-        }
-        Ok(())
     }
 
     /// Which back end runs this context: [`Backend::IoUring`] or [`Backend::Epoll`]

@@ -42,7 +42,6 @@ use io_uring::{opcode, squeue, types};
 use crate::context::AioContext;
 use crate::pool;
 use crate::sync::{Arc, Mutex, lock};
-use crate::sys;
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
@@ -155,7 +154,7 @@ enum Slot<T> {
 
 /// One operation, as raw pointers into the buffers its `InFlight` owns.
 #[derive(Clone, Copy)]
-enum IoKind {
+pub(crate) enum IoKind {
     Read {
         fd: RawFd,
         ptr: *mut u8,
@@ -214,75 +213,6 @@ impl IoKind {
                 };
                 opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
             }
-        }
-    }
-
-    /// Runs the operation with blocking syscalls on a pool worker (rule 5); returns
-    /// what a CQE would: the byte count or `-errno`.
-    fn run_blocking(self, owner: &pool::Owner) -> i32 {
-        let one = |ptr: *const u8, len: u32| libc::iovec {
-            iov_base: ptr.cast_mut().cast(),
-            iov_len: len as usize,
-        };
-        let res = match self {
-            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true, owner),
-            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false, owner),
-            IoKind::Readv { fd, iov, cnt, off } | IoKind::Writev { fd, iov, cnt, off } => {
-                // SAFETY: `iov` points at `cnt` iovecs owned by this operation's
-                // `InFlight`, alive for the whole call (rule 5).
-                let iov = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }), owner)
-            }
-            IoKind::Fsync {
-                fd,
-                data_only: false,
-            } => sys::fsync(fd).map(|()| 0),
-            IoKind::Fsync {
-                fd,
-                data_only: true,
-            } => sys::fdatasync(fd).map(|()| 0),
-        };
-        match res {
-            Ok(n) => n.min(i32::MAX as usize) as i32,
-            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
-}
-
-/// `preadv2`/`pwritev2` at `off`; on a descriptor without offsets (pipe, socket), the
-/// current position, waiting for readiness so that a dropped context can cancel it.
-fn rw(
-    fd: RawFd,
-    iov: &[libc::iovec],
-    off: u64,
-    read: bool,
-    owner: &pool::Owner,
-) -> io::Result<usize> {
-    let call = |off: i64, flags: libc::c_int| {
-        if read {
-            // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
-            // valid for writes until the job is dropped, which is after this call.
-            unsafe { sys::preadv2(fd, iov, off, flags) }
-        } else {
-            // SAFETY: as above, valid for reads.
-            unsafe { sys::pwritev2(fd, iov, off, flags) }
-        }
-    };
-    match call(off.min(i64::MAX as u64) as i64, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {}
-        other => return other,
-    }
-    let events = if read { libc::POLLIN } else { libc::POLLOUT };
-    loop {
-        match call(-1, libc::RWF_NOWAIT) {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                if sys::poll_or_cancel(fd, events, owner.cancel_fd())? {
-                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
-                }
-            }
-            // No RWF_NOWAIT for this file: block (not cancellable).
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return call(-1, 0),
-            other => return other,
         }
     }
 }

@@ -18,14 +18,19 @@
 //!    waiting for a pipe or socket (`poll_or_cancel`), then waits (bounded) until the
 //!    count is zero. Regular-file syscalls are not interruptible; they finish.
 //! 3. The pool is not part of any loom model: it uses `std` primitives directly.
+//! 4. What a worker runs for a typed operation (`IoKind::run_blocking`): `preadv2`/
+//!    `pwritev2` at the offset; on a pipe or socket (`ESPIPE`), at the current position
+//!    with `RWF_NOWAIT`, waiting in `poll` on the fd and the owner's cancel eventfd
+//!    between tries, so that a dropped context interrupts it (rule 2).
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use crate::io::IoKind;
 use crate::sys;
 
 /// Locks `m`, ignoring poisoning: jobs run outside every lock of this module.
@@ -210,5 +215,70 @@ fn worker() {
             );
         }
         st = lock(&p.state);
+    }
+}
+
+impl IoKind {
+    /// Runs the operation with blocking syscalls on a pool worker (rule 5); returns
+    /// what a CQE would: the byte count or `-errno`.
+    pub(crate) fn run_blocking(self, owner: &Owner) -> i32 {
+        let one = |ptr: *const u8, len: u32| libc::iovec {
+            iov_base: ptr.cast_mut().cast(),
+            iov_len: len as usize,
+        };
+        let res = match self {
+            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true, owner),
+            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false, owner),
+            IoKind::Readv { fd, iov, cnt, off } | IoKind::Writev { fd, iov, cnt, off } => {
+                // SAFETY: `iov` points at `cnt` iovecs owned by this operation's
+                // `InFlight`, alive for the whole call (rule 5).
+                let iov = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }), owner)
+            }
+            IoKind::Fsync {
+                fd,
+                data_only: false,
+            } => sys::fsync(fd).map(|()| 0),
+            IoKind::Fsync {
+                fd,
+                data_only: true,
+            } => sys::fdatasync(fd).map(|()| 0),
+        };
+        match res {
+            Ok(n) => n.min(i32::MAX as usize) as i32,
+            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// `preadv2`/`pwritev2` at `off`; on a descriptor without offsets (pipe, socket), the
+/// current position, waiting for readiness so that a dropped context can cancel it.
+fn rw(fd: RawFd, iov: &[libc::iovec], off: u64, read: bool, owner: &Owner) -> io::Result<usize> {
+    let call = |off: i64, flags: libc::c_int| {
+        if read {
+            // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
+            // valid for writes until the job is dropped, which is after this call.
+            unsafe { sys::preadv2(fd, iov, off, flags) }
+        } else {
+            // SAFETY: as above, valid for reads.
+            unsafe { sys::pwritev2(fd, iov, off, flags) }
+        }
+    };
+    match call(off.min(i64::MAX as u64) as i64, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {}
+        other => return other,
+    }
+    let events = if read { libc::POLLIN } else { libc::POLLOUT };
+    loop {
+        match call(-1, libc::RWF_NOWAIT) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                if sys::poll_or_cancel(fd, events, owner.cancel_fd())? {
+                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+                }
+            }
+            // No RWF_NOWAIT for this file: block (not cancellable).
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return call(-1, 0),
+            other => return other,
+        }
     }
 }
