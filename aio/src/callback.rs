@@ -11,6 +11,9 @@
 //!    [`put_back`](CallbackCell::put_back) when the current run returns.
 //! 3. Closures are dropped outside the lock, so a closure whose drop deletes other
 //!    callbacks cannot deadlock.
+//! 4. A closure that panics is put back all the same (during unwinding), so a panicking
+//!    bottom half, handler or timer stays usable: the panic propagates, the callback
+//!    does not vanish.
 
 use crate::sync::{Mutex, lock};
 
@@ -69,10 +72,25 @@ impl<F: ?Sized> CallbackCell<F> {
     /// Runs the closure with `call` if it is alive and not already running; returns
     /// whether it ran.
     pub(crate) fn run(&self, call: impl FnOnce(&mut F)) -> bool {
+        /// Puts the closure back when dropped, on return or unwind (rule 4).
+        struct Running<'a, F: ?Sized> {
+            cell: &'a CallbackCell<F>,
+            f: Option<Box<F>>,
+        }
+        impl<F: ?Sized> Drop for Running<'_, F> {
+            fn drop(&mut self) {
+                if let Some(f) = self.f.take() {
+                    self.cell.put_back(f);
+                }
+            }
+        }
         match self.take() {
-            Some(mut f) => {
-                call(&mut f);
-                self.put_back(f);
+            Some(f) => {
+                let mut running = Running {
+                    cell: self,
+                    f: Some(f),
+                };
+                call(running.f.as_mut().expect("set above"));
                 true
             }
             None => false,

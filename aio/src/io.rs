@@ -1,5 +1,6 @@
-//! Safe file I/O on the context's ring, on owned buffers (QEMU: `luring_co_submit` in
-//! block/io_uring.c, on top of `aio_add_sqe`).
+//! Safe file I/O on owned buffers: on the context's ring (QEMU: `luring_co_submit` in
+//! block/io_uring.c, on top of `aio_add_sqe`), or, on the epoll back end, on the worker
+//! pool (QEMU: `thread_pool_submit_co` in util/thread-pool.c).
 //!
 //! Each operation is a future that owns its buffer and gives it back with the result:
 //! `(io::Result<usize>, buf)`. The rules that make this safe:
@@ -16,6 +17,13 @@
 //!    its buffer back with `ECANCELED`.
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times.
+//! 5. On epoll the same `InFlight` moves into a worker-pool job instead of a ring
+//!    callback: the worker runs the syscall on the buffers the job owns, then hands the
+//!    job back to the home thread as a oneshot bottom half, which completes it as a CQE
+//!    would. A job is dropped only after its syscall returned or unstarted (pool rule
+//!    1), so rules 1–3 hold unchanged; a dropped context cancels its jobs (pool rule 2)
+//!    and they complete with `ECANCELED`. On pipes and sockets the offset is ignored,
+//!    as io_uring does, and the worker waits for readiness so that it can be cancelled.
 //!
 //! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
 //! or the kernel may apply it to whatever file next gets that number (a logic error,
@@ -32,6 +40,7 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{opcode, squeue, types};
 
 use crate::context::AioContext;
+use crate::pool;
 use crate::sync::{Arc, Mutex, lock};
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
@@ -143,22 +152,114 @@ enum Slot<T> {
     Taken,
 }
 
-/// What the callback owns until the CQE (rule 1).
+/// One operation, as raw pointers into the buffers its `InFlight` owns.
+#[derive(Clone, Copy)]
+pub(crate) enum IoKind {
+    Read {
+        fd: RawFd,
+        ptr: *mut u8,
+        len: u32,
+        off: u64,
+    },
+    Write {
+        fd: RawFd,
+        ptr: *const u8,
+        len: u32,
+        off: u64,
+    },
+    Readv {
+        fd: RawFd,
+        iov: *const libc::iovec,
+        cnt: u32,
+        off: u64,
+    },
+    Writev {
+        fd: RawFd,
+        iov: *const libc::iovec,
+        cnt: u32,
+        off: u64,
+    },
+    Fsync {
+        fd: RawFd,
+        data_only: bool,
+    },
+}
+
+// SAFETY: the pointers point into buffers (and iovec arrays) owned by the same
+// `InFlight`, which moves between threads with them (the buffers are `Send`).
+unsafe impl Send for IoKind {}
+
+impl IoKind {
+    /// The ring entry for this operation.
+    fn entry(self) -> squeue::Entry {
+        match self {
+            IoKind::Read { fd, ptr, len, off } => opcode::Read::new(types::Fd(fd), ptr, len)
+                .offset(off)
+                .build(),
+            IoKind::Write { fd, ptr, len, off } => opcode::Write::new(types::Fd(fd), ptr, len)
+                .offset(off)
+                .build(),
+            IoKind::Readv { fd, iov, cnt, off } => opcode::Readv::new(types::Fd(fd), iov, cnt)
+                .offset(off)
+                .build(),
+            IoKind::Writev { fd, iov, cnt, off } => opcode::Writev::new(types::Fd(fd), iov, cnt)
+                .offset(off)
+                .build(),
+            IoKind::Fsync { fd, data_only } => {
+                let flags = if data_only {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
+            }
+        }
+    }
+}
+
+/// What the callback (or the pool job) owns until the operation is done (rule 1).
 struct InFlight<T: Send + 'static> {
     payload: Option<(T, Option<IoVecs>)>,
     slot: Arc<Mutex<Slot<T>>>,
-    entry: squeue::Entry,
+    kind: IoKind,
     ctx: Weak<AioContext>,
     retries: u32,
 }
 
 impl<T: Send + 'static> InFlight<T> {
     fn submit(self, ctx: &AioContext) {
-        let entry = self.entry.clone();
-        // SAFETY: the entry names only memory owned by `payload` (buffers and iovecs),
-        // which moves into the callback; the context drops the callback only after the
-        // CQE was reaped (rule 1, `submit_raw`'s contract).
-        unsafe { ctx.submit_raw(entry, Box::new(move |res, _flags| self.complete(res))) };
+        let Some(owner) = ctx.remote.pool.clone() else {
+            let entry = self.kind.entry();
+            // SAFETY: the entry names only memory owned by `payload` (buffers and
+            // iovecs), which moves into the callback; the context drops the callback only
+            // after the CQE was reaped (rule 1, `submit_raw`'s contract).
+            let res =
+                unsafe { ctx.submit_raw(entry, Box::new(move |res, _flags| self.complete(res))) };
+            // Only the epoll back end refuses, and it has a pool; were it to refuse, the
+            // dropped callback has completed the operation with ECANCELED.
+            debug_assert!(res.is_ok(), "{res:?}");
+            return;
+        };
+        let remote = Arc::clone(&ctx.remote);
+        let job = move |owner: &pool::Owner| {
+            let res = self.kind.run_blocking(owner);
+            if owner.is_cancelled() {
+                return; // dropping `self` completes it with ECANCELED (rule 3)
+            }
+            let mut me = Some(self);
+            // If the context is gone, the BH is dropped unrun, and `me` with it.
+            remote.schedule_oneshot(Box::new(move || {
+                if let Some(me) = me.take() {
+                    me.complete(res);
+                }
+            }));
+        };
+        if let Err(e) = pool::submit(&owner, Box::new(job)) {
+            log::error!(
+                "{}: {e}; the operation completes with ECANCELED",
+                ctx.name()
+            );
+        }
     }
 
     fn complete(mut self, res: i32) {
@@ -225,12 +326,12 @@ pub struct RingOp<T: Send + 'static> {
 impl<T: Send + 'static> Unpin for RingOp<T> {}
 
 impl<T: Send + 'static> RingOp<T> {
-    fn new(ctx: &AioContext, entry: squeue::Entry, buf: T, iovs: Option<IoVecs>) -> Self {
+    fn new(ctx: &AioContext, kind: IoKind, buf: T, iovs: Option<IoVecs>) -> Self {
         let slot = Arc::new(Mutex::new(Slot::Waiting(None)));
         let inflight = InFlight {
             payload: Some((buf, iovs)),
             slot,
-            entry,
+            kind,
             ctx: ctx.weak(),
             retries: 0,
         };
@@ -340,10 +441,13 @@ impl AioContext {
     /// back either way.
     pub fn read_at<B: IoBufMut>(&self, fd: RawFd, mut buf: B, offset: u64) -> RingOp<B> {
         let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let entry = opcode::Read::new(types::Fd(fd), buf.stable_mut_ptr(), len)
-            .offset(offset)
-            .build();
-        RingOp::new(self, entry, buf, None)
+        let kind = IoKind::Read {
+            fd,
+            ptr: buf.stable_mut_ptr(),
+            len,
+            off: offset,
+        };
+        RingOp::new(self, kind, buf, None)
     }
 
     /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes
@@ -366,10 +470,13 @@ impl AioContext {
     /// The kernel's error for the write.
     pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
         let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let entry = opcode::Write::new(types::Fd(fd), buf.stable_ptr(), len)
-            .offset(offset)
-            .build();
-        RingOp::new(self, entry, buf, None)
+        let kind = IoKind::Write {
+            fd,
+            ptr: buf.stable_ptr(),
+            len,
+            off: offset,
+        };
+        RingOp::new(self, kind, buf, None)
     }
 
     /// Reads into several buffers in order (`preadv`), each up to its length.
@@ -397,10 +504,13 @@ impl AioContext {
         offset: u64,
     ) -> RingOp<Vec<B>> {
         let iovs = iovecs_mut(&mut bufs);
-        let entry = opcode::Readv::new(types::Fd(fd), iovs.0.as_ptr(), iovs.0.len() as u32)
-            .offset(offset)
-            .build();
-        RingOp::new(self, entry, bufs, Some(iovs))
+        let kind = IoKind::Readv {
+            fd,
+            iov: iovs.0.as_ptr(),
+            cnt: iovs.0.len() as u32,
+            off: offset,
+        };
+        RingOp::new(self, kind, bufs, Some(iovs))
     }
 
     /// Writes several buffers in order (`pwritev`).
@@ -422,10 +532,13 @@ impl AioContext {
     /// The kernel's error for the write.
     pub fn writev_at<B: IoBuf>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
         let iovs = iovecs(&bufs);
-        let entry = opcode::Writev::new(types::Fd(fd), iovs.0.as_ptr(), iovs.0.len() as u32)
-            .offset(offset)
-            .build();
-        RingOp::new(self, entry, bufs, Some(iovs))
+        let kind = IoKind::Writev {
+            fd,
+            iov: iovs.0.as_ptr(),
+            cnt: iovs.0.len() as u32,
+            off: offset,
+        };
+        RingOp::new(self, kind, bufs, Some(iovs))
     }
 
     /// Flushes `fd`'s data and metadata to stable storage (`fsync`).
@@ -433,7 +546,11 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the sync.
     pub fn fsync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let op = RingOp::new(self, opcode::Fsync::new(types::Fd(fd)).build(), (), None);
+        let kind = IoKind::Fsync {
+            fd,
+            data_only: false,
+        };
+        let op = RingOp::new(self, kind, (), None);
         async move { op.await.0.map(|_| ()) }
     }
 
@@ -454,10 +571,11 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the sync.
     pub fn fdatasync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let entry = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build();
-        let op = RingOp::new(self, entry, (), None);
+        let kind = IoKind::Fsync {
+            fd,
+            data_only: true,
+        };
+        let op = RingOp::new(self, kind, (), None);
         async move { op.await.0.map(|_| ()) }
     }
 }

@@ -55,6 +55,16 @@
 //! # Notify protocol
 //! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
 //! costs one eventfd write, consumed by the loop through a ring read it keeps armed.
+//!
+//! # Backends
+//! io_uring by default; where it is denied or missing (seccomp, Docker's default
+//! profile, `kernel.io_uring_disabled`, old kernels) [`Backend::Auto`] falls back to
+//! epoll with one log line that says why, and the file I/O operations run on a small
+//! worker pool whose completions return as bottom halves (`backend/epoll.rs`,
+//! `pool.rs`). [`AioContextBuilder::backend`] or `AIOCTX_BACKEND=io_uring|epoll` choose
+//! explicitly; [`AioContext::backend`] says which runs. Everything but
+//! [`AioContext::submit_raw`] (raw SQEs: `Unsupported` on epoll) behaves the same; on
+//! epoll a wake-up costs the woken loop one `read(2)` of the eventfd more.
 #![deny(missing_docs)]
 
 mod backend;
@@ -68,6 +78,8 @@ mod io;
 mod iothread;
 mod local;
 mod notify;
+mod poll;
+mod pool;
 mod run_queue;
 mod stats;
 mod sync;
@@ -79,6 +91,7 @@ mod timer;
 mod loom_tests;
 
 pub use backend::uring::MAX_RING_ENTRIES;
+pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
 pub use context::{

@@ -13,6 +13,8 @@
 //!    bottom half, which notifies the context (notify rule 1: push, then notify).
 //! 6. One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
 //!    so tasks that keep waking each other cannot starve timers, fd handlers and I/O.
+//! 7. A detached task's panic unwinds the drain (and `poll`); the drain reschedules its
+//!    bottom half on the way out when tasks are left, so the queue keeps draining.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -74,13 +76,18 @@ impl RunQueue {
         let _current = enter_current(ctx);
         // Relaxed: home-thread-only counter.
         self.draining.fetch_add(1, Ordering::Relaxed);
-        struct Leave<'a>(&'a AtomicU32);
+        /// Leaves the drain; on unwind (a detached task panicked), reschedules the
+        /// queue's bottom half if tasks are left, so they still run (rule 7).
+        struct Leave<'a>(&'a RunQueue);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
+                self.0.draining.fetch_sub(1, Ordering::Relaxed);
+                if std::thread::panicking() && !lock(&self.0.queue).is_empty() {
+                    self.0.bh.schedule();
+                }
             }
         }
-        let _leave = Leave(&self.draining);
+        let _leave = Leave(self);
         for _ in 0..DRAIN_BUDGET {
             let task = lock(&self.queue).pop_front();
             match task {

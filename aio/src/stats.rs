@@ -12,7 +12,11 @@ pub struct Stats {
     pub notifies: u64,
     /// Notifies that found the loop asleep and wrote the eventfd.
     pub eventfd_writes: u64,
-    /// `io_uring_enter` calls made by the home thread.
+    /// `read(2)` calls of the home thread on the notify eventfd: always 0 on io_uring,
+    /// which consumes it with a ring read; one per wake-up on epoll.
+    pub eventfd_reads: u64,
+    /// Kernel entries made by the home thread: `io_uring_enter` calls on io_uring,
+    /// `epoll_wait` calls on epoll.
     pub enters: u64,
     /// Blocking waits in the kernel.
     pub sleeps: u64,
@@ -20,7 +24,8 @@ pub struct Stats {
     pub polls: u64,
     /// Bottom-half callbacks run.
     pub bhs_run: u64,
-    /// Completions taken off the CQ (including the loop's own eventfd read).
+    /// Completions taken off the CQ (including the loop's own eventfd read); on epoll,
+    /// events returned by `epoll_wait` (including the notify eventfd's).
     pub cqes: u64,
     /// fd-handler dispatches that ran a callback.
     pub fd_handlers_run: u64,
@@ -34,6 +39,7 @@ pub struct Stats {
 pub(crate) struct Counters {
     pub(crate) notifies: AtomicU64,
     pub(crate) eventfd_writes: AtomicU64,
+    pub(crate) eventfd_reads: AtomicU64,
     pub(crate) enters: AtomicU64,
     pub(crate) sleeps: AtomicU64,
     pub(crate) polls: AtomicU64,
@@ -56,6 +62,7 @@ impl Counters {
         Stats {
             notifies: get(&self.notifies),
             eventfd_writes: get(&self.eventfd_writes),
+            eventfd_reads: get(&self.eventfd_reads),
             enters: get(&self.enters),
             sleeps: get(&self.sleeps),
             polls: get(&self.polls),

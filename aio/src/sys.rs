@@ -3,6 +3,9 @@
 //! Each wrapper returns `io::Result`, retries `EINTR` where a retry is the right answer,
 //! and turns a new descriptor into an [`OwnedFd`] at once. Nothing outside this module
 //! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`.
+//! The epoll back end (`backend::epoll`) and its worker pool (`pool.rs`) make every
+//! call through here: epoll, the eventfd read, and the pool's `preadv2`/`pwritev2`/
+//! `fsync`/`fdatasync`/`poll`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -79,4 +82,154 @@ pub(crate) fn monotonic_ns() -> i64 {
     let res = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(res, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
+    let fd = syscall!(libc::epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: epoll_create1 just returned this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(epfd, op, fd, {events, data})`; `EPOLL_CTL_DEL` ignores the event.
+pub(crate) fn epoll_ctl(
+    epfd: BorrowedFd<'_>,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    syscall!(libc::epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev)).map(drop)
+}
+
+/// Whether `epoll_pwait2` works here: 0 unknown, 1 yes, 2 no (old kernel or filtered).
+static PWAIT2: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Waits for events on `epfd` for at most `timeout` (`None`: no limit). Uses
+/// `epoll_pwait2` for nanosecond timeouts where the kernel has it, else `epoll_wait`
+/// with the timeout rounded *up* to whole milliseconds (a timer never fires early).
+/// `EINTR` returns `Ok(0)`: the caller's loop goes on, and a retry would stretch the wait.
+pub(crate) fn epoll_wait(
+    epfd: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<usize> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let max = events.len().min(i32::MAX as usize) as libc::c_int;
+    if PWAIT2.load(Relaxed) != 2 {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `events` is a writable array of `max` entries, `tsp` is null or points
+        // at a timespec on this stack frame, and a null sigmask leaves the mask alone.
+        let res = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epfd.as_raw_fd(),
+                events.as_mut_ptr(),
+                max,
+                tsp,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if res >= 0 {
+            PWAIT2.store(1, Relaxed);
+            return Ok(res as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Not on this kernel, or filtered: fall back for good.
+            Some(libc::ENOSYS | libc::EPERM) if PWAIT2.load(Relaxed) == 0 => {
+                PWAIT2.store(2, Relaxed);
+            }
+            Some(libc::EINTR) => return Ok(0),
+            _ => return Err(err),
+        }
+    }
+    let ms = timeout.map_or(-1, |t| {
+        t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+    });
+    // SAFETY: `events` is a writable array of `max` entries.
+    let res = unsafe { libc::epoll_wait(epfd.as_raw_fd(), events.as_mut_ptr(), max, ms) };
+    if res < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(res as usize)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a second descriptor for the same open file.
+pub(crate) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    let new = syscall!(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0))?;
+    // SAFETY: fcntl just returned this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// `preadv2(fd, iov, offset, flags)`, retrying `EINTR`.
+///
+/// # Safety
+/// Every iovec must describe memory valid for writes for the whole call.
+pub(crate) unsafe fn preadv2(
+    fd: RawFd,
+    iov: &[libc::iovec],
+    offset: i64,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let cnt = iov.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    syscall!(libc::preadv2(fd, iov.as_ptr(), cnt, offset, flags)).map(|n| n as usize)
+}
+
+/// `pwritev2(fd, iov, offset, flags)`, retrying `EINTR`.
+///
+/// # Safety
+/// Every iovec must describe memory valid for reads for the whole call.
+pub(crate) unsafe fn pwritev2(
+    fd: RawFd,
+    iov: &[libc::iovec],
+    offset: i64,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    let cnt = iov.len().min(libc::c_int::MAX as usize) as libc::c_int;
+    syscall!(libc::pwritev2(fd, iov.as_ptr(), cnt, offset, flags)).map(|n| n as usize)
+}
+
+/// `fsync(fd)`.
+pub(crate) fn fsync(fd: RawFd) -> io::Result<()> {
+    syscall!(libc::fsync(fd)).map(drop)
+}
+
+/// `fdatasync(fd)`.
+pub(crate) fn fdatasync(fd: RawFd) -> io::Result<()> {
+    syscall!(libc::fdatasync(fd)).map(drop)
+}
+
+/// Waits until `fd` has one of `events` or `cancel` is readable; returns `true` when
+/// `cancel` is (`poll(2)`, no timeout, `EINTR` retried).
+pub(crate) fn poll_or_cancel(fd: RawFd, events: i16, cancel: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: cancel.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    syscall!(libc::poll(fds.as_mut_ptr(), 2, -1))?;
+    if fds[0].revents & libc::POLLNVAL != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(fds[1].revents != 0)
 }

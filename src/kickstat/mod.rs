@@ -91,6 +91,7 @@ pub fn run(opts: &KickstatOptions) -> io::Result<()> {
     } else {
         let (sq, cq) = main.ring_entries();
         let info = LoopInfo {
+            backend: main.backend(),
             sq_entries: sq,
             cq_entries: cq,
             stats: main.stats(),
@@ -109,7 +110,7 @@ fn open_counter(choice: SourceChoice) -> io::Result<(Option<SyscallCounter>, Sou
     let fallback = |why: String| Source {
         name: "self",
         detail: format!(
-            "self — the library's stats() counters (eventfd writes + io_uring_enter calls) \
+            "self — the library's stats() counters (eventfd writes + io_uring_enter or epoll_wait calls + eventfd reads) \
              for aioctx scenarios, and the syscalls peers make by construction ({why})"
         ),
     };

@@ -181,7 +181,8 @@ pub(super) struct Closed {
     elapsed: Duration,
     /// Syscall entries counted by the kernel, when it counts.
     kernel: Option<u64>,
-    /// Syscalls the main context's `stats()` counted: eventfd writes + io_uring_enter.
+    /// Syscalls the main context's `stats()` counted: eventfd writes + kernel waits
+    /// (io_uring_enter or epoll_wait) + eventfd reads (epoll only).
     library: u64,
 }
 
@@ -195,7 +196,7 @@ pub(super) struct Window<'a> {
 
 fn library_syscalls(ctx: &AioContext) -> u64 {
     let s = ctx.stats();
-    s.eventfd_writes + s.enters
+    s.eventfd_writes + s.enters + s.eventfd_reads
 }
 
 impl<'a> Window<'a> {

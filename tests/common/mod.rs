@@ -144,3 +144,28 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A context on io_uring, for tests of io_uring itself (raw SQEs, CQ overflow, ring
+/// sizes and stats). `None`, with a printed "skipped" line, when this run selects the
+/// epoll backend (`AIOCTX_BACKEND=epoll`: the io_uring pass covers the test) or when
+/// io_uring is unavailable here (e.g. under `no_uring`).
+pub fn uring_ctx(
+    test: &str,
+    builder: aioctx::aio::AioContextBuilder,
+) -> Option<std::sync::Arc<aioctx::aio::AioContext>> {
+    if std::env::var(aioctx::aio::BACKEND_ENV).is_ok_and(|v| v == "epoll") {
+        println!("skipped {test}: needs io_uring, and this run selects epoll");
+        return None;
+    }
+    match builder.backend(aioctx::aio::Backend::IoUring).build() {
+        Ok(ctx) => Some(ctx),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::ENOSYS) =>
+        {
+            println!("skipped {test}: io_uring is unavailable here: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: cannot set up io_uring: {e}"),
+    }
+}

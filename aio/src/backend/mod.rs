@@ -1,3 +1,318 @@
-//! Kernel back ends. Today one: io_uring (`uring.rs`).
+//! Kernel back ends and the choice between them (DESIGN §5): io_uring (`uring.rs`, the
+//! default) and epoll (`epoll.rs`, the fallback where io_uring is denied or missing).
+//!
+//! The loop in `poll.rs` talks to a [`Driver`]: apply an fd-handler change, sleep or
+//! look without sleeping, then take [`Ready`] items one at a time and run them with no
+//! borrow held (so callbacks may nest `poll`). Bottom halves, timers, tasks and the
+//! notify protocol sit above the driver and are the same on both back ends.
 
+pub(crate) mod epoll;
 pub(crate) mod uring;
+
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+use io_uring::squeue;
+
+use self::epoll::EpollDriver;
+use self::uring::{Ring, UringDriver};
+use crate::context::RawCallback;
+use crate::fd::FdNode;
+use crate::sync::Arc;
+
+/// The environment variable that picks the back end when the builder says
+/// [`Backend::Auto`]: `io_uring` or `epoll`.
+pub const BACKEND_ENV: &str = "AIOCTX_BACKEND";
+
+/// Which kernel interface a context runs on. [`AioContext::backend`] says which one
+/// runs (never `Auto`).
+///
+/// [`AioContext::backend`]: crate::AioContext::backend
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Backend {
+    /// io_uring, falling back to epoll when `io_uring_setup` fails with `EPERM`,
+    /// `ENOSYS` or `EINVAL` (seccomp, `kernel.io_uring_disabled`, an old kernel), with
+    /// one log line that says why. `AIOCTX_BACKEND=io_uring|epoll` overrides it.
+    #[default]
+    Auto,
+    /// io_uring only: a context that cannot set up its ring is an error.
+    IoUring,
+    /// epoll with a worker pool for file I/O; raw ring operations are unsupported.
+    Epoll,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = io::Error;
+
+    /// Parses `auto`, `io_uring` (or `io-uring`, `uring`) or `epoll`.
+    fn from_str(s: &str) -> io::Result<Self> {
+        match s.trim() {
+            "auto" => Ok(Backend::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(Backend::IoUring),
+            "epoll" => Ok(Backend::Epoll),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{other}` is not an aioctx backend: use io_uring, epoll or auto"),
+            )),
+        }
+    }
+}
+
+/// One thing the loop must run, taken from the driver while the home state is
+/// borrowed and run after the borrow ends.
+pub(crate) enum Ready {
+    /// A raw operation completed: `(callback, res, flags)`.
+    Raw(RawCallback, i32, u32),
+    /// A handler's descriptor is ready with these `poll(2)` events; re-arm after.
+    Fd(Arc<FdNode>, u32),
+    /// A handler's descriptor is bad (closed, reused): remove the handler.
+    FdFailed(Arc<FdNode>, io::Error),
+}
+
+/// The running back end of one context (home thread only). One per context, built
+/// once and never moved afterwards, so the size difference of the variants is moot.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Driver {
+    Uring(UringDriver),
+    Epoll(EpollDriver),
+}
+
+/// Why `Auto` fell back, said once per process.
+static FALLBACK_LOGGED: Once = Once::new();
+
+/// Opens the back end `requested` asks for (see [`Backend`]), with `event` as the
+/// notify eventfd. Returns the driver and, when `Auto` fell back to epoll, why.
+pub(crate) fn open(
+    requested: Backend,
+    entries: u32,
+    event: RawFd,
+) -> io::Result<(Driver, Option<String>)> {
+    uring::check_entries(entries)?;
+    let (choice, from_env) = match requested {
+        Backend::Auto => match std::env::var(BACKEND_ENV) {
+            Ok(v) => (
+                v.parse::<Backend>().map_err(|e| {
+                    io::Error::new(e.kind(), format!("{BACKEND_ENV}={v:?} is invalid: {e}"))
+                })?,
+                true,
+            ),
+            Err(std::env::VarError::NotPresent) => (Backend::Auto, false),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{BACKEND_ENV} is invalid: {e}"),
+                ));
+            }
+        },
+        other => (other, false),
+    };
+    match choice {
+        Backend::Epoll => Ok((Driver::Epoll(EpollDriver::new(event)?), None)),
+        Backend::IoUring => match Ring::new(entries) {
+            Ok(ring) => Ok((Driver::Uring(UringDriver::new(ring, event)), None)),
+            Err(e) => {
+                let how = if from_env {
+                    format!(
+                        "{BACKEND_ENV}=io_uring forces io_uring; unset it or set {BACKEND_ENV}=epoll"
+                    )
+                } else {
+                    "Backend::IoUring forces io_uring; use Backend::Auto or Backend::Epoll"
+                        .to_owned()
+                };
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}; {how} to run on the epoll fallback"),
+                ))
+            }
+        },
+        Backend::Auto => match Ring::new(entries) {
+            Ok(ring) => Ok((Driver::Uring(UringDriver::new(ring, event)), None)),
+            Err(e) if falls_back(&e) => {
+                let reason = e.to_string();
+                FALLBACK_LOGGED.call_once(|| log_fallback(&reason));
+                Ok((Driver::Epoll(EpollDriver::new(event)?), Some(reason)))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Whether an io_uring setup error means "not here" rather than "not now": `EPERM`
+/// (denied), `ENOSYS` or missing features (`Unsupported`), `EINVAL` (a kernel that
+/// rejects our setup). `Ring::new` keeps the errno's kind in its message-carrying
+/// error, and has already ruled out an out-of-range size (also `InvalidInput`).
+fn falls_back(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput
+    )
+}
+
+fn log_fallback(reason: &str) {
+    let line = format!(
+        "aioctx: io_uring is unavailable ({reason}); using the epoll backend. Set \
+         {BACKEND_ENV}=epoll to choose epoll without trying io_uring, or {BACKEND_ENV}=io_uring \
+         to make this an error"
+    );
+    log::warn!("{line}");
+    if log::max_level() < log::LevelFilter::Warn {
+        // No logger takes warnings: say it once on stderr instead.
+        eprintln!("{line}");
+    }
+}
+
+impl Driver {
+    /// Which back end this is.
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Driver::Uring(_) => Backend::IoUring,
+            Driver::Epoll(_) => Backend::Epoll,
+        }
+    }
+
+    /// Kernel waits/enters made so far.
+    pub(crate) fn enters(&self) -> u64 {
+        match self {
+            Driver::Uring(d) => d.ring().enters,
+            Driver::Epoll(d) => d.enters,
+        }
+    }
+
+    /// `read(2)` calls on the notify eventfd so far (epoll only).
+    pub(crate) fn eventfd_reads(&self) -> u64 {
+        match self {
+            Driver::Uring(_) => 0,
+            Driver::Epoll(d) => d.eventfd_reads,
+        }
+    }
+
+    /// The ring's SQ and CQ sizes; `(0, 0)` on epoll.
+    pub(crate) fn ring_entries(&self) -> (u32, u32) {
+        match self {
+            Driver::Uring(d) => (d.ring().sq_entries(), d.ring().cq_entries()),
+            Driver::Epoll(_) => (0, 0),
+        }
+    }
+
+    /// Applies a handler change; returns the handler and the error when the descriptor
+    /// was refused at once (epoll; io_uring reports it as a completion).
+    pub(crate) fn set_fd(
+        &mut self,
+        fd: RawFd,
+        want: Option<Arc<FdNode>>,
+    ) -> Option<(Arc<FdNode>, io::Error)> {
+        match self {
+            Driver::Uring(d) => {
+                d.set_fd(fd, want);
+                None
+            }
+            Driver::Epoll(d) => d.set_fd(fd, want),
+        }
+    }
+
+    /// Re-arms `fd` after its handler ran; an error means the descriptor is bad.
+    pub(crate) fn rearm(&mut self, fd: RawFd, node: &Arc<FdNode>) -> Option<io::Error> {
+        match self {
+            Driver::Uring(d) => {
+                d.arm_poll(fd);
+                None
+            }
+            Driver::Epoll(d) => d.rearm(fd, node),
+        }
+    }
+
+    /// Forgets `fd` after its handler was removed for an error.
+    pub(crate) fn forget_fd(&mut self, fd: RawFd, node: &Arc<FdNode>) {
+        match self {
+            Driver::Uring(d) => d.forget_fd(fd, node),
+            Driver::Epoll(d) => d.forget_fd(fd, node),
+        }
+    }
+
+    /// Queues a raw io_uring operation.
+    ///
+    /// # Safety
+    /// As for `AioContext::submit_raw`.
+    pub(crate) unsafe fn push_raw(&mut self, entry: squeue::Entry, cb: RawCallback) {
+        match self {
+            // SAFETY: passed on from this function's contract.
+            Driver::Uring(d) => unsafe { d.push_raw(entry, cb) },
+            Driver::Epoll(_) => unreachable!("submit_raw refuses raw operations on epoll"),
+        }
+    }
+
+    /// Sleeps for at most `timeout` (`None`: no limit), submitting queued operations.
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) {
+        match self {
+            Driver::Uring(d) => d.ring_mut().wait(timeout),
+            Driver::Epoll(d) => d.wait(timeout),
+        }
+    }
+
+    /// Submits queued operations / looks for ready descriptors without sleeping.
+    pub(crate) fn poll_nowait(&mut self) {
+        match self {
+            Driver::Uring(d) => {
+                if d.ring_mut().has_unsubmitted() {
+                    d.ring_mut().submit();
+                }
+            }
+            Driver::Epoll(d) => d.poll_nowait(),
+        }
+    }
+
+    /// Whether something waits for dispatch (a hint for busy polling).
+    pub(crate) fn has_ready(&mut self) -> bool {
+        match self {
+            Driver::Uring(d) => d.ring_mut().has_completions(),
+            Driver::Epoll(d) => d.has_ready(),
+        }
+    }
+
+    /// Collects what the kernel reported for dispatch.
+    pub(crate) fn collect(&mut self) {
+        match self {
+            Driver::Uring(d) => d.collect(),
+            Driver::Epoll(_) => {} // `wait` queued the events already
+        }
+    }
+
+    /// Completions (io_uring) or events (epoll, including the notify eventfd's) taken
+    /// from the kernel so far.
+    pub(crate) fn cqes(&self) -> u64 {
+        match self {
+            Driver::Uring(d) => d.cqes,
+            Driver::Epoll(d) => d.cqes,
+        }
+    }
+
+    /// The next collected item to run.
+    pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
+        match self {
+            Driver::Uring(d) => d.next_ready(name),
+            Driver::Epoll(d) => d.next_ready(name),
+        }
+    }
+
+    /// Shuts the back end down at context drop (see `UringDriver::shutdown`).
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) {
+        match self {
+            Driver::Uring(d) => d.shutdown(name, limit),
+            Driver::Epoll(_) => {}
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The epoll back end: the fallback where io_uring cannot be set up (QEMU:
+//! util/fdmon-epoll.c for the handlers, util/thread-pool.c for file I/O).
+//!
+//! Rules:
+//! 1. fd handlers are level-triggered and one-shot, exactly as on io_uring: each
+//!    registration is an `EPOLLONESHOT` interest re-armed (`EPOLL_CTL_MOD`) after every
+//!    dispatch, so a descriptor that stays readable keeps firing and a nested `poll`
+//!    never runs a handler that is already running.
+//! 2. The driver keeps a duplicate of every registered descriptor, so the open file
+//!    outlives a `close` by the user while it is registered — as an armed `POLL_ADD`
+//!    does. The interest is on the user's descriptor number, so the re-arm after the
+//!    next event fails (`EBADF` closed, `ENOENT` number reused) and the handler is
+//!    removed with a log line: the loop never spins on a dead descriptor and never
+//!    loses track of a closed one. Removal deletes the interest and closes the
+//!    duplicate, which drops any interest the `DEL` could not reach.
+//! 3. Event data is `generation << 32 | fd`; an event whose generation does not match
+//!    the current registration (a stale one-shot of a replaced handler) is ignored.
+//! 4. The notify eventfd is registered level-triggered and consumed with `read(2)` when
+//!    it is reported; `poll`'s notify protocol is the same as on io_uring, the
+//!    `epoll_wait` is just another sleep.
+//! 5. Events taken by one wait are queued and dispatched one at a time, so a nested
+//!    `poll` or a panicking handler loses none of them.
+//! 6. Raw io_uring operations are unsupported; file I/O runs on the worker pool
+//!    (`pool.rs`), whose completions come back as bottom halves.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::Ready;
+use crate::fd::FdNode;
+use crate::sync::Arc;
+use crate::sys;
+
+/// The event data of the notify eventfd (rule 4); no registration uses it (rule 3).
+const NOTIFY: u64 = u64::MAX;
+
+/// How many events one `epoll_wait` takes.
+const EVENTS: usize = 64;
+
+struct Registration {
+    node: Arc<FdNode>,
+    generation: u32,
+    /// Keeps the open file alive while registered (rule 2).
+    _keep: OwnedFd,
+}
+
+/// The epoll driver of one context (home thread only).
+pub(crate) struct EpollDriver {
+    epfd: OwnedFd,
+    /// A duplicate of the context's notify eventfd.
+    event: OwnedFd,
+    fds: HashMap<RawFd, Registration>,
+    next_gen: u32,
+    buf: Vec<libc::epoll_event>,
+    ready: VecDeque<(u64, u32)>,
+    /// `epoll_wait` calls made.
+    pub(crate) enters: u64,
+    /// `read(2)` calls on the notify eventfd.
+    pub(crate) eventfd_reads: u64,
+    /// Events returned by `epoll_wait`.
+    pub(crate) cqes: u64,
+}
+
+fn data(fd: RawFd, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(fd as u32)
+}
+
+impl EpollDriver {
+    /// A driver whose epoll set holds the notify eventfd `event`.
+    pub(crate) fn new(event: RawFd) -> io::Result<Self> {
+        let epfd = sys::epoll_create()
+            .map_err(|e| io::Error::new(e.kind(), format!("epoll_create1 failed: {e}")))?;
+        let event = sys::dup(event)?;
+        let raw = event.as_raw_fd();
+        sys::epoll_ctl(
+            epfd.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            raw,
+            libc::EPOLLIN as u32,
+            NOTIFY,
+        )?;
+        Ok(Self {
+            epfd,
+            event,
+            fds: HashMap::new(),
+            next_gen: 0,
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            ready: VecDeque::new(),
+            enters: 0,
+            eventfd_reads: 0,
+            cqes: 0,
+        })
+    }
+
+    fn arm(&self, op: libc::c_int, fd: RawFd, reg: &Registration) -> io::Result<()> {
+        let events = reg.node.events() | libc::EPOLLONESHOT as u32;
+        sys::epoll_ctl(self.epfd.as_fd(), op, fd, events, data(fd, reg.generation))
+    }
+
+    fn remove(&mut self, fd: RawFd) {
+        if self.fds.remove(&fd).is_some() {
+            // Fails when `fd` was closed or reused; closing the duplicate (the drop
+            // above) removes the interest then (rule 2).
+            let _ = sys::epoll_ctl(self.epfd.as_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
+        }
+    }
+
+    /// Applies a handler change for `fd`; returns the handler and the error when the
+    /// descriptor cannot be registered (closed, or a kind epoll refuses).
+    pub(crate) fn set_fd(
+        &mut self,
+        fd: RawFd,
+        want: Option<Arc<FdNode>>,
+    ) -> Option<(Arc<FdNode>, io::Error)> {
+        let same = match (self.fds.get(&fd), &want) {
+            (Some(r), Some(node)) => Arc::ptr_eq(&r.node, node),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return None;
+        }
+        self.remove(fd);
+        let node = want?;
+        if node.is_dead() {
+            return None;
+        }
+        let keep = match sys::dup(fd) {
+            Ok(keep) => keep,
+            Err(e) => return Some((node, e)),
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let reg = Registration {
+            node: Arc::clone(&node),
+            generation: self.next_gen,
+            _keep: keep,
+        };
+        if let Err(e) = self.arm(libc::EPOLL_CTL_ADD, fd, &reg) {
+            return Some((node, e));
+        }
+        self.fds.insert(fd, reg);
+        None
+    }
+
+    /// Re-arms `fd` after its handler ran (rule 1); the error means the descriptor was
+    /// closed or reused (rule 2).
+    pub(crate) fn rearm(&mut self, fd: RawFd, node: &Arc<FdNode>) -> Option<io::Error> {
+        let reg = self.fds.get(&fd)?;
+        if !Arc::ptr_eq(&reg.node, node) || node.is_dead() {
+            return None;
+        }
+        self.arm(libc::EPOLL_CTL_MOD, fd, reg).err()
+    }
+
+    /// Forgets `fd` after its handler was removed for an error.
+    pub(crate) fn forget_fd(&mut self, fd: RawFd, node: &Arc<FdNode>) {
+        if self
+            .fds
+            .get(&fd)
+            .is_some_and(|r| Arc::ptr_eq(&r.node, node))
+        {
+            self.remove(fd);
+        }
+    }
+
+    /// One `epoll_wait` for at most `timeout`; queues what it returns (rule 5).
+    pub(crate) fn wait(&mut self, timeout: Option<Duration>) {
+        self.enters += 1;
+        match sys::epoll_wait(self.epfd.as_fd(), &mut self.buf, timeout) {
+            Ok(n) => {
+                self.cqes += n as u64;
+                for ev in &self.buf[..n] {
+                    self.ready.push_back((ev.u64, ev.events));
+                }
+            }
+            Err(e) => panic!("epoll_wait failed unexpectedly: {e}"),
+        }
+    }
+
+    /// A non-blocking look for ready handlers; no syscall when none is registered (a
+    /// notify to a busy loop stays free).
+    pub(crate) fn poll_nowait(&mut self) {
+        if !self.fds.is_empty() {
+            self.wait(Some(Duration::ZERO));
+        }
+    }
+
+    /// Whether events wait for dispatch (a hint for busy polling).
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The next handler to run, consuming the notify eventfd in place (rule 4).
+    pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
+        while let Some((data, revents)) = self.ready.pop_front() {
+            if data == NOTIFY {
+                self.eventfd_reads += 1;
+                if let Err(e) = sys::eventfd_read(self.event.as_fd()) {
+                    log::warn!("{name}: notify eventfd read failed: {e}");
+                }
+                continue;
+            }
+            let fd = data as u32 as RawFd;
+            let generation = (data >> 32) as u32;
+            match self.fds.get(&fd) {
+                Some(r) if r.generation == generation => {
+                    return Some(Ready::Fd(Arc::clone(&r.node), revents));
+                }
+                _ => {} // stale (rule 3)
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,290 @@
+//! One iteration of the loop (QEMU: `aio_poll` in util/aio-posix.c): apply requests,
+//! wait, run bottom halves, dispatch what the back end reported, run timers.
+//!
+//! Panics: a callback's panic (bottom half, fd handler, completion, timer, or a detached
+//! task's) unwinds out of [`AioContext::poll`] to its caller, and the context stays
+//! usable. That holds because:
+//! 1. No `RefCell` borrow of the home state is held while a callback runs.
+//! 2. Work is taken one item at a time from queues that live in the context (the BH
+//!    slices, the driver's dispatch queue, the timer list), so the items after the
+//!    panicking one stay queued and run at the next `poll`.
+//! 3. A callback that panics is put back in its cell (`callback.rs`), so a BH, handler
+//!    or timer can be scheduled and run again; an fd handler is re-armed on unwind.
+//! 4. A run queue whose drain unwinds reschedules its bottom half if tasks are left.
+
+use std::mem;
+use std::time::Duration;
+
+use crate::backend::Ready;
+use crate::context::AioContext;
+use crate::fd::FdNode;
+use crate::stats::bump;
+use crate::sync::atomic::Ordering;
+use crate::sync::{Arc, lock};
+use crate::sys;
+
+impl AioContext {
+    /// Runs one iteration of the loop (QEMU: `aio_poll`): applies handler changes, waits
+    /// (only if `blocking` and nothing is ready; the earliest timer bounds the wait),
+    /// then runs scheduled bottom halves, dispatches completions and fd handlers, and
+    /// runs expired timers. Returns whether progress was made: a non-idle BH, a handler,
+    /// a completion callback or a timer ran. A bare [`notify`](Self::notify) is not
+    /// progress. May be called from inside a callback (nested).
+    ///
+    /// # Panics
+    /// On a thread other than the context's home thread (the first that polled it).
+    ///
+    /// A panic in a callback run by this `poll` — a bottom half, fd handler, completion
+    /// callback or timer, or a detached task (one whose [`JoinHandle`] was dropped) —
+    /// propagates out of `poll` unchanged. The context stays usable: catch the panic
+    /// and poll again, and the work queued behind the panicking callback runs then; the
+    /// panicking BH, handler or timer itself stays registered and runs again when it is
+    /// next scheduled or ready, and the run queue keeps draining other tasks. (A task
+    /// with a live `JoinHandle` does not unwind the loop: its panic resumes in whoever
+    /// awaits the handle.)
+    ///
+    /// [`JoinHandle`]: crate::JoinHandle
+    pub fn poll(&self, blocking: bool) -> bool {
+        self.check_home("poll");
+        let remote = &*self.remote;
+        bump(&remote.counters.polls, 1);
+        let max_ns = remote.poll_max_ns.load(Ordering::Relaxed);
+        let start = if blocking && max_ns > 0 {
+            sys::monotonic_ns()
+        } else {
+            0
+        };
+        self.apply_requests();
+
+        let mut timeout = if blocking {
+            self.compute_timeout()
+        } else {
+            Some(Duration::ZERO)
+        };
+        if max_ns > 0 && timeout != Some(Duration::ZERO) && self.busy_poll(timeout) {
+            timeout = Some(Duration::ZERO);
+        }
+        let raised = timeout != Some(Duration::ZERO);
+        let sleep = raised && remote.notify.prepare_sleep();
+        {
+            let mut home = self.home();
+            if sleep {
+                bump(&remote.counters.sleeps, 1);
+                home.driver.wait(timeout);
+            } else {
+                home.driver.poll_nowait();
+            }
+        }
+        if raised {
+            remote.notify.finish_sleep();
+        }
+        remote.notify.accept();
+        if blocking && max_ns > 0 {
+            self.adjust_poll_ns(sys::monotonic_ns() - start, max_ns);
+        }
+
+        let mut progress = self.bh_poll();
+        progress |= self.dispatch();
+        let timers = remote.timers.run_expired();
+        bump(&remote.counters.timers_run, timers as u64);
+        progress || timers > 0
+    }
+
+    /// Applies fd-handler changes and raw operations queued by other threads.
+    fn apply_requests(&self) {
+        // Acquire: pairs with the Release store in `Remote::request`.
+        if !self.remote.has_requests.swap(false, Ordering::Acquire) {
+            return;
+        }
+        let changed = mem::take(&mut *lock(&self.remote.fd_changes));
+        for fd in changed {
+            let want = lock(&self.remote.fds).get(&fd).cloned();
+            let failed = self.home().driver.set_fd(fd, want);
+            if let Some((node, err)) = failed {
+                self.remove_bad_fd(&node, &err);
+            }
+        }
+        let raws = mem::take(&mut *lock(&self.remote.raw_queue));
+        let mut home = self.home();
+        for (entry, cb) in raws {
+            // SAFETY: `submit_raw`'s caller promised the entry's memory outlives the
+            // operation, which ends no earlier than the CQE that drops `cb`.
+            unsafe { home.driver.push_raw(entry, cb) };
+        }
+    }
+
+    /// The wait bound: zero when a BH must run, 10 ms for idle BHs, else the earliest
+    /// timer, else no limit (QEMU: `aio_compute_timeout`).
+    fn compute_timeout(&self) -> Option<Duration> {
+        let bh = {
+            let mut home = self.home();
+            self.remote.bhs.take_all(&mut home.bhs.incoming);
+            home.bhs.timeout_ns()
+        };
+        let timer = self.remote.timers.timeout_ns();
+        let ns = match (bh, timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(Duration::from_nanos(ns as u64))
+    }
+
+    /// Spins for up to the current polling time, watching for work; returns whether
+    /// some arrived (QEMU: `try_poll_mode`).
+    fn busy_poll(&self, timeout: Option<Duration>) -> bool {
+        let poll_ns = self.home().poll_ns;
+        if poll_ns == 0 {
+            return false;
+        }
+        let budget = timeout.map_or(poll_ns, |t| (t.as_nanos() as u64).min(poll_ns));
+        let end = sys::monotonic_ns() + budget as i64;
+        loop {
+            if !self.remote.bhs.is_empty()
+                || self.remote.notify.is_notified()
+                || self.home().driver.has_ready()
+                || self.remote.timers.has_expired()
+            {
+                return true;
+            }
+            if sys::monotonic_ns() >= end {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// QEMU's grow/shrink rule (`adjust_polling_time`).
+    fn adjust_poll_ns(&self, block_ns: i64, max_ns: u64) {
+        let grow = self.remote.poll_grow.load(Ordering::Relaxed);
+        let shrink = self.remote.poll_shrink.load(Ordering::Relaxed);
+        let mut home = self.home();
+        let ns = home.poll_ns;
+        let block_ns = block_ns.max(0) as u64;
+        home.poll_ns = if block_ns <= ns {
+            ns
+        } else if block_ns > max_ns {
+            ns.checked_div(shrink).unwrap_or(0)
+        } else if ns < max_ns && block_ns < max_ns {
+            let grown = if ns > 0 {
+                ns.saturating_mul(if grow == 0 { 2 } else { grow })
+            } else {
+                4000
+            };
+            grown.min(max_ns)
+        } else {
+            ns
+        };
+    }
+
+    /// Runs one slice of bottom halves (BH rules 2, 3, 5; QEMU: `aio_bh_poll`).
+    fn bh_poll(&self) -> bool {
+        {
+            let mut home = self.home();
+            let home = &mut *home;
+            self.remote.bhs.take_all(&mut home.bhs.incoming);
+            if !home.bhs.incoming.is_empty() {
+                let slice = mem::take(&mut home.bhs.incoming);
+                home.bhs.slices.push_back(slice);
+            }
+        }
+        let mut progress = false;
+        loop {
+            let bh = {
+                let mut home = self.home();
+                loop {
+                    let Some(slice) = home.bhs.slices.front_mut() else {
+                        break None;
+                    };
+                    match slice.pop_front() {
+                        Some(bh) => break Some(bh),
+                        None => {
+                            home.bhs.slices.pop_front();
+                        }
+                    }
+                }
+            };
+            let Some(bh) = bh else { break };
+            let (did_run, counts) = bh.run(&self.remote.bhs);
+            bump(&self.remote.counters.bhs_run, u64::from(did_run));
+            progress |= counts;
+        }
+        progress
+    }
+
+    /// Dispatches what the back end reported, one item at a time (module rule 2);
+    /// returns whether a callback ran.
+    fn dispatch(&self) -> bool {
+        self.home().driver.collect();
+        self.publish_counters();
+        let mut progress = false;
+        loop {
+            let ready = self.home().driver.next_ready(self.name());
+            match ready {
+                None => {
+                    // Callbacks may have forced enters (a full SQ) meanwhile.
+                    self.publish_counters();
+                    return progress;
+                }
+                Some(Ready::Raw(cb, res, flags)) => {
+                    cb(res, flags);
+                    progress = true;
+                }
+                Some(Ready::Fd(node, revents)) => progress |= self.run_fd_handler(&node, revents),
+                Some(Ready::FdFailed(node, err)) => self.remove_bad_fd(&node, &err),
+            }
+        }
+    }
+
+    /// Publishes the driver's counts to `stats()`. The driver counts every kernel entry,
+    /// also those a full SQ (push) or a CQ overflow (reap) forces outside the wait, which
+    /// may happen in callbacks and in `submit_raw`. Single writer (the home thread), so
+    /// absolute stores suffice.
+    pub(crate) fn publish_counters(&self) {
+        let home = self.home();
+        let c = &self.remote.counters;
+        c.enters.store(home.driver.enters(), Ordering::Relaxed);
+        c.cqes.store(home.driver.cqes(), Ordering::Relaxed);
+        c.eventfd_reads
+            .store(home.driver.eventfd_reads(), Ordering::Relaxed);
+    }
+
+    /// Runs a ready handler, then re-arms it — also when the handler panics (module
+    /// rule 3; fd rules 3 and 5).
+    fn run_fd_handler(&self, node: &Arc<FdNode>, revents: u32) -> bool {
+        struct Rearm<'a>(&'a AioContext, &'a Arc<FdNode>);
+        impl Drop for Rearm<'_> {
+            fn drop(&mut self) {
+                let failed = self.0.home().driver.rearm(self.1.fd, self.1);
+                if let Some(err) = failed {
+                    self.0.remove_bad_fd(self.1, &err);
+                }
+            }
+        }
+        let _rearm = Rearm(self, node);
+        let ran = node.dispatch(revents);
+        if ran {
+            bump(&self.remote.counters.fd_handlers_run, 1);
+        }
+        ran
+    }
+
+    /// Removes the handler of a descriptor the kernel reports as bad (fd rule 5).
+    fn remove_bad_fd(&self, node: &Arc<FdNode>, err: &std::io::Error) {
+        let fd = node.fd;
+        log::warn!(
+            "{}: polling fd {fd} failed ({err}); removing its handler",
+            self.name()
+        );
+        let removed = {
+            let mut fds = lock(&self.remote.fds);
+            match fds.get(&fd) {
+                Some(n) if Arc::ptr_eq(n, node) => fds.remove(&fd),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            node.kill();
+        }
+        self.home().driver.forget_fd(fd, node);
+    }
+}

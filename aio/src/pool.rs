@@ -1,0 +1,284 @@
+//! The worker pool that runs file I/O for contexts on the epoll back end (QEMU:
+//! util/thread-pool.c, `thread_pool_submit_aio`).
+//!
+//! One process-wide pool: up to [`MAX_WORKERS`] threads, started on demand and leaving
+//! after [`IDLE_EXIT`] without work, take jobs off one FIFO queue. A job runs a blocking
+//! syscall on buffers it owns, then hands the result to its context as a oneshot bottom
+//! half (see `io.rs`), so the completion runs on the home thread like a CQE would.
+//!
+//! Rules:
+//! 1. A job owns everything its syscall touches (buffers, iovecs) from submission until
+//!    it is dropped; the pool drops a job only after its syscall returned or without
+//!    having started it. Nothing the kernel reads or writes is ever freed under a worker,
+//!    whatever happens to the future or the context.
+//! 2. Each context has an [`Owner`]: a count of its jobs queued or running, a cancel
+//!    flag and a cancel eventfd. Dropping the context cancels: it takes its queued jobs
+//!    off the queue and drops them (their operations complete with `ECANCELED`), sets
+//!    the flag and writes the eventfd, which wakes every worker of that context blocked
+//!    waiting for a pipe or socket (`poll_or_cancel`), then waits (bounded) until the
+//!    count is zero. Regular-file syscalls are not interruptible; they finish.
+//! 3. The pool is not part of any loom model: it uses `std` primitives directly.
+//! 4. What a worker runs for a typed operation (`IoKind::run_blocking`): `preadv2`/
+//!    `pwritev2` at the offset; on a pipe or socket (`ESPIPE`), at the current position
+//!    with `RWF_NOWAIT`, waiting in `poll` on the fd and the owner's cancel eventfd
+//!    between tries, so that a dropped context interrupts it (rule 2).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use crate::io::IoKind;
+use crate::sys;
+
+/// Locks `m`, ignoring poisoning: jobs run outside every lock of this module.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The most worker threads the pool runs (QEMU's default `thread-pool-max`).
+pub(crate) const MAX_WORKERS: usize = 64;
+
+/// How long an idle worker waits for a job before it exits (as QEMU's workers do).
+const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// A context's share of the pool (rule 2).
+pub(crate) struct Owner {
+    cancelled: AtomicBool,
+    cancel_fd: OwnedFd,
+    outstanding: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Owner {
+    /// A new owner with its cancel eventfd.
+    pub(crate) fn new() -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            cancelled: AtomicBool::new(false),
+            cancel_fd: sys::eventfd()?,
+            outstanding: Mutex::new(0),
+            done: Condvar::new(),
+        }))
+    }
+
+    /// Whether the context was dropped.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The eventfd that becomes readable on cancel (for `sys::poll_or_cancel`).
+    pub(crate) fn cancel_fd(&self) -> BorrowedFd<'_> {
+        self.cancel_fd.as_fd()
+    }
+
+    fn finish(&self, n: usize) {
+        let mut out = lock(&self.outstanding);
+        *out -= n;
+        if *out == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Cancels this owner's jobs and waits up to `limit` for the running ones (rule 2);
+    /// returns how many were still running at the deadline.
+    pub(crate) fn cancel(self: &Arc<Self>, limit: Duration) -> usize {
+        self.cancelled.store(true, Ordering::Relaxed);
+        if let Err(e) = sys::eventfd_write(self.cancel_fd.as_fd()) {
+            log::error!("worker pool: cannot signal cancellation: {e}");
+        }
+        let queued: VecDeque<Job> = {
+            let mut st = lock(&pool().state);
+            let (mine, rest) = st
+                .queue
+                .drain(..)
+                .partition(|j| Arc::ptr_eq(&j.owner, self));
+            st.queue = rest;
+            mine
+        };
+        let n = queued.len();
+        drop(queued); // rule 1: never started, so dropping frees nothing in use
+        if n > 0 {
+            self.finish(n);
+        }
+        let out = lock(&self.outstanding);
+        let (out, _) = self
+            .done
+            .wait_timeout_while(out, limit, |n| *n > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        *out
+    }
+}
+
+/// One unit of work: runs on a worker with its owner at hand.
+struct Job {
+    owner: Arc<Owner>,
+    work: Box<dyn FnOnce(&Owner) + Send>,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    threads: usize,
+    idle: usize,
+}
+
+struct Pool {
+    state: Mutex<State>,
+    work: Condvar,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            threads: 0,
+            idle: 0,
+        }),
+        work: Condvar::new(),
+    })
+}
+
+/// Queues `work` for `owner` (QEMU: `thread_pool_submit`). `work` runs on a worker
+/// thread, or is dropped unstarted if the owner cancels first.
+///
+/// # Errors
+/// The pool has no worker and a new one could not be started; `work` is dropped.
+pub(crate) fn submit(owner: &Arc<Owner>, work: Box<dyn FnOnce(&Owner) + Send>) -> io::Result<()> {
+    *lock(&owner.outstanding) += 1;
+    let p = pool();
+    let mut st = lock(&p.state);
+    st.queue.push_back(Job {
+        owner: Arc::clone(owner),
+        work,
+    });
+    // Enough sleeping workers for every queued job (a notified worker counts as idle
+    // until it wakes), or no room for another: wake one.
+    if st.idle >= st.queue.len() || st.threads >= MAX_WORKERS {
+        drop(st);
+        p.work.notify_one();
+        return Ok(());
+    }
+    st.threads += 1;
+    let spawned = std::thread::Builder::new()
+        .name("aio-worker".to_owned())
+        .spawn(worker);
+    if let Err(e) = spawned {
+        st.threads -= 1;
+        if st.threads == 0 {
+            let job = st.queue.pop_back().expect("just pushed");
+            drop(st);
+            drop(job);
+            owner.finish(1);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot start an I/O worker thread: {e}"),
+            ));
+        }
+        log::warn!("worker pool: cannot start another worker ({e}); the others will run the job");
+    }
+    Ok(())
+}
+
+fn worker() {
+    let p = pool();
+    let mut st = lock(&p.state);
+    loop {
+        let Some(job) = st.queue.pop_front() else {
+            st.idle += 1;
+            let (guard, timeout) = p
+                .work
+                .wait_timeout(st, IDLE_EXIT)
+                .unwrap_or_else(PoisonError::into_inner);
+            st = guard;
+            st.idle -= 1;
+            if timeout.timed_out() && st.queue.is_empty() {
+                st.threads -= 1;
+                return;
+            }
+            continue;
+        };
+        drop(st);
+        let owner = Arc::clone(&job.owner);
+        // A panicking job (a bug) must not shrink the pool or leave the count up.
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.work)(&owner)));
+        owner.finish(1);
+        if let Err(panic) = res {
+            log::error!(
+                "worker pool: a job panicked: {}",
+                panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("<non-string panic>")
+            );
+        }
+        st = lock(&p.state);
+    }
+}
+
+impl IoKind {
+    /// Runs the operation with blocking syscalls on a pool worker (rule 5); returns
+    /// what a CQE would: the byte count or `-errno`.
+    pub(crate) fn run_blocking(self, owner: &Owner) -> i32 {
+        let one = |ptr: *const u8, len: u32| libc::iovec {
+            iov_base: ptr.cast_mut().cast(),
+            iov_len: len as usize,
+        };
+        let res = match self {
+            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true, owner),
+            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false, owner),
+            IoKind::Readv { fd, iov, cnt, off } | IoKind::Writev { fd, iov, cnt, off } => {
+                // SAFETY: `iov` points at `cnt` iovecs owned by this operation's
+                // `InFlight`, alive for the whole call (rule 5).
+                let iov = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
+                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }), owner)
+            }
+            IoKind::Fsync {
+                fd,
+                data_only: false,
+            } => sys::fsync(fd).map(|()| 0),
+            IoKind::Fsync {
+                fd,
+                data_only: true,
+            } => sys::fdatasync(fd).map(|()| 0),
+        };
+        match res {
+            Ok(n) => n.min(i32::MAX as usize) as i32,
+            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// `preadv2`/`pwritev2` at `off`; on a descriptor without offsets (pipe, socket), the
+/// current position, waiting for readiness so that a dropped context can cancel it.
+fn rw(fd: RawFd, iov: &[libc::iovec], off: u64, read: bool, owner: &Owner) -> io::Result<usize> {
+    let call = |off: i64, flags: libc::c_int| {
+        if read {
+            // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
+            // valid for writes until the job is dropped, which is after this call.
+            unsafe { sys::preadv2(fd, iov, off, flags) }
+        } else {
+            // SAFETY: as above, valid for reads.
+            unsafe { sys::pwritev2(fd, iov, off, flags) }
+        }
+    };
+    match call(off.min(i64::MAX as u64) as i64, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {}
+        other => return other,
+    }
+    let events = if read { libc::POLLIN } else { libc::POLLOUT };
+    loop {
+        match call(-1, libc::RWF_NOWAIT) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                if sys::poll_or_cancel(fd, events, owner.cancel_fd())? {
+                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+                }
+            }
+            // No RWF_NOWAIT for this file: block (not cancellable).
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return call(-1, 0),
+            other => return other,
+        }
+    }
+}
