@@ -8,13 +8,19 @@ use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
 use std::time::Instant;
 
-use aioctx_aio::{Bh, IoThread};
+use aioctx_aio::{AioContext, Bh, IOTHREAD_POLL_MAX_NS, IoThread};
 use criterion::{Criterion, criterion_group, criterion_main};
 use io_uring::{IoUring, opcode, squeue, types};
 
-fn aioctx_bh(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    let a = IoThread::new("ping").unwrap();
-    let b = IoThread::new("pong").unwrap();
+/// `poll_max_ns`: IoThreads' default busy polling, or 0 (block at once, like the peers).
+fn aioctx_bh(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    poll_max_ns: u64,
+) {
+    let builder = || AioContext::builder().poll_params(poll_max_ns, 0, 0);
+    let a = IoThread::with_builder("ping", builder()).unwrap();
+    let b = IoThread::with_builder("pong", builder()).unwrap();
     let bh_a: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
     let bh_b: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
     let remaining = Arc::new(AtomicU64::new(0));
@@ -37,7 +43,7 @@ fn aioctx_bh(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallT
         let bh = b.ctx().bh_new(move || bh_a2.get().unwrap().schedule());
         assert!(bh_b.set(bh).is_ok());
     }
-    c.bench_function("aioctx_bh_iothreads", |bench| {
+    c.bench_function(name, |bench| {
         bench.iter_custom(|iters| {
             remaining.store(iters, Ordering::Relaxed);
             let t = Instant::now();
@@ -230,7 +236,8 @@ fn msg_ring(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTi
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("wake");
     raw_eventfd(&mut g);
-    aioctx_bh(&mut g);
+    aioctx_bh(&mut g, "aioctx_bh_iothreads", IOTHREAD_POLL_MAX_NS);
+    aioctx_bh(&mut g, "aioctx_bh_iothreads_no_busy_poll", 0);
     std_park(&mut g);
     tokio_notify(&mut g);
     msg_ring(&mut g);
