@@ -198,6 +198,9 @@ pub(crate) struct BhQueue {
     pub(crate) incoming: VecDeque<Arc<BhInner>>,
     /// Slices being run, outermost `poll` first.
     pub(crate) slices: VecDeque<VecDeque<Arc<BhInner>>>,
+    /// The buffer of the last slice that ran empty, reused as the next `incoming` so a
+    /// `poll` that runs BHs allocates nothing.
+    pub(crate) spare: VecDeque<Arc<BhInner>>,
 }
 
 impl BhQueue {

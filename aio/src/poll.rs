@@ -183,7 +183,8 @@ impl AioContext {
             let home = &mut *home;
             self.remote.bhs.take_all(&mut home.bhs.incoming);
             if !home.bhs.incoming.is_empty() {
-                let slice = mem::take(&mut home.bhs.incoming);
+                let spare = mem::take(&mut home.bhs.spare);
+                let slice = mem::replace(&mut home.bhs.incoming, spare);
                 home.bhs.slices.push_back(slice);
             }
         }
@@ -198,7 +199,12 @@ impl AioContext {
                     match slice.pop_front() {
                         Some(bh) => break Some(bh),
                         None => {
-                            home.bhs.slices.pop_front();
+                            // Keep the emptied slice's buffer for the next `incoming`.
+                            if let Some(empty) = home.bhs.slices.pop_front()
+                                && empty.capacity() > home.bhs.spare.capacity()
+                            {
+                                home.bhs.spare = empty;
+                            }
                         }
                     }
                 }
