@@ -120,17 +120,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
     }
     let mut opts = KickstatOptions::default();
     let mut scenarios = Vec::new();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, UsageError> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| UsageError(format!("{name} needs a value")))
-        };
+    let mut flags = Flags(args);
+    while let Some((arg, flag)) = flags.next_flag() {
+        let mut value = |name: &str| flags.value_of(&arg, name);
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--json" => opts.json = true,
@@ -175,21 +167,39 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
     Ok(Command::Kickstat(opts))
 }
 
+/// The flags after a command: `--flag value` or `--flag=value`.
+struct Flags<I: Iterator<Item = String>>(I);
+
+impl<I: Iterator<Item = String>> Flags<I> {
+    /// The next argument and its flag name (the part before `=`, for `--flag=value`).
+    /// The inline value, if any, is kept for [`value`](Self::value).
+    fn next_flag(&mut self) -> Option<(String, String)> {
+        let arg = self.0.next()?;
+        let flag = match arg.split_once('=') {
+            Some((f, _)) if f.starts_with("--") => f.to_owned(),
+            _ => arg.clone(),
+        };
+        Some((arg, flag))
+    }
+
+    /// The value of flag `name`: inline after `=` in `arg`, else the next argument.
+    fn value_of(&mut self, arg: &str, name: &str) -> Result<String, UsageError> {
+        match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => Ok(v.to_owned()),
+            _ => self
+                .0
+                .next()
+                .ok_or_else(|| UsageError(format!("{name} needs a value"))),
+        }
+    }
+}
+
 /// Parses the flags of `aioctx stress`.
 fn parse_stress(args: impl Iterator<Item = String>) -> Result<Command, UsageError> {
     let mut opts = StressOptions::default();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, UsageError> {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| UsageError(format!("{name} needs a value")))
-        };
+    let mut flags = Flags(args);
+    while let Some((arg, flag)) = flags.next_flag() {
+        let mut value = |name: &str| flags.value_of(&arg, name);
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--json" => opts.json = true,

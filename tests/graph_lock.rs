@@ -334,3 +334,65 @@ fn assert_writable_only_under_the_write_lock() {
         drop(w);
     });
 }
+
+#[test]
+fn graph_container_edges_and_errors() {
+    use aioctx::graph::{Graph, GraphError};
+    on_main(|| {
+        let graph = Graph::new();
+        let mut w = graph_lock().wrlock();
+        let (root, a, b) = (
+            graph.add_node(&mut w, "root"),
+            graph.add_node(&mut w, "a"),
+            graph.add_node(&mut w, "b"),
+        );
+        graph.attach_child(&mut w, root, a).unwrap();
+        graph.attach_child(&mut w, a, b).unwrap();
+        assert_eq!(
+            graph.attach_child(&mut w, b, root),
+            Err(GraphError::Cycle {
+                parent: b,
+                child: root
+            })
+        );
+        assert_eq!(
+            graph.attach_child(&mut w, a, a),
+            Err(GraphError::Cycle {
+                parent: a,
+                child: a
+            })
+        );
+        // Replace keeps the position and moves the parent link.
+        let c = graph.add_node(&mut w, "c");
+        graph.attach_child(&mut w, root, c).unwrap();
+        graph.replace_child(&mut w, root, a, b).unwrap();
+        assert_eq!(graph.children(&w, root), Some(&[b, c][..]));
+        assert_eq!(graph.parents(&w, a), Some(&[][..]));
+        assert_eq!(graph.parents(&w, b), Some(&[a, root][..]));
+        assert_eq!(
+            graph.detach_child(&mut w, root, a),
+            Err(GraphError::NoSuchEdge {
+                parent: root,
+                child: a
+            })
+        );
+        graph.detach_child(&mut w, root, c).unwrap();
+        assert_eq!(graph.parents(&w, c), Some(&[][..]));
+        // Removing a node drops its edges; its id goes stale, also after slot reuse.
+        assert_eq!(graph.remove_node(&mut w, b), Ok("b"));
+        assert_eq!(graph.children(&w, root), Some(&[][..]));
+        assert_eq!(graph.children(&w, a), Some(&[][..]));
+        let d = graph.add_node(&mut w, "d");
+        assert_ne!(d, b);
+        assert_eq!(graph.get(&w, b), None);
+        assert_eq!(
+            graph.attach_child(&mut w, root, b),
+            Err(GraphError::NoSuchNode(b))
+        );
+        assert_eq!(graph.node_ids(&w).len(), 4);
+        drop(w);
+        // Readers see the same graph through the main-loop guard.
+        let r = graph_lock().rdlock_main_loop();
+        assert_eq!(graph.get(&r, d), Some(&"d"));
+    });
+}

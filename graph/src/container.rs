@@ -207,21 +207,9 @@ impl<T> Graph<T> {
         child: NodeId,
     ) -> Result<(), GraphError> {
         let inner = self.write(w);
-        inner.node(parent)?;
-        inner.node(child)?;
-        if parent == child || inner.reaches(child, parent) {
-            return Err(GraphError::Cycle { parent, child });
-        }
-        inner.nodes[parent.0]
-            .as_mut()
-            .expect("checked")
-            .children
-            .push(child);
-        inner.nodes[child.0]
-            .as_mut()
-            .expect("checked")
-            .parents
-            .push(parent);
+        inner.check_new_edge(parent, child)?;
+        inner.live_mut(parent).children.push(child);
+        inner.live_mut(child).parents.push(parent);
         Ok(())
     }
 
@@ -236,22 +224,9 @@ impl<T> Graph<T> {
         child: NodeId,
     ) -> Result<(), GraphError> {
         let inner = self.write(w);
-        inner.node(parent)?;
-        inner.node(child)?;
-        let p = inner.nodes[parent.0].as_mut().expect("checked");
-        let pos = p
-            .children
-            .iter()
-            .position(|c| *c == child)
-            .ok_or(GraphError::NoSuchEdge { parent, child })?;
-        p.children.remove(pos);
-        let c = inner.nodes[child.0].as_mut().expect("checked");
-        let pos = c
-            .parents
-            .iter()
-            .position(|x| *x == parent)
-            .expect("edges are symmetric");
-        c.parents.remove(pos);
+        let pos = inner.child_position(parent, child)?;
+        inner.live_mut(parent).children.remove(pos);
+        inner.unlink_parent(child, parent);
         Ok(())
     }
 
@@ -268,31 +243,11 @@ impl<T> Graph<T> {
         new: NodeId,
     ) -> Result<(), GraphError> {
         let inner = self.write(w);
-        inner.node(parent)?;
-        inner.node(old)?;
-        inner.node(new)?;
-        if parent == new || inner.reaches(new, parent) {
-            return Err(GraphError::Cycle { parent, child: new });
-        }
-        let p = inner.nodes[parent.0].as_mut().expect("checked");
-        let pos = p
-            .children
-            .iter()
-            .position(|c| *c == old)
-            .ok_or(GraphError::NoSuchEdge { parent, child: old })?;
-        p.children[pos] = new;
-        let o = inner.nodes[old.0].as_mut().expect("checked");
-        let i = o
-            .parents
-            .iter()
-            .position(|x| *x == parent)
-            .expect("edges are symmetric");
-        o.parents.remove(i);
-        inner.nodes[new.0]
-            .as_mut()
-            .expect("checked")
-            .parents
-            .push(parent);
+        let pos = inner.child_position(parent, old)?;
+        inner.check_new_edge(parent, new)?;
+        inner.live_mut(parent).children[pos] = new;
+        inner.unlink_parent(old, parent);
+        inner.live_mut(new).parents.push(parent);
         Ok(())
     }
 
@@ -328,6 +283,41 @@ impl<T> Inner<T> {
             Some(Some(n)) if n.generation == id.1 => Ok(n),
             _ => Err(GraphError::NoSuchNode(id)),
         }
+    }
+
+    /// A node already checked to be live.
+    fn live_mut(&mut self, id: NodeId) -> &mut Node<T> {
+        self.nodes[id.0].as_mut().expect("checked live")
+    }
+
+    /// Checks that `parent → child` may be added: both live, no cycle.
+    fn check_new_edge(&self, parent: NodeId, child: NodeId) -> Result<(), GraphError> {
+        self.node(parent)?;
+        self.node(child)?;
+        if parent == child || self.reaches(child, parent) {
+            return Err(GraphError::Cycle { parent, child });
+        }
+        Ok(())
+    }
+
+    /// Where `child` sits among `parent`'s children (both checked live).
+    fn child_position(&self, parent: NodeId, child: NodeId) -> Result<usize, GraphError> {
+        self.node(child)?;
+        self.node(parent)?
+            .children
+            .iter()
+            .position(|c| *c == child)
+            .ok_or(GraphError::NoSuchEdge { parent, child })
+    }
+
+    /// Removes one `parent` entry from `child`'s parents (edges are kept symmetric).
+    fn unlink_parent(&mut self, child: NodeId, parent: NodeId) {
+        let parents = &mut self.live_mut(child).parents;
+        let pos = parents
+            .iter()
+            .position(|p| *p == parent)
+            .expect("edges are symmetric");
+        parents.remove(pos);
     }
 
     /// Whether `to` is reachable from `from` along child edges.
