@@ -230,11 +230,11 @@ impl<T: Send + 'static> InFlight<T> {
     fn submit(self, ctx: &AioContext) {
         let Some(owner) = ctx.remote.pool.clone() else {
             let entry = self.kind.entry();
+            let complete = Box::new(move |res, _flags| self.complete(res));
             // SAFETY: the entry names only memory owned by `payload` (buffers and
             // iovecs), which moves into the callback; the context drops the callback only
             // after the CQE was reaped (rule 1, `submit_raw`'s contract).
-            let res =
-                unsafe { ctx.submit_raw(entry, Box::new(move |res, _flags| self.complete(res))) };
+            let res = unsafe { ctx.submit_raw(entry, complete) };
             // Only the epoll back end refuses, and it has a pool; were it to refuse, the
             // dropped callback has completed the operation with ECANCELED.
             debug_assert!(res.is_ok(), "{res:?}");
