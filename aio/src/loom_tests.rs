@@ -136,8 +136,7 @@ mod tasks {
     use loom::sync::Notify;
     use loom::sync::atomic::AtomicUsize;
 
-    use crate::bh::{BhInner, BhList, SCHEDULED};
-    use crate::notify::NotifyState;
+    use crate::bh::BhInner;
     use crate::sync::atomic::Ordering;
     use crate::sync::{Arc, Mutex, lock};
     use crate::task::{Schedule, Task, TaskRef};
@@ -145,9 +144,8 @@ mod tasks {
     type Queue = Arc<Mutex<VecDeque<TaskRef>>>;
 
     struct TaskLoop {
-        notify: NotifyState,
-        eventfd: Notify,
-        bhs: BhList,
+        /// The BH list, notify state and "eventfd" of the BH model above.
+        l: super::Loop,
         queue: Queue,
         bh: Arc<BhInner>,
     }
@@ -169,9 +167,7 @@ mod tasks {
                 0,
             );
             Arc::new(Self {
-                notify: NotifyState::new(),
-                eventfd: Notify::new(),
-                bhs: BhList::new(),
+                l: super::Loop::new(),
                 queue,
                 bh,
             })
@@ -179,30 +175,14 @@ mod tasks {
 
         /// One blocking `poll`, as in `AioContext::poll` (BHs only).
         fn poll_blocking(&self, incoming: &mut VecDeque<Arc<BhInner>>) {
-            self.bhs.take_all(incoming);
-            let must_run = incoming.iter().any(|bh| bh.wants_run() == Some(false));
-            let raised = !must_run;
-            if raised && self.notify.prepare_sleep() {
-                self.eventfd.wait();
-            }
-            if raised {
-                self.notify.finish_sleep();
-            }
-            self.notify.accept();
-            self.bhs.take_all(incoming);
-            for bh in incoming.drain(..) {
-                bh.run(&self.bhs);
-            }
+            self.l.poll_blocking(incoming);
         }
     }
 
     impl Schedule for TaskLoop {
         fn schedule(&self, task: TaskRef) {
             lock(&self.queue).push_back(task);
-            crate::bh::enqueue(&self.bhs, &self.bh, SCHEDULED);
-            if self.notify.notify() {
-                self.eventfd.notify();
-            }
+            self.l.schedule(&self.bh);
         }
     }
 
