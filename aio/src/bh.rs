@@ -26,6 +26,10 @@
 //!    outer run puts it back on the list, so it runs at the first `poll` after its
 //!    callback returned and no schedule is lost. While deferred it is on no list, so
 //!    nested blocking polls inside the callback still sleep rather than spin on it.
+//! 8. A callback that panics finishes its run all the same while the panic unwinds: a
+//!    schedule deferred by rule 7 goes back on the list, a oneshot is freed, and the BHs
+//!    behind it in the slice stay there for the next `poll`. No schedule is lost to a
+//!    panic.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -87,29 +91,44 @@ impl BhInner {
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
             return (false, false);
         }
-        let ran = self.cb.run(|f| f());
-        if !ran {
-            if !self.cb.is_dead() {
-                // Rule 7: the callback is running further up this thread's stack.
-                let idle = if flags & IDLE != 0 { DEFERRED_IDLE } else { 0 };
-                self.flags.fetch_or(DEFERRED | idle, Ordering::Relaxed);
+        /// Finishes a run on return and on unwind alike (rule 7 and rule 8).
+        struct AfterRun<'a> {
+            bh: &'a Arc<BhInner>,
+            list: &'a BhList,
+            oneshot: bool,
+        }
+        impl Drop for AfterRun<'_> {
+            fn drop(&mut self) {
+                // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
+                let deferred = self
+                    .bh
+                    .flags
+                    .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
+                if deferred & DEFERRED != 0 {
+                    let idle = if deferred & DEFERRED_IDLE != 0 {
+                        IDLE
+                    } else {
+                        0
+                    };
+                    enqueue(self.list, self.bh, SCHEDULED | idle);
+                }
+                if self.oneshot {
+                    self.bh.cb.kill();
+                }
             }
-            return (false, false);
         }
-        // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
-        let deferred = self
-            .flags
-            .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
-        if deferred & DEFERRED != 0 {
-            let idle = if deferred & DEFERRED_IDLE != 0 {
-                IDLE
-            } else {
-                0
+        let ran = self.cb.run(|f| {
+            let _after = AfterRun {
+                bh: self,
+                list,
+                oneshot: flags & ONESHOT != 0,
             };
-            enqueue(list, self, SCHEDULED | idle);
-        }
-        if flags & ONESHOT != 0 {
-            self.cb.kill();
+            f();
+        });
+        if !ran && !self.cb.is_dead() {
+            // Rule 7: the callback is running further up this thread's stack.
+            let idle = if flags & IDLE != 0 { DEFERRED_IDLE } else { 0 };
+            self.flags.fetch_or(DEFERRED | idle, Ordering::Relaxed);
         }
         (ran, ran && flags & IDLE == 0)
     }

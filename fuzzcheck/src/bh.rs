@@ -10,6 +10,12 @@
 //! again re-entrantly: the schedule is deferred (on no list) and the BH goes back on the
 //! list when its callback returns, so it runs at the first poll after that (rule 7).
 //!
+//! A callback may panic (`Action::Panic`): the panic unwinds through the nested polls
+//! and callbacks above it and out of the outermost `poll`, which the run catches. On the
+//! way out each callback is put back in its cell, a schedule deferred by rule 7 goes
+//! back on the list (no schedule is lost to a panic), and the BHs left in the slices
+//! run at the next `poll`.
+//!
 //! After every operation the run checks that the callbacks that ran (and the results of
 //! the nested polls they made) are exactly the model's, in the model's order, that
 //! `poll` returned the model's progress, and that `is_scheduled` matches for every
@@ -71,7 +77,21 @@ pub enum Action {
     Oneshot,
     /// `poll(false)` from inside the callback (up to [`MAX_DEPTH`] deep).
     NestedPoll,
+    /// Panic: the rest of the callback does not run, the panic unwinds through every
+    /// nested poll and callback above it and out of the outermost `poll`.
+    Panic,
 }
+
+/// What a top-level poll returned: its progress, or the panic of a callback it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Progress(bool),
+    Panicked,
+}
+
+/// The payload of [`Action::Panic`]: raised with `resume_unwind`, so the panic hook
+/// (and its message on stderr) is skipped.
+struct FuzzPanic;
 
 /// What the run observes: a callback ran, or a nested poll returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +128,8 @@ struct Model {
     slices: VecDeque<VecDeque<u32>>,
     depth: u32,
     trace: Vec<Event>,
+    /// A callback panicked: every poll and callback on the stack unwinds.
+    unwinding: bool,
 }
 
 impl Model {
@@ -210,7 +232,13 @@ impl Model {
             self.trace.push(Event::Ran(id));
             for a in actions {
                 self.action(a);
+                if self.unwinding {
+                    break;
+                }
             }
+            // On return and on unwind alike: the callback is back in its cell, a
+            // deferred schedule goes back on the list (rule 7: no schedule is lost),
+            // a oneshot is gone. The BHs left in the slices stay for the next poll.
             let bh = &mut self.bhs[id as usize];
             bh.running = false;
             if let Some(idle) = bh.deferred.take() {
@@ -220,9 +248,22 @@ impl Model {
             if bh.oneshot {
                 bh.deleted = true;
             }
+            if self.unwinding {
+                return false;
+            }
             progress |= !idle;
         }
         progress
+    }
+
+    /// A top-level `poll`: its progress, or the panic that unwound out of it.
+    fn poll_outermost(&mut self) -> Outcome {
+        let progress = self.poll();
+        if std::mem::take(&mut self.unwinding) {
+            Outcome::Panicked
+        } else {
+            Outcome::Progress(progress)
+        }
     }
 
     fn action(&mut self, a: Action) {
@@ -240,9 +281,12 @@ impl Model {
                     self.depth += 1;
                     let r = self.poll();
                     self.depth -= 1;
-                    self.trace.push(Event::Nested(r));
+                    if !self.unwinding {
+                        self.trace.push(Event::Nested(r));
+                    }
                 }
             }
+            Action::Panic => self.unwinding = true,
         }
     }
 }
@@ -331,14 +375,22 @@ impl Shared {
             Action::RemoteSchedule(s) => self.remote_schedule(slot(s)),
             Action::Oneshot => self.oneshot(Vec::new()),
             Action::NestedPoll => {
+                /// Lowers the depth on return and on unwind.
+                struct Nest<'a>(&'a Mutex<u32>);
+                impl Drop for Nest<'_> {
+                    fn drop(&mut self) {
+                        *self.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    }
+                }
                 let depth = *self.depth.lock().unwrap();
                 if depth < MAX_DEPTH {
                     *self.depth.lock().unwrap() += 1;
+                    let _nest = Nest(&self.depth);
                     let r = self.ctx.poll(false);
-                    *self.depth.lock().unwrap() -= 1;
                     self.log.lock().unwrap().push(Event::Nested(r));
                 }
             }
+            Action::Panic => std::panic::resume_unwind(Box::new(FuzzPanic)),
         }
     }
 }
@@ -350,6 +402,16 @@ thread_local! {
         .name("fuzz-bh")
         .build()
         .unwrap_or_else(|e| panic!("bh fuzz: cannot create an AioContext: {e}"));
+}
+
+/// `ctx.poll(blocking)`, catching a panic raised by [`Action::Panic`] (any other panic
+/// is a failure and resumes).
+fn poll_outermost(ctx: &AioContext, blocking: bool) -> Outcome {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(blocking))) {
+        Ok(progress) => Outcome::Progress(progress),
+        Err(payload) if payload.is::<FuzzPanic>() => Outcome::Panicked,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
 }
 
 /// Decodes `data` (libFuzzer bytes) and [`run`]s it; undecodable input is ignored.
@@ -367,7 +429,7 @@ pub fn run_bytes(data: &[u8]) {
 pub fn run(ops: &[Op]) {
     let ctx = CTX.with(Arc::clone);
     // Leftovers of an earlier run that panicked halfway.
-    while ctx.poll(false) {}
+    while poll_outermost(&ctx, false) != Outcome::Progress(false) {}
     let watchdog = crate::Watchdog::start("bh_schedule", Duration::from_secs(20));
     let shared = Arc::new(Shared {
         ctx: Arc::clone(&ctx),
@@ -427,10 +489,16 @@ pub fn run(ops: &[Op]) {
                 model.enqueue(id, false);
                 (None, None)
             }
-            Op::Poll => (Some(ctx.poll(false)), Some(model.poll())),
+            Op::Poll => (
+                Some(poll_outermost(&ctx, false)),
+                Some(model.poll_outermost()),
+            ),
             Op::PollBlocking => {
                 let blocking = model.must_run_now();
-                (Some(ctx.poll(blocking)), Some(model.poll()))
+                (
+                    Some(poll_outermost(&ctx, blocking)),
+                    Some(model.poll_outermost()),
+                )
             }
         };
         let log = std::mem::take(&mut *shared.log.lock().unwrap());
@@ -458,6 +526,6 @@ pub fn run(ops: &[Op]) {
     for s in 0..SLOTS {
         shared.delete(s);
     }
-    while ctx.poll(false) {}
+    while poll_outermost(&ctx, false) != Outcome::Progress(false) {}
     drop(watchdog);
 }

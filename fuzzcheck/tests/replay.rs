@@ -83,6 +83,40 @@ fn regress_fuzz_bh_rescheduled_then_nested_poll_is_not_lost() {
     ]);
 }
 
+/// A BH reschedules itself, reaches itself in a nested poll (deferred by rule 7), then
+/// panics: the deferred schedule must survive the unwind and run at the next poll.
+#[test]
+fn regress_fuzz_bh_deferred_schedule_survives_a_panic() {
+    use bh::{Action, Op};
+    bh::run(&[
+        Op::New(vec![Action::Schedule(0), Action::NestedPoll, Action::Panic]),
+        Op::Schedule(0),
+        Op::Poll,
+        Op::Poll,
+        Op::Poll,
+    ]);
+}
+
+/// A panic three polls deep leaves the rest of every slice for the next poll, and the
+/// callbacks it unwound through run again when scheduled.
+#[test]
+fn regress_fuzz_bh_panic_in_nested_poll_keeps_the_slices() {
+    use bh::{Action, Op};
+    bh::run(&[
+        Op::New(vec![Action::Schedule(1), Action::NestedPoll]),
+        Op::New(vec![Action::Schedule(2), Action::NestedPoll]),
+        Op::New(vec![Action::Panic]),
+        Op::New(vec![]),
+        Op::Schedule(0),
+        Op::Schedule(3),
+        Op::Poll,
+        Op::Poll,
+        Op::Schedule(0),
+        Op::Poll,
+        Op::Poll,
+    ]);
+}
+
 /// A hand-written graph-lock sequence: readers on two contexts, nested read locks, the
 /// writer racing their unlocks, readers blocked behind the writer, then moved to other
 /// contexts with their locks held (the per-context counts wrap; only the sum counts).
