@@ -89,6 +89,8 @@ mod timer;
 
 #[cfg(all(loom, test))]
 mod loom_tests;
+#[cfg(all(loom, test))]
+mod loom_timer;
 
 pub use backend::uring::MAX_RING_ENTRIES;
 pub use backend::{BACKEND_ENV, Backend};
