@@ -48,7 +48,10 @@ fn regress_iothread_new_returns_once_its_thread_is_home() {
         let c = it.ctx().clone();
         it.ctx()
             .schedule_oneshot(move || tx.send(c.is_home_thread()).unwrap());
-        assert!(rx.recv().unwrap(), "round {round}: the IoThread is not home");
+        assert!(
+            rx.recv().unwrap(),
+            "round {round}: the IoThread is not home"
+        );
         drop(it); // joins the thread, which must not have panicked
     }
 }

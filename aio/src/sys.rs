@@ -233,3 +233,12 @@ pub(crate) fn poll_or_cancel(fd: RawFd, events: i16, cancel: BorrowedFd<'_>) -> 
     }
     Ok(fds[1].revents != 0)
 }
+
+/// `fstat(fd)`: `(st_mode & S_IFMT, st_dev, st_ino)`.
+pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    syscall!(libc::fstat(fd, st.as_mut_ptr()))?;
+    // SAFETY: fstat succeeded, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))
+}
