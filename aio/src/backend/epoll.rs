@@ -20,8 +20,11 @@
 //!    `epoll_wait` is just another sleep.
 //! 5. Events taken by one wait are queued and dispatched one at a time, so a nested
 //!    `poll` or a panicking handler loses none of them.
-//! 6. Raw io_uring operations are unsupported; file I/O runs on the worker pool
-//!    (`pool.rs`), whose completions come back as bottom halves.
+//! 6. Raw io_uring operations are unsupported. Typed I/O on regular files and block
+//!    devices runs on the worker pool (`pool.rs`), whose completions come back as
+//!    bottom halves; on streams it is driven by readiness from the driver's
+//!    [`StreamTable`] (`io/stream.rs`), whose own epoll set is one level-triggered entry
+//!    of this one. Its finished operations are dispatched like completions.
 //! 7. A descriptor epoll refuses with `EPERM` (a regular file, a directory, `/dev/null`:
 //!    no `poll` method, so `poll(2)` calls it always ready) is kept on an "always
 //!    ready" list instead (QEMU's fdmon-epoll falls back to ppoll for these): each
@@ -38,11 +41,15 @@ use std::time::Duration;
 
 use super::Ready;
 use crate::fd::FdNode;
+use crate::io::stream::StreamTable;
 use crate::sync::Arc;
 use crate::sys;
 
 /// The event data of the notify eventfd (rule 4); no registration uses it (rule 3).
 const NOTIFY: u64 = u64::MAX;
+
+/// The event data of the stream table's epoll set (rule 6); no registration uses it.
+const STREAMS: u64 = u64::MAX - 1;
 
 /// How many events one `epoll_wait` takes.
 const EVENTS: usize = 64;
@@ -74,6 +81,8 @@ pub(crate) struct EpollDriver {
     next_gen: u32,
     buf: Vec<libc::epoll_event>,
     ready: VecDeque<(u64, u32)>,
+    /// Typed I/O on streams (rule 6).
+    pub(crate) streams: StreamTable,
     /// `epoll_wait` calls made.
     pub(crate) enters: u64,
     /// `read(2)` calls on the notify eventfd.
@@ -100,6 +109,14 @@ impl EpollDriver {
             libc::EPOLLIN as u32,
             NOTIFY,
         )?;
+        let streams = StreamTable::new()?;
+        sys::epoll_ctl(
+            epfd.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            streams.fd(),
+            libc::EPOLLIN as u32,
+            STREAMS,
+        )?;
         Ok(Self {
             epfd,
             event,
@@ -108,6 +125,7 @@ impl EpollDriver {
             next_gen: 0,
             buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             ready: VecDeque::new(),
+            streams,
             enters: 0,
             eventfd_reads: 0,
             cqes: 0,
@@ -241,8 +259,9 @@ impl EpollDriver {
 
     /// One `epoll_wait` for at most `timeout`; queues what it returns (rule 5).
     pub(crate) fn wait(&mut self, mut timeout: Option<Duration>) {
-        if self.always_armed() {
-            timeout = Some(Duration::ZERO); // rule 7: something is ready now
+        if self.always_armed() || self.streams.has_done() || !self.ready.is_empty() {
+            // Rule 7, or work already taken (rule 5): do not sleep on it.
+            timeout = Some(Duration::ZERO);
         }
         self.enters += 1;
         match sys::epoll_wait(self.epfd.as_fd(), &mut self.buf, timeout) {
@@ -260,7 +279,7 @@ impl EpollDriver {
     /// A non-blocking look for ready handlers; no syscall when none is registered (a
     /// notify to a busy loop stays free).
     pub(crate) fn poll_nowait(&mut self) {
-        if self.fds.len() > self.always.len() {
+        if self.fds.len() > self.always.len() || self.streams.has_waiting() {
             self.wait(Some(Duration::ZERO));
         } else {
             self.queue_always();
@@ -269,12 +288,21 @@ impl EpollDriver {
 
     /// Whether events wait for dispatch (a hint for busy polling).
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || self.always_armed()
+        !self.ready.is_empty() || self.always_armed() || self.streams.has_done()
     }
 
     /// The next handler to run, consuming the notify eventfd in place (rule 4).
     pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
-        while let Some((data, revents)) = self.ready.pop_front() {
+        loop {
+            if let Some(done) = self.streams.next_done() {
+                // Running or dropping the callback delivers the result (rule 6).
+                return Some(Ready::Raw(Box::new(move |_, _| drop(done)), 0, 0));
+            }
+            let (data, revents) = self.ready.pop_front()?;
+            if data == STREAMS {
+                self.streams.service();
+                continue;
+            }
             if data == NOTIFY {
                 self.eventfd_reads += 1;
                 if let Err(e) = sys::eventfd_read(self.event.as_fd()) {
@@ -291,6 +319,5 @@ impl EpollDriver {
                 _ => {} // stale (rule 3)
             }
         }
-        None
     }
 }
