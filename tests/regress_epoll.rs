@@ -273,3 +273,45 @@ fn regress_read_that_took_data_reports_it_when_its_context_drops() {
         }
     }
 }
+
+#[test]
+fn regress_file_write_that_ran_reports_it_when_its_context_drops() {
+    // The worker-pool side of the same rule: a write that reached the file must report
+    // its byte count, whatever happens to its context after; ECANCELED means the file
+    // was not touched.
+    let _dog = Watchdog::new("file_write_then_context_drop", HANG_LIMIT, String::new);
+    if new_ctx().backend() != Backend::Epoll {
+        println!("skipped on io_uring: run with AIOCTX_BACKEND=epoll");
+        return;
+    }
+    for round in 0..20 {
+        let file = regular_file(&format!("write-drop-{round}"), b"");
+        let ctx = new_ctx();
+        let mut op = ctx.write_at(file.as_raw_fd(), b"abc".to_vec(), 0);
+        assert!(poll_once(&mut op).is_none());
+        // Give a worker a chance to run it before the drop, without running the context.
+        for _ in 0..(round * 50) {
+            if file.metadata().unwrap().len() == 3 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        drop(ctx);
+        let (res, _) = poll_once(&mut op).expect("resolved once its context dropped");
+        let len = file.metadata().unwrap().len();
+        match res {
+            Ok(n) => assert_eq!((n, len), (3, 3), "round {round}"),
+            Err(e) => {
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ECANCELED),
+                    "round {round}: {e}"
+                );
+                assert_eq!(
+                    len, 0,
+                    "round {round}: ECANCELED, but the write reached the file"
+                );
+            }
+        }
+    }
+}
