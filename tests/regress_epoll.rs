@@ -104,6 +104,13 @@ fn regular_file(tag: &str, data: &[u8]) -> std::fs::File {
     f
 }
 
+/// `fcntl(fd, F_SETFL, flags)`.
+fn set_flags(fd: RawFd, flags: libc::c_int) {
+    // SAFETY: F_SETFL takes an int argument; a bad fd is an error, not UB.
+    let res = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    assert_eq!(res, 0, "F_SETFL: {}", io::Error::last_os_error());
+}
+
 /// Bytes waiting in a pipe or tty.
 fn queued_bytes(fd: RawFd) -> usize {
     let mut n: libc::c_int = 0;
@@ -314,4 +321,81 @@ fn regress_file_write_that_ran_reports_it_when_its_context_drops() {
             }
         }
     }
+}
+
+#[test]
+fn stream_ops_on_one_descriptor_each_complete_once() {
+    // Reads queued on one pipe each take one write's data; a write into a full
+    // pipe waits for room; a socket pair carries typed reads and writes both ways.
+    let _dog = Watchdog::new("stream_ops_in_order", HANG_LIMIT, String::new);
+    let ctx = new_ctx();
+    let (r, w) = pipe();
+    let mut first = ctx.read_at(r.as_raw_fd(), vec![0u8; 3], 0);
+    let mut second = ctx.read_at(r.as_raw_fd(), vec![0u8; 3], 0);
+    assert!(poll_once(&mut first).is_none());
+    assert!(poll_once(&mut second).is_none());
+    ctx.poll(false);
+    // Each write completes exactly one of the reads (io_uring does not promise which
+    // waiter a pipe wakes first, so the order is not checked here).
+    let mut got = Vec::new();
+    let mut ops = [Some(first), Some(second)];
+    for msg in [b"abc", b"def"] {
+        // SAFETY: writes from a valid 3-byte buffer.
+        let n = unsafe { libc::write(w.as_raw_fd(), msg.as_ptr().cast(), 3) };
+        assert_eq!(n, 3);
+        let before = got.len();
+        while got.len() == before {
+            for slot in &mut ops {
+                if let Some(op) = slot
+                    && let Some((res, buf)) = poll_once(op)
+                {
+                    assert_eq!(res.unwrap(), 3);
+                    got.push(buf);
+                    *slot = None;
+                }
+            }
+            if got.len() == before {
+                ctx.poll(true);
+            }
+        }
+        assert_eq!(got.len(), before + 1, "one write completed two reads");
+    }
+    got.sort();
+    assert_eq!(got, [b"abc".to_vec(), b"def".to_vec()]);
+
+    // Fill the pipe, then a typed write must wait for room, not fail or block the loop.
+    set_flags(w.as_raw_fd(), libc::O_NONBLOCK);
+    let chunk = [7u8; 4096];
+    // SAFETY: writes from a valid buffer of the given length.
+    while unsafe { libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+    set_flags(w.as_raw_fd(), 0);
+    let mut write = ctx.write_at(w.as_raw_fd(), b"tail".to_vec(), 0);
+    assert!(poll_once(&mut write).is_none());
+    for _ in 0..3 {
+        ctx.poll(false);
+        assert!(
+            poll_once(&mut write).is_none(),
+            "a write into a full pipe completed"
+        );
+    }
+    let mut sink = vec![0u8; 65536];
+    // SAFETY: reads into a valid buffer of the given length.
+    let n = unsafe { libc::read(r.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) };
+    assert!(n > 0);
+    let (res, _) = loop {
+        if let Some(out) = poll_once(&mut write) {
+            break out;
+        }
+        ctx.poll(true);
+    };
+    assert_eq!(res.unwrap(), 4);
+
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut read = ctx.read_at(b.as_raw_fd(), vec![0u8; 8], 0);
+    assert!(poll_once(&mut read).is_none());
+    let (res, _) = ctx.block_on(ctx.write_at(a.as_raw_fd(), b"socket".to_vec(), 0));
+    assert_eq!(res.unwrap(), 6);
+    let (res, buf) = ctx.block_on(read);
+    assert_eq!(res.unwrap(), 6);
+    assert_eq!(&buf[..6], b"socket");
 }
