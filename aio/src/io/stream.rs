@@ -221,6 +221,10 @@ impl StreamTable {
     /// Takes `op` (rule 2), running its syscall at once if nothing waits ahead of it
     /// and it cannot block (rule 3).
     pub(crate) fn add(&mut self, op: Box<dyn StreamIo>) -> Added {
+        if op.abandoned() {
+            // Rule 4: its future is gone; nothing ran.
+            return Added::Done(Finished::new(op, -libc::ECANCELED));
+        }
         let (fd, read) = target(op.kind());
         let q = match self.queues.get_mut(&fd) {
             Some(q) => q,
@@ -291,6 +295,8 @@ impl StreamTable {
             if revents & (libc::EPOLLOUT as u32 | err) != 0 {
                 run_queue(file, &mut q.writes, &mut self.done);
             }
+            q.reads.retain(|op| !op.abandoned()); // rule 4
+            q.writes.retain(|op| !op.abandoned());
             if let Err(e) = self.rearm(fd) {
                 // The registration cannot change: finish what waits with the error.
                 let q = self.queues.remove(&fd).expect("looked up above");
@@ -301,15 +307,14 @@ impl StreamTable {
         }
     }
 
-    /// Registers `fd`'s duplicate for the events its queues wait for, or removes it
-    /// when none wait.
+    /// Registers `fd`'s duplicate for the events its queues wait for, or removes the
+    /// entry when none wait (closing the duplicate drops any interest left, so that
+    /// cannot fail).
     fn rearm(&mut self, fd: RawFd) -> io::Result<()> {
         let q = self
             .queues
             .get_mut(&fd)
             .expect("rearm of a known descriptor");
-        q.reads.retain(|op| !op.abandoned()); // rule 4
-        q.writes.retain(|op| !op.abandoned());
         let mut want = 0;
         if !q.reads.is_empty() {
             want |= libc::EPOLLIN as u32;
@@ -317,37 +322,21 @@ impl StreamTable {
         if !q.writes.is_empty() {
             want |= libc::EPOLLOUT as u32;
         }
-        if want == q.events {
-            if want == 0 {
-                self.queues.remove(&fd);
-            }
+        if want == 0 {
+            self.queues.remove(&fd);
             return Ok(());
         }
-        let file = q.file.as_raw_fd();
-        let res = match (q.events, want) {
-            (_, 0) => sys::epoll_ctl(self.epfd.as_fd(), libc::EPOLL_CTL_DEL, file, 0, 0),
-            (0, _) => sys::epoll_ctl(
-                self.epfd.as_fd(),
-                libc::EPOLL_CTL_ADD,
-                file,
-                want,
-                fd as u64,
-            ),
-            _ => sys::epoll_ctl(
-                self.epfd.as_fd(),
-                libc::EPOLL_CTL_MOD,
-                file,
-                want,
-                fd as u64,
-            ),
+        if want == q.events {
+            return Ok(());
+        }
+        let op = if q.events == 0 {
+            libc::EPOLL_CTL_ADD
+        } else {
+            libc::EPOLL_CTL_MOD
         };
-        if res.is_ok() {
-            q.events = want;
-        }
-        if want == 0 {
-            self.queues.remove(&fd); // closing the duplicate drops any interest left
-        }
-        res
+        sys::epoll_ctl(self.epfd.as_fd(), op, q.file.as_raw_fd(), want, fd as u64)?;
+        q.events = want;
+        Ok(())
     }
 
     /// Removes `fd`'s entry when nothing waits on it.
