@@ -216,7 +216,10 @@ impl Timer {
     }
 
     /// Arms (or re-arms) the timer to fire at `expire_ns` on its clock
-    /// (QEMU: `timer_mod_ns`). A deadline in the past fires on the next `poll`.
+    /// (QEMU: `timer_mod_ns`). A deadline in the past fires on the next `poll` — the
+    /// one after the current, when called while that `poll` runs its timers (e.g. from
+    /// the timer's own callback): one `poll` runs a timer at most once. Callable from
+    /// any thread; see [`delete`](Self::delete) for a callback about to run.
     pub fn modify(&self, expire_ns: i64) {
         self.modify_inner(expire_ns, false);
     }
