@@ -399,3 +399,19 @@ fn stream_ops_on_one_descriptor_each_complete_once() {
     assert_eq!(res.unwrap(), 6);
     assert_eq!(&buf[..6], b"socket");
 }
+
+#[test]
+fn pty_reads_and_writes_complete() {
+    // A tty has no RWF_NOWAIT: its syscalls run once poll says they cannot block.
+    let _dog = Watchdog::new("pty_read_write", HANG_LIMIT, String::new);
+    let (master, slave) = pty();
+    let ctx = new_ctx();
+    let mut read = ctx.read_at(master.as_raw_fd(), vec![0u8; 64], 0);
+    assert!(poll_once(&mut read).is_none());
+    ctx.poll(false);
+    let (res, _) = ctx.block_on(ctx.write_at(slave.as_raw_fd(), b"hello\n".to_vec(), 0));
+    assert_eq!(res.unwrap(), 6);
+    let (res, buf) = ctx.block_on(read);
+    let n = res.unwrap();
+    assert!(n >= 5 && buf.starts_with(b"hello"), "read {:?}", &buf[..n]);
+}
