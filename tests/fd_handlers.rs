@@ -368,3 +368,74 @@ fn handler_churn_from_other_threads() {
     }
     assert_eq!(totals, finals.iter().map(|c| get(c)).collect::<Vec<_>>());
 }
+
+/// A regular file (poll(2) calls it always readable and writable), unlinked at once.
+fn regular_file(tag: &str) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("aioctx-fd-{tag}-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create a temp file");
+    std::fs::remove_file(&path).expect("unlink the temp file");
+    f
+}
+
+#[test]
+fn regress_handler_on_a_regular_file_runs_every_poll() {
+    // poll(2) reports a regular file always ready, and io_uring's POLL_ADD completes at
+    // once on it; epoll refuses it (EPERM). Both back ends must run its handlers every
+    // poll, and a blocking poll must not sleep while it is ready.
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("regular_file_handler", &ctx);
+    let file = regular_file("handler");
+    let (reads, writes) = (counter(), counter());
+    ctx.set_fd_handler(
+        file.as_raw_fd(),
+        Some(count_cb(&reads)),
+        Some(count_cb(&writes)),
+    )
+    .expect("a regular file takes a handler");
+    for n in 1..=5 {
+        assert!(ctx.poll(n % 2 == 0), "poll {n} ran nothing");
+        assert_eq!((get(&reads), get(&writes)), (n, n), "after poll {n}");
+    }
+    assert!(ctx.has_fd_handler(file.as_raw_fd()));
+    // Read handler only: the write callback is not run.
+    let only_read = counter();
+    ctx.set_fd_handler(file.as_raw_fd(), Some(count_cb(&only_read)), None)
+        .unwrap();
+    assert!(ctx.poll(true));
+    assert_eq!(get(&only_read), 1);
+    assert_eq!(get(&writes), 5);
+    ctx.set_fd_handler(file.as_raw_fd(), None, None).unwrap();
+    ctx.poll(false);
+    assert!(!ctx.poll(false), "a removed handler ran");
+    assert_eq!(get(&only_read), 1);
+}
+
+#[test]
+fn regress_handler_on_a_closed_regular_file_is_removed() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("closed_regular_file", &ctx);
+    let file = regular_file("closed");
+    let fd = file.as_raw_fd();
+    let reads = counter();
+    ctx.set_fd_handler(fd, Some(count_cb(&reads)), None)
+        .unwrap();
+    assert!(ctx.poll(false));
+    assert_eq!(get(&reads), 1);
+    drop(file); // closed while registered
+    for _ in 0..5 {
+        ctx.poll(false);
+    }
+    assert!(
+        !ctx.has_fd_handler(fd),
+        "the handler of a closed file stayed"
+    );
+    let after = get(&reads);
+    assert!(after <= 2, "ran {after} times, closed after the first");
+    assert!(!ctx.poll(false));
+}

@@ -242,3 +242,113 @@ fn timers_armed_from_many_threads_all_fire_once() {
     assert!(timers.iter().all(|t| !t.pending()));
     assert!(!ctx.poll(false));
 }
+
+#[test]
+fn regress_timer_rearmed_into_the_past_runs_once_per_poll() {
+    // A callback that re-arms its own timer into the past must not loop inside one
+    // `poll`: the re-armed timer is due at the next poll, after BHs and fd handlers.
+    const LIMIT: usize = 1000;
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("rearm_into_past", &ctx);
+    let fired = Arc::new(AtomicUsize::new(0));
+    let slot: Arc<Mutex<Option<Timer>>> = Arc::default();
+    let (f, s) = (Arc::clone(&fired), Arc::clone(&slot));
+    let timer = ctx.timer_new(ClockType::Realtime, move || {
+        // Stops re-arming after LIMIT runs, so the unfixed loop ends and the test fails
+        // on its assertion instead of hanging.
+        if f.fetch_add(1, Ordering::Relaxed) + 1 < LIMIT {
+            s.lock().unwrap().as_ref().unwrap().modify(now() - SEC);
+        }
+    });
+    timer.modify(now() - SEC);
+    *slot.lock().unwrap() = Some(timer);
+    let bh_ran = Arc::new(AtomicUsize::new(0));
+    let b = Arc::clone(&bh_ran);
+    let bh = ctx.bh_new(move || {
+        b.fetch_add(1, Ordering::Relaxed);
+    });
+    for poll in 1..=3 {
+        bh.schedule();
+        assert!(ctx.poll(true), "poll {poll}: the due timer is progress");
+        assert_eq!(
+            fired.load(Ordering::Relaxed),
+            poll,
+            "poll {poll} ran the re-armed timer more than once"
+        );
+        assert_eq!(bh_ran.load(Ordering::Relaxed), poll, "a BH waited");
+        assert!(slot.lock().unwrap().as_ref().unwrap().pending());
+    }
+    slot.lock().unwrap().take();
+}
+
+#[test]
+fn regress_timer_armed_into_the_past_by_another_timer_waits_for_the_next_poll() {
+    // The same rule for a timer armed (not re-armed) during a pass by another timer's
+    // callback: every timer armed during a pass is due at the next poll at the earliest.
+    let ctx = new_ctx();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = Arc::clone(&log);
+    let second = Arc::new(ctx.timer_new(ClockType::Realtime, move || {
+        l.lock().unwrap().push("second")
+    }));
+    let (l, s) = (Arc::clone(&log), Arc::clone(&second));
+    let first = ctx.timer_new(ClockType::Realtime, move || {
+        l.lock().unwrap().push("first");
+        s.modify(now() - SEC);
+    });
+    first.modify(now() - SEC);
+    assert!(ctx.poll(false));
+    assert_eq!(*log.lock().unwrap(), ["first"]);
+    assert!(second.pending());
+    assert!(ctx.poll(false));
+    assert_eq!(*log.lock().unwrap(), ["first", "second"]);
+}
+
+/// A waker that counts its wakes.
+struct CountWaker(AtomicUsize);
+
+impl std::task::Wake for CountWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn sleep_wakes_the_waker_of_its_last_poll() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("sleep_last_waker", &ctx);
+    let prev = ctx.make_current();
+    let (first, second) = (
+        Arc::new(CountWaker(AtomicUsize::new(0))),
+        Arc::new(CountWaker(AtomicUsize::new(0))),
+    );
+    let (w1, w2) = (
+        Waker::from(Arc::clone(&first)),
+        Waker::from(Arc::clone(&second)),
+    );
+    let mut sleep = Box::pin(aioctx::aio::sleep(Duration::from_millis(1)));
+    assert!(
+        sleep
+            .as_mut()
+            .poll(&mut Context::from_waker(&w1))
+            .is_pending()
+    );
+    // The future moves to another task (another waker): that one must be woken.
+    let mut cx2 = Context::from_waker(&w2);
+    let mut done = sleep.as_mut().poll(&mut cx2).is_ready();
+    while !done {
+        ctx.poll(true);
+        if second.0.load(Ordering::Relaxed) > 0 {
+            done = matches!(sleep.as_mut().poll(&mut cx2), Poll::Ready(()));
+            assert!(done, "woken before the deadline passed");
+        }
+        assert_eq!(
+            first.0.load(Ordering::Relaxed),
+            0,
+            "the waker of an earlier poll was woken instead of the last one"
+        );
+    }
+    drop(prev);
+}

@@ -64,6 +64,13 @@ impl<F: ?Sized> CallbackCell<F> {
         drop(f);
     }
 
+    /// Whether the closure is out of its cell, running, and not killed.
+    #[cfg(all(loom, test))]
+    pub(crate) fn is_running(&self) -> bool {
+        let slot = lock(&self.slot);
+        !slot.dead && slot.f.is_none()
+    }
+
     /// Whether [`kill`](Self::kill) was called.
     pub(crate) fn is_dead(&self) -> bool {
         lock(&self.slot).dead
@@ -72,6 +79,18 @@ impl<F: ?Sized> CallbackCell<F> {
     /// Runs the closure with `call` if it is alive and not already running; returns
     /// whether it ran.
     pub(crate) fn run(&self, call: impl FnOnce(&mut F)) -> bool {
+        match self.take() {
+            Some(f) => {
+                self.run_taken(f, call);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `f`, which [`take`](Self::take) returned for this cell, with `call`, and
+    /// puts it back on return or unwind (rules 2 and 4).
+    pub(crate) fn run_taken(&self, f: Box<F>, call: impl FnOnce(&mut F)) {
         /// Puts the closure back when dropped, on return or unwind (rule 4).
         struct Running<'a, F: ?Sized> {
             cell: &'a CallbackCell<F>,
@@ -84,16 +103,10 @@ impl<F: ?Sized> CallbackCell<F> {
                 }
             }
         }
-        match self.take() {
-            Some(f) => {
-                let mut running = Running {
-                    cell: self,
-                    f: Some(f),
-                };
-                call(running.f.as_mut().expect("set above"));
-                true
-            }
-            None => false,
-        }
+        let mut running = Running {
+            cell: self,
+            f: Some(f),
+        };
+        call(running.f.as_mut().expect("set above"));
     }
 }

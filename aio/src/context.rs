@@ -130,6 +130,8 @@ pub struct AioContext {
     home: HomeCell,
     pub(crate) backend: Backend,
     fallback: Option<String>,
+    /// The ring's SQ and CQ sizes, fixed at creation (`(0, 0)` on epoll).
+    entries: (u32, u32),
     owner: AtomicU64,
     owner_label: OnceLock<String>,
     name: String,
@@ -202,6 +204,7 @@ impl AioContextBuilder {
             Driver::Uring(_) => None,
         };
         let backend = driver.backend();
+        let entries = driver.ring_entries();
         let remote = Arc::new(Remote {
             notify: NotifyState::new(),
             event,
@@ -229,6 +232,7 @@ impl AioContextBuilder {
             home: HomeCell(RefCell::new(home)),
             backend,
             fallback,
+            entries,
             owner: AtomicU64::new(0),
             owner_label: OnceLock::new(),
             name,
@@ -384,6 +388,9 @@ impl AioContext {
         self.owner.load(Ordering::Relaxed) == thread_id()
     }
 
+    /// Binds the calling thread as home if no thread is, else panics unless it is the
+    /// home thread. Only for what must run on the home thread (`poll`, `block_on`,
+    /// `make_current`): a getter never binds.
     pub(crate) fn check_home(&self, what: &str) {
         let me = thread_id();
         // Relaxed: the owner id is only compared with the caller's own id; the context's
@@ -530,14 +537,12 @@ impl AioContext {
         self.remote.counters.snapshot()
     }
 
-    /// The ring's submission and completion queue sizes (home thread only); `(0, 0)`
-    /// on the epoll back end, which has no ring.
-    ///
-    /// # Panics
-    /// Off the home thread.
+    /// The ring's submission and completion queue sizes; `(0, 0)` on the epoll back
+    /// end, which has no ring. Fixed at creation: callable from any thread, and, like
+    /// every getter, it never binds the calling thread as home (only [`poll`](Self::poll)
+    /// and what must run on the home thread do).
     pub fn ring_entries(&self) -> (u32, u32) {
-        self.check_home("ring_entries");
-        self.home().driver.ring_entries()
+        self.entries
     }
 }
 

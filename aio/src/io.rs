@@ -17,13 +17,12 @@
 //!    its buffer back with `ECANCELED`.
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times.
-//! 5. On epoll the same `InFlight` moves into a worker-pool job instead of a ring
-//!    callback: the worker runs the syscall on the buffers the job owns, then hands the
-//!    job back to the home thread as a oneshot bottom half, which completes it as a CQE
-//!    would. A job is dropped only after its syscall returned or unstarted (pool rule
-//!    1), so rules 1–3 hold unchanged; a dropped context cancels its jobs (pool rule 2)
-//!    and they complete with `ECANCELED`. On pipes and sockets the offset is ignored,
-//!    as io_uring does, and the worker waits for readiness so that it can be cancelled.
+//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of a ring callback:
+//!    regular files and block devices run on the worker pool, streams (pipes, sockets,
+//!    ttys) by readiness on the loop; either way the buffers stay owned until the
+//!    syscall returned or was never started, and a finished syscall reports its real
+//!    result even if the context drops first. On streams the offset is ignored, as
+//!    io_uring does.
 //!
 //! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
 //! or the kernel may apply it to whatever file next gets that number (a logic error,
@@ -40,8 +39,9 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{opcode, squeue, types};
 
 use crate::context::AioContext;
-use crate::pool;
 use crate::sync::{Arc, Mutex, lock};
+
+pub(crate) mod stream;
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
@@ -240,26 +240,7 @@ impl<T: Send + 'static> InFlight<T> {
             debug_assert!(res.is_ok(), "{res:?}");
             return;
         };
-        let remote = Arc::clone(&ctx.remote);
-        let job = move |owner: &pool::Owner| {
-            let res = self.kind.run_blocking(owner);
-            if owner.is_cancelled() {
-                return; // dropping `self` completes it with ECANCELED (rule 3)
-            }
-            let mut me = Some(self);
-            // If the context is gone, the BH is dropped unrun, and `me` with it.
-            remote.schedule_oneshot(Box::new(move || {
-                if let Some(me) = me.take() {
-                    me.complete(res);
-                }
-            }));
-        };
-        if let Err(e) = pool::submit(&owner, Box::new(job)) {
-            log::error!(
-                "{}: {e}; the operation completes with ECANCELED",
-                ctx.name()
-            );
-        }
+        stream::submit(self, ctx, &owner);
     }
 
     fn complete(mut self, res: i32) {

@@ -33,7 +33,8 @@ pub struct IoThread {
 
 impl IoThread {
     /// Starts a thread named `name` with a new context that busy-polls like QEMU's
-    /// iothreads (up to 32 µs before sleeping).
+    /// iothreads (up to 32 µs before sleeping). Returns once the thread is the
+    /// context's home thread, so nothing the caller does next can take that role.
     ///
     /// # Errors
     /// Creating the context or spawning the thread failed.
@@ -45,23 +46,40 @@ impl IoThread {
     }
 
     /// Starts a thread named `name` with a context made by `builder` (whose name is
-    /// replaced by `name`).
+    /// replaced by `name`). Returns once the thread is the context's home thread.
     ///
     /// # Errors
-    /// Creating the context or spawning the thread failed.
+    /// Creating the context or spawning the thread failed, or the thread died before it
+    /// took its context.
     pub fn with_builder(name: &str, builder: AioContextBuilder) -> io::Result<Self> {
         let ctx = builder.name(name).build()?;
         let running = Arc::new(AtomicBool::new(true));
         let (thread_ctx, thread_running) = (Arc::clone(&ctx), Arc::clone(&running));
+        let (home_tx, home_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 thread_ctx.make_current();
+                // The caller waits for this: from now on this thread is home.
+                let _ = home_tx.send(());
                 // Relaxed: `running` is written by the stop BH, which runs on this thread.
                 while thread_running.load(Ordering::Relaxed) {
                     thread_ctx.poll(true);
                 }
             })?;
+        if home_rx.recv().is_err() {
+            let why = match thread.join() {
+                Err(panic) => panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "<non-string panic>".to_owned()),
+                Ok(()) => "it exited".to_owned(),
+            };
+            return Err(io::Error::other(format!(
+                "IoThread `{name}` died before it took its context: {why}"
+            )));
+        }
         Ok(Self {
             ctx,
             running,

@@ -59,9 +59,11 @@
 //! # Backends
 //! io_uring by default; where it is denied or missing (seccomp, Docker's default
 //! profile, `kernel.io_uring_disabled`, old kernels) [`Backend::Auto`] falls back to
-//! epoll with one log line that says why, and the file I/O operations run on a small
-//! worker pool whose completions return as bottom halves (`backend/epoll.rs`,
-//! `pool.rs`). [`AioContextBuilder::backend`] or `AIOCTX_BACKEND=io_uring|epoll` choose
+//! epoll with one log line that says why. There the typed I/O operations on regular
+//! files and block devices run on a small worker pool whose completions return as
+//! bottom halves, and those on pipes, sockets and ttys are driven by readiness on the
+//! loop, so no thread waits on a stream (`backend/epoll.rs`, `pool.rs`,
+//! `io/stream.rs`). [`AioContextBuilder::backend`] or `AIOCTX_BACKEND=io_uring|epoll` choose
 //! explicitly; [`AioContext::backend`] says which runs. Everything but
 //! [`AioContext::submit_raw`] (raw SQEs: `Unsupported` on epoll) behaves the same; on
 //! epoll a wake-up costs the woken loop one `read(2)` of the eventfd more.
@@ -89,6 +91,8 @@ mod timer;
 
 #[cfg(all(loom, test))]
 mod loom_tests;
+#[cfg(all(loom, test))]
+mod loom_timer;
 
 pub use backend::uring::MAX_RING_ENTRIES;
 pub use backend::{BACKEND_ENV, Backend};

@@ -6,27 +6,30 @@
 //! syscall on buffers it owns, then hands the result to its context as a oneshot bottom
 //! half (see `io.rs`), so the completion runs on the home thread like a CQE would.
 //!
+//! The pool serves regular files and block devices only: their syscalls finish on their
+//! own. Descriptors that can block indefinitely (pipes, sockets, ttys — anything
+//! `poll`-able) never reach it; the loop drives them by readiness (`io/stream.rs`), so
+//! no number of pending stream reads can take the pool's threads from file I/O or
+//! from cancellation.
+//!
 //! Rules:
 //! 1. A job owns everything its syscall touches (buffers, iovecs) from submission until
 //!    it is dropped; the pool drops a job only after its syscall returned or without
 //!    having started it. Nothing the kernel reads or writes is ever freed under a worker,
 //!    whatever happens to the future or the context.
-//! 2. Each context has an [`Owner`]: a count of its jobs queued or running, a cancel
-//!    flag and a cancel eventfd. Dropping the context cancels: it takes its queued jobs
-//!    off the queue and drops them (their operations complete with `ECANCELED`), sets
-//!    the flag and writes the eventfd, which wakes every worker of that context blocked
-//!    waiting for a pipe or socket (`poll_or_cancel`), then waits (bounded) until the
-//!    count is zero. Regular-file syscalls are not interruptible; they finish.
+//! 2. Each context has an [`Owner`]: a count of its jobs queued or running. Dropping
+//!    the context cancels: it takes its queued jobs off the queue and drops them (their
+//!    operations complete with `ECANCELED`: nothing ran), then waits (bounded) until
+//!    the count is zero. A running syscall finishes
+//!    (file syscalls are not interruptible, and do not block indefinitely), and its
+//!    operation reports the syscall's real result (`io/stream.rs`).
 //! 3. The pool is not part of any loom model: it uses `std` primitives directly.
 //! 4. What a worker runs for a typed operation (`IoKind::run_blocking`): `preadv2`/
-//!    `pwritev2` at the offset; on a pipe or socket (`ESPIPE`), at the current position
-//!    with `RWF_NOWAIT`, waiting in `poll` on the fd and the owner's cancel eventfd
-//!    between tries, so that a dropped context interrupts it (rule 2).
+//!    `pwritev2` at the offset, `fsync`/`fdatasync`.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -46,31 +49,17 @@ const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// A context's share of the pool (rule 2).
 pub(crate) struct Owner {
-    cancelled: AtomicBool,
-    cancel_fd: OwnedFd,
     outstanding: Mutex<usize>,
     done: Condvar,
 }
 
 impl Owner {
-    /// A new owner with its cancel eventfd.
+    /// A new owner.
     pub(crate) fn new() -> io::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            cancelled: AtomicBool::new(false),
-            cancel_fd: sys::eventfd()?,
             outstanding: Mutex::new(0),
             done: Condvar::new(),
         }))
-    }
-
-    /// Whether the context was dropped.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
-    }
-
-    /// The eventfd that becomes readable on cancel (for `sys::poll_or_cancel`).
-    pub(crate) fn cancel_fd(&self) -> BorrowedFd<'_> {
-        self.cancel_fd.as_fd()
     }
 
     fn finish(&self, n: usize) {
@@ -84,10 +73,6 @@ impl Owner {
     /// Cancels this owner's jobs and waits up to `limit` for the running ones (rule 2);
     /// returns how many were still running at the deadline.
     pub(crate) fn cancel(self: &Arc<Self>, limit: Duration) -> usize {
-        self.cancelled.store(true, Ordering::Relaxed);
-        if let Err(e) = sys::eventfd_write(self.cancel_fd.as_fd()) {
-            log::error!("worker pool: cannot signal cancellation: {e}");
-        }
         let queued: VecDeque<Job> = {
             let mut st = lock(&pool().state);
             let (mine, rest) = st
@@ -219,21 +204,21 @@ fn worker() {
 }
 
 impl IoKind {
-    /// Runs the operation with blocking syscalls on a pool worker (rule 5); returns
+    /// Runs the operation with blocking syscalls on a pool worker (rule 4); returns
     /// what a CQE would: the byte count or `-errno`.
-    pub(crate) fn run_blocking(self, owner: &Owner) -> i32 {
+    pub(crate) fn run_blocking(self) -> i32 {
         let one = |ptr: *const u8, len: u32| libc::iovec {
             iov_base: ptr.cast_mut().cast(),
             iov_len: len as usize,
         };
         let res = match self {
-            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true, owner),
-            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false, owner),
+            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true),
+            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false),
             IoKind::Readv { fd, iov, cnt, off } | IoKind::Writev { fd, iov, cnt, off } => {
                 // SAFETY: `iov` points at `cnt` iovecs owned by this operation's
-                // `InFlight`, alive for the whole call (rule 5).
+                // `InFlight`, alive for the whole call (rule 1).
                 let iov = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }), owner)
+                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }))
             }
             IoKind::Fsync {
                 fd,
@@ -251,34 +236,15 @@ impl IoKind {
     }
 }
 
-/// `preadv2`/`pwritev2` at `off`; on a descriptor without offsets (pipe, socket), the
-/// current position, waiting for readiness so that a dropped context can cancel it.
-fn rw(fd: RawFd, iov: &[libc::iovec], off: u64, read: bool, owner: &Owner) -> io::Result<usize> {
-    let call = |off: i64, flags: libc::c_int| {
-        if read {
-            // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
-            // valid for writes until the job is dropped, which is after this call.
-            unsafe { sys::preadv2(fd, iov, off, flags) }
-        } else {
-            // SAFETY: as above, valid for reads.
-            unsafe { sys::pwritev2(fd, iov, off, flags) }
-        }
-    };
-    match call(off.min(i64::MAX as u64) as i64, 0) {
-        Err(e) if e.raw_os_error() == Some(libc::ESPIPE) => {}
-        other => return other,
-    }
-    let events = if read { libc::POLLIN } else { libc::POLLOUT };
-    loop {
-        match call(-1, libc::RWF_NOWAIT) {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                if sys::poll_or_cancel(fd, events, owner.cancel_fd())? {
-                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
-                }
-            }
-            // No RWF_NOWAIT for this file: block (not cancellable).
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return call(-1, 0),
-            other => return other,
-        }
+/// `preadv2`/`pwritev2` at `off`.
+fn rw(fd: RawFd, iov: &[libc::iovec], off: u64, read: bool) -> io::Result<usize> {
+    let off = off.min(i64::MAX as u64) as i64;
+    if read {
+        // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
+        // valid for writes until the job is dropped, which is after this call.
+        unsafe { sys::preadv2(fd, iov, off, 0) }
+    } else {
+        // SAFETY: as above, valid for reads.
+        unsafe { sys::pwritev2(fd, iov, off, 0) }
     }
 }

@@ -5,7 +5,7 @@
 //! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`.
 //! The epoll back end (`backend::epoll`) and its worker pool (`pool.rs`) make every
 //! call through here: epoll, the eventfd read, and the pool's `preadv2`/`pwritev2`/
-//! `fsync`/`fdatasync`/`poll`.
+//! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -212,24 +212,22 @@ pub(crate) fn fdatasync(fd: RawFd) -> io::Result<()> {
     syscall!(libc::fdatasync(fd)).map(drop)
 }
 
-/// Waits until `fd` has one of `events` or `cancel` is readable; returns `true` when
-/// `cancel` is (`poll(2)`, no timeout, `EINTR` retried).
-pub(crate) fn poll_or_cancel(fd: RawFd, events: i16, cancel: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: cancel.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    syscall!(libc::poll(fds.as_mut_ptr(), 2, -1))?;
-    if fds[0].revents & libc::POLLNVAL != 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    Ok(fds[1].revents != 0)
+/// Whether `fd` has one of `events` (or an error or hang-up) right now: `poll(2)` with
+/// a zero timeout. A closed `fd` counts as ready (the syscall that follows reports it).
+pub(crate) fn poll_now(fd: RawFd, events: i16) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    Ok(syscall!(libc::poll(&mut pfd, 1, 0))? > 0)
+}
+
+/// `fstat(fd)`: `(st_mode & S_IFMT, st_dev, st_ino)`.
+pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    syscall!(libc::fstat(fd, st.as_mut_ptr()))?;
+    // SAFETY: fstat succeeded, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))
 }

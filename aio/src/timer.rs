@@ -7,10 +7,19 @@
 //! Rules:
 //! 1. Any thread may modify or delete a timer; when a change makes a timer the earliest
 //!    on its list, the context is notified so a sleeping loop shortens its wait.
-//! 2. The home thread takes expired timers off the list one at a time, marks them not
-//!    pending, and runs the callback outside the lock, so a callback may re-arm (or
-//!    delete) its own timer.
-//! 3. The earliest deadline becomes the kernel timeout of a blocking `poll`.
+//! 2. The home thread takes an expired timer off the list, marks it not pending and
+//!    takes its callback out of its cell in ONE critical section of the list lock, then
+//!    runs the callback outside the lock, so a callback may re-arm (or delete) its own
+//!    timer. Taking the callback is the moment the callback starts: a `delete` or
+//!    `modify` that takes the list lock before it keeps the callback from running (the
+//!    timer is still on the list), one that comes after finds it running — and, like
+//!    QEMU's `timer_del`, does not wait for it.
+//! 3. A timer pass runs only timers armed before the pass began: each pass bumps the
+//!    list's pass number, and each arming records the number it was armed under. A
+//!    timer re-armed into the past from its own callback (or from another thread)
+//!    during a pass runs at the next `poll` at the earliest, so one `poll` runs each
+//!    timer at most once and cannot starve bottom halves and fd handlers.
+//! 4. The earliest deadline becomes the kernel timeout of a blocking `poll`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,14 +56,33 @@ pub(crate) struct TimerInner {
     id: u64,
     /// Deadline while on the list, else `NOT_PENDING`. Written under the list lock.
     expire: AtomicI64,
-    cb: CallbackCell<Callback>,
+    pub(crate) cb: CallbackCell<Callback>,
+}
+
+impl TimerInner {
+    /// A disarmed timer numbered `id` on its list.
+    pub(crate) fn new(id: u64, cb: Box<Callback>) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            expire: AtomicI64::new(NOT_PENDING),
+            cb: CallbackCell::new(cb),
+        })
+    }
+}
+
+/// The armed timers of one list and the number of the current pass (rule 3).
+struct Armed {
+    /// `(deadline, id)` → the timer and the pass number it was armed under.
+    timers: BTreeMap<(i64, u64), (Arc<TimerInner>, u64)>,
+    /// Bumped at the start of every pass.
+    pass: u64,
 }
 
 /// One context's list for one clock (rule 1).
 pub(crate) struct TimerList {
     clock: ClockType,
     next_id: AtomicU64,
-    timers: Mutex<BTreeMap<(i64, u64), Arc<TimerInner>>>,
+    armed: Mutex<Armed>,
 }
 
 impl TimerList {
@@ -62,13 +90,21 @@ impl TimerList {
         Self {
             clock,
             next_id: AtomicU64::new(0),
-            timers: Mutex::new(BTreeMap::new()),
+            armed: Mutex::new(Armed {
+                timers: BTreeMap::new(),
+                pass: 0,
+            }),
         }
+    }
+
+    /// A number for a new timer of this list.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Nanoseconds until the earliest deadline (0 if already due), or `None`.
     pub(crate) fn timeout_ns(&self) -> Option<i64> {
-        let first = lock(&self.timers).keys().next().map(|&(t, _)| t)?;
+        let first = lock(&self.armed).timers.keys().next().map(|&(t, _)| t)?;
         Some((first - self.clock.now_ns()).max(0))
     }
 
@@ -77,24 +113,40 @@ impl TimerList {
         self.timeout_ns() == Some(0)
     }
 
-    /// Runs every expired timer (rule 2); returns how many ran.
+    /// Runs the timers that expired and were armed before this pass began (rules 2 and
+    /// 3); returns how many ran.
     pub(crate) fn run_expired(&self) -> usize {
-        // The clock is read once, and only when a timer is armed: a poll with no timer
-        // pays no clock read.
-        let mut now = None;
+        let pass = {
+            let mut armed = lock(&self.armed);
+            if armed.timers.is_empty() {
+                return 0; // no clock read without an armed timer
+            }
+            armed.pass += 1;
+            armed.pass
+        };
+        // The clock is read once per pass, and only when a timer is armed.
+        let now = self.clock.now_ns();
         let mut ran = 0;
         loop {
-            let timer = {
-                let mut timers = lock(&self.timers);
-                match timers.first_key_value() {
-                    Some((&(t, _), _)) if t <= *now.get_or_insert_with(|| self.clock.now_ns()) => {}
-                    _ => break,
-                }
-                let (_, timer) = timers.pop_first().expect("checked non-empty");
+            let (timer, f) = {
+                let mut armed = lock(&self.armed);
+                // Rule 3: skip timers armed during this pass; they are due next time.
+                let key = armed
+                    .timers
+                    .iter()
+                    .take_while(|(k, _)| k.0 <= now)
+                    .find(|(_, (_, armed_in))| *armed_in < pass)
+                    .map(|(&k, _)| k);
+                let Some(key) = key else { break };
+                let (timer, _) = armed.timers.remove(&key).expect("found above");
                 timer.expire.store(NOT_PENDING, Ordering::Relaxed);
-                timer
+                // Rule 2: the callback starts here, under the list lock. `None`: it is
+                // running already (a nested poll in its own callback) or was dropped.
+                let f = timer.cb.take();
+                (timer, f)
             };
-            if timer.cb.run(|f| f()) {
+            if let Some(f) = f {
+                timer.cb.run_taken(f, |f| f());
                 ran += 1;
             }
         }
@@ -102,26 +154,31 @@ impl TimerList {
     }
 
     /// Puts `timer` on the list at `expire`; returns whether it became the earliest.
-    fn modify(&self, timer: &Arc<TimerInner>, expire: i64, anticipate: bool) -> bool {
+    pub(crate) fn modify(&self, timer: &Arc<TimerInner>, expire: i64, anticipate: bool) -> bool {
         let expire = expire.max(0);
-        let mut timers = lock(&self.timers);
+        let mut armed = lock(&self.armed);
         let old = timer.expire.load(Ordering::Relaxed);
         if old != NOT_PENDING {
             if anticipate && old <= expire {
                 return false;
             }
-            timers.remove(&(old, timer.id));
+            armed.timers.remove(&(old, timer.id));
         }
         timer.expire.store(expire, Ordering::Relaxed);
-        timers.insert((expire, timer.id), Arc::clone(timer));
-        timers.keys().next() == Some(&(expire, timer.id))
+        let pass = armed.pass;
+        armed
+            .timers
+            .insert((expire, timer.id), (Arc::clone(timer), pass));
+        armed.timers.keys().next() == Some(&(expire, timer.id))
     }
 
-    fn delete(&self, timer: &TimerInner) {
-        let mut timers = lock(&self.timers);
+    /// Takes `timer` off the list (rule 2: once this returns, a callback that has not
+    /// started will not start).
+    pub(crate) fn delete(&self, timer: &TimerInner) {
+        let mut armed = lock(&self.armed);
         let old = timer.expire.swap(NOT_PENDING, Ordering::Relaxed);
         if old != NOT_PENDING {
-            timers.remove(&(old, timer.id));
+            armed.timers.remove(&(old, timer.id));
         }
     }
 }
@@ -150,20 +207,19 @@ pub struct Timer {
 
 impl Timer {
     pub(crate) fn new(remote: Arc<Remote>, clock: ClockType, cb: Box<Callback>) -> Self {
-        let id = remote.timers(clock).next_id.fetch_add(1, Ordering::Relaxed);
+        let id = remote.timers(clock).next_id();
         Self {
-            inner: Arc::new(TimerInner {
-                id,
-                expire: AtomicI64::new(NOT_PENDING),
-                cb: CallbackCell::new(cb),
-            }),
+            inner: TimerInner::new(id, cb),
             remote,
             clock,
         }
     }
 
     /// Arms (or re-arms) the timer to fire at `expire_ns` on its clock
-    /// (QEMU: `timer_mod_ns`). A deadline in the past fires on the next `poll`.
+    /// (QEMU: `timer_mod_ns`). A deadline in the past fires on the next `poll` — the
+    /// one after the current, when called while that `poll` runs its timers (e.g. from
+    /// the timer's own callback): one `poll` runs a timer at most once. Callable from
+    /// any thread; see [`delete`](Self::delete) for a callback about to run.
     pub fn modify(&self, expire_ns: i64) {
         self.modify_inner(expire_ns, false);
     }
@@ -185,8 +241,14 @@ impl Timer {
         }
     }
 
-    /// Disarms the timer; its callback will not run until it is modified again
-    /// (QEMU: `timer_del`).
+    /// Disarms the timer (QEMU: `timer_del`): once this returns, the callback does not
+    /// start until the timer is modified again, from whatever thread this is called.
+    ///
+    /// The callback may be running at that moment on the home thread (it started before
+    /// this call); `delete` does not wait for it, as QEMU's `timer_del` does not. A
+    /// [`modify`](Self::modify) racing the home thread's timer pass is ordered the same
+    /// way: before the callback starts, the timer moves to its new deadline instead of
+    /// running now; after, the callback runs and the timer stays armed at the new one.
     pub fn delete(&self) {
         self.remote.timers(self.clock).delete(&self.inner);
     }
@@ -249,11 +311,18 @@ pub fn sleep(duration: std::time::Duration) -> Sleep {
     }
 }
 
-/// The future of [`sleep`].
+/// The future of [`sleep`]. Each poll that finds it pending keeps that poll's waker,
+/// replacing the one before (the `Future` contract: wake the task that polled last).
 #[must_use = "a future does nothing unless awaited"]
 pub struct Sleep {
     duration: std::time::Duration,
-    state: Option<(Timer, Arc<std::sync::atomic::AtomicBool>)>,
+    state: Option<(Timer, Arc<Mutex<SleepState>>)>,
+}
+
+/// Whether the timer fired, and the waker of the last poll that found it pending.
+struct SleepState {
+    fired: bool,
+    waker: Option<std::task::Waker>,
 }
 
 impl std::future::Future for Sleep {
@@ -263,24 +332,36 @@ impl std::future::Future for Sleep {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        if let Some((_, fired)) = &self.state {
-            // Acquire: pairs with the Release store in the timer callback.
-            if fired.load(std::sync::atomic::Ordering::Acquire) {
+        if let Some((_, state)) = &self.state {
+            let mut st = lock(state);
+            if st.fired {
                 return std::task::Poll::Ready(());
+            }
+            match &mut st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
             }
             return std::task::Poll::Pending;
         }
         let ctx = crate::current();
-        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (f, waker) = (Arc::clone(&fired), cx.waker().clone());
+        let state = Arc::new(Mutex::new(SleepState {
+            fired: false,
+            waker: Some(cx.waker().clone()),
+        }));
+        let st = Arc::clone(&state);
         let timer = ctx.timer_new(ClockType::Realtime, move || {
-            // Release: pairs with the Acquire load in `poll`.
-            f.store(true, std::sync::atomic::Ordering::Release);
-            waker.wake_by_ref();
+            let waker = {
+                let mut st = lock(&st);
+                st.fired = true;
+                st.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
         });
         let ns = i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX / 2);
         timer.modify(ClockType::Realtime.now_ns().saturating_add(ns));
-        self.state = Some((timer, fired));
+        self.state = Some((timer, state));
         std::task::Poll::Pending
     }
 }

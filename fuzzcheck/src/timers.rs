@@ -1,4 +1,4 @@
-//! Timers against a reference model (`aio/src/timer.rs` rules 1–3; QEMU's
+//! Timers against a reference model (`aio/src/timer.rs` rules 1–4; QEMU's
 //! `timer_mod` / `timer_mod_anticipate` / `timer_del` / `timerlist_run_timers`).
 //!
 //! The clock is the real monotonic one, so the checks never depend on how fast the
@@ -73,8 +73,8 @@ pub enum Op {
     PollBlocking,
 }
 
-/// What a timer's callback does when it fires. Deadlines are far in the future, so a
-/// callback never makes a timer due again within the same poll.
+/// What a timer's callback does when it fires. A timer armed by a callback never runs
+/// in the same poll, even when its deadline has passed (`timer.rs` rule 3).
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Action {
     /// `modify` a slot (maybe its own) to `start + 1 h + v ms`.
@@ -85,6 +85,9 @@ pub enum Action {
     Delete(u8),
     /// Drops a slot's handle (maybe its own, from inside its callback).
     Drop(u8),
+    /// `modify` a slot (maybe its own) to `start - (v + 1) µs`: already due, but armed
+    /// during the pass, so it runs at the next poll at the earliest.
+    ModifyPast(u8, u16),
 }
 
 fn slot(i: u8) -> usize {
@@ -93,6 +96,10 @@ fn slot(i: u8) -> usize {
 
 fn far(start: i64, v: u16) -> i64 {
     start + FAR_NS + i64::from(v) * 1_000_000
+}
+
+fn past(start: i64, v: u16) -> i64 {
+    start - (i64::from(v) + 1) * 1000
 }
 
 // ---------------------------------------------------------------------------------
@@ -109,6 +116,8 @@ struct Model {
     timers: Vec<MTimer>,
     slots: [Option<u32>; SLOTS],
     start: i64,
+    /// Timers armed during the current poll's timer pass: not due in it (rule 3).
+    armed_in_pass: Vec<u32>,
 }
 
 impl Model {
@@ -120,6 +129,7 @@ impl Model {
             return;
         }
         t.expire = Some(expire);
+        self.armed_in_pass.push(id);
     }
 
     fn delete(&mut self, s: usize) {
@@ -138,11 +148,13 @@ impl Model {
         Some(self.timers[self.slots[s]? as usize].expire)
     }
 
-    /// The armed timer that fires first: `(deadline, id)`.
+    /// The armed timer that fires first: `(deadline, id)`, leaving out those armed
+    /// during the current pass (rule 3).
     fn first(&self) -> Option<(i64, u32)> {
         self.timers
             .iter()
             .enumerate()
+            .filter(|&(id, _)| !self.armed_in_pass.contains(&(id as u32)))
             .filter_map(|(id, t)| Some((t.expire?, id as u32)))
             .min()
     }
@@ -153,6 +165,7 @@ impl Model {
             Action::AnticipateFar(s, v) => self.modify(slot(s), far(self.start, v), true),
             Action::Delete(s) => self.delete(slot(s)),
             Action::Drop(s) => self.drop_slot(slot(s)),
+            Action::ModifyPast(s, v) => self.modify(slot(s), past(self.start, v), false),
         }
     }
 }
@@ -221,6 +234,11 @@ impl Shared {
                 }
             }
             Action::Drop(s) => self.drop_slot(slot(s)),
+            Action::ModifyPast(s, v) => {
+                if let Some(t) = self.handle(slot(s)) {
+                    t.modify(past(self.start, v));
+                }
+            }
         }
     }
 }
@@ -310,6 +328,7 @@ pub fn run(ops: &[Op]) {
                 }
             }
             Op::Poll | Op::PollBlocking => {
+                model.armed_in_pass.clear(); // a new pass
                 let t0 = now();
                 let blocking =
                     matches!(op, Op::PollBlocking) && model.first().is_some_and(|(e, _)| e <= t0);
@@ -344,6 +363,7 @@ pub fn run(ops: &[Op]) {
                         fired.len()
                     ));
                 }
+                model.armed_in_pass.clear(); // due from the next poll on
             }
         }
         for s in 0..SLOTS {

@@ -20,8 +20,19 @@
 //!    `epoll_wait` is just another sleep.
 //! 5. Events taken by one wait are queued and dispatched one at a time, so a nested
 //!    `poll` or a panicking handler loses none of them.
-//! 6. Raw io_uring operations are unsupported; file I/O runs on the worker pool
-//!    (`pool.rs`), whose completions come back as bottom halves.
+//! 6. Raw io_uring operations are unsupported. Typed I/O on regular files and block
+//!    devices runs on the worker pool (`pool.rs`), whose completions come back as
+//!    bottom halves; on streams it is driven by readiness from the driver's
+//!    [`StreamTable`] (`io/stream.rs`), whose own epoll set is one level-triggered entry
+//!    of this one. Its finished operations are dispatched like completions.
+//! 7. A descriptor epoll refuses with `EPERM` (a regular file, a directory, `/dev/null`:
+//!    no `poll` method, so `poll(2)` calls it always ready) is kept on an "always
+//!    ready" list instead (QEMU's fdmon-epoll falls back to ppoll for these): each
+//!    wait queues its armed handlers with the events they wait for, as io_uring's
+//!    `POLL_ADD` completes at once on such a file, and a blocking wait does not sleep
+//!    while one is armed. The one-shot rule 1 holds: queued disarms it, the re-arm
+//!    after its dispatch arms it again. Rule 2 holds through `fstat`: the re-arm fails
+//!    with `EBADF` once the number no longer names the registered file.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -30,11 +41,15 @@ use std::time::Duration;
 
 use super::Ready;
 use crate::fd::FdNode;
+use crate::io::stream::StreamTable;
 use crate::sync::Arc;
 use crate::sys;
 
 /// The event data of the notify eventfd (rule 4); no registration uses it (rule 3).
 const NOTIFY: u64 = u64::MAX;
+
+/// The event data of the stream table's epoll set (rule 6); no registration uses it.
+const STREAMS: u64 = u64::MAX - 1;
 
 /// How many events one `epoll_wait` takes.
 const EVENTS: usize = 64;
@@ -44,6 +59,15 @@ struct Registration {
     generation: u32,
     /// Keeps the open file alive while registered (rule 2).
     _keep: OwnedFd,
+    /// On the always-ready list (rule 7): the file's `(st_dev, st_ino)`, and whether it
+    /// is armed.
+    always: Option<AlwaysReady>,
+}
+
+/// An always-ready registration's state (rule 7).
+struct AlwaysReady {
+    file: (u64, u64),
+    armed: bool,
 }
 
 /// The epoll driver of one context (home thread only).
@@ -52,9 +76,13 @@ pub(crate) struct EpollDriver {
     /// A duplicate of the context's notify eventfd.
     event: OwnedFd,
     fds: HashMap<RawFd, Registration>,
+    /// The descriptors of `fds` on the always-ready list (rule 7).
+    always: Vec<RawFd>,
     next_gen: u32,
     buf: Vec<libc::epoll_event>,
     ready: VecDeque<(u64, u32)>,
+    /// Typed I/O on streams (rule 6).
+    pub(crate) streams: StreamTable,
     /// `epoll_wait` calls made.
     pub(crate) enters: u64,
     /// `read(2)` calls on the notify eventfd.
@@ -81,13 +109,23 @@ impl EpollDriver {
             libc::EPOLLIN as u32,
             NOTIFY,
         )?;
+        let streams = StreamTable::new()?;
+        sys::epoll_ctl(
+            epfd.as_fd(),
+            libc::EPOLL_CTL_ADD,
+            streams.fd(),
+            libc::EPOLLIN as u32,
+            STREAMS,
+        )?;
         Ok(Self {
             epfd,
             event,
             fds: HashMap::new(),
+            always: Vec::new(),
             next_gen: 0,
             buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             ready: VecDeque::new(),
+            streams,
             enters: 0,
             eventfd_reads: 0,
             cqes: 0,
@@ -100,7 +138,11 @@ impl EpollDriver {
     }
 
     fn remove(&mut self, fd: RawFd) {
-        if self.fds.remove(&fd).is_some() {
+        if let Some(reg) = self.fds.remove(&fd) {
+            if reg.always.is_some() {
+                self.always.retain(|&f| f != fd);
+                return;
+            }
             // Fails when `fd` was closed or reused; closing the duplicate (the drop
             // above) removes the interest then (rule 2).
             let _ = sys::epoll_ctl(self.epfd.as_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
@@ -108,7 +150,8 @@ impl EpollDriver {
     }
 
     /// Applies a handler change for `fd`; returns the handler and the error when the
-    /// descriptor cannot be registered (closed, or a kind epoll refuses).
+    /// descriptor cannot be registered (closed; a file epoll refuses with `EPERM` goes
+    /// on the always-ready list instead, rule 7).
     pub(crate) fn set_fd(
         &mut self,
         fd: RawFd,
@@ -132,13 +175,24 @@ impl EpollDriver {
             Err(e) => return Some((node, e)),
         };
         self.next_gen = self.next_gen.wrapping_add(1);
-        let reg = Registration {
+        let mut reg = Registration {
             node: Arc::clone(&node),
             generation: self.next_gen,
             _keep: keep,
+            always: None,
         };
-        if let Err(e) = self.arm(libc::EPOLL_CTL_ADD, fd, &reg) {
-            return Some((node, e));
+        match self.arm(libc::EPOLL_CTL_ADD, fd, &reg) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                // Rule 7: poll(2) calls this file always ready.
+                let file = match sys::fstat(fd) {
+                    Ok((_, dev, ino)) => (dev, ino),
+                    Err(e) => return Some((node, e)),
+                };
+                reg.always = Some(AlwaysReady { file, armed: true });
+                self.always.push(fd);
+            }
+            Err(e) => return Some((node, e)),
         }
         self.fds.insert(fd, reg);
         None
@@ -147,11 +201,49 @@ impl EpollDriver {
     /// Re-arms `fd` after its handler ran (rule 1); the error means the descriptor was
     /// closed or reused (rule 2).
     pub(crate) fn rearm(&mut self, fd: RawFd, node: &Arc<FdNode>) -> Option<io::Error> {
-        let reg = self.fds.get(&fd)?;
+        let reg = self.fds.get_mut(&fd)?;
         if !Arc::ptr_eq(&reg.node, node) || node.is_dead() {
             return None;
         }
+        if let Some(always) = &mut reg.always {
+            // Rule 7 (and 2): still the registered file under this number?
+            return match sys::fstat(fd) {
+                Ok((_, dev, ino)) if (dev, ino) == always.file => {
+                    always.armed = true;
+                    None
+                }
+                Ok(_) => Some(io::Error::from_raw_os_error(libc::EBADF)),
+                Err(e) => Some(e),
+            };
+        }
+        let reg = self.fds.get(&fd)?;
         self.arm(libc::EPOLL_CTL_MOD, fd, reg).err()
+    }
+
+    /// Whether an always-ready handler is armed (rule 7).
+    fn always_armed(&self) -> bool {
+        self.always.iter().any(|fd| {
+            self.fds
+                .get(fd)
+                .and_then(|r| r.always.as_ref())
+                .is_some_and(|a| a.armed)
+        })
+    }
+
+    /// Queues every armed always-ready handler and disarms it (rule 7).
+    fn queue_always(&mut self) {
+        for fd in &self.always {
+            let Some(reg) = self.fds.get_mut(fd) else {
+                continue;
+            };
+            if let Some(always) = &mut reg.always
+                && always.armed
+            {
+                always.armed = false;
+                self.ready
+                    .push_back((data(*fd, reg.generation), reg.node.events()));
+            }
+        }
     }
 
     /// Forgets `fd` after its handler was removed for an error.
@@ -166,7 +258,11 @@ impl EpollDriver {
     }
 
     /// One `epoll_wait` for at most `timeout`; queues what it returns (rule 5).
-    pub(crate) fn wait(&mut self, timeout: Option<Duration>) {
+    pub(crate) fn wait(&mut self, mut timeout: Option<Duration>) {
+        if self.always_armed() || self.streams.has_done() || !self.ready.is_empty() {
+            // Rule 7, or work already taken (rule 5): do not sleep on it.
+            timeout = Some(Duration::ZERO);
+        }
         self.enters += 1;
         match sys::epoll_wait(self.epfd.as_fd(), &mut self.buf, timeout) {
             Ok(n) => {
@@ -177,24 +273,36 @@ impl EpollDriver {
             }
             Err(e) => panic!("epoll_wait failed unexpectedly: {e}"),
         }
+        self.queue_always();
     }
 
     /// A non-blocking look for ready handlers; no syscall when none is registered (a
     /// notify to a busy loop stays free).
     pub(crate) fn poll_nowait(&mut self) {
-        if !self.fds.is_empty() {
+        if self.fds.len() > self.always.len() || self.streams.has_waiting() {
             self.wait(Some(Duration::ZERO));
+        } else {
+            self.queue_always();
         }
     }
 
     /// Whether events wait for dispatch (a hint for busy polling).
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || self.always_armed() || self.streams.has_done()
     }
 
     /// The next handler to run, consuming the notify eventfd in place (rule 4).
     pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
-        while let Some((data, revents)) = self.ready.pop_front() {
+        loop {
+            if let Some(done) = self.streams.next_done() {
+                // Running or dropping the callback delivers the result (rule 6).
+                return Some(Ready::Raw(Box::new(move |_, _| drop(done)), 0, 0));
+            }
+            let (data, revents) = self.ready.pop_front()?;
+            if data == STREAMS {
+                self.streams.service();
+                continue;
+            }
             if data == NOTIFY {
                 self.eventfd_reads += 1;
                 if let Err(e) = sys::eventfd_read(self.event.as_fd()) {
@@ -211,6 +319,5 @@ impl EpollDriver {
                 _ => {} // stale (rule 3)
             }
         }
-        None
     }
 }
