@@ -12,17 +12,21 @@
 //! 2. The callback hands the buffer back through a small shared slot. A future dropped
 //!    before completion marks the slot abandoned; the callback then frees the buffer
 //!    when the CQE arrives.
-//! 3. A context dropped with operations in flight cancels them and reaps every CQE
-//!    before it frees anything (see `AioContext`'s `Drop`); each dropped callback hands
-//!    its buffer back with `ECANCELED`.
+//! 3. An operation reports its real result whatever happens to its context: a context
+//!    dropped with operations in flight cancels them and reaps every CQE before it
+//!    frees anything, then runs each callback with its CQE — the real result if the
+//!    operation completed, `ECANCELED` if the cancel won (see `submit_raw`). A callback
+//!    dropped unrun means the operation never reached the kernel: `ECANCELED`, and
+//!    nothing happened. On epoll, a job that ran hands its result over even if the
+//!    bottom half that carries it home is dropped unrun (`Done`).
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times.
 //! 5. On epoll the same `InFlight` moves into a worker-pool job instead of a ring
 //!    callback: the worker runs the syscall on the buffers the job owns, then hands the
 //!    job back to the home thread as a oneshot bottom half, which completes it as a CQE
 //!    would. A job is dropped only after its syscall returned or unstarted (pool rule
-//!    1), so rules 1–3 hold unchanged; a dropped context cancels its jobs (pool rule 2)
-//!    and they complete with `ECANCELED`. On pipes and sockets the offset is ignored,
+//!    1), so rules 1–3 hold unchanged; a dropped context cancels its jobs (pool rule 2):
+//!    those that had not done their I/O complete with `ECANCELED`. On pipes and sockets the offset is ignored,
 //!    as io_uring does, and the worker waits for readiness so that it can be cancelled.
 //!
 //! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
@@ -231,28 +235,36 @@ impl<T: Send + 'static> InFlight<T> {
         let Some(owner) = ctx.remote.pool.clone() else {
             let entry = self.kind.entry();
             let complete = Box::new(move |res, _flags| self.complete(res));
-            // SAFETY: the entry names only memory owned by `payload` (buffers and
-            // iovecs), which moves into the callback; the context drops the callback only
-            // after the CQE was reaped (rule 1, `submit_raw`'s contract).
+            // SAFETY: `submit_raw` obligation 1: the entry names only memory owned by
+            // `payload` (buffers and iovecs), which moves into the callback; obligation
+            // 2: the descriptor is the caller's (module docs: a closed fd is EBADF).
             let res = unsafe { ctx.submit_raw(entry, complete) };
-            // Only the epoll back end refuses, and it has a pool; were it to refuse, the
+            // Refused only by a dropping context (the entries are single-shot): the
             // dropped callback has completed the operation with ECANCELED.
-            debug_assert!(res.is_ok(), "{res:?}");
+            debug_assert!(
+                res.as_ref()
+                    .map_or_else(|e| e.kind() == io::ErrorKind::BrokenPipe, |()| true),
+                "{res:?}"
+            );
             return;
         };
         let remote = Arc::clone(&ctx.remote);
         let job = move |owner: &pool::Owner| {
+            // ECANCELED when the context's drop interrupted the wait; else the real
+            // result, which reaches the future whatever happens to the context (rule 3).
             let res = self.kind.run_blocking(owner);
+            let mut done = Done {
+                op: Some(self),
+                res,
+            };
             if owner.is_cancelled() {
-                return; // dropping `self` completes it with ECANCELED (rule 3)
+                // The context is dropping: hand the result over here.
+                drop(done);
+                return;
             }
-            let mut me = Some(self);
-            // If the context is gone, the BH is dropped unrun, and `me` with it.
-            remote.schedule_oneshot(Box::new(move || {
-                if let Some(me) = me.take() {
-                    me.complete(res);
-                }
-            }));
+            // If the context goes away first, the BH is dropped unrun, and `done` hands
+            // the result over as it is.
+            remote.schedule_oneshot(Box::new(move || done.complete()));
         };
         if let Err(e) = pool::submit(&owner, Box::new(job)) {
             log::error!(
@@ -301,10 +313,35 @@ impl<T: Send + 'static> InFlight<T> {
 }
 
 impl<T: Send + 'static> Drop for InFlight<T> {
-    /// The context dropped the callback without calling it: it was cancelled with the
-    /// context, after its CQE was reaped (rule 3).
+    /// Dropped without a result: the operation never ran (refused, or handed over to
+    /// a context that was dropped before submitting it), or a worker-pool job was
+    /// cancelled unstarted (rule 3).
     fn drop(&mut self) {
         self.deliver(-libc::ECANCELED);
+    }
+}
+
+/// An operation that ran, with its result, on its way to the home thread (rule 3).
+struct Done<T: Send + 'static> {
+    op: Option<InFlight<T>>,
+    res: i32,
+}
+
+impl<T: Send + 'static> Done<T> {
+    fn complete(&mut self) {
+        if let Some(op) = self.op.take() {
+            op.complete(self.res);
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Done<T> {
+    /// Never delivered on the home thread (the context went away): the real result is
+    /// handed over here.
+    fn drop(&mut self) {
+        if let Some(mut op) = self.op.take() {
+            op.deliver(self.res);
+        }
     }
 }
 
