@@ -1,64 +1,215 @@
-//! loom models of the notify protocol and the bottom-half list (DESIGN §3, §4, §9).
+//! loom models of the loop: the notify protocol, the bottom-half list, the completion
+//! queue and the ring's eventfd read.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
-//! The home thread below performs the same calls, in the same order, as
-//! `AioContext::poll(true)`: take the pending list to compute the timeout, raise
-//! `notify_me` (`prepare_sleep`), sleep in the "kernel", lower it, `accept`, run the
-//! BHs. The kernel sleep is a `loom::sync::Notify` standing in for the eventfd: like an
-//! eventfd counter it keeps a wake-up that arrives before the wait. loom reports a
-//! deadlock if the home thread sleeps while a scheduled BH is left unrun.
+//! `Loop::poll_blocking` performs the steps of `AioContext::poll(true)` in the same
+//! order, with the real pieces: the BH list (`bh.rs`), the sleep decision
+//! (`poll::wait_bound`) and the wait inside the notify protocol (`poll::sleep_or_look`,
+//! `notify.rs`); then it runs the BHs and dispatches completions one at a time. What
+//! stands in for the kernel is `Kernel`: a completion queue, and the eventfd with the
+//! loop's read on it — a write while the read is armed posts its CQE, a write while it
+//! is not only raises the counter, and arming the read on a non-zero counter posts the
+//! CQE at once, as io_uring does. The loop's collect step handles the read's CQE as
+//! `UringDriver::collect` does (re-arms it at once, never queues it behind a callback).
+//! loom reports a deadlock when the home thread sleeps while a scheduled BH or a
+//! collected completion is left unrun.
+//!
+//! Mutations (models that must be found failing) switch off one rule each; they share
+//! their state through `Box::leak`, not `Arc`: a `should_panic` test unwinds out of the
+//! model, and dropping loom objects during that unwinding would abort the run.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
-use loom::sync::Notify;
 use loom::sync::atomic::AtomicUsize;
+use loom::sync::{Condvar, Mutex as LoomMutex};
 
 use crate::bh::{BhInner, BhList, SCHEDULED};
 use crate::notify::NotifyState;
+use crate::poll::{self, sleep_or_look, wait_bound};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 
+/// One CQE of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cqe {
+    /// The loop's eventfd read completed.
+    NotifyRead,
+    /// A user operation completed.
+    User(u32),
+}
+
+/// The kernel's state: the CQ, the eventfd counter, whether the loop's read is armed.
+struct KState {
+    cq: VecDeque<Cqe>,
+    eventfd: u64,
+    read_armed: bool,
+}
+
+/// The kernel side of one ring (see the module docs).
+struct Kernel {
+    state: LoomMutex<KState>,
+    posted: Condvar,
+}
+
+impl Kernel {
+    fn new() -> Self {
+        Self {
+            // The driver arms its read when it is created.
+            state: LoomMutex::new(KState {
+                cq: VecDeque::new(),
+                eventfd: 0,
+                read_armed: true,
+            }),
+            posted: Condvar::new(),
+        }
+    }
+
+    /// A write of the notify eventfd.
+    fn eventfd_write(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.read_armed {
+            s.read_armed = false;
+            s.cq.push_back(Cqe::NotifyRead);
+            self.posted.notify_all();
+        } else {
+            s.eventfd += 1;
+        }
+    }
+
+    /// The loop arms its eventfd read.
+    fn arm_read(&self) {
+        let mut s = self.state.lock().unwrap();
+        assert!(!s.read_armed, "the eventfd read was armed twice");
+        if s.eventfd > 0 {
+            s.eventfd = 0;
+            s.cq.push_back(Cqe::NotifyRead);
+        } else {
+            s.read_armed = true;
+        }
+    }
+
+    /// A user operation completes.
+    fn complete(&self, id: u32) {
+        self.state.lock().unwrap().cq.push_back(Cqe::User(id));
+        self.posted.notify_all();
+    }
+
+    fn cq_is_empty(&self) -> bool {
+        self.state.lock().unwrap().cq.is_empty()
+    }
+
+    fn reap(&self) -> VecDeque<Cqe> {
+        std::mem::take(&mut self.state.lock().unwrap().cq)
+    }
+}
+
+impl poll::Kernel for &Kernel {
+    /// `io_uring_enter` waiting for one CQE. The model has no timers or idle BHs, so a
+    /// wait has no timeout.
+    fn wait(&mut self, timeout: Option<Duration>) {
+        assert_eq!(timeout, None, "the model has no timed waits");
+        let mut s = self.state.lock().unwrap();
+        while s.cq.is_empty() {
+            s = self.posted.wait(s).unwrap();
+        }
+    }
+
+    fn look(&mut self) {}
+}
+
+/// Rules a mutation switches off.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mutation {
+    /// The sleep decision ignores completions already collected (the hang of a nested
+    /// poll on its batch's queued completion).
+    ignore_collected: bool,
+    /// The eventfd read's CQE is queued for dispatch and re-armed there, instead of at
+    /// collect (the read stays unarmed behind a running callback).
+    rearm_at_dispatch: bool,
+}
+
+type OnUser = Box<dyn Fn(&Loop, u32) + Send + Sync>;
+
 struct Loop {
     notify: NotifyState,
-    eventfd: Notify,
     bhs: BhList,
     ran: AtomicUsize,
+    kernel: Kernel,
+    /// The driver's dispatch queue: home thread only, hence a plain `std` mutex that
+    /// adds no interleavings.
+    collected: std::sync::Mutex<VecDeque<Cqe>>,
+    on_user: OnUser,
+    mutation: Mutation,
 }
 
 impl Loop {
     fn new() -> Self {
+        Self::with(Mutation::default(), Box::new(|_, _| {}))
+    }
+
+    fn with(mutation: Mutation, on_user: OnUser) -> Self {
         Self {
             notify: NotifyState::new(),
-            eventfd: Notify::new(),
             bhs: BhList::new(),
             ran: AtomicUsize::new(0),
+            kernel: Kernel::new(),
+            collected: std::sync::Mutex::new(VecDeque::new()),
+            on_user,
+            mutation,
         }
     }
 
     /// A producer: `Remote::enqueue` followed by `Remote::notify`.
     fn schedule(&self, bh: &Arc<BhInner>) {
-        crate::bh::enqueue(&self.bhs, bh, SCHEDULED);
+        assert!(crate::bh::enqueue(&self.bhs, bh, SCHEDULED));
         if self.notify.notify() {
-            self.eventfd.notify();
+            self.kernel.eventfd_write();
+        }
+    }
+
+    /// `UringDriver::has_ready`.
+    fn has_ready(&self) -> bool {
+        !self.collected.lock().unwrap().is_empty() || !self.kernel.cq_is_empty()
+    }
+
+    /// `UringDriver::collect`: the eventfd read's CQE re-arms it at once.
+    fn collect(&self) {
+        for c in self.kernel.reap() {
+            if c == Cqe::NotifyRead && !self.mutation.rearm_at_dispatch {
+                self.kernel.arm_read();
+            } else {
+                self.collected.lock().unwrap().push_back(c);
+            }
         }
     }
 
     /// One blocking `poll`, as in `AioContext::poll`.
     fn poll_blocking(&self, incoming: &mut VecDeque<Arc<BhInner>>) {
+        // compute_timeout
         self.bhs.take_all(incoming);
-        let must_run = incoming.iter().any(|bh| bh.wants_run() == Some(false));
-        let raised = !must_run;
-        if raised && self.notify.prepare_sleep() {
-            self.eventfd.wait();
-        }
-        if raised {
-            self.notify.finish_sleep();
-        }
-        self.notify.accept();
+        let bh_ns = incoming
+            .iter()
+            .any(|bh| bh.wants_run() == Some(false))
+            .then_some(0);
+        let ready = self.has_ready() && !self.mutation.ignore_collected;
+        let timeout = wait_bound(ready, bh_ns, None);
+        sleep_or_look(&self.notify, timeout, &mut &self.kernel);
+        // bh_poll
         self.bhs.take_all(incoming);
         for bh in incoming.drain(..) {
             bh.run(&self.bhs);
+        }
+        // dispatch, one completion at a time with no lock held
+        self.collect();
+        loop {
+            let next = self.collected.lock().unwrap().pop_front();
+            match next {
+                None => break,
+                Some(Cqe::NotifyRead) => self.kernel.arm_read(),
+                Some(Cqe::User(id)) => (self.on_user)(self, id),
+            }
         }
     }
 }
@@ -115,6 +266,143 @@ fn two_producers_one_write_both_bhs_run() {
             p.join().unwrap();
         }
         assert_eq!(l.ran.load(Ordering::Relaxed), 2);
+    });
+}
+
+/// A schedule racing the context's drop (which closes the BH list): the BH is either
+/// refused, or on the list the drop drained; never pushed after the drain.
+#[test]
+fn schedule_racing_drop_is_refused_or_drained() {
+    loom::model(|| {
+        let l = Arc::new(Loop::new());
+        let bh = counting_bh(&l);
+        let producer = {
+            let (l, bh) = (Arc::clone(&l), Arc::clone(&bh));
+            loom::thread::spawn(move || crate::bh::enqueue(&l.bhs, &bh, SCHEDULED))
+        };
+        let mut drained = VecDeque::new();
+        l.bhs.close(&mut drained);
+        let accepted = producer.join().unwrap();
+        assert_eq!(
+            accepted,
+            drained.len() == 1,
+            "accepted {accepted}, drained {}",
+            drained.len()
+        );
+        assert!(l.bhs.is_empty());
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Completions: a nested blocking poll in a completion callback, the eventfd read's CQE
+// in the same batch, a panic-free model of "the queue outlives the callback".
+
+/// Completion `1`'s callback nests blocking polls until completion `2`, collected in
+/// the same batch and queued behind it, has run. Returns the bits of the completions
+/// that ran.
+fn nested_on_queued(mutation: Mutation) -> usize {
+    let done: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let l: &'static Loop = Box::leak(Box::new(Loop::with(
+        mutation,
+        Box::new(move |l, id| {
+            done.fetch_or(1 << id, Ordering::Relaxed);
+            if id == 1 {
+                let mut incoming = VecDeque::new();
+                while done.load(Ordering::Relaxed) & (1 << 2) == 0 {
+                    l.poll_blocking(&mut incoming);
+                }
+            }
+        }),
+    )));
+    l.kernel.complete(1);
+    l.kernel.complete(2);
+    let mut incoming = VecDeque::new();
+    while done.load(Ordering::Relaxed) != 0b110 {
+        l.poll_blocking(&mut incoming);
+    }
+    done.load(Ordering::Relaxed)
+}
+
+/// A nested blocking poll never sleeps while a completion of its batch is queued.
+#[test]
+fn nested_poll_runs_the_queued_completion_of_its_batch() {
+    loom::model(|| assert_eq!(nested_on_queued(Mutation::default()), 0b110));
+}
+
+/// Mutation: a sleep decision that looks only at BHs and timers. loom must find the
+/// nested poll asleep on its own queued completion.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn mutation_sleep_ignoring_collected_completions_hangs() {
+    loom::model(|| {
+        nested_on_queued(Mutation {
+            ignore_collected: true,
+            ..Mutation::default()
+        });
+    });
+}
+
+/// The eventfd read's CQE arrives in the same batch as completion `1`, whose callback
+/// nests blocking polls until a BH scheduled by another thread has run.
+fn nested_wake(mutation: Mutation) {
+    let done: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let l: &'static Loop = Box::leak(Box::new(Loop::with(
+        mutation,
+        Box::new(move |l, _| {
+            let mut incoming = VecDeque::new();
+            while l.ran.load(Ordering::Relaxed) == 0 {
+                l.poll_blocking(&mut incoming);
+            }
+            done.store(1, Ordering::Relaxed);
+        }),
+    )));
+    let bh: &'static Arc<BhInner> = Box::leak(Box::new(BhInner::new(
+        Box::new(move || {
+            l.ran.fetch_add(1, Ordering::Relaxed);
+        }),
+        0,
+    )));
+    // The batch: a user completion, then the read's CQE of an earlier write.
+    l.kernel.complete(1);
+    l.kernel.eventfd_write();
+    let producer = loom::thread::spawn(move || l.schedule(bh));
+    let mut incoming = VecDeque::new();
+    while done.load(Ordering::Relaxed) == 0 {
+        l.poll_blocking(&mut incoming);
+    }
+    producer.join().unwrap();
+}
+
+/// A BH scheduled from another thread wakes a nested poll that sleeps while the
+/// eventfd read's CQE was collected behind the running callback: the read is re-armed
+/// at collect, so it is armed whenever the loop may sleep.
+#[test]
+fn cross_thread_bh_wakes_a_nested_poll_behind_the_read_cqe() {
+    loom::model(|| nested_wake(Mutation::default()));
+}
+
+/// The two rules are each enough here: with collected completions ignored by the
+/// sleep decision, the read re-armed at collect still wakes the nested poll.
+#[test]
+fn read_rearmed_at_collect_alone_keeps_the_wake_path() {
+    loom::model(|| {
+        nested_wake(Mutation {
+            ignore_collected: true,
+            ..Mutation::default()
+        });
+    });
+}
+
+/// Mutation: both rules off — the read's CQE waits behind the callback, and the nested
+/// poll sleeps with no read armed. loom must find the lost wake-up.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn mutation_read_rearmed_at_dispatch_loses_the_wakeup() {
+    loom::model(|| {
+        nested_wake(Mutation {
+            ignore_collected: true,
+            rearm_at_dispatch: true,
+        });
     });
 }
 
