@@ -299,6 +299,44 @@ fn regress_completion_queued_behind_a_panic_runs_at_next_poll() {
     ctx.poll(false);
 }
 
+fn nop(ctx: &AioContext, cb: impl FnOnce(i32) + Send + 'static) {
+    // SAFETY: a NOP names no memory.
+    unsafe { ctx.submit_raw(opcode::Nop::new().build(), Box::new(move |res, _| cb(res))) }
+        .expect("submit_raw on io_uring");
+}
+
+/// Raw completions of one batch: the first callback nests blocking polls until the
+/// second ran; then the first panics and the second must run at the next poll.
+#[test]
+fn regress_raw_completion_queued_behind_a_nested_poll_or_a_panic_runs() {
+    let Some(ctx) = common::uring_ctx(
+        "regress_raw_completion_queued_behind_a_nested_poll_or_a_panic_runs",
+        AioContext::builder(),
+    ) else {
+        return;
+    };
+    let _dog = Watchdog::for_ctx("raw_nested_or_panic", &ctx);
+    ctx.poll(false);
+    for round in 0..20 {
+        let second = Arc::new(AtomicBool::new(false));
+        let (c, s2) = (Arc::downgrade(&ctx), Arc::clone(&second));
+        nop(&ctx, move |_| {
+            if round % 2 == 1 {
+                panic!("boom (expected by the test)");
+            }
+            let ctx = c.upgrade().unwrap();
+            while !s2.load(Ordering::Relaxed) {
+                ctx.poll(true);
+            }
+        });
+        let s3 = Arc::clone(&second);
+        nop(&ctx, move |_| s3.store(true, Ordering::Relaxed));
+        while !second.load(Ordering::Relaxed) {
+            let _ = catch_unwind(AssertUnwindSafe(|| ctx.poll(true)));
+        }
+    }
+}
+
 /// The loop's eventfd-read completion may arrive in the same batch as a user
 /// completion whose callback nests a blocking `poll`: a BH scheduled from another
 /// thread while that nested poll sleeps must still wake it.
