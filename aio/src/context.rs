@@ -561,10 +561,13 @@ impl AioContext {
 
 impl Drop for AioContext {
     /// Cancels every operation in flight and waits for it before the buffers go away:
-    /// ring operations are cancelled and their CQEs reaped (if the kernel does not
-    /// answer within 5 s, their buffers are leaked on purpose rather than freed under
-    /// it); worker-pool jobs are taken off the queue or interrupted, and running ones
-    /// waited for (they own their buffers, so nothing is freed under a worker).
+    /// ring operations are cancelled and their CQEs reaped, then their callbacks run
+    /// with those CQEs, on this thread — the real result where the operation completed
+    /// (if the kernel does not answer within 5 s, their buffers are leaked on purpose
+    /// rather than freed under it); worker-pool jobs are taken off the queue or
+    /// interrupted, and running ones waited for (they own their buffers, so nothing is
+    /// freed under a worker). Pending bottom halves are freed unrun, and from the
+    /// moment the drop begins `Bh::try_schedule` reports [`ContextGone`].
     fn drop(&mut self) {
         // Close the BH list first: a schedule racing this drop either pushed before the
         // close (and its BH is drained and freed below) or is refused; none lands on a
