@@ -511,3 +511,70 @@ impl UringDriver {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::backend::ops::INTERNAL_TAG;
+
+    /// A CQE whose `user_data` names no operation in flight — a free slot, a slot
+    /// reused under a new generation, the wrong tag — is dropped, and reaches nobody.
+    #[test]
+    fn stale_and_foreign_cqes_reach_no_operation() {
+        let Ok(ring) = Ring::new(8) else {
+            println!("skipped: io_uring is unavailable here");
+            return;
+        };
+        let event = sys::eventfd().unwrap();
+        let mut d = UringDriver::new(ring, event.as_raw_fd());
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        // SAFETY: a NOP names no memory.
+        let nop = || unsafe { Sqe::new(opcode::Nop::new().build()) };
+        d.push_raw(
+            nop(),
+            Box::new(move |_, _| {
+                r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
+        let (live, _) = d
+            .ops
+            .user_data()
+            .find(|(_, op)| matches!(op, Op::Raw(_)))
+            .unwrap();
+        let (notify, _) = d
+            .ops
+            .user_data()
+            .find(|(_, op)| matches!(op, Op::NotifyRead))
+            .unwrap();
+        // Forged CQEs: the next generation of both slots, the raw op with the internal
+        // tag, a slot never used.
+        for forged in [
+            live + (1 << 32),
+            notify + (1 << 32),
+            live | INTERNAL_TAG,
+            12345,
+        ] {
+            d.ring.push(&nop(), forged);
+        }
+        while d.ops.live > 1 || d.has_ready() {
+            d.ring.wait(Some(Duration::from_millis(10)));
+            d.collect("test");
+            while let Some(ready) = d.next_ready() {
+                match ready {
+                    Ready::Raw(cb, res, flags) => cb(res, flags),
+                    _ => unreachable!(),
+                }
+            }
+        }
+        assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(
+            d.ops.find(notify).is_some(),
+            "the eventfd read is still armed"
+        );
+        let done = d.shutdown("test", Duration::from_secs(5));
+        assert!(done.is_empty());
+    }
+}
