@@ -82,24 +82,6 @@ impl Remote {
         Ok(())
     }
 
-    /// Hands a raw operation to the home thread; refused once the drop has begun.
-    pub(crate) fn queue_raw(&self, sqe: Sqe, cb: RawCallback) -> io::Result<()> {
-        {
-            let mut queue = lock(&self.raw_queue);
-            let Some(queue) = queue.as_mut() else {
-                drop(queue);
-                drop(cb);
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "submit_raw: the AioContext is being dropped",
-                ));
-            };
-            queue.push((sqe, cb));
-        }
-        self.request();
-        Ok(())
-    }
-
     /// Runs `cb` once on the home thread at the next `poll`; dropped unrun when the
     /// context is gone (QEMU: `aio_bh_schedule_oneshot`).
     pub(crate) fn schedule_oneshot(&self, cb: Box<dyn FnOnce() + Send>) {
@@ -590,7 +572,7 @@ impl Drop for AioContext {
         // Never reached the ring: dropped unrun (`submit_raw`'s contract).
         drop(raws);
         let done = home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
-        run_at_drop(&self.name, done);
+        crate::backend::raw::run_at_drop(&self.name, done);
         if let Some(owner) = &self.remote.pool {
             let running = owner.cancel(DROP_REAP_LIMIT);
             if running > 0 {
@@ -600,23 +582,6 @@ impl Drop for AioContext {
                     self.name
                 );
             }
-        }
-    }
-}
-
-/// Runs the completion callbacks whose CQEs the drop reaped, now that the kernel is
-/// done with their memory (`submit_raw`'s docs). A panic is logged: unwinding out of
-/// `drop` would skip the callbacks after it.
-fn run_at_drop(name: &str, done: Vec<(RawCallback, i32, u32)>) {
-    for (cb, res, flags) in done {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || cb(res, flags)));
-        if let Err(p) = ran {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::error!("{name}: a completion callback panicked while the context dropped: {msg}");
         }
     }
 }

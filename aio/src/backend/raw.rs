@@ -31,7 +31,8 @@ use io_uring::squeue;
 
 use super::Backend;
 use super::ops::INTERNAL_TAG;
-use crate::context::{AioContext, RawCallback};
+use crate::context::{AioContext, RawCallback, Remote};
+use crate::sync::lock;
 
 /// An entry whose memory obligations are met (rule 4): every buffer, descriptor array
 /// or other memory it names stays valid until the operation's CQE was reaped and the
@@ -303,5 +304,42 @@ impl AioContext {
         } else {
             self.remote.queue_raw(sqe, on_complete)
         }
+    }
+}
+
+/// Runs the completion callbacks whose CQEs the drop reaped, now that the kernel is
+/// done with their memory (`submit_raw`'s docs). A panic is logged: unwinding out of
+/// `drop` would skip the callbacks after it.
+pub(crate) fn run_at_drop(name: &str, done: Vec<(RawCallback, i32, u32)>) {
+    for (cb, res, flags) in done {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || cb(res, flags)));
+        if let Err(p) = ran {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("{name}: a completion callback panicked while the context dropped: {msg}");
+        }
+    }
+}
+
+impl Remote {
+    /// Hands a raw operation to the home thread; refused once the drop has begun.
+    pub(crate) fn queue_raw(&self, sqe: Sqe, cb: RawCallback) -> io::Result<()> {
+        {
+            let mut queue = lock(&self.raw_queue);
+            let Some(queue) = queue.as_mut() else {
+                drop(queue);
+                drop(cb);
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "submit_raw: the AioContext is being dropped",
+                ));
+            };
+            queue.push((sqe, cb));
+        }
+        self.request();
+        Ok(())
     }
 }
