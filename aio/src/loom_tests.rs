@@ -4,8 +4,8 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
 //! `Loop::poll_blocking` performs the steps of `AioContext::poll(true)` in the same
-//! order, with the real pieces: the BH list (`bh.rs`), the sleep decision
-//! (`poll::wait_bound`) and the wait inside the notify protocol (`poll::sleep_or_look`,
+//! order, with the real pieces: the BH list and its timeout (`bh.rs`), the sleep
+//! decision (`poll::wait_bound`) and the wait inside the notify protocol (`poll::sleep_or_look`,
 //! `notify.rs`); then it runs the BHs and dispatches completions one at a time. What
 //! stands in for the kernel is `Kernel`: a completion queue, and the eventfd with the
 //! loop's read on it — a write while the read is armed posts its CQE, a write while it
@@ -25,7 +25,7 @@ use std::time::Duration;
 use loom::sync::atomic::AtomicUsize;
 use loom::sync::{Condvar, Mutex as LoomMutex};
 
-use crate::bh::{BhInner, BhList, SCHEDULED};
+use crate::bh::{BhInner, BhList, BhQueue, SCHEDULED};
 use crate::notify::NotifyState;
 use crate::poll::{self, sleep_or_look, wait_bound};
 use crate::sync::Arc;
@@ -189,10 +189,10 @@ impl Loop {
     fn poll_blocking(&self, incoming: &mut VecDeque<Arc<BhInner>>) {
         // compute_timeout
         self.bhs.take_all(incoming);
-        let bh_ns = incoming
-            .iter()
-            .any(|bh| bh.wants_run() == Some(false))
-            .then_some(0);
+        let mut queue = BhQueue::default();
+        std::mem::swap(&mut queue.incoming, incoming);
+        let bh_ns = queue.timeout_ns();
+        std::mem::swap(&mut queue.incoming, incoming);
         let ready = self.has_ready() && !self.mutation.ignore_collected;
         let timeout = wait_bound(ready, bh_ns, None);
         sleep_or_look(&self.notify, timeout, &mut &self.kernel);
