@@ -26,10 +26,13 @@
 //!    outer run puts it back on the list, so it runs at the first `poll` after its
 //!    callback returned and no schedule is lost. While deferred it is on no list, so
 //!    nested blocking polls inside the callback still sleep rather than spin on it.
-//! 8. A callback that panics finishes its run all the same while the panic unwinds: a
+//! 9. A callback that panics finishes its run all the same while the panic unwinds: a
 //!    schedule deferred by rule 7 goes back on the list, a oneshot is freed, and the BHs
 //!    behind it in the slice stay there for the next `poll`. No schedule is lost to a
 //!    panic.
+//! 8. The context's drop closes the list (its head becomes a sentinel): a push that
+//!    lost the race is refused, so a BH is either on the list the drop drains, or its
+//!    schedule reports `ContextGone`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -91,7 +94,7 @@ impl BhInner {
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
             return (false, false);
         }
-        /// Finishes a run on return and on unwind alike (rule 7 and rule 8).
+        /// Finishes a run on return and on unwind alike (rules 7 and 9).
         struct AfterRun<'a> {
             bh: &'a Arc<BhInner>,
             list: &'a BhList,
@@ -133,6 +136,11 @@ impl BhInner {
         (ran, ran && flags & IDLE == 0)
     }
 
+    /// Frees the callback: the BH's context is gone, it can never run (rule 8).
+    pub(crate) fn kill(&self) {
+        self.cb.kill();
+    }
+
     /// Sets `bits`, returning the old flags.
     pub(crate) fn set_flags(&self, bits: u32) -> u32 {
         // Release: publishes what the scheduler wrote before scheduling to `run`'s
@@ -153,11 +161,17 @@ impl BhList {
         }
     }
 
-    /// Pushes `bh`; the caller must own its `PENDING` bit (rule 1).
-    pub(crate) fn push(&self, bh: Arc<BhInner>) {
+    /// Pushes `bh`; the caller must own its `PENDING` bit (rule 1). Returns `false`,
+    /// dropping `bh`, when the list was closed (rule 8).
+    pub(crate) fn push(&self, bh: Arc<BhInner>) -> bool {
         let node = Arc::into_raw(bh).cast_mut();
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
+            if head == closed() {
+                // SAFETY: `node` came from `Arc::into_raw` above and was never published.
+                drop(unsafe { Arc::from_raw(node) });
+                return false;
+            }
             // SAFETY: `node` came from `Arc::into_raw` above and the list owns that
             // reference; only the pusher that owns the `PENDING` bit touches `next`
             // before the node is published by the CAS below.
@@ -167,7 +181,7 @@ impl BhList {
                 .head
                 .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
             {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(actual) => head = actual,
             }
         }
@@ -175,13 +189,30 @@ impl BhList {
 
     /// Whether the list looks non-empty (a hint for busy polling).
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.load(Ordering::Relaxed).is_null()
+        let head = self.head.load(Ordering::Relaxed);
+        head.is_null() || head == closed()
     }
 
     /// Takes every pushed BH, appending them to `out` oldest first.
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
+        if self.head.load(Ordering::Relaxed) == closed() {
+            return;
+        }
         // Acquire: pairs with the Release CAS in `push`.
-        let mut node = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        let node = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        Self::take_chain(node, out);
+    }
+
+    /// Closes the list for good and takes what it held (rule 8).
+    pub(crate) fn close(&self, out: &mut VecDeque<Arc<BhInner>>) {
+        // Acquire: pairs with the Release CAS in `push`.
+        let node = self.head.swap(closed(), Ordering::Acquire);
+        if node != closed() {
+            Self::take_chain(node, out);
+        }
+    }
+
+    fn take_chain(mut node: *mut BhInner, out: &mut VecDeque<Arc<BhInner>>) {
         let start = out.len();
         while !node.is_null() {
             // SAFETY: every node on the list came from `Arc::into_raw` in `push`, and
@@ -202,11 +233,21 @@ impl Drop for BhList {
 }
 
 /// Sets `PENDING | flags` on `bh` and pushes it if this call turned `PENDING` on (rule 1).
-/// The caller notifies the context afterwards.
-pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) {
+/// The caller notifies the context afterwards. Returns `false` when the list is closed
+/// (rule 8): then `bh` stays `PENDING` and is never pushed again.
+pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
     if bh.set_flags(PENDING | flags) & PENDING == 0 {
-        list.push(Arc::clone(bh));
+        list.push(Arc::clone(bh))
+    } else {
+        // On a list (or taken by the home thread): the drop drains both, unless the
+        // list is closed already.
+        list.head.load(Ordering::Relaxed) != closed()
     }
+}
+
+/// The head of a closed list (rule 8): an address no allocation has.
+fn closed() -> *mut BhInner {
+    ptr::NonNull::<BhInner>::dangling().as_ptr()
 }
 
 /// The home thread's side of the BH machinery: the queue of BHs taken off the list and

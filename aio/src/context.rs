@@ -16,8 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
-use io_uring::squeue;
-
+use crate::backend::raw::Sqe;
 use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
 use crate::fd::{FdCallback, FdNode};
@@ -47,10 +46,11 @@ pub(crate) struct Remote {
     pub(crate) timers: TimerList,
     pub(crate) fds: Mutex<HashMap<RawFd, Arc<FdNode>>>,
     pub(crate) fd_changes: Mutex<Vec<RawFd>>,
-    pub(crate) raw_queue: Mutex<Vec<(squeue::Entry, RawCallback)>>,
+    /// Raw operations handed over by other threads; `None` once the context's drop
+    /// has begun (later hand-overs are refused).
+    pub(crate) raw_queue: Mutex<Option<Vec<(Sqe, RawCallback)>>>,
     /// `fd_changes` or `raw_queue` may be non-empty.
     pub(crate) has_requests: AtomicBool,
-    alive: AtomicBool,
     pub(crate) poll_max_ns: AtomicU64,
     pub(crate) poll_grow: AtomicU64,
     pub(crate) poll_shrink: AtomicU64,
@@ -71,12 +71,13 @@ impl Remote {
         }
     }
 
-    /// Puts `bh` on the pending list with `flags` (BH rule 1) and notifies.
+    /// Puts `bh` on the pending list with `flags` (BH rule 1) and notifies. Refused
+    /// once the context's drop closed the list: a BH is either on a list that the drop
+    /// drains (and frees) or refused, never left on a dead list.
     pub(crate) fn enqueue(&self, bh: &Arc<BhInner>, flags: u32) -> Result<(), ContextGone> {
-        if !self.alive.load(Ordering::Relaxed) {
+        if !crate::bh::enqueue(&self.bhs, bh, flags) {
             return Err(ContextGone);
         }
-        crate::bh::enqueue(&self.bhs, bh, flags);
         self.notify();
         Ok(())
     }
@@ -212,9 +213,8 @@ impl AioContextBuilder {
             timers: TimerList::new(ClockType::Realtime),
             fds: Mutex::new(HashMap::new()),
             fd_changes: Mutex::new(Vec::new()),
-            raw_queue: Mutex::new(Vec::new()),
+            raw_queue: Mutex::new(Some(Vec::new())),
             has_requests: AtomicBool::new(false),
-            alive: AtomicBool::new(true),
             poll_max_ns: AtomicU64::new(self.poll.0),
             poll_grow: AtomicU64::new(self.poll.1),
             poll_shrink: AtomicU64::new(self.poll.2),
@@ -548,22 +548,36 @@ impl AioContext {
 
 impl Drop for AioContext {
     /// Cancels every operation in flight and waits for it before the buffers go away:
-    /// ring operations are cancelled and their CQEs reaped (if the kernel does not
-    /// answer within 5 s, their buffers are leaked on purpose rather than freed under
-    /// it); worker-pool jobs are taken off the queue or interrupted, and running ones
-    /// waited for (they own their buffers, so nothing is freed under a worker).
+    /// ring operations are cancelled and their CQEs reaped, then their callbacks run
+    /// with those CQEs, on this thread — the real result where the operation completed
+    /// (if the kernel does not answer within 5 s, their buffers are leaked on purpose
+    /// rather than freed under it); on epoll, worker-pool jobs are taken off the queue
+    /// and running ones waited for (they own their buffers, so nothing is freed under a
+    /// worker), and a syscall that ran reports its real result. Pending bottom halves are freed unrun, and from the
+    /// moment the drop begins `Bh::try_schedule` reports [`ContextGone`].
     fn drop(&mut self) {
-        self.remote.alive.store(false, Ordering::Relaxed);
+        // Close the BH list first: a schedule racing this drop either pushed before the
+        // close (and its BH is drained and freed below) or is refused; none lands on a
+        // list nobody drains. Likewise for raw operations handed over by other threads.
+        let mut pending = std::collections::VecDeque::new();
+        self.remote.bhs.close(&mut pending);
+        let raws = lock(&self.remote.raw_queue).take();
         for (_, node) in lock(&self.remote.fds).drain() {
             node.kill();
         }
-        let mut pending = std::collections::VecDeque::new();
-        self.remote.bhs.take_all(&mut pending);
         let home = self.home.0.get_mut();
         pending.extend(home.bhs.incoming.drain(..));
         pending.extend(home.bhs.slices.drain(..).flatten());
+        // They can never run: free their callbacks now (this also breaks a cycle of a
+        // callback that owns its own `Bh`).
+        for bh in &pending {
+            bh.kill();
+        }
         drop(pending);
-        home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
+        // Never reached the ring: dropped unrun (`submit_raw`'s contract).
+        drop(raws);
+        let done = home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
+        crate::backend::raw::run_at_drop(&self.name, done);
         if let Some(owner) = &self.remote.pool {
             let running = owner.cancel(DROP_REAP_LIMIT);
             if running > 0 {

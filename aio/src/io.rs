@@ -12,9 +12,13 @@
 //! 2. The callback hands the buffer back through a small shared slot. A future dropped
 //!    before completion marks the slot abandoned; the callback then frees the buffer
 //!    when the CQE arrives.
-//! 3. A context dropped with operations in flight cancels them and reaps every CQE
-//!    before it frees anything (see `AioContext`'s `Drop`); each dropped callback hands
-//!    its buffer back with `ECANCELED`.
+//! 3. An operation reports its real result whatever happens to its context: a context
+//!    dropped with operations in flight cancels them and reaps every CQE before it
+//!    frees anything, then runs each callback with its CQE — the real result if the
+//!    operation completed, `ECANCELED` if the cancel won (see `submit_raw`). A callback
+//!    dropped unrun means the operation never reached the kernel: `ECANCELED`, and
+//!    nothing happened. On epoll, a syscall that ran hands its result over even if the
+//!    bottom half that carries it home is dropped unrun (rule 5).
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times.
 //! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of a ring callback:
@@ -39,110 +43,13 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{opcode, squeue, types};
 
 use crate::context::AioContext;
+use crate::io_buf::{IoBuf, IoBufMut, IoVecs, iovecs, iovecs_mut};
 use crate::sync::{Arc, Mutex, lock};
 
 pub(crate) mod stream;
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
-
-/// A buffer the kernel may read from: its bytes stay at the same address when the
-/// value is moved (a heap buffer).
-///
-/// # Safety
-/// `stable_ptr()` must point at `bytes_init()` initialized bytes that stay valid and at
-/// the same address while the value is alive, even when it is moved, and must not be
-/// changed by anything but the owner.
-pub unsafe trait IoBuf: Send + 'static {
-    /// The address of the first byte.
-    fn stable_ptr(&self) -> *const u8;
-    /// How many bytes are initialized (what a write sends).
-    fn bytes_init(&self) -> usize;
-}
-
-/// A buffer the kernel may write into.
-///
-/// # Safety
-/// As for [`IoBuf`], and `stable_mut_ptr()` must be valid for writes of `bytes_init()`
-/// bytes.
-pub unsafe trait IoBufMut: IoBuf {
-    /// The address of the first byte, for writing.
-    fn stable_mut_ptr(&mut self) -> *mut u8;
-}
-
-// SAFETY: a Vec's elements live on the heap and do not move with the Vec; `len` bytes
-// are initialized.
-unsafe impl IoBuf for Vec<u8> {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
-
-// SAFETY: as above; the pointer is derived from `&mut self`.
-unsafe impl IoBufMut for Vec<u8> {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.as_mut_ptr()
-    }
-}
-
-// SAFETY: a boxed slice lives on the heap and does not move with the box.
-unsafe impl IoBuf for Box<[u8]> {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
-
-// SAFETY: as above.
-unsafe impl IoBufMut for Box<[u8]> {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.as_mut_ptr()
-    }
-}
-
-// SAFETY: static data never moves or goes away, and `&[u8]` gives no write access.
-unsafe impl IoBuf for &'static [u8] {
-    fn stable_ptr(&self) -> *const u8 {
-        self.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.len()
-    }
-}
-
-/// `iovec`s pointing into buffers owned by the same operation.
-struct IoVecs(Box<[libc::iovec]>);
-
-// SAFETY: the iovecs only point into buffers owned by the same in-flight operation,
-// which moves between threads with them (the buffers are `Send`).
-unsafe impl Send for IoVecs {}
-
-fn iovecs<B: IoBuf>(bufs: &[B]) -> IoVecs {
-    IoVecs(
-        bufs.iter()
-            .map(|b| libc::iovec {
-                iov_base: b.stable_ptr().cast_mut().cast(),
-                iov_len: b.bytes_init(),
-            })
-            .collect(),
-    )
-}
-
-fn iovecs_mut<B: IoBufMut>(bufs: &mut [B]) -> IoVecs {
-    IoVecs(
-        bufs.iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.stable_mut_ptr().cast(),
-                iov_len: b.bytes_init(),
-            })
-            .collect(),
-    )
-}
 
 /// The slot through which the callback hands the buffer back (rule 2).
 enum Slot<T> {
@@ -231,13 +138,17 @@ impl<T: Send + 'static> InFlight<T> {
         let Some(owner) = ctx.remote.pool.clone() else {
             let entry = self.kind.entry();
             let complete = Box::new(move |res, _flags| self.complete(res));
-            // SAFETY: the entry names only memory owned by `payload` (buffers and
-            // iovecs), which moves into the callback; the context drops the callback only
-            // after the CQE was reaped (rule 1, `submit_raw`'s contract).
+            // SAFETY: `submit_raw` obligation 1: the entry names only memory owned by
+            // `payload` (buffers and iovecs), which moves into the callback; obligation
+            // 2: the descriptor is the caller's (module docs: a closed fd is EBADF).
             let res = unsafe { ctx.submit_raw(entry, complete) };
-            // Only the epoll back end refuses, and it has a pool; were it to refuse, the
+            // Refused only by a dropping context (the entries are single-shot): the
             // dropped callback has completed the operation with ECANCELED.
-            debug_assert!(res.is_ok(), "{res:?}");
+            debug_assert!(
+                res.as_ref()
+                    .map_or_else(|e| e.kind() == io::ErrorKind::BrokenPipe, |()| true),
+                "{res:?}"
+            );
             return;
         };
         stream::submit(self, ctx, &owner);
@@ -282,8 +193,9 @@ impl<T: Send + 'static> InFlight<T> {
 }
 
 impl<T: Send + 'static> Drop for InFlight<T> {
-    /// The context dropped the callback without calling it: it was cancelled with the
-    /// context, after its CQE was reaped (rule 3).
+    /// Dropped without a result: the operation never ran (refused, or handed over to
+    /// a context that was dropped before submitting it), or a worker-pool job was
+    /// cancelled unstarted (rule 3).
     fn drop(&mut self) {
         self.deliver(-libc::ECANCELED);
     }

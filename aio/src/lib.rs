@@ -77,6 +77,7 @@ mod context;
 mod event_notifier;
 mod fd;
 mod io;
+mod io_buf;
 mod iothread;
 mod local;
 mod notify;
@@ -104,7 +105,8 @@ pub use context::{
 };
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
-pub use io::{IoBuf, IoBufMut, MAX_RETRIES, RingOp};
+pub use io::{MAX_RETRIES, RingOp};
+pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};

@@ -15,13 +15,82 @@
 use std::mem;
 use std::time::Duration;
 
+use crate::backend::Driver;
 use crate::backend::Ready;
 use crate::context::AioContext;
 use crate::fd::FdNode;
+use crate::notify::NotifyState;
 use crate::stats::bump;
-use crate::sync::atomic::Ordering;
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Arc, lock};
 use crate::sys;
+
+/// The wait bound of a blocking poll (QEMU: `aio_compute_timeout`, plus what the loop
+/// already took from the kernel): zero while a completion or event taken from the
+/// kernel waits for dispatch (`driver_ready`; the kernel does not know about it, so a
+/// sleep would not end for it), or a BH must run (`bh_ns == Some(0)`), or a timer is due
+/// (`timer_ns == Some(0)`); else the earlier of 10 ms for idle BHs and the next timer;
+/// else no limit. Every place a blocking poll decides to sleep goes through here.
+pub(crate) fn wait_bound(
+    driver_ready: bool,
+    bh_ns: Option<i64>,
+    timer_ns: Option<i64>,
+) -> Option<Duration> {
+    if driver_ready {
+        return Some(Duration::ZERO);
+    }
+    let ns = match (bh_ns, timer_ns) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(Duration::from_nanos(ns.max(0) as u64))
+}
+
+/// The kernel side of a poll's wait, as [`sleep_or_look`] drives it.
+pub(crate) trait Kernel {
+    /// Sleeps until something completes or `timeout` passes (submitting what is queued).
+    fn wait(&mut self, timeout: Option<Duration>);
+    /// Looks without sleeping (submitting what is queued).
+    fn look(&mut self);
+}
+
+/// The driver, counting the sleeps in `stats()` before it enters them.
+struct Counted<'a> {
+    driver: &'a mut Driver,
+    sleeps: &'a AtomicU64,
+}
+
+impl Kernel for Counted<'_> {
+    fn wait(&mut self, timeout: Option<Duration>) {
+        bump(self.sleeps, 1);
+        self.driver.wait(timeout);
+    }
+    fn look(&mut self) {
+        self.driver.poll_nowait();
+    }
+}
+
+/// The wait of one poll inside the notify protocol (`notify.rs` rules 3 and 4): sleeps
+/// only when `timeout` is not zero and no notify arrived since the last `accept`, then
+/// accepts. Returns whether it slept.
+pub(crate) fn sleep_or_look(
+    notify: &NotifyState,
+    timeout: Option<Duration>,
+    kernel: &mut impl Kernel,
+) -> bool {
+    let raised = timeout != Some(Duration::ZERO);
+    let sleep = raised && notify.prepare_sleep();
+    if sleep {
+        kernel.wait(timeout);
+    } else {
+        kernel.look();
+    }
+    if raised {
+        notify.finish_sleep();
+    }
+    notify.accept();
+    sleep
+}
 
 impl AioContext {
     /// Runs one iteration of the loop (QEMU: `aio_poll`): applies handler changes, waits
@@ -64,21 +133,14 @@ impl AioContext {
         if max_ns > 0 && timeout != Some(Duration::ZERO) && self.busy_poll(timeout) {
             timeout = Some(Duration::ZERO);
         }
-        let raised = timeout != Some(Duration::ZERO);
-        let sleep = raised && remote.notify.prepare_sleep();
         {
             let mut home = self.home();
-            if sleep {
-                bump(&remote.counters.sleeps, 1);
-                home.driver.wait(timeout);
-            } else {
-                home.driver.poll_nowait();
-            }
+            let mut kernel = Counted {
+                driver: &mut home.driver,
+                sleeps: &remote.counters.sleeps,
+            };
+            sleep_or_look(&remote.notify, timeout, &mut kernel);
         }
-        if raised {
-            remote.notify.finish_sleep();
-        }
-        remote.notify.accept();
         if blocking && max_ns > 0 {
             self.adjust_poll_ns(sys::monotonic_ns() - start, max_ns);
         }
@@ -104,29 +166,24 @@ impl AioContext {
                 self.remove_bad_fd(&node, &err);
             }
         }
-        let raws = mem::take(&mut *lock(&self.remote.raw_queue));
+        let raws = lock(&self.remote.raw_queue)
+            .as_mut()
+            .map(mem::take)
+            .unwrap_or_default();
         let mut home = self.home();
-        for (entry, cb) in raws {
-            // SAFETY: `submit_raw`'s caller promised the entry's memory outlives the
-            // operation, which ends no earlier than the CQE that drops `cb`.
-            unsafe { home.driver.push_raw(entry, cb) };
+        for (sqe, cb) in raws {
+            home.driver.push_raw(sqe, cb);
         }
     }
 
-    /// The wait bound: zero when a BH must run, 10 ms for idle BHs, else the earliest
-    /// timer, else no limit (QEMU: `aio_compute_timeout`).
+    /// The wait bound of a blocking poll (see [`wait_bound`]).
     fn compute_timeout(&self) -> Option<Duration> {
-        let bh = {
+        let (bh, ready) = {
             let mut home = self.home();
             self.remote.bhs.take_all(&mut home.bhs.incoming);
-            home.bhs.timeout_ns()
+            (home.bhs.timeout_ns(), home.driver.has_ready())
         };
-        let timer = self.remote.timers.timeout_ns();
-        let ns = match (bh, timer) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
-        Some(Duration::from_nanos(ns as u64))
+        wait_bound(ready, bh, self.remote.timers.timeout_ns())
     }
 
     /// Spins for up to the current polling time, watching for work; returns whether
@@ -220,7 +277,7 @@ impl AioContext {
     /// Dispatches what the back end reported, one item at a time (module rule 2);
     /// returns whether a callback ran.
     fn dispatch(&self) -> bool {
-        self.home().driver.collect();
+        self.home().driver.collect(self.name());
         self.publish_counters();
         let mut progress = false;
         loop {

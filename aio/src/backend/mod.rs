@@ -7,6 +7,8 @@
 //! notify protocol sit above the driver and are the same on both back ends.
 
 pub(crate) mod epoll;
+mod ops;
+pub(crate) mod raw;
 pub(crate) mod uring;
 
 use std::fmt;
@@ -16,9 +18,8 @@ use std::str::FromStr;
 use std::sync::Once;
 use std::time::Duration;
 
-use io_uring::squeue;
-
 use self::epoll::EpollDriver;
+use self::raw::Sqe;
 use self::uring::{Ring, UringDriver};
 use crate::context::RawCallback;
 use crate::fd::FdNode;
@@ -244,13 +245,9 @@ impl Driver {
     }
 
     /// Queues a raw io_uring operation.
-    ///
-    /// # Safety
-    /// As for `AioContext::submit_raw`.
-    pub(crate) unsafe fn push_raw(&mut self, entry: squeue::Entry, cb: RawCallback) {
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) {
         match self {
-            // SAFETY: passed on from this function's contract.
-            Driver::Uring(d) => unsafe { d.push_raw(entry, cb) },
+            Driver::Uring(d) => d.push_raw(sqe, cb),
             Driver::Epoll(_) => unreachable!("submit_raw refuses raw operations on epoll"),
         }
     }
@@ -275,18 +272,20 @@ impl Driver {
         }
     }
 
-    /// Whether something waits for dispatch (a hint for busy polling).
+    /// Whether something taken from the kernel waits for dispatch (io_uring: queued
+    /// completions, or CQEs on the ring; epoll: queued events). A blocking poll must
+    /// not sleep then: the kernel does not know about what the loop already took.
     pub(crate) fn has_ready(&mut self) -> bool {
         match self {
-            Driver::Uring(d) => d.ring_mut().has_completions(),
+            Driver::Uring(d) => d.has_ready(),
             Driver::Epoll(d) => d.has_ready(),
         }
     }
 
     /// Collects what the kernel reported for dispatch.
-    pub(crate) fn collect(&mut self) {
+    pub(crate) fn collect(&mut self, name: &str) {
         match self {
-            Driver::Uring(d) => d.collect(),
+            Driver::Uring(d) => d.collect(name),
             Driver::Epoll(_) => {} // `wait` queued the events already
         }
     }
@@ -303,16 +302,17 @@ impl Driver {
     /// The next collected item to run.
     pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
         match self {
-            Driver::Uring(d) => d.next_ready(name),
+            Driver::Uring(d) => d.next_ready(),
             Driver::Epoll(d) => d.next_ready(name),
         }
     }
 
-    /// Shuts the back end down at context drop (see `UringDriver::shutdown`).
-    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) {
+    /// Shuts the back end down at context drop (see `UringDriver::shutdown`); returns
+    /// the user callbacks whose CQEs were reaped, to run once the ring is quiet.
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
         match self {
             Driver::Uring(d) => d.shutdown(name, limit),
-            Driver::Epoll(_) => {}
+            Driver::Epoll(_) => Vec::new(),
         }
     }
 }

@@ -14,7 +14,20 @@
 //!    `io_uring_enter` that also submits whatever is queued.
 //! 5. fd handlers (see `fd.rs`): one-shot `POLL_ADD` per registration, re-armed after
 //!    each dispatch, removed by `POLL_REMOVE`; the in-flight table holds the handler.
-//! 6. The notify eventfd is consumed by a `READ` the ring keeps armed (DESIGN §3).
+//! 6. The notify eventfd is consumed by a `READ` the ring keeps armed. Its CQE is
+//!    handled (and the read re-armed) when it is collected, never queued behind a
+//!    callback, so the read is armed whenever the loop may sleep.
+//! 7. Operations live in a table of fixed slots with generations; `user_data` is
+//!    `tag | generation << 32 | slot`, with the top bit (the tag) set for the loop's own
+//!    operations. A CQE whose slot is free or whose generation or tag does not match is
+//!    logged and dropped: it can never reach another operation. A slot is freed at its
+//!    operation's final CQE (one without `IORING_CQE_F_MORE`), and only then reused.
+//! 8. The loop's own operations (eventfd read, fd-handler polls) that complete with
+//!    `ECANCELED` while the context lives — a user cancel reached them by fd or "any" —
+//!    are armed again; users cannot name them by `user_data` (`raw.rs` refuses the tag).
+//! 9. At drop, every operation is cancelled and its CQE reaped; a user operation's
+//!    callback gets that CQE — its real result if it completed, `ECANCELED` if the
+//!    cancel won — and runs once the ring is quiet.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -22,13 +35,14 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use io_uring::{IoUring, opcode, squeue, types};
-use slab::Slab;
+use io_uring::{IoUring, cqueue, opcode, types};
 
-use super::{Backend, Ready};
-use crate::context::{AioContext, RawCallback};
+use super::Ready;
+use super::ops::{Op, OpTable};
+use super::raw::Sqe;
+use crate::context::RawCallback;
 use crate::fd::FdNode;
-use crate::sync::{Arc, lock};
+use crate::sync::Arc;
 use crate::sys;
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).
@@ -119,14 +133,13 @@ impl Ring {
         self.ring.params().cq_entries()
     }
 
-    /// Queues `entry` (rule 1).
-    ///
-    /// # Safety
-    /// Every buffer and descriptor `entry` names must stay valid until its CQE is reaped.
-    pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) {
+    /// Queues `sqe` as `user_data` (rule 1).
+    fn push(&mut self, sqe: &Sqe, user_data: u64) {
+        let entry = sqe.with_user_data(user_data);
         loop {
-            // SAFETY: passed on from this function's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            // SAFETY: what `sqe` names outlives the operation (`Sqe`'s invariant); the
+            // driver keeps the operation's slot, which owns that memory, until its CQE.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
             self.enter(0, None);
@@ -201,35 +214,34 @@ impl Ring {
     }
 }
 
-/// What an in-flight ring operation is, keyed by its `user_data`.
-enum Op {
-    /// The loop's own read of its notify eventfd (rule 6).
-    NotifyRead,
-    /// A one-shot `POLL_ADD` for an fd handler; holds the handler alive (rule 5).
-    Poll(Arc<FdNode>),
-    /// A `POLL_REMOVE` or `ASYNC_CANCEL` issued by the loop.
-    Control,
-    /// A user operation.
-    Raw(RawCallback),
-}
-
 /// The home thread's view of one registered fd.
 struct FdHome {
     node: Arc<FdNode>,
-    armed: Option<usize>,
+    armed: Option<u64>,
 }
 
 /// The io_uring driver of one context (home thread only).
 pub(crate) struct UringDriver {
     ring: Ring,
-    ops: Slab<Op>,
+    ops: OpTable,
     fds: HashMap<RawFd, FdHome>,
     event: RawFd,
     /// The target of the notify eventfd read; its address is given to the kernel.
     notify_buf: Box<u64>,
+    /// Completions of user operations and fd polls, collected for dispatch.
     completions: VecDeque<Completion>,
+    /// Scratch for `collect`.
+    reaped: VecDeque<Completion>,
     /// Completions collected for dispatch.
     pub(crate) cqes: u64,
+}
+
+/// What happens to one CQE (rules 6 to 8).
+enum Triage {
+    /// Queue it for dispatch.
+    Dispatch,
+    /// Handled in place, or stale.
+    Done,
 }
 
 impl UringDriver {
@@ -237,11 +249,12 @@ impl UringDriver {
     pub(crate) fn new(ring: Ring, event: RawFd) -> Self {
         let mut d = Self {
             ring,
-            ops: Slab::new(),
+            ops: OpTable::default(),
             fds: HashMap::new(),
             event,
             notify_buf: Box::new(0),
             completions: VecDeque::new(),
+            reaped: VecDeque::new(),
             cqes: 0,
         };
         d.arm_notify_read();
@@ -256,33 +269,27 @@ impl UringDriver {
         &mut self.ring
     }
 
-    /// Queues `entry` as `op`.
-    ///
-    /// # Safety
-    /// Every buffer and descriptor `entry` names must stay valid until its CQE is reaped;
-    /// keeping them inside `op` satisfies this, because `op` is dropped only after its CQE.
-    unsafe fn push(&mut self, entry: squeue::Entry, op: Op) -> usize {
-        let key = self.ops.insert(op);
-        // SAFETY: passed on from this function's contract.
-        unsafe { self.ring.push(&entry.user_data(key as u64)) };
-        key
+    /// Queues `sqe` as `op`; returns its `user_data`. The slot keeps `op` (and what it
+    /// owns) until the operation's final CQE.
+    fn push(&mut self, sqe: &Sqe, op: Op) -> u64 {
+        let user_data = self.ops.insert(op);
+        self.ring.push(sqe, user_data);
+        user_data
     }
 
-    /// Queues a user operation.
-    ///
-    /// # Safety
-    /// As for `AioContext::submit_raw`.
-    pub(crate) unsafe fn push_raw(&mut self, entry: squeue::Entry, cb: RawCallback) {
-        // SAFETY: passed on from this function's contract.
-        unsafe { self.push(entry, Op::Raw(cb)) };
+    /// Queues a user operation (checked by `raw::check`).
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) {
+        self.push(&sqe, Op::Raw(cb));
     }
 
     fn arm_notify_read(&mut self) {
         let entry =
             opcode::Read::new(types::Fd(self.event), (&raw mut *self.notify_buf).cast(), 8).build();
-        // SAFETY: `notify_buf` is a heap box owned by the driver that is only freed after
-        // the read's CQE was reaped (see `shutdown`), and the eventfd outlives the driver.
-        unsafe { self.push(entry, Op::NotifyRead) };
+        // SAFETY: `notify_buf` is a heap box owned by the driver that is freed only after
+        // every operation's CQE was reaped, or leaked (see `shutdown`); the eventfd
+        // outlives the driver.
+        let sqe = unsafe { Sqe::new(entry) };
+        self.push(&sqe, Op::NotifyRead);
     }
 
     /// Applies a handler change for `fd` (rule 5).
@@ -294,10 +301,10 @@ impl UringDriver {
         };
         if !same {
             let armed = self.fds.get_mut(&fd).and_then(|h| h.armed.take());
-            if let Some(key) = armed {
-                let entry = opcode::PollRemove::new(key as u64).build();
+            if let Some(user_data) = armed {
                 // SAFETY: a POLL_REMOVE names no memory.
-                unsafe { self.push(entry, Op::Control) };
+                let sqe = unsafe { Sqe::new(opcode::PollRemove::new(user_data).build()) };
+                self.push(&sqe, Op::Control);
             }
             match want {
                 Some(node) => {
@@ -321,9 +328,10 @@ impl UringDriver {
         let entry = opcode::PollAdd::new(types::Fd(fd), node.events()).build();
         // SAFETY: a POLL_ADD names no memory; a descriptor closed meanwhile makes the
         // kernel answer EBADF, which fd rule 5 handles.
-        let key = unsafe { self.push(entry, Op::Poll(node)) };
+        let sqe = unsafe { Sqe::new(entry) };
+        let user_data = self.push(&sqe, Op::Poll(node));
         if let Some(h) = self.fds.get_mut(&fd) {
-            h.armed = Some(key);
+            h.armed = Some(user_data);
         }
     }
 
@@ -338,40 +346,89 @@ impl UringDriver {
         }
     }
 
-    /// Takes every completion into the dispatch queue.
-    pub(crate) fn collect(&mut self) {
-        let before = self.completions.len();
-        self.ring.reap(&mut self.completions);
-        self.cqes += (self.completions.len() - before) as u64;
+    /// Whether something taken from the kernel (or in the CQ) waits for dispatch: a
+    /// blocking poll must not sleep then.
+    pub(crate) fn has_ready(&mut self) -> bool {
+        !self.completions.is_empty() || self.ring.has_completions()
     }
 
-    /// The next thing to run for the completions collected so far, handling the loop's
-    /// own operations in place.
-    pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
-        while let Some(c) = self.completions.pop_front() {
-            let key = c.user_data as usize;
-            match self.ops.try_remove(key) {
-                Some(Op::NotifyRead) => {
-                    if c.result != -libc::ECANCELED {
-                        if c.result < 0 {
-                            log::warn!(
-                                "{name}: notify eventfd read failed: {}",
-                                io::Error::from_raw_os_error(-c.result)
-                            );
-                        }
-                        self.arm_notify_read();
-                    }
+    /// Takes every completion off the ring: the loop's own ones are handled in place
+    /// (rules 6 to 8), the others queued for dispatch.
+    pub(crate) fn collect(&mut self, name: &str) {
+        let mut reaped = std::mem::take(&mut self.reaped);
+        self.ring.reap(&mut reaped);
+        self.cqes += reaped.len() as u64;
+        for c in reaped.drain(..) {
+            if let Triage::Dispatch = self.triage(name, c) {
+                self.completions.push_back(c);
+            }
+        }
+        self.reaped = reaped;
+    }
+
+    fn triage(&mut self, name: &str, c: Completion) -> Triage {
+        let Some(slot) = self.ops.find(c.user_data) else {
+            log::warn!(
+                "{name}: dropped a CQE for no operation in flight (user_data {:#x}, res {}, \
+                 flags {:#x}): stale or foreign",
+                c.user_data,
+                c.result,
+                c.flags
+            );
+            return Triage::Done;
+        };
+        if cqueue::more(c.flags) {
+            // `raw::check` refuses every entry known to post more than one CQE; were one
+            // to slip through, its slot stays until the final CQE.
+            log::warn!(
+                "{name}: dropped a non-final CQE (IORING_CQE_F_MORE) of user_data {:#x}",
+                c.user_data
+            );
+            return Triage::Done;
+        }
+        match slot.op {
+            Some(Op::NotifyRead) => {
+                self.ops.remove(c.user_data);
+                if c.result < 0 && c.result != -libc::ECANCELED {
+                    log::warn!(
+                        "{name}: notify eventfd read failed: {}",
+                        io::Error::from_raw_os_error(-c.result)
+                    );
                 }
+                // Also after ECANCELED: a user cancel reached it (rule 8); the drop path
+                // does not come here.
+                self.arm_notify_read();
+                Triage::Done
+            }
+            Some(Op::Control) => {
+                self.ops.remove(c.user_data);
+                Triage::Done
+            }
+            Some(Op::Poll(_) | Op::Raw(_)) => Triage::Dispatch,
+            None => unreachable!("`find` returns occupied slots"),
+        }
+    }
+
+    /// The next collected item to run.
+    pub(crate) fn next_ready(&mut self) -> Option<Ready> {
+        while let Some(c) = self.completions.pop_front() {
+            match self.ops.remove(c.user_data) {
                 Some(Op::Poll(node)) => {
                     let fd = node.fd;
                     let current = match self.fds.get_mut(&fd) {
-                        Some(h) if h.armed == Some(key) => {
+                        Some(h) if h.armed == Some(c.user_data) => {
                             h.armed = None;
                             Arc::ptr_eq(&h.node, &node)
                         }
                         _ => false,
                     };
-                    if !current || c.result == -libc::ECANCELED {
+                    if !current {
+                        continue;
+                    }
+                    if c.result == -libc::ECANCELED {
+                        // Not our POLL_REMOVE (that one unsets `armed` first): a user
+                        // cancel reached the poll (rule 8).
+                        self.arm_poll(fd);
                         continue;
                     }
                     if c.result < 0 {
@@ -382,136 +439,142 @@ impl UringDriver {
                     }
                     return Some(Ready::Fd(node, c.result as u32));
                 }
-                Some(Op::Control) => {}
                 Some(Op::Raw(cb)) => return Some(Ready::Raw(cb, c.result, c.flags)),
-                None => panic!(
-                    "{name}: completion for unknown user_data {} (res {})",
-                    c.user_data, c.result
-                ),
+                Some(Op::NotifyRead | Op::Control) | None => {
+                    unreachable!("only polls and user operations are queued for dispatch")
+                }
             }
         }
         None
     }
 
     /// Cancels every operation in flight and reaps its CQE before the ring and the
-    /// buffers go away; if the kernel does not answer within `limit`, the buffers are
-    /// leaked on purpose rather than freed under it.
-    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) {
-        let keys: Vec<usize> = self
-            .ops
-            .iter()
-            .filter(|(_, op)| !matches!(op, Op::Control))
-            .map(|(key, _)| key)
-            .collect();
-        for key in keys {
-            let entry = opcode::AsyncCancel::new(key as u64).build();
-            // SAFETY: an ASYNC_CANCEL names no memory.
-            unsafe { self.push(entry, Op::Control) };
-        }
-        // Completions reaped but not dispatched (a panic unwound the loop) are dropped
-        // with their operations below.
+    /// buffers go away (rule 9); returns the user callbacks with their CQEs, to be run
+    /// by the caller now that the kernel is done with their memory. If the kernel does
+    /// not answer within `limit`, the operations left are leaked on purpose rather than
+    /// freed under it (their callbacks never run).
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
+        let mut done = Vec::new();
+        // Completions reaped but not dispatched (a panic unwound the loop, or a nested
+        // poll left them): final results.
         for c in mem::take(&mut self.completions) {
-            drop(self.ops.try_remove(c.user_data as usize));
+            self.finish(name, c, &mut done);
+        }
+        let targets: Vec<u64> = self
+            .ops
+            .user_data()
+            .filter(|(_, op)| !matches!(op, Op::Control))
+            .map(|(user_data, _)| user_data)
+            .collect();
+        for user_data in targets {
+            // SAFETY: an ASYNC_CANCEL names no memory.
+            let sqe = unsafe { Sqe::new(opcode::AsyncCancel::new(user_data).build()) };
+            self.push(&sqe, Op::Control);
         }
         let deadline = sys::monotonic_ns() + limit.as_nanos() as i64;
         let mut batch = VecDeque::new();
-        while !self.ops.is_empty() && sys::monotonic_ns() < deadline {
-            self.ring.wait(Some(Duration::from_millis(50)));
+        loop {
             self.ring.reap(&mut batch);
             for c in batch.drain(..) {
-                drop(self.ops.try_remove(c.user_data as usize));
+                self.finish(name, c, &mut done);
             }
+            if self.ops.is_empty() || sys::monotonic_ns() >= deadline {
+                break;
+            }
+            self.ring.wait(Some(Duration::from_millis(50)));
         }
         if !self.ops.is_empty() {
             log::error!(
                 "{name}: {} ring operations did not complete within {limit:?} of drop; \
                  leaking their buffers instead of freeing them under the kernel",
-                self.ops.len(),
+                self.ops.live,
             );
             mem::forget(mem::take(&mut self.ops));
             mem::forget(mem::replace(&mut self.notify_buf, Box::new(0)));
         }
+        done
+    }
+
+    /// Drop path: frees the operation a final CQE names, keeping a user callback and
+    /// its CQE in `done`.
+    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(RawCallback, i32, u32)>) {
+        if cqueue::more(c.flags) {
+            return;
+        }
+        match self.ops.remove(c.user_data) {
+            Some(Op::Raw(cb)) => done.push((cb, c.result, c.flags)),
+            Some(_) => {}
+            None => log::warn!(
+                "{name}: dropped a CQE for no operation in flight at drop (user_data {:#x})",
+                c.user_data
+            ),
+        }
     }
 }
 
-impl AioContext {
-    /// Queues a raw io_uring operation; `on_complete` runs on the home thread with the
-    /// CQE's `res` and `flags` (QEMU: `aio_add_sqe`). Callable from any thread: from
-    /// another thread the entry is handed over and the loop notified. The entry's
-    /// `user_data` is replaced by the loop's own. A full submission queue is submitted
-    /// and the push retried; completions that overflow the completion queue are kept by
-    /// the kernel and flushed by the loop, so `on_complete` runs exactly once per entry.
-    /// The safe typed operations ([`read_at`](Self::read_at) and friends) are built on
-    /// this.
-    ///
-    /// If the context is dropped first, the operation is cancelled, its CQE reaped, and
-    /// `on_complete` dropped without being called. If the kernel does not answer the
-    /// cancellation within 5 s, `on_complete` is leaked (never dropped) rather than
-    /// freed while the kernel may still use what it owns.
-    ///
-    /// ```
-    /// use std::sync::{Arc, atomic::{AtomicI32, Ordering}};
-    /// use aioctx_aio::io_uring::opcode;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let res = Arc::new(AtomicI32::new(-1));
-    /// let r = Arc::clone(&res);
-    /// // SAFETY: a NOP names no memory.
-    /// let submitted = unsafe {
-    ///     ctx.submit_raw(opcode::Nop::new().build(), Box::new(move |res, _flags| {
-    ///         r.store(res, Ordering::Relaxed);
-    ///     }))
-    /// };
-    /// match submitted {
-    ///     Ok(()) => {
-    ///         while res.load(Ordering::Relaxed) == -1 {
-    ///             ctx.poll(true);
-    ///         }
-    ///         assert_eq!(res.load(Ordering::Relaxed), 0);
-    ///     }
-    ///     // The epoll fallback has no ring.
-    ///     Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::Unsupported),
-    /// }
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Safety
-    /// Every buffer, `iovec` array and descriptor that `entry` names must stay valid
-    /// (and buffers the kernel writes must not be read or written by anyone else) until
-    /// the kernel is done with it — until `on_complete` runs or is dropped, which is
-    /// never before the operation's CQE was reaped. Moving the buffers into
-    /// `on_complete` is the simple way to meet this. A descriptor closed early is not a
-    /// memory hazard: the operation fails with `EBADF` (or acts on whatever file took
-    /// the number).
-    ///
-    /// # Errors
-    /// `Unsupported` on the epoll back end (see [`backend`](Self::backend)): the entry is
-    /// not submitted and `on_complete` is dropped without being called.
-    pub unsafe fn submit_raw(
-        &self,
-        entry: squeue::Entry,
-        on_complete: RawCallback,
-    ) -> io::Result<()> {
-        if self.backend != Backend::IoUring {
-            drop(on_complete);
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "submit_raw: context `{}` runs on the {} backend, which cannot run raw \
-                     io_uring operations (use the typed I/O operations, or \
-                     Backend::IoUring where io_uring is available)",
-                    self.name(),
-                    self.backend
-                ),
-            ));
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::backend::ops::INTERNAL_TAG;
+
+    /// A CQE whose `user_data` names no operation in flight — a free slot, a slot
+    /// reused under a new generation, the wrong tag — is dropped, and reaches nobody.
+    #[test]
+    fn stale_and_foreign_cqes_reach_no_operation() {
+        let Ok(ring) = Ring::new(8) else {
+            println!("skipped: io_uring is unavailable here");
+            return;
+        };
+        let event = sys::eventfd().unwrap();
+        let mut d = UringDriver::new(ring, event.as_raw_fd());
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        // SAFETY: a NOP names no memory.
+        let nop = || unsafe { Sqe::new(opcode::Nop::new().build()) };
+        d.push_raw(
+            nop(),
+            Box::new(move |_, _| {
+                r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
+        let (live, _) = d
+            .ops
+            .user_data()
+            .find(|(_, op)| matches!(op, Op::Raw(_)))
+            .unwrap();
+        let (notify, _) = d
+            .ops
+            .user_data()
+            .find(|(_, op)| matches!(op, Op::NotifyRead))
+            .unwrap();
+        // Forged CQEs: the next generation of both slots, the raw op with the internal
+        // tag, a slot never used.
+        for forged in [
+            live + (1 << 32),
+            notify + (1 << 32),
+            live | INTERNAL_TAG,
+            12345,
+        ] {
+            d.ring.push(&nop(), forged);
         }
-        if self.is_home_thread() {
-            // SAFETY: passed on from this function's contract.
-            unsafe { self.home().driver.push_raw(entry, on_complete) };
-            self.publish_counters();
-        } else {
-            lock(&self.remote.raw_queue).push((entry, on_complete));
-            self.remote.request();
+        while d.ops.live > 1 || d.has_ready() {
+            d.ring.wait(Some(Duration::from_millis(10)));
+            d.collect("test");
+            while let Some(ready) = d.next_ready() {
+                match ready {
+                    Ready::Raw(cb, res, flags) => cb(res, flags),
+                    _ => unreachable!(),
+                }
+            }
         }
-        Ok(())
+        assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(
+            d.ops.find(notify).is_some(),
+            "the eventfd read is still armed"
+        );
+        let done = d.shutdown("test", Duration::from_secs(5));
+        assert!(done.is_empty());
     }
 }

@@ -1,0 +1,100 @@
+//! The buffers owned-buffer I/O hands to the kernel (`io.rs` rule 1): [`IoBuf`],
+//! [`IoBufMut`], and the `iovec` arrays of vectored operations.
+
+/// A buffer the kernel may read from: its bytes stay at the same address when the
+/// value is moved (a heap buffer).
+///
+/// # Safety
+/// `stable_ptr()` must point at `bytes_init()` initialized bytes that stay valid and at
+/// the same address while the value is alive, even when it is moved, and must not be
+/// changed by anything but the owner.
+pub unsafe trait IoBuf: Send + 'static {
+    /// The address of the first byte.
+    fn stable_ptr(&self) -> *const u8;
+    /// How many bytes are initialized (what a write sends).
+    fn bytes_init(&self) -> usize;
+}
+
+/// A buffer the kernel may write into.
+///
+/// # Safety
+/// As for [`IoBuf`], and `stable_mut_ptr()` must be valid for writes of `bytes_init()`
+/// bytes.
+pub unsafe trait IoBufMut: IoBuf {
+    /// The address of the first byte, for writing.
+    fn stable_mut_ptr(&mut self) -> *mut u8;
+}
+
+// SAFETY: a Vec's elements live on the heap and do not move with the Vec; `len` bytes
+// are initialized.
+unsafe impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above; the pointer is derived from `&mut self`.
+unsafe impl IoBufMut for Vec<u8> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+}
+
+// SAFETY: a boxed slice lives on the heap and does not move with the box.
+unsafe impl IoBuf for Box<[u8]> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for Box<[u8]> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+}
+
+// SAFETY: static data never moves or goes away, and `&[u8]` gives no write access.
+unsafe impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+}
+
+/// `iovec`s pointing into buffers owned by the same operation.
+pub(crate) struct IoVecs(pub(crate) Box<[libc::iovec]>);
+
+// SAFETY: the iovecs only point into buffers owned by the same in-flight operation,
+// which moves between threads with them (the buffers are `Send`).
+unsafe impl Send for IoVecs {}
+
+pub(crate) fn iovecs<B: IoBuf>(bufs: &[B]) -> IoVecs {
+    IoVecs(
+        bufs.iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr().cast_mut().cast(),
+                iov_len: b.bytes_init(),
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn iovecs_mut<B: IoBufMut>(bufs: &mut [B]) -> IoVecs {
+    IoVecs(
+        bufs.iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_mut_ptr().cast(),
+                iov_len: b.bytes_init(),
+            })
+            .collect(),
+    )
+}
