@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use aioctx::aio::{Backend, IoThread};
+use aioctx::aio::IoThread;
 use common::{HANG_LIMIT, Watchdog, new_ctx};
 
 #[test]
@@ -235,12 +235,6 @@ fn regress_read_that_took_data_reports_it_when_its_context_drops() {
     // A pipe read that consumed bytes must report them, whatever happens to its context
     // after; only a read that took nothing may report ECANCELED.
     let _dog = Watchdog::new("read_then_context_drop", HANG_LIMIT, String::new);
-    if new_ctx().backend() != Backend::Epoll {
-        // The io_uring side (its shutdown keeps reaped completions) is fixed with the
-        // ring's drop path; until then this checks the epoll side only.
-        println!("skipped on io_uring: run with AIOCTX_BACKEND=epoll");
-        return;
-    }
     for round in 0..20 {
         let (r, w) = pipe();
         let ctx = new_ctx();
@@ -287,10 +281,6 @@ fn regress_file_write_that_ran_reports_it_when_its_context_drops() {
     // its byte count, whatever happens to its context after; ECANCELED means the file
     // was not touched.
     let _dog = Watchdog::new("file_write_then_context_drop", HANG_LIMIT, String::new);
-    if new_ctx().backend() != Backend::Epoll {
-        println!("skipped on io_uring: run with AIOCTX_BACKEND=epoll");
-        return;
-    }
     for round in 0..20 {
         let file = regular_file(&format!("write-drop-{round}"), b"");
         let ctx = new_ctx();
