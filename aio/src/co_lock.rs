@@ -107,7 +107,7 @@ fn remove(queue: &mut VecDeque<Arc<Waiter>>, w: &Arc<Waiter>) -> bool {
 ///     let (ready, queue) = &*state;
 ///     *ready.lock().await = true;
 ///     queue.wake_all();
-///     waiter.await;
+///     waiter.await.unwrap();
 /// });
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -257,7 +257,7 @@ struct LockState {
 ///         })
 ///     })
 ///     .collect();
-/// ctx.block_on(async { for h in handles { h.await } });
+/// ctx.block_on(async { for h in handles { h.await.unwrap() } });
 /// assert_eq!(*ctx.block_on(m.lock()), 40);
 /// # Ok::<(), std::io::Error>(())
 /// ```

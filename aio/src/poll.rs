@@ -46,6 +46,7 @@ impl AioContext {
     /// [`JoinHandle`]: crate::JoinHandle
     pub fn poll(&self, blocking: bool) -> bool {
         self.check_home("poll");
+        let frame = crate::run_queue::enter_poll(self); // nested in a task: run-queue rule 9
         let remote = &*self.remote;
         bump(&remote.counters.polls, 1);
         let max_ns = remote.poll_max_ns.load(Ordering::Relaxed);
@@ -87,7 +88,7 @@ impl AioContext {
         progress |= self.dispatch();
         let timers = remote.timers.run_expired();
         bump(&remote.counters.timers_run, timers as u64);
-        progress || timers > 0
+        progress || timers > 0 || frame.ran_tasks()
     }
 
     /// Applies fd-handler changes and raw operations queued by other threads.
