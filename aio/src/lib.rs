@@ -90,6 +90,8 @@ mod task;
 mod timer;
 
 #[cfg(all(loom, test))]
+mod loom_tasks;
+#[cfg(all(loom, test))]
 mod loom_tests;
 
 pub use backend::uring::MAX_RING_ENTRIES;
