@@ -202,11 +202,10 @@ impl<K: Kick> RunQueue<K> {
     }
 
     /// Closes the queue and cancels every unfinished task of it on the calling thread
-    /// (rule 12); returns how many there were. Tasks running on another thread at this
-    /// moment are cancelled by their runner when their poll returns. A panic from a
-    /// detached task's destructor is resumed once all are cancelled (logged instead
-    /// when the thread is already unwinding).
-    pub(crate) fn shutdown(&self) -> usize {
+    /// (rule 12); returns how many there were, and the first panic of a detached task's
+    /// destructor (the others are logged). Tasks running on another thread at this
+    /// moment are cancelled by their runner when their poll returns.
+    pub(crate) fn shutdown(&self) -> (usize, Option<Panic>) {
         let (tasks, ready) = {
             let mut inner = lock(&self.inner);
             inner.closed = true;
@@ -227,14 +226,7 @@ impl<K: Kick> RunQueue<K> {
         }
         // Every queued task was registered, so it was cancelled above.
         drop(ready);
-        if let Some(panic) = first {
-            if std::thread::panicking() {
-                log::error!("a cancelled task's destructor panicked while unwinding");
-            } else {
-                resume_unwind(panic);
-            }
-        }
-        count
+        (count, first)
     }
 }
 
@@ -321,9 +313,22 @@ impl Drop for PollFrame {
     }
 }
 
-/// Closes `ctx`'s run queue and cancels its tasks (rule 12), if it has one.
-pub(crate) fn shutdown(ctx: &AioContext) -> usize {
-    ctx.local_if_set(&RUN_QUEUE).map_or(0, |q| q.shutdown())
+/// The context's drop: closes its run queue, if it has one, and cancels its tasks
+/// (rule 12). Never panics, so the rest of the drop (which waits for the kernel to let
+/// go of buffers) always runs: a panic from a detached task's destructor is logged.
+pub(crate) fn shutdown(ctx: &AioContext) {
+    let Some(q) = ctx.local_if_set(&RUN_QUEUE) else {
+        return;
+    };
+    let (_, panic) = q.shutdown();
+    if let Some(panic) = panic {
+        log::error!(
+            "{}: the destructor of a detached task's future panicked while the context was \
+             dropped: {}",
+            ctx.name(),
+            crate::task::describe(&*panic)
+        );
+    }
 }
 
 /// Wakes a `block_on` caller: sets a flag and notifies its context.
@@ -360,7 +365,9 @@ impl AioContext {
     /// on the thread doing the drop (with no context made current for it: destructors
     /// must not need one), its [`JoinHandle`] yields `Err(JoinError)`, and later wakes
     /// of it do nothing. A task spawned on (or moved to) a shut-down context is
-    /// cancelled at once.
+    /// cancelled at once. A future whose destructor panics hands the panic to its
+    /// `JoinHandle`'s awaiter; a detached one's panic is resumed by `shutdown_tasks`,
+    /// and logged by the context's drop.
     ///
     /// Tasks, their wakers and their run queue hold the context weakly, so a parked task
     /// does not keep its context alive — unless its future owns an `Arc` of it, as
@@ -419,9 +426,14 @@ impl AioContext {
     ///
     /// # Panics
     /// When the destructor of a detached task's future panics: that panic is resumed
-    /// after every task was cancelled.
+    /// after every task was cancelled. (Dropping the context logs it instead: the drop
+    /// must go on to wait for the kernel's operations.)
     pub fn shutdown_tasks(&self) -> usize {
-        RunQueue::of(self).shutdown()
+        let (count, panic) = RunQueue::of(self).shutdown();
+        if let Some(panic) = panic {
+            resume_unwind(panic);
+        }
+        count
     }
 
     /// Polls `future` on the calling thread, running this context's loop while it is
@@ -434,7 +446,9 @@ impl AioContext {
     /// coroutines too), but never the calling task itself, which is being polled: a
     /// nested wait for something only the calling task would do never ends. (QEMU
     /// refuses `AIO_WAIT_WHILE` in a coroutine outright; here it works, with that
-    /// caveat.)
+    /// caveat.) It runs only this context's loop: a wait here for a task of another
+    /// context whose home is this thread ends only if that task can finish without
+    /// this thread.
     ///
     /// ```
     /// use std::sync::Arc;

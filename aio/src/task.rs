@@ -446,7 +446,7 @@ where
 }
 
 /// A panic payload's message, for logs.
-fn describe(panic: &(dyn Any + Send)) -> &str {
+pub(crate) fn describe(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()
