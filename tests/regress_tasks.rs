@@ -132,6 +132,7 @@ fn regress_iothread_drop_cancels_task_that_holds_current() {
     let (drops, guard) = counter();
     let io = IoThread::new("regress-cur").unwrap();
     let weak_ctx = Arc::downgrade(io.ctx());
+    let bh = io.ctx().bh_new(|| {});
     let (tx, rx) = mpsc::channel();
     let handle = io.ctx().spawn(async move {
         let _g = guard;
@@ -147,6 +148,10 @@ fn regress_iothread_drop_cancels_task_that_holds_current() {
     assert!(
         weak_ctx.upgrade().is_none(),
         "the IoThread's context outlived it, kept alive by its own task"
+    );
+    assert!(
+        bh.try_schedule().is_err(),
+        "a BH of the gone context still schedules"
     );
     assert_cancelled(new_ctx().block_on(handle));
 }

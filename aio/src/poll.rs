@@ -29,7 +29,9 @@ impl AioContext {
     /// then runs scheduled bottom halves, dispatches completions and fd handlers, and
     /// runs expired timers. Returns whether progress was made: a non-idle BH, a handler,
     /// a completion callback or a timer ran. A bare [`notify`](Self::notify) is not
-    /// progress. May be called from inside a callback (nested).
+    /// progress. May be called from inside a callback (nested), and from inside a task
+    /// of this context, where it first runs the context's queued tasks (never the
+    /// calling one, which is being polled; see [`block_on`](Self::block_on)).
     ///
     /// # Panics
     /// On a thread other than the context's home thread (the first that polled it).

@@ -44,7 +44,7 @@ use crate::current::enter_current;
 use crate::join::JoinHandle;
 use crate::local::ContextLocal;
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use crate::sync::{Arc, Mutex, lock, thread_local};
+use crate::sync::{Arc, Mutex, lock};
 use crate::task::{Header, Panic, Schedule, TaskRef, move_current_task, new_task};
 
 /// How many tasks one drain of a run queue runs before it yields to the loop (rule 10).
@@ -80,11 +80,17 @@ pub(crate) struct RunQueue<K: Kick = Bh> {
     draining: AtomicU32,
 }
 
-thread_local! {
+#[cfg(not(all(loom, test)))]
+std::thread_local! {
     /// The address of the run queue whose drain loop is the innermost frame of this
     /// thread that runs tasks, or 0 (rule 8). A `poll` clears it for its duration.
-    // Not `const`: loom's `thread_local!` (the model build) has no const form.
-    #[allow(clippy::missing_const_for_thread_local)]
+    static DRAINING: Cell<usize> = const { Cell::new(0) };
+}
+
+// The same, per loom thread (loom's threads share one OS thread; its `thread_local!`
+// has no `const` form).
+#[cfg(all(loom, test))]
+loom::thread_local! {
     static DRAINING: Cell<usize> = Cell::new(0);
 }
 

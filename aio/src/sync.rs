@@ -27,13 +27,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
-/// Thread-locals that protocol code consults (the run queue's "draining here" mark):
-/// per loom thread under loom, whose threads share one OS thread.
-#[cfg(all(loom, test))]
-pub(crate) use loom::thread_local;
-#[cfg(not(all(loom, test)))]
-pub(crate) use std::thread_local;
-
 /// Reference counting stays `std` even under loom: what loom checks here is the
 /// atomics of the protocols, not the lifetime bookkeeping of `Arc`.
 pub(crate) use std::sync::Arc;
