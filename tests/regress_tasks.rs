@@ -449,6 +449,38 @@ fn regress_destructor_panic_of_cancelled_task_goes_to_its_awaiter() {
     assert_eq!(err.downcast_ref::<&str>(), Some(&"destructor boom"));
 }
 
+/// Ready at once; its destructor panics after it returned its output.
+struct ReadyThenPanic {
+    _p: PanicOnDrop,
+}
+
+impl Future for ReadyThenPanic {
+    type Output = u32;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<u32> {
+        Poll::Ready(5)
+    }
+}
+
+#[test]
+fn regress_destructor_panic_after_ready_completes_the_task() {
+    let ctx = new_ctx();
+    let _w = Watchdog::for_ctx("destructor panic after Ready", &ctx);
+    let joined = ctx.spawn(ReadyThenPanic { _p: PanicOnDrop });
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.block_on(joined)))
+        .expect_err("the destructor's panic reaches the awaiter");
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"destructor boom"));
+    // Detached: the panic unwinds the loop, and the task is complete, not stuck running.
+    ctx.spawn(ReadyThenPanic { _p: PanicOnDrop }).detach();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| while ctx.poll(false) {}))
+        .expect_err("a detached task's panic unwinds the poll");
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"destructor boom"));
+    assert_eq!(
+        ctx.shutdown_tasks(),
+        0,
+        "the task is finished, not left registered"
+    );
+}
+
 #[test]
 fn regress_detached_destructor_panic_does_not_stop_context_drop() {
     let (drops, guard) = counter();

@@ -404,12 +404,19 @@ where
         }
     }
 
-    /// Stores the result (dropping the future in place, if it is still there), takes
-    /// the task out of its home's registry and hands the result to the JoinHandle, or
-    /// drops it when there is none. Returns a detached task's panic, for the caller to
-    /// resume.
+    /// Stores the result (dropping the future in place, if it is still there; a panic
+    /// of its destructor becomes the result), completes the task, takes it out of its
+    /// home's registry and hands the result to the JoinHandle, or drops it when there
+    /// is none. Returns a detached task's panic, for the caller to resume.
     fn finish(&self, result: Result<F::Output, Failure>) -> Option<Panic> {
-        *lock(&self.stage) = Stage::Finished(result);
+        let stored = catch_unwind(AssertUnwindSafe(|| {
+            *lock(&self.stage) = Stage::Finished(result);
+        }));
+        if let Err(panic) = stored {
+            // The future's destructor panicked (the assignment still stored `result`):
+            // that panic is the task's outcome, and the task still completes.
+            *lock(&self.stage) = Stage::Finished(Err(Failure::Panic(panic)));
+        }
         let prev = self.header.state.complete();
         let home = lock(&self.header.home).upgrade();
         if let Some(home) = home {
@@ -434,14 +441,7 @@ where
     /// Drops the future of a claimed task on this thread and completes it as cancelled
     /// (rule 6); a panic from the future's destructor takes the place of the result.
     fn finish_cancelled(&self) -> Option<Panic> {
-        let dropped = catch_unwind(AssertUnwindSafe(|| {
-            *lock(&self.stage) = Stage::Finished(Err(Failure::Cancelled));
-        }));
-        let result = match dropped {
-            Ok(()) => Err(Failure::Cancelled),
-            Err(panic) => Err(Failure::Panic(panic)),
-        };
-        self.finish(result)
+        self.finish(Err(Failure::Cancelled))
     }
 }
 
