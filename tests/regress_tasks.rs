@@ -206,6 +206,54 @@ fn regress_task_moved_to_iothread_cancelled_when_it_drops() {
 }
 
 #[test]
+fn regress_reschedule_to_a_gone_or_shut_down_context_cancels_the_task() {
+    let _w = watchdog("reschedule_to a gone context", 30);
+    let a = new_ctx();
+    for shut_down in [false, true] {
+        let (drops, guard) = counter();
+        let b = new_ctx();
+        let to_b = reschedule_to(&b);
+        if shut_down {
+            b.shutdown_tasks();
+        } else {
+            drop(b);
+        }
+        let moved = Arc::new(AtomicBool::new(false));
+        let m = Arc::clone(&moved);
+        let handle = a.spawn(async move {
+            let _g = guard;
+            to_b.await;
+            m.store(true, Ordering::SeqCst);
+        });
+        assert_cancelled(a.block_on(handle));
+        assert!(
+            !moved.load(Ordering::SeqCst),
+            "the task ran on after its move failed"
+        );
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[test]
+fn regress_nested_block_on_ends_when_the_awaited_tasks_iothread_drops() {
+    let _w = watchdog("nested block_on on a task of a dropped IoThread", 30);
+    let io1 = IoThread::new("regress-nest1").unwrap();
+    let io2 = IoThread::new("regress-nest2").unwrap();
+    let remote_task = io2.ctx().spawn(pending::<()>());
+    let (tx, rx) = mpsc::channel();
+    let outer = io1.ctx().spawn(async move {
+        tx.send(()).unwrap();
+        // Blocks io1's thread in a nested loop until io2's task ends.
+        current().block_on(remote_task)
+    });
+    rx.recv().unwrap();
+    drop(io2);
+    let r = new_ctx().block_on(outer);
+    assert_cancelled(r.expect("the outer task finished"));
+    drop(io1);
+}
+
+#[test]
 fn regress_spawn_after_shutdown_is_cancelled_at_once() {
     let ctx = new_ctx();
     assert_eq!(ctx.shutdown_tasks(), 0);
