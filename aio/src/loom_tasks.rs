@@ -366,6 +366,85 @@ fn shutdown_racing_the_tasks_poll_cancels_it_once() {
     });
 }
 
+/// A task that waits, in a nested blocking loop (what `block_on` inside a task does),
+/// for a second task that another thread wakes. Each nested poll is entered as
+/// `AioContext::poll` enters it (`enter_poll`: clear the drain mark, run the queue if
+/// one of its drains is suspended below, notify after running tasks); the drain's
+/// bottom half, running further up, is deferred by the real `BhInner::run` (BH rule 7).
+struct NestedWait {
+    l: Arc<Loop>,
+    q: Weak<RunQueue<ModelKick>>,
+    target_polls: Arc<AtomicUsize>,
+    slot: Arc<Mutex<Option<Waker>>>,
+    waker_thread: Option<loom::thread::JoinHandle<()>>,
+}
+
+impl Future for NestedWait {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+        let q = self.q.upgrade().expect("the queue outlives its tasks");
+        let w = lock(&self.slot).take().expect("the target parked first");
+        self.waker_thread = Some(loom::thread::spawn(move || w.wake()));
+        let mut incoming = VecDeque::new();
+        while self.target_polls.load(Ordering::Relaxed) < 2 {
+            let mut frame = crate::run_queue::PollFrame::enter();
+            if q.needs_nested_drain() {
+                frame.ran = true;
+                q.drain();
+                if self.l.notify.notify() {
+                    self.l.eventfd.notify();
+                }
+            }
+            if self.target_polls.load(Ordering::Relaxed) >= 2 {
+                break;
+            }
+            self.l.poll(true, &mut incoming);
+            drop(frame);
+        }
+        self.waker_thread
+            .take()
+            .expect("spawned above")
+            .join()
+            .unwrap();
+        Poll::Ready(())
+    }
+}
+
+/// The nested wait of a task (finding: `block_on` nested in a task hung, because a wake
+/// during a drain only pushes and the drain's bottom half cannot run nested) ends.
+#[test]
+fn nested_wait_in_a_task_for_a_task_woken_by_another_thread_ends() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let Spawned {
+            l,
+            q,
+            polls,
+            waker,
+            drops,
+            handle,
+        } = spawn_wait_once();
+        let mut incoming = VecDeque::new();
+        while polls.load(Ordering::Relaxed) == 0 {
+            l.poll(true, &mut incoming);
+        }
+        let mut outer = q.spawn(NestedWait {
+            l: Arc::clone(&l),
+            q: Arc::downgrade(&q),
+            target_polls: Arc::clone(&polls),
+            slot: waker,
+            waker_thread: None,
+        });
+        while !outer.is_finished() {
+            l.poll(true, &mut incoming);
+        }
+        assert!(matches!(poll_join(&mut outer), Poll::Ready(Ok(()))));
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        drop(handle);
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // co_lock: CoQueue and CoMutex, cancelled while being woken.
 

@@ -285,12 +285,9 @@ impl<K: Kick> Schedule for RunQueue<K> {
 /// notifies the context, so that the poll does not sleep (notify rule 3) after making
 /// progress, and the frame says so. The returned guard restores the outer drain's mark.
 pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
-    let outer = DRAINING.with(|d| d.replace(0));
-    let mut frame = PollFrame { outer, ran: false };
+    let mut frame = PollFrame::enter();
     if let Some(q) = ctx.local_if_set(&RUN_QUEUE)
-        // Relaxed: home-thread-only counter.
-        && q.draining.load(Ordering::Relaxed) > 0
-        && !q.is_empty()
+        && q.needs_nested_drain()
     {
         let _current = enter_current(&ctx.arc());
         frame.ran = true;
@@ -300,13 +297,30 @@ pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
     frame
 }
 
+impl<K: Kick> RunQueue<K> {
+    /// Rule 9's test, on the home thread: a drain of this queue is on the stack (below
+    /// the poll being entered) and tasks are queued.
+    pub(crate) fn needs_nested_drain(&self) -> bool {
+        // Relaxed: home-thread-only counter.
+        self.draining.load(Ordering::Relaxed) > 0 && !self.is_empty()
+    }
+}
+
 /// See [`enter_poll`].
 pub(crate) struct PollFrame {
     outer: usize,
-    ran: bool,
+    pub(crate) ran: bool,
 }
 
 impl PollFrame {
+    /// Clears rule 8's mark for the duration of a poll.
+    pub(crate) fn enter() -> Self {
+        Self {
+            outer: DRAINING.with(|d| d.replace(0)),
+            ran: false,
+        }
+    }
+
     /// Whether the poll ran tasks on entry (progress, for `poll`'s result).
     pub(crate) fn ran_tasks(&self) -> bool {
         self.ran
