@@ -410,8 +410,8 @@ impl Future for NestedWait {
     }
 }
 
-/// The nested wait of a task (finding: `block_on` nested in a task hung, because a wake
-/// during a drain only pushes and the drain's bottom half cannot run nested) ends.
+/// The nested wait of a task ends. (It used to hang: a wake during a drain only pushed,
+/// and the drain's bottom half cannot run nested; run-queue rule 9 is the fix.)
 #[test]
 fn nested_wait_in_a_task_for_a_task_woken_by_another_thread_ends() {
     let mut builder = loom::model::Builder::new();
