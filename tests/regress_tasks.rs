@@ -748,14 +748,26 @@ fn regress_random_task_lifecycles_drop_each_future_once_and_resolve() {
                         1 + rng.below(3),
                         rng.below(2) == 0,
                     );
+                    // Some tasks move to another context (all three share this thread)
+                    // after their first park; it may be shut down or dropped by then.
+                    let to = ctxs[rng.below(3)]
+                        .as_ref()
+                        .filter(|_| rng.below(3) == 0)
+                        .map(reschedule_to);
                     let handle = ctx.spawn(async move {
                         let _g = guard;
-                        for _ in 0..parks {
+                        for i in 0..parks {
                             Park {
                                 slot: Arc::clone(&s),
                                 parked: false,
                             }
                             .await;
+                            if i == 0
+                                && let Some(to) = to
+                            {
+                                to.await;
+                                break;
+                            }
                         }
                         if nested {
                             // Nested in the task: runs the inner task (or sees it
