@@ -106,7 +106,7 @@ fn aioctx_qd32(ctx: &std::sync::Arc<AioContext>, fd: i32, iters: u64) {
         .collect();
     ctx.block_on(async {
         for h in handles {
-            h.await;
+            h.await.unwrap();
         }
     });
 }

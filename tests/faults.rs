@@ -137,7 +137,10 @@ fn eintr_storm_loses_and_duplicates_nothing() {
         }
     }
     let main = AioContext::new().unwrap();
-    let mut results: Vec<usize> = handles.into_iter().map(|h| main.block_on(h)).collect();
+    let mut results: Vec<usize> = handles
+        .into_iter()
+        .map(|h| main.block_on(h).unwrap())
+        .collect();
     common::wait_until("every BH and timer ran", || {
         bh_hits.iter().all(|h| h.load(Ordering::Relaxed) >= 1)
             && timer_hits.iter().all(|h| h.load(Ordering::Relaxed) >= 1)
@@ -191,7 +194,7 @@ fn typed_io_on_a_tiny_ring_under_load_completes_each_op_once() {
         .collect();
     let mut seen = vec![0u32; OPS];
     for h in handles {
-        let (i, n, buf) = ctx.block_on(h);
+        let (i, n, buf) = ctx.block_on(h).unwrap();
         assert_eq!(n, 64);
         assert!(buf.iter().all(|&b| b == i as u8), "read {i}: wrong data");
         seen[i] += 1;
@@ -242,7 +245,7 @@ fn panicking_bh_propagates_and_the_context_stays_usable() {
     while !fired.load(Ordering::Relaxed) {
         ctx.poll(true);
     }
-    assert_eq!(ctx.block_on(ctx.spawn(async { 7 })), 7);
+    assert_eq!(ctx.block_on(ctx.spawn(async { 7 })).unwrap(), 7);
 }
 
 #[test]
@@ -266,11 +269,11 @@ fn detached_task_panic_propagates_and_the_run_queue_keeps_draining() {
         ran.load(Ordering::Relaxed) == 5
     });
     // New tasks run too, and so does block_on.
-    assert_eq!(ctx.block_on(ctx.spawn(async { 42 })), 42);
+    assert_eq!(ctx.block_on(ctx.spawn(async { 42 })).unwrap(), 42);
     // A second detached panic behaves the same.
     ctx.spawn(async { panic!("task boom 2") }).detach();
     assert_eq!(poll_until_panic(&ctx), "task boom 2");
-    assert_eq!(ctx.block_on(ctx.spawn(async { 43 })), 43);
+    assert_eq!(ctx.block_on(ctx.spawn(async { 43 })).unwrap(), 43);
 }
 
 #[test]

@@ -73,7 +73,7 @@ impl HeldReader {
             let guard = graph_lock().rdlock().await;
             *s.lock().unwrap() = Some(guard);
         });
-        main_context().block_on(task);
+        main_context().block_on(task).unwrap();
         assert_eq!(graph_lock().readers(), 1);
         Self { slot }
     }
@@ -227,7 +227,7 @@ fn lock_on_a_unlock_on_b_destroy_a_sum_stays_right() {
             aioctx::aio::reschedule_to(&b_ctx).await;
             drop(guard); // counted down on B
         });
-        main_context().block_on(task);
+        main_context().block_on(task).unwrap();
         assert_eq!(graph_lock().readers(), 0);
         drop(a); // A dies with its counter at +1: the orphaned count keeps the sum
         assert_eq!(graph_lock().readers(), 0);
@@ -305,7 +305,7 @@ fn wrlock_inside_a_task_panics_with_message() {
                 .err()
                 .and_then(|e| e.downcast_ref::<String>().cloned())
         });
-        main_context().block_on(task)
+        main_context().block_on(task).unwrap()
     });
     assert!(msg.unwrap_or_default().contains("inside a task"));
 }

@@ -71,7 +71,7 @@ fn write_then_read_back_64mib_qd32_random_offsets() {
             .collect();
         ctx.block_on(async {
             for h in handles {
-                h.await;
+                h.await.unwrap();
             }
         });
     };

@@ -221,7 +221,7 @@ fn child_runs_without_io_uring() {
         res?;
         Ok::<_, std::io::Error>(buf)
     });
-    assert_eq!(ctx.block_on(task).unwrap(), b"no io_uring here");
+    assert_eq!(ctx.block_on(task).unwrap().unwrap(), b"no io_uring here");
     // Raw SQEs are refused with a clear error.
     // SAFETY: a NOP names no memory (and it is not submitted anyway).
     let raw = unsafe {

@@ -133,7 +133,7 @@ fn queue_chaining() {
     let (a, b) = (ChainData::new(MAX), ChainData::new(MAX));
     let ja = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&a), Arc::clone(&b)))));
     let jb = ctx.spawn(DepthProbe(Box::pin(chain(Arc::clone(&b), Arc::clone(&a)))));
-    ctx.block_on(ja);
+    ctx.block_on(ja).unwrap();
     assert_eq!(a.i.load(Ordering::Relaxed), MAX);
     assert_eq!(b.i.load(Ordering::Relaxed), MAX - 1);
     assert!(
@@ -141,7 +141,7 @@ fn queue_chaining() {
         "B must still be parked after its last yield"
     );
     enter(&b.me);
-    ctx.block_on(jb);
+    ctx.block_on(jb).unwrap();
     assert_eq!(b.i.load(Ordering::Relaxed), MAX);
     for d in [&a, &b] {
         let spread = d.stack_hi.load(Ordering::Relaxed) - d.stack_lo.load(Ordering::Relaxed);
@@ -202,7 +202,7 @@ fn join_handle_returns_output_and_detach_keeps_running() {
     })
     .detach();
     let h = ctx.spawn(async { String::from("out") });
-    assert_eq!(ctx.block_on(h), "out");
+    assert_eq!(ctx.block_on(h).unwrap(), "out");
     while !done.load(Ordering::Relaxed) {
         ctx.poll(true);
     }
@@ -231,7 +231,7 @@ fn waking_a_scheduled_task_is_a_noop() {
     assert!(ctx.poll(false));
     assert_eq!(polls.load(Ordering::Relaxed), 2);
     w.wake_by_ref();
-    ctx.block_on(h);
+    ctx.block_on(h).unwrap();
     assert_eq!(polls.load(Ordering::Relaxed), 3);
     w.wake(); // completed: a no-op
     assert!(!ctx.poll(false));
@@ -242,7 +242,7 @@ fn current_inside_a_task_is_its_context() {
     let ctx = AioContext::new().unwrap();
     let c = Arc::clone(&ctx);
     let h = ctx.spawn(async move { Arc::ptr_eq(&current(), &c) });
-    assert!(ctx.block_on(h));
+    assert!(ctx.block_on(h).unwrap());
     // On this thread, outside a task, no context is current.
     assert!(aioctx::aio::try_current().is_none());
 }
@@ -265,7 +265,7 @@ fn reschedule_to_moves_the_task_and_back() {
         }
         seen
     });
-    let seen = ctx.block_on(h);
+    let seen = ctx.block_on(h).unwrap();
     assert_eq!(seen.len(), 50);
     assert!(seen.iter().all(|n| n.as_deref() == Some("resched-io")));
 }
@@ -299,7 +299,7 @@ fn spawn_from_another_thread_runs_on_the_home_thread() {
     let handle = std::thread::spawn(move || c.spawn(async move { std::thread::current().id() }))
         .join()
         .unwrap();
-    assert_eq!(ctx.block_on(handle), me);
+    assert_eq!(ctx.block_on(handle).unwrap(), me);
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn co_queue_wakes_one_and_all_in_order() {
     q.wake_all();
     ctx.block_on(async {
         for h in handles {
-            h.await;
+            h.await.unwrap();
         }
     });
     assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
@@ -358,7 +358,7 @@ fn co_queue_wait_with_lock_sees_the_condition() {
             q.wake_all();
             yield_now().await;
         }
-        consumer.await;
+        consumer.await.unwrap();
     });
 }
 
@@ -379,7 +379,7 @@ fn co_mutex_dropped_waiter_passes_the_lock_on() {
     while ctx.poll(false) {}
     drop(g); // handed to `first`
     drop(first); // cancelled: hands to the task
-    ctx.block_on(second);
+    ctx.block_on(second).unwrap();
     assert!(!m.is_locked());
 }
 
@@ -399,7 +399,7 @@ fn co_mutex_is_fifo() {
     drop(g);
     ctx.block_on(async {
         for h in handles {
-            h.await;
+            h.await.unwrap();
         }
     });
     assert_eq!(*m.try_lock().unwrap(), [0, 1, 2, 3, 4]);
@@ -426,7 +426,7 @@ fn yielding_tasks_do_not_starve_bottom_halves() {
     ctx.schedule_oneshot(move || s.store(true, Ordering::Relaxed));
     ctx.block_on(async {
         for h in handles {
-            h.await;
+            h.await.unwrap();
         }
     });
 }

@@ -61,7 +61,7 @@ fn join_all<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {
     waiter.block_on(async {
         let mut out = Vec::new();
         for h in handles {
-            out.push(h.await);
+            out.push(h.await.unwrap());
         }
         out
     })

@@ -14,6 +14,11 @@
 //! 3. A waiter dropped before it observed its wake passes the wake on: a `CoMutex`
 //!    lock future that was handed the lock unlocks it (to the next waiter); a `CoQueue`
 //!    wait that was woken wakes the next waiter. Cancellation never loses a wake.
+//! 4. A waker pops a waiter and sets its `woken` in the same critical section of the
+//!    queue's lock; only then, outside the lock, does it call the stored waker. So a
+//!    waiter dropped concurrently either removes itself from the queue first (and the
+//!    wake goes to the next waiter) or finds itself gone *and* `woken`, and passes the
+//!    wake on (rule 3): there is no moment when it is gone but not yet woken.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -27,7 +32,7 @@ use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// One parked task (rule 1).
-struct Waiter {
+pub(crate) struct Waiter {
     woken: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
@@ -46,10 +51,15 @@ impl Waiter {
         self.woken.load(Ordering::Acquire)
     }
 
-    /// Sets `woken`, then calls the stored waker (rule 1).
-    fn wake(&self) {
+    /// Sets `woken` (rule 1); the caller holds the lock of the queue it popped this
+    /// waiter from (rule 4) and calls [`fire`](Self::fire) after releasing it.
+    pub(crate) fn mark_woken(&self) {
         // Release: pairs with the Acquire load in `is_woken`.
         self.woken.store(true, Ordering::Release);
+    }
+
+    /// Calls the stored waker, after [`mark_woken`](Self::mark_woken) (rule 1).
+    pub(crate) fn fire(&self) {
         let waker = lock(&self.waker).take();
         if let Some(w) = waker {
             w.wake();
@@ -107,13 +117,13 @@ fn remove(queue: &mut VecDeque<Arc<Waiter>>, w: &Arc<Waiter>) -> bool {
 ///     let (ready, queue) = &*state;
 ///     *ready.lock().await = true;
 ///     queue.wake_all();
-///     waiter.await;
+///     waiter.await.unwrap();
 /// });
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Default)]
 pub struct CoQueue {
-    waiters: Mutex<VecDeque<Arc<Waiter>>>,
+    pub(crate) waiters: Mutex<VecDeque<Arc<Waiter>>>,
 }
 
 impl CoQueue {
@@ -153,10 +163,17 @@ impl CoQueue {
     /// Wakes the first waiter; returns whether there was one (QEMU:
     /// `qemu_co_queue_next`).
     pub fn wake_one(&self) -> bool {
-        let w = lock(&self.waiters).pop_front();
+        let w = {
+            let mut waiters = lock(&self.waiters);
+            let w = waiters.pop_front();
+            if let Some(w) = &w {
+                w.mark_woken(); // rule 4: before the lock is released
+            }
+            w
+        };
         match w {
             Some(w) => {
-                w.wake();
+                w.fire();
                 true
             }
             None => false,
@@ -165,9 +182,15 @@ impl CoQueue {
 
     /// Wakes every waiter (QEMU: `qemu_co_queue_restart_all`).
     pub fn wake_all(&self) {
-        let all = std::mem::take(&mut *lock(&self.waiters));
+        let all = {
+            let mut waiters = lock(&self.waiters);
+            for w in waiters.iter() {
+                w.mark_woken(); // rule 4
+            }
+            std::mem::take(&mut *waiters)
+        };
         for w in all {
-            w.wake();
+            w.fire();
         }
     }
 
@@ -217,6 +240,8 @@ impl Drop for WaitWoken<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.waiter.take() {
             let removed = remove(&mut lock(&self.queue.waiters), &w);
+            // Not on the queue any more: a waker popped it, and (rule 4) set `woken`
+            // before releasing the lock our `remove` then took.
             if !removed && w.is_woken() {
                 self.queue.wake_one();
             }
@@ -257,7 +282,7 @@ struct LockState {
 ///         })
 ///     })
 ///     .collect();
-/// ctx.block_on(async { for h in handles { h.await } });
+/// ctx.block_on(async { for h in handles { h.await.unwrap() } });
 /// assert_eq!(*ctx.block_on(m.lock()), 40);
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -326,13 +351,14 @@ impl<T: ?Sized> CoMutex<T> {
             let mut st = lock(&self.state);
             debug_assert!(st.locked, "CoMutex unlocked while not locked");
             let next = st.waiters.pop_front();
-            if next.is_none() {
-                st.locked = false;
+            match &next {
+                Some(w) => w.mark_woken(), // rule 4
+                None => st.locked = false,
             }
             next
         };
         if let Some(w) = next {
-            w.wake();
+            w.fire();
         }
     }
 }

@@ -246,86 +246,15 @@ static NEXT_THREAD_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU
 
 thread_local! {
     static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    static CURRENT: RefCell<Option<Arc<AioContext>>> = const { RefCell::new(None) };
 }
 
 fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
-fn thread_label() -> String {
+pub(crate) fn thread_label() -> String {
     let t = std::thread::current();
     format!("`{}`", t.name().unwrap_or("<unnamed>"))
-}
-
-/// Makes `ctx` the calling thread's current context until the guard drops; the task
-/// executor uses it so that [`current`] inside a task is the task's context.
-pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
-    CurrentGuard(CURRENT.with(|c| c.replace(Some(Arc::clone(ctx)))))
-}
-
-/// Restores the previous current context (see [`enter_current`]).
-pub(crate) struct CurrentGuard(Option<Arc<AioContext>>);
-
-impl Drop for CurrentGuard {
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        // The replaced value is dropped after the borrow ends.
-        let _old = CURRENT.with(|c| c.replace(prev));
-    }
-}
-
-static MAIN: OnceLock<Arc<AioContext>> = OnceLock::new();
-
-/// The process-wide main context (QEMU: `qemu_get_aio_context`). Created on first use;
-/// its home thread is the first thread that polls it, normally `main`.
-///
-/// # Panics
-/// When the context cannot be created (io_uring denied or out of memory); the message
-/// carries the cause.
-pub fn main_context() -> &'static Arc<AioContext> {
-    MAIN.get_or_init(|| {
-        AioContext::builder()
-            .name("main")
-            .build()
-            .unwrap_or_else(|e| panic!("cannot create the main AioContext: {e}"))
-    })
-}
-
-/// The context of the calling thread: the one it made current (an [`IoThread`] does), or
-/// the main context on the main context's home thread (QEMU:
-/// `qemu_get_current_aio_context`). `None` on other threads.
-///
-/// [`IoThread`]: crate::IoThread
-pub fn try_current() -> Option<Arc<AioContext>> {
-    with_current(|c| c.map(AioContext::arc))
-}
-
-/// Calls `f` with the calling thread's context as [`try_current`] finds it, without
-/// touching the `Arc`'s count: the hot paths of upper layers (the graph lock's
-/// `rdlock`) look up per-context state this way.
-///
-/// # Panics
-/// When `f` changes the thread's current context ([`AioContext::make_current`]).
-pub fn with_current<R>(f: impl FnOnce(Option<&AioContext>) -> R) -> R {
-    CURRENT.with(|c| match c.borrow().as_deref() {
-        Some(ctx) => f(Some(ctx)),
-        None => f(MAIN.get().filter(|m| m.is_home_thread()).map(|m| &**m)),
-    })
-}
-
-/// Like [`try_current`], for code that must run in a context.
-///
-/// # Panics
-/// When the calling thread has no current context; the message names the thread.
-pub fn current() -> Arc<AioContext> {
-    try_current().unwrap_or_else(|| {
-        panic!(
-            "no AioContext is current on thread {}: call this from an IoThread, from the main \
-             context's home thread, or after AioContext::make_current",
-            thread_label()
-        )
-    })
 }
 
 impl AioContext {
@@ -355,13 +284,15 @@ impl AioContext {
     }
 
     /// Binds the calling thread as home (if unbound) and makes this context the thread's
-    /// [`current`] one. Returns the context that was current before.
+    /// [`current`](crate::current) one. Returns the context that was current before.
     ///
     /// # Panics
-    /// When another thread is already this context's home.
+    /// When another thread is already this context's home, or inside a
+    /// [`with_current`](crate::with_current) closure (which borrows the context this
+    /// would replace).
     pub fn make_current(&self) -> Option<Arc<AioContext>> {
         self.check_home("make_current");
-        CURRENT.with(|c| c.replace(Some(self.arc())))
+        crate::current::replace_current(self.arc())
     }
 
     /// This context's value for `key`, created by `init` on first access from any
@@ -375,6 +306,14 @@ impl AioContext {
             .get_or_init(|| Box::new(init()))
             .downcast_ref::<T>()
             .expect("a ContextLocal slot holds the type of its key")
+    }
+
+    /// This context's value for `key` if it was created (never creates it).
+    pub(crate) fn local_if_set<T: Send + Sync + 'static>(
+        &self,
+        key: &crate::ContextLocal<T>,
+    ) -> Option<&T> {
+        self.locals[key.index()].get()?.downcast_ref::<T>()
     }
 
     /// A weak reference to this context (tasks and their wakers hold these, so that a
@@ -553,10 +492,12 @@ impl Drop for AioContext {
     /// (if the kernel does not answer within 5 s, their buffers are leaked on purpose
     /// rather than freed under it); on epoll, worker-pool jobs are taken off the queue
     /// and running ones waited for (they own their buffers, so nothing is freed under a
-    /// worker), and a syscall that ran reports its real result. Pending bottom halves are freed unrun, and from the
-    /// moment the drop begins `Bh::try_schedule` reports [`ContextGone`].
+    /// worker), and a syscall that ran reports its real result. Unfinished tasks are
+    /// cancelled first; pending bottom halves are freed unrun, and from the moment the
+    /// drop begins `Bh::try_schedule` reports [`ContextGone`].
     fn drop(&mut self) {
-        // Close the BH list first: a schedule racing this drop either pushed before the
+        crate::run_queue::shutdown(self); // tasks first: their futures may name our work
+        // Then close the BH list: a schedule racing this drop either pushed before the
         // close (and its BH is drained and freed below) or is refused; none lands on a
         // list nobody drains. Likewise for raw operations handed over by other threads.
         let mut pending = std::collections::VecDeque::new();

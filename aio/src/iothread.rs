@@ -12,7 +12,10 @@ use crate::sync::atomic::{AtomicBool, Ordering};
 pub const IOTHREAD_POLL_MAX_NS: u64 = 32768;
 
 /// A thread running an [`AioContext`]. Dropping it stops the loop — by scheduling a
-/// bottom half, not by polling a flag — and joins the thread.
+/// bottom half, not by polling a flag — joins the thread, then cancels the context's
+/// unfinished tasks ([`AioContext::shutdown_tasks`], on the dropping thread): a task
+/// that holds the context (`let ctx = current();` across an `.await`) cannot keep it,
+/// and the I/O it has in flight, alive after the `IoThread` is gone.
 ///
 /// ```
 /// use std::sync::mpsc;
@@ -104,10 +107,9 @@ impl Drop for IoThread {
         // QEMU: iothread_stop_bh. Relaxed: read back by the same thread that runs the BH.
         self.ctx
             .schedule_oneshot(move || running.store(false, Ordering::Relaxed));
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-            && !std::thread::panicking()
-        {
+        let joined = self.thread.take().map(JoinHandle::join);
+        self.ctx.shutdown_tasks(); // a task holding `current()` must not keep the context
+        if joined.is_some_and(|j| j.is_err()) && !std::thread::panicking() {
             panic!("IoThread `{}` panicked", self.ctx.name());
         }
     }

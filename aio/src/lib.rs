@@ -42,7 +42,7 @@
 //!     c.fsync(fd).await?;
 //!     Ok::<_, std::io::Error>(buf.len())
 //! });
-//! assert_eq!(ctx.block_on(task)?, 5);
+//! assert_eq!(ctx.block_on(task)??, 5); // the JoinError converts into io::Error
 //! # std::fs::remove_file(&path)?;
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -74,11 +74,13 @@ mod bh;
 mod callback;
 mod co_lock;
 mod context;
+mod current;
 mod event_notifier;
 mod fd;
 mod io;
 mod io_buf;
 mod iothread;
+mod join;
 mod local;
 mod notify;
 mod poll;
@@ -91,6 +93,8 @@ mod task;
 mod timer;
 
 #[cfg(all(loom, test))]
+mod loom_tasks;
+#[cfg(all(loom, test))]
 mod loom_tests;
 #[cfg(all(loom, test))]
 mod loom_timer;
@@ -99,19 +103,18 @@ pub use backend::uring::MAX_RING_ENTRIES;
 pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
-pub use context::{
-    AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback, current, main_context,
-    try_current, with_current,
-};
+pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback};
+pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
 pub use io::{MAX_RETRIES, RingOp};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
+pub use join::{JoinError, JoinHandle};
 pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
-pub use task::{JoinHandle, in_task};
+pub use task::in_task;
 pub use timer::{ClockType, Sleep, Timer, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.

@@ -98,7 +98,9 @@ impl AioContext {
     /// then runs scheduled bottom halves, dispatches completions and fd handlers, and
     /// runs expired timers. Returns whether progress was made: a non-idle BH, a handler,
     /// a completion callback or a timer ran. A bare [`notify`](Self::notify) is not
-    /// progress. May be called from inside a callback (nested).
+    /// progress. May be called from inside a callback (nested), and from inside a task
+    /// of this context, where it first runs the context's queued tasks (never the
+    /// calling one, which is being polled; see [`block_on`](Self::block_on)).
     ///
     /// # Panics
     /// On a thread other than the context's home thread (the first that polled it).
@@ -115,6 +117,7 @@ impl AioContext {
     /// [`JoinHandle`]: crate::JoinHandle
     pub fn poll(&self, blocking: bool) -> bool {
         self.check_home("poll");
+        let frame = crate::run_queue::enter_poll(self); // nested in a task: run-queue rule 9
         let remote = &*self.remote;
         bump(&remote.counters.polls, 1);
         let max_ns = remote.poll_max_ns.load(Ordering::Relaxed);
@@ -149,7 +152,7 @@ impl AioContext {
         progress |= self.dispatch();
         let timers = remote.timers.run_expired();
         bump(&remote.counters.timers_run, timers as u64);
-        progress || timers > 0
+        progress || timers > 0 || frame.ran_tasks()
     }
 
     /// Applies fd-handler changes and raw operations queued by other threads.

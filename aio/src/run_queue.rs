@@ -5,42 +5,93 @@
 //! Each context has one run queue and one bottom half that drains it
 //! (`co_schedule_bh_cb`); QEMU's two lists — the cross-thread `scheduled_coroutines`
 //! and the per-thread wake-up queue — collapse into this one FIFO. The task state
-//! machine (rules 1–4) is in `task.rs`; the queue adds:
+//! machine (rules 1–7) is in `task.rs`; the queue adds:
 //!
-//! 5. A waker that fires on the home thread of the task's context while that context
-//!    is draining its run queue only pushes (the drain loop picks the task up: chaining,
-//!    never recursion). Anywhere else it pushes and schedules the context's run-queue
+//! 8. A wake (or spawn) whose innermost frame on the calling thread is this queue's
+//!    drain loop — no `poll` in between — only pushes: the drain loop picks the task up
+//!    (chaining, never recursion). Anywhere else it pushes and schedules the queue's
 //!    bottom half, which notifies the context (notify rule 1: push, then notify).
-//! 6. One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
-//!    so tasks that keep waking each other cannot starve timers, fd handlers and I/O.
-//! 7. A detached task's panic unwinds the drain (and `poll`); the drain reschedules its
-//!    bottom half on the way out when tasks are left, so the queue keeps draining.
+//! 9. A `poll` of the context on its home thread while one of its drains is on the
+//!    stack (a task nested `block_on`, `poll` or `wait_while`) runs the queued tasks
+//!    itself, before it decides to sleep: the drain's bottom half is running further up
+//!    the stack, so the nested `poll` would defer it (BH rule 7), and a task pushed by
+//!    rule 8 would wait for a drain loop that is not looping. The task that made the
+//!    nested call is `RUNNING`, so it is never re-entered (task rule 3).
+//! 10. One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
+//!     so tasks that keep waking each other cannot starve timers, fd handlers and I/O.
+//! 11. A detached task's panic unwinds the drain (and `poll`); the drain reschedules its
+//!     bottom half on the way out when tasks are left, so the queue keeps draining.
+//! 12. The queue keeps the registry of its unfinished tasks (task rule 5). Closing it —
+//!     the context's drop, [`AioContext::shutdown_tasks`], an `IoThread`'s drop — takes
+//!     the registry and cancels every task in it on the calling thread (task rule 6);
+//!     from then on a task spawned or moved here, or pushed here by a racing wake, is
+//!     cancelled instead of queued. No lock is held while a future is dropped.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::panic::resume_unwind;
 use std::pin::{Pin, pin};
 use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
+use slab::Slab;
+
 use crate::bh::Bh;
-use crate::context::{AioContext, enter_current};
+use crate::context::AioContext;
+use crate::current::enter_current;
+use crate::join::JoinHandle;
 use crate::local::ContextLocal;
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
-use crate::task::{JoinHandle, Schedule, TaskRef, move_current_task, new_task};
+use crate::task::{Header, Panic, Schedule, TaskRef, move_current_task, new_task};
 
-/// How many tasks one drain of a run queue runs before it yields to the loop (rule 6).
+/// How many tasks one drain of a run queue runs before it yields to the loop (rule 10).
 pub const DRAIN_BUDGET: usize = 256;
+
+/// How a run queue gets drained: its context's bottom half (or, in the loom models, a
+/// stand-in on the modelled loop).
+pub(crate) trait Kick: Send + Sync + 'static {
+    /// Schedules the drain and notifies the loop.
+    fn kick(&self);
+}
+
+impl Kick for Bh {
+    fn kick(&self) {
+        self.schedule();
+    }
+}
+
+/// The queue proper and the registry, under one lock.
+struct Inner {
+    ready: VecDeque<TaskRef>,
+    /// Every unfinished task that belongs here (rule 12; task rule 5).
+    tasks: Slab<TaskRef>,
+    closed: bool,
+}
 
 /// One context's run queue and the bottom half that drains it (QEMU:
 /// `AioContext::scheduled_coroutines` and `co_schedule_bh`).
-pub(crate) struct RunQueue {
-    queue: Mutex<VecDeque<TaskRef>>,
-    bh: Bh,
-    ctx: Weak<AioContext>,
+pub(crate) struct RunQueue<K: Kick = Bh> {
+    inner: Mutex<Inner>,
+    kick: K,
     /// How many drains of this queue are on the home thread's stack (home thread only).
     draining: AtomicU32,
+}
+
+#[cfg(not(all(loom, test)))]
+std::thread_local! {
+    /// The address of the run queue whose drain loop is the innermost frame of this
+    /// thread that runs tasks, or 0 (rule 8). A `poll` clears it for its duration.
+    static DRAINING: Cell<usize> = const { Cell::new(0) };
+}
+
+// The same, per loom thread (loom's threads share one OS thread; its `thread_local!`
+// has no `const` form).
+#[cfg(all(loom, test))]
+loom::thread_local! {
+    static DRAINING: Cell<usize> = Cell::new(0);
 }
 
 static RUN_QUEUE: ContextLocal<Arc<RunQueue>> = ContextLocal::new();
@@ -53,17 +104,31 @@ impl RunQueue {
                 let (me, weak_ctx) = (me.clone(), ctx.weak());
                 let bh = ctx.bh_new(move || {
                     if let (Some(q), Some(ctx)) = (me.upgrade(), weak_ctx.upgrade()) {
-                        q.drain(&ctx);
+                        let _current = enter_current(&ctx);
+                        q.drain();
                     }
                 });
-                RunQueue {
-                    queue: Mutex::new(VecDeque::new()),
-                    bh,
-                    ctx: ctx.weak(),
-                    draining: AtomicU32::new(0),
-                }
+                RunQueue::new(bh)
             })
         })
+    }
+}
+
+impl<K: Kick> RunQueue<K> {
+    pub(crate) fn new(kick: K) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                ready: VecDeque::new(),
+                tasks: Slab::new(),
+                closed: false,
+            }),
+            kick,
+            draining: AtomicU32::new(0),
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self as *const Self as usize
     }
 
     fn home(self: &Arc<Self>) -> Weak<dyn Schedule> {
@@ -71,46 +136,218 @@ impl RunQueue {
         weak
     }
 
-    /// Runs queued tasks, FIFO, up to the budget (rules 5 and 6).
-    fn drain(&self, ctx: &Arc<AioContext>) {
-        let _current = enter_current(ctx);
+    /// Kicks the queue's drain unless this thread's innermost drain loop is this
+    /// queue's (rule 8).
+    fn kick_unless_draining(&self) {
+        if DRAINING.with(Cell::get) != self.addr() {
+            self.kick.kick();
+        }
+    }
+
+    /// Creates a task of this queue, registers and queues it — or, on a closed queue,
+    /// cancels it at once (rule 12).
+    pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (task, handle) = new_task(future, self.home());
+        let refused = {
+            let mut inner = lock(&self.inner);
+            if inner.closed {
+                Some(task)
+            } else {
+                let key = inner.tasks.insert(Arc::clone(&task));
+                task.header().set_key(key);
+                inner.ready.push_back(task);
+                None
+            }
+        };
+        match refused {
+            // The handle exists, so a panic of the destructor goes to it.
+            Some(task) => drop(task.cancel()),
+            None => self.kick_unless_draining(),
+        }
+        handle
+    }
+
+    /// Whether no task is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.inner).ready.is_empty()
+    }
+
+    /// Runs queued tasks, FIFO, up to the budget (rules 8, 10 and 11). The caller made
+    /// the queue's context current.
+    pub(crate) fn drain(&self) {
         // Relaxed: home-thread-only counter.
         self.draining.fetch_add(1, Ordering::Relaxed);
+        let outer = DRAINING.with(|d| d.replace(self.addr()));
         /// Leaves the drain; on unwind (a detached task panicked), reschedules the
-        /// queue's bottom half if tasks are left, so they still run (rule 7).
-        struct Leave<'a>(&'a RunQueue);
-        impl Drop for Leave<'_> {
+        /// queue's bottom half if tasks are left, so they still run (rule 11).
+        struct Leave<'a, K: Kick>(&'a RunQueue<K>, usize);
+        impl<K: Kick> Drop for Leave<'_, K> {
             fn drop(&mut self) {
+                DRAINING.with(|d| d.set(self.1));
                 self.0.draining.fetch_sub(1, Ordering::Relaxed);
-                if std::thread::panicking() && !lock(&self.0.queue).is_empty() {
-                    self.0.bh.schedule();
+                if std::thread::panicking() && !self.0.is_empty() {
+                    self.0.kick.kick();
                 }
             }
         }
-        let _leave = Leave(self);
+        let _leave = Leave(self, outer);
         for _ in 0..DRAIN_BUDGET {
-            let task = lock(&self.queue).pop_front();
+            let task = lock(&self.inner).ready.pop_front();
             match task {
                 Some(task) => task.run(),
                 None => return,
             }
         }
-        if !lock(&self.queue).is_empty() {
-            self.bh.schedule();
+        if !self.is_empty() {
+            self.kick.kick();
+        }
+    }
+
+    /// Closes the queue and cancels every unfinished task of it on the calling thread
+    /// (rule 12); returns how many there were, and the first panic of a detached task's
+    /// destructor (the others are logged). Tasks running on another thread at this
+    /// moment are cancelled by their runner when their poll returns.
+    pub(crate) fn shutdown(&self) -> (usize, Option<Panic>) {
+        let (tasks, ready) = {
+            let mut inner = lock(&self.inner);
+            inner.closed = true;
+            (
+                std::mem::take(&mut inner.tasks),
+                std::mem::take(&mut inner.ready),
+            )
+        };
+        let count = tasks.len();
+        let mut first: Option<Panic> = None;
+        for (_, task) in tasks {
+            if let Some(panic) = task.cancel() {
+                match first {
+                    None => first = Some(panic),
+                    Some(_) => log::error!("a cancelled task's destructor panicked as well"),
+                }
+            }
+        }
+        // Every queued task was registered, so it was cancelled above.
+        drop(ready);
+        (count, first)
+    }
+}
+
+impl<K: Kick> Schedule for RunQueue<K> {
+    fn schedule(&self, task: TaskRef) {
+        let refused = {
+            let mut inner = lock(&self.inner);
+            if inner.closed {
+                Some(task)
+            } else {
+                inner.ready.push_back(task);
+                None
+            }
+        };
+        match refused {
+            // A wake racing the close: the task is cancelled by whichever of this
+            // cancel and the closer's claims it (task rule 6).
+            Some(task) => {
+                if task.cancel().is_some() {
+                    log::error!("a cancelled task's destructor panicked");
+                }
+            }
+            None => self.kick_unless_draining(),
+        }
+    }
+
+    fn register(&self, task: TaskRef) -> Result<(), TaskRef> {
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Err(task);
+        }
+        let key = inner.tasks.insert(Arc::clone(&task));
+        task.header().set_key(key);
+        Ok(())
+    }
+
+    fn unregister(&self, header: &Header) -> Option<TaskRef> {
+        let mut inner = lock(&self.inner);
+        let key = header.key();
+        // The key may name another task by now (keys are reused): check it is ours.
+        match inner.tasks.get(key) {
+            Some(t) if std::ptr::eq(t.header(), header) => Some(inner.tasks.remove(key)),
+            _ => None,
         }
     }
 }
 
-impl Schedule for RunQueue {
-    fn schedule(&self, task: TaskRef) {
-        lock(&self.queue).push_back(task);
-        // Relaxed: only meaningful on the home thread, which is the only writer.
-        if self.draining.load(Ordering::Relaxed) > 0
-            && self.ctx.upgrade().is_some_and(|c| c.is_home_thread())
-        {
-            return;
+/// Called by [`AioContext::poll`] on entry, on the home thread: ends rule 8's "innermost
+/// drain" for the duration of the poll, and applies rule 9. When it ran tasks, it
+/// notifies the context, so that the poll does not sleep (notify rule 3) after making
+/// progress, and the frame says so. The returned guard restores the outer drain's mark.
+pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
+    let mut frame = PollFrame::enter();
+    if let Some(q) = ctx.local_if_set(&RUN_QUEUE)
+        && q.needs_nested_drain()
+    {
+        let _current = enter_current(&ctx.arc());
+        frame.ran = true;
+        q.drain();
+        ctx.notify();
+    }
+    frame
+}
+
+impl<K: Kick> RunQueue<K> {
+    /// Rule 9's test, on the home thread: a drain of this queue is on the stack (below
+    /// the poll being entered) and tasks are queued.
+    pub(crate) fn needs_nested_drain(&self) -> bool {
+        // Relaxed: home-thread-only counter.
+        self.draining.load(Ordering::Relaxed) > 0 && !self.is_empty()
+    }
+}
+
+/// See [`enter_poll`].
+pub(crate) struct PollFrame {
+    outer: usize,
+    pub(crate) ran: bool,
+}
+
+impl PollFrame {
+    /// Clears rule 8's mark for the duration of a poll.
+    pub(crate) fn enter() -> Self {
+        Self {
+            outer: DRAINING.with(|d| d.replace(0)),
+            ran: false,
         }
-        self.bh.schedule();
+    }
+
+    /// Whether the poll ran tasks on entry (progress, for `poll`'s result).
+    pub(crate) fn ran_tasks(&self) -> bool {
+        self.ran
+    }
+}
+
+impl Drop for PollFrame {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(self.outer));
+    }
+}
+
+/// The context's drop: closes its run queue, if it has one, and cancels its tasks
+/// (rule 12). Never panics, so the rest of the drop (which waits for the kernel to let
+/// go of buffers) always runs: a panic from a detached task's destructor is logged.
+pub(crate) fn shutdown(ctx: &AioContext) {
+    let Some(q) = ctx.local_if_set(&RUN_QUEUE) else {
+        return;
+    };
+    let (_, panic) = q.shutdown();
+    if let Some(panic) = panic {
+        log::error!(
+            "{}: the destructor of a detached task's future panicked while the context was \
+             dropped: {}",
+            ctx.name(),
+            crate::task::describe(&*panic)
+        );
     }
 }
 
@@ -140,11 +377,25 @@ impl AioContext {
     /// Callable from any thread. The task may move to another context with
     /// [`reschedule_to`], hence `Send`.
     ///
-    /// A task whose context is dropped never runs again; its future is dropped with the
-    /// last waker that refers to it. Tasks and their wakers hold their context weakly,
-    /// so a parked task does not keep it alive — unless its future owns an `Arc` of
-    /// it: inside a task, reach the context through [`current`](crate::current) when
-    /// the context should be droppable while the task waits.
+    /// # Tasks end with their context
+    ///
+    /// A context owns its unfinished tasks. When it is dropped — or shut down with
+    /// [`shutdown_tasks`](Self::shutdown_tasks), which an [`IoThread`](crate::IoThread)'s
+    /// drop does — every task that has not finished is cancelled: its future is dropped
+    /// on the thread doing the drop (with no context made current for it: destructors
+    /// must not need one), its [`JoinHandle`] yields `Err(JoinError)`, and later wakes
+    /// of it do nothing. A task spawned on (or moved to) a shut-down context is
+    /// cancelled at once. A future whose destructor panics hands the panic to its
+    /// `JoinHandle`'s awaiter; a detached one's panic is resumed by `shutdown_tasks`,
+    /// and logged by the context's drop.
+    ///
+    /// Tasks, their wakers and their run queue hold the context weakly, so a parked task
+    /// does not keep its context alive — unless its future owns an `Arc` of it, as
+    /// `let ctx = current();` held across an `.await` does. Such a task and its context
+    /// keep each other alive until someone calls `shutdown_tasks` (an `IoThread` does
+    /// when dropped, so the idiom is fine there). For a context you own through a bare
+    /// `Arc`, call `shutdown_tasks` before dropping it, or do not hold the `Arc` across
+    /// an `.await`: call [`current`](crate::current) again after it, or keep a `Weak`.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -155,7 +406,21 @@ impl AioContext {
     ///     assert!(Arc::ptr_eq(&aioctx_aio::current(), &c));
     ///     "done"
     /// });
-    /// assert_eq!(ctx.block_on(handle), "done");
+    /// assert_eq!(ctx.block_on(handle).unwrap(), "done");
+    ///
+    /// // A task holding its own context across an await: shut the tasks down to let
+    /// // the context go.
+    /// let weak = Arc::downgrade(&ctx);
+    /// let parked = ctx.spawn(async {
+    ///     let me = aioctx_aio::current();
+    ///     std::future::pending::<()>().await;
+    ///     drop(me);
+    /// });
+    /// ctx.poll(false); // the task runs, takes `current()` and parks
+    /// assert_eq!(ctx.shutdown_tasks(), 1);
+    /// drop(ctx);
+    /// assert!(weak.upgrade().is_none());
+    /// assert!(parked.is_finished());
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
@@ -163,23 +428,61 @@ impl AioContext {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let queue = RunQueue::of(self);
-        let (task, handle) = new_task(future, queue.home());
-        queue.schedule(task);
-        handle
+        RunQueue::of(self).spawn(future)
+    }
+
+    /// Cancels every unfinished task of this context and refuses new ones: a task
+    /// spawned or moved here afterwards is cancelled at once (tokio: dropping a
+    /// runtime). Returns how many tasks were cancelled. Callable from any thread.
+    ///
+    /// The futures of parked and queued tasks are dropped on the calling thread before
+    /// this returns, with no context made current for them; a task being polled on the
+    /// home thread at this moment is cancelled when its poll returns `Pending` (if it
+    /// returns `Ready`, its output stands). Their [`JoinHandle`]s yield `Err(JoinError)`.
+    /// Dropping the context does this; an [`IoThread`](crate::IoThread)'s drop does it
+    /// after stopping its thread, so a task that holds its own context (through
+    /// [`current`](crate::current)) cannot keep it alive. The context itself stays
+    /// usable for everything but tasks.
+    ///
+    /// # Panics
+    /// When the destructor of a detached task's future panics: that panic is resumed
+    /// after every task was cancelled. (Dropping the context logs it instead: the drop
+    /// must go on to wait for the kernel's operations.)
+    pub fn shutdown_tasks(&self) -> usize {
+        let (count, panic) = RunQueue::of(self).shutdown();
+        if let Some(panic) = panic {
+            resume_unwind(panic);
+        }
+        count
     }
 
     /// Polls `future` on the calling thread, running this context's loop while it is
     /// pending, and returns its output. The future need not be `Send`; inside it,
-    /// [`current`](crate::current) is this context. May nest.
+    /// [`current`](crate::current) is this context.
+    ///
+    /// May nest: in a callback (bottom half, fd handler, timer, completion), inside
+    /// another `block_on`, and inside a task of this context — there the nested loop
+    /// runs the context's other tasks (QEMU's nested `aio_poll` runs scheduled
+    /// coroutines too), but never the calling task itself, which is being polled: a
+    /// nested wait for something only the calling task would do never ends. (QEMU
+    /// refuses `AIO_WAIT_WHILE` in a coroutine outright; here it works, with that
+    /// caveat.) It runs only this context's loop: a wait here for a task of another
+    /// context whose home is this thread ends only if that task can finish without
+    /// this thread.
     ///
     /// ```
+    /// use std::sync::Arc;
     /// let ctx = aioctx_aio::AioContext::new()?;
     /// let v = ctx.block_on(async {
     ///     aioctx_aio::yield_now().await;
     ///     std::rc::Rc::new(5) // not Send: fine for block_on
     /// });
     /// assert_eq!(*v, 5);
+    ///
+    /// // Nested inside a task: the inner task runs.
+    /// let c = Arc::clone(&ctx);
+    /// let outer = ctx.spawn(async move { c.block_on(c.spawn(async { 7 })).unwrap() });
+    /// assert_eq!(ctx.block_on(outer).unwrap(), 7);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
@@ -205,7 +508,8 @@ impl AioContext {
                 }
             }
             // A wake after the swap has notified the context, so this poll does not
-            // sleep through it (notify rule 3).
+            // sleep through it (notify rule 3); a task the future pushed without a
+            // kick (nested in a task: rule 8) is run by the poll itself (rule 9).
             self.poll(true);
         }
     }
@@ -249,6 +553,9 @@ impl Future for YieldNow {
 /// current poll on the old context before it is queued on the new one, so it never
 /// runs on two threads at once. Moving to the task's own context completes at once.
 ///
+/// The returned future holds `ctx` weakly. If `ctx` is dropped or shut down before the
+/// move, the task is cancelled (see [`AioContext::spawn`]).
+///
 /// ```
 /// use std::sync::Arc;
 /// let io = aioctx_aio::IoThread::new("io-resched")?;
@@ -258,7 +565,7 @@ impl Future for YieldNow {
 ///     aioctx_aio::reschedule_to(&target).await;
 ///     std::thread::current().name().map(str::to_owned)
 /// });
-/// assert_eq!(ctx.block_on(handle).as_deref(), Some("io-resched"));
+/// assert_eq!(ctx.block_on(handle).unwrap().as_deref(), Some("io-resched"));
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
@@ -266,7 +573,7 @@ impl Future for YieldNow {
 /// When awaited outside a task (for instance directly in [`AioContext::block_on`]).
 pub fn reschedule_to(ctx: &Arc<AioContext>) -> RescheduleTo {
     RescheduleTo {
-        target: Arc::clone(RunQueue::of(ctx)),
+        target: Arc::downgrade(RunQueue::of(ctx)),
         moved: false,
     }
 }
@@ -274,7 +581,9 @@ pub fn reschedule_to(ctx: &Arc<AioContext>) -> RescheduleTo {
 /// The future of [`reschedule_to`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct RescheduleTo {
-    target: Arc<RunQueue>,
+    /// Weak: a task holding this must not keep the target's queue, and the tasks it
+    /// owns, alive (no cycle through the queue).
+    target: Weak<RunQueue>,
     moved: bool,
 }
 
@@ -285,7 +594,8 @@ impl Future for RescheduleTo {
         if self.moved {
             return Poll::Ready(());
         }
-        match move_current_task(self.target.home()) {
+        let target: Weak<dyn Schedule> = self.target.clone();
+        match move_current_task(target) {
             None => {
                 panic!("reschedule_to awaited outside a task: spawn the future on an AioContext")
             }

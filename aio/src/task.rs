@@ -4,16 +4,18 @@
 //! `co_schedule_bh_cb` (util/async.c).
 //!
 //! A task is one `Arc` holding a state word, the task's home (the run queue of the
-//! context it belongs to, held weakly), its join waker and its future. The run queues,
-//! `spawn`, `block_on`, `yield_now` and `reschedule_to` are in `run_queue.rs`.
+//! context it belongs to, held weakly), its key in that queue's registry, its join waker
+//! and its future. The run queues, `spawn`, `block_on`, `yield_now` and `reschedule_to`
+//! are in `run_queue.rs`.
 //!
 //! # State word
 //!
 //! Lifecycle bits (exactly one of these lifecycle values at any time, anything else is a
 //! bug and panics with the value): `IDLE` (0, parked, waiting for a wake),
-//! `SCHEDULED` (on exactly one run queue), `RUNNING` (being polled),
-//! `RUNNING | NOTIFIED` (woken while being polled), `COMPLETE` (finished; wakes are
-//! no-ops). `JOIN_INTEREST` is independent: set while a [`JoinHandle`] exists.
+//! `SCHEDULED` (on exactly one run queue), `RUNNING` (being polled, or being cancelled),
+//! `RUNNING | NOTIFIED` (woken while being polled), `COMPLETE` (finished or cancelled;
+//! wakes are no-ops). `JOIN_INTEREST` is independent: set while a [`JoinHandle`] exists.
+//! `CANCELLED` is independent too: set once by a cancel, never cleared.
 //!
 //! # Rules
 //!
@@ -44,18 +46,31 @@
 //! ```
 //!
 //! Both CASes are on the same word, so exactly one side sees the other and pushes.
+//!
+//! # Cancellation
+//!
+//! 5. A task belongs to the run queue its home names: that queue's registry holds it
+//!    (strongly) from `spawn` until it completes, and [`move_current_task`] moves the
+//!    entry along with the home. A closed queue (its context dropped or shut down)
+//!    registers nothing: a task spawned on it or moved to it is cancelled.
+//! 6. A cancel sets `CANCELLED`. On an `IDLE` or `SCHEDULED` task the same CAS claims it
+//!    (`→ RUNNING | CANCELLED`): the canceller drops the future, on its own thread, and
+//!    completes the task. On a `RUNNING` task the runner does that when the poll returns
+//!    `Pending` (a `Ready` output wins). A claimed task still on a run queue is skipped
+//!    when popped. So the future is dropped exactly once, never while it is polled.
+//! 7. A cancelled task's `JoinHandle` yields `Err(JoinError)` with `is_cancelled()`.
 
+use std::any::Any;
 use std::cell::Cell;
-use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::join::{Join, JoinError, JoinHandle};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// Parked: not queued, not running.
@@ -70,6 +85,8 @@ const NOTIFIED: u32 = 1 << 2;
 const COMPLETE: u32 = 1 << 3;
 /// A [`JoinHandle`] exists and will take the output.
 const JOIN_INTEREST: u32 = 1 << 4;
+/// Cancelled (rule 6): the future is dropped instead of polled again.
+const CANCELLED: u32 = 1 << 5;
 /// The bits that make up the lifecycle value.
 const LIFECYCLE: u32 = SCHEDULED | RUNNING | NOTIFIED | COMPLETE;
 
@@ -125,33 +142,83 @@ impl State {
     }
 
     /// The runner took the task off a run queue: `SCHEDULED → RUNNING` (rule 2).
-    pub(crate) fn start_run(&self) {
-        // Acquire: pairs with the Release of the wake (or of `finish_pending`) that
-        // scheduled the task.
-        let prev = self.0.fetch_xor(SCHEDULED | RUNNING, Ordering::Acquire);
-        if lifecycle(prev) != SCHEDULED {
-            invalid(prev, "starting a run");
+    /// Returns `false` for a task a canceller claimed while it was queued (rule 6): the
+    /// runner skips it.
+    pub(crate) fn start_run(&self) -> bool {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            if lifecycle(cur) != SCHEDULED {
+                if cur & CANCELLED != 0 {
+                    return false;
+                }
+                invalid(cur, "starting a run");
+            }
+            // Acquire: pairs with the Release of the wake (or of `finish_pending`) that
+            // scheduled the task.
+            match self.0.compare_exchange_weak(
+                cur,
+                cur ^ (SCHEDULED | RUNNING),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
         }
     }
 
-    /// The poll returned `Pending`: returns `true` when a wake came during the poll and
-    /// the runner must push the task again (rule 3).
-    pub(crate) fn finish_pending(&self) -> bool {
-        let mut cur = self.0.load(Ordering::Relaxed);
+    /// The poll returned `Pending`: parks the task, or says the runner must push it
+    /// again (a wake came during the poll, rule 3) or cancel it (rule 6).
+    pub(crate) fn finish_pending(&self) -> AfterPoll {
+        // Acquire: pairs with the Release of the cancel that set CANCELLED.
+        let mut cur = self.0.load(Ordering::Acquire);
         loop {
-            let (next, requeue) = match lifecycle(cur) {
-                RUNNING => (cur & !RUNNING, false),
-                l if l == RUNNING | NOTIFIED => ((cur & !(RUNNING | NOTIFIED)) | SCHEDULED, true),
+            if cur & CANCELLED != 0 {
+                return AfterPoll::Cancel;
+            }
+            let (next, then) = match lifecycle(cur) {
+                RUNNING => (cur & !RUNNING, AfterPoll::Park),
+                l if l == RUNNING | NOTIFIED => (
+                    (cur & !(RUNNING | NOTIFIED)) | SCHEDULED,
+                    AfterPoll::Requeue,
+                ),
                 _ => invalid(cur, "finishing a poll"),
             };
             // AcqRel: Release publishes the future's state and home to the next
-            // pusher/runner; Acquire pairs with the Release of the wake that set
-            // NOTIFIED.
+            // pusher/runner/canceller; Acquire pairs with the Release of the wake that
+            // set NOTIFIED (and of a cancel that set CANCELLED, seen on failure).
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return then,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// A cancel (rule 6): returns whether the caller claimed the task and must drop its
+    /// future and complete it.
+    pub(crate) fn cancel(&self) -> bool {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (next, claimed) = match lifecycle(cur) {
+                IDLE | SCHEDULED => ((cur & !SCHEDULED) | RUNNING | CANCELLED, true),
+                RUNNING if cur & CANCELLED != 0 => return false,
+                RUNNING => (cur | CANCELLED, false),
+                l if l == RUNNING | NOTIFIED && cur & CANCELLED != 0 => return false,
+                l if l == RUNNING | NOTIFIED => (cur | CANCELLED, false),
+                COMPLETE => return false,
+                _ => invalid(cur, "cancelling"),
+            };
+            // AcqRel: Acquire pairs with the Release in `finish_pending` (the parked
+            // future's state, dropped next by a claiming canceller); Release publishes
+            // CANCELLED to the runner's Acquire in `finish_pending`.
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return requeue,
+                Ok(_) => return claimed,
                 Err(actual) => cur = actual,
             }
         }
@@ -190,21 +257,49 @@ impl State {
     }
 }
 
-/// Where a task is pushed when it is woken: a context's run queue (or, in the loom
-/// model, a stand-in with the same protocol).
+/// What the runner does after a poll that returned `Pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterPoll {
+    /// No wake came: the task waits for one.
+    Park,
+    /// A wake came during the poll: push the task again (rule 3).
+    Requeue,
+    /// A cancel came: drop the future and complete the task (rule 6).
+    Cancel,
+}
+
+/// Where a task is pushed when it is woken: a context's run queue. It also keeps the
+/// registry of the tasks that belong to it (rule 5).
 pub(crate) trait Schedule: Send + Sync {
     /// Pushes `task`, which the caller just moved to `SCHEDULED`, and makes sure the
-    /// queue will be drained (rule 5).
+    /// queue will be drained (run-queue rule 8); on a closed queue, cancels it instead.
     fn schedule(&self, task: TaskRef);
+
+    /// Enters `task` in the registry; gives it back when the queue is closed.
+    fn register(&self, task: TaskRef) -> Result<(), TaskRef>;
+
+    /// Takes the task of `header` out of the registry, if it is there.
+    fn unregister(&self, header: &Header) -> Option<TaskRef>;
 }
 
 /// A type-erased task on a run queue.
 pub(crate) type TaskRef = Arc<dyn Runnable>;
 
+/// A panic caught from a task's future (its poll or its destructor).
+pub(crate) type Panic = Box<dyn Any + Send>;
+
 /// What a run queue can do with a task.
 pub(crate) trait Runnable: Send + Sync {
     /// Polls the task once (the caller popped it off a run queue).
     fn run(self: Arc<Self>);
+
+    /// Cancels the task (rule 6). When this call claimed it, the future is dropped
+    /// here; a panic from its destructor is returned for a detached task (a joined one
+    /// hands it to its `JoinHandle`).
+    fn cancel(self: Arc<Self>) -> Option<Panic>;
+
+    /// The part of the task that does not depend on its future.
+    fn header(&self) -> &Header;
 }
 
 /// The part of a task that does not depend on its future.
@@ -212,11 +307,32 @@ pub(crate) struct Header {
     pub(crate) state: State,
     home: Mutex<Weak<dyn Schedule>>,
     join_waker: Mutex<Option<Waker>>,
+    /// The task's key in its home's registry; read and written only under that
+    /// registry's lock (rule 5), hence Relaxed.
+    key: AtomicUsize,
+}
+
+impl Header {
+    /// The registry key (caller holds the registry's lock).
+    pub(crate) fn key(&self) -> usize {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// Sets the registry key (caller holds the registry's lock).
+    pub(crate) fn set_key(&self, key: usize) {
+        self.key.store(key, Ordering::Relaxed);
+    }
+}
+
+/// Why a task produced no output.
+enum Failure {
+    Panic(Panic),
+    Cancelled,
 }
 
 enum Stage<F: Future> {
     Running(F),
-    Finished(std::thread::Result<F::Output>),
+    Finished(Result<F::Output, Failure>),
     Consumed,
 }
 
@@ -265,37 +381,77 @@ where
                 state: State::new(SCHEDULED | JOIN_INTEREST),
                 home: Mutex::new(home),
                 join_waker: Mutex::new(None),
+                key: AtomicUsize::new(usize::MAX),
             },
             stage: Mutex::new(Stage::Running(future)),
         })
     }
 
-    /// Pushes the task on its home queue; a task whose context is gone is dropped here
-    /// and never runs again.
+    /// Pushes the task on its home queue. A home that is gone has cancelled the task
+    /// already (rule 5), so this cancel only completes a claim nobody else can make.
     fn push(self: Arc<Self>) {
         let home = lock(&self.header.home).upgrade();
-        if let Some(home) = home {
-            home.schedule(self);
+        match home {
+            Some(home) => home.schedule(self),
+            None => {
+                if let Some(panic) = self.cancel() {
+                    log::error!(
+                        "a cancelled task's destructor panicked: {}",
+                        describe(&*panic)
+                    );
+                }
+            }
         }
     }
 
-    /// Stores the result and hands it to the JoinHandle, or drops it when there is none.
-    fn finish(&self, result: std::thread::Result<F::Output>) {
-        *lock(&self.stage) = Stage::Finished(result);
+    /// Stores the result (dropping the future in place, if it is still there; a panic
+    /// of its destructor becomes the result), completes the task, takes it out of its
+    /// home's registry and hands the result to the JoinHandle, or drops it when there
+    /// is none. Returns a detached task's panic, for the caller to resume.
+    fn finish(&self, result: Result<F::Output, Failure>) -> Option<Panic> {
+        let stored = catch_unwind(AssertUnwindSafe(|| {
+            *lock(&self.stage) = Stage::Finished(result);
+        }));
+        if let Err(panic) = stored {
+            // The future's destructor panicked (the assignment still stored `result`):
+            // that panic is the task's outcome, and the task still completes.
+            *lock(&self.stage) = Stage::Finished(Err(Failure::Panic(panic)));
+        }
         let prev = self.header.state.complete();
+        let home = lock(&self.header.home).upgrade();
+        if let Some(home) = home {
+            drop(home.unregister(&self.header));
+        }
         if has_join_interest(prev) {
             let waker = lock(&self.header.join_waker).take();
             if let Some(w) = waker {
                 w.wake();
             }
+            None
         } else {
             let stage = std::mem::replace(&mut *lock(&self.stage), Stage::Consumed);
-            if let Stage::Finished(Err(panic)) = stage {
+            match stage {
                 // A detached task's panic is not swallowed: it unwinds the loop.
-                resume_unwind(panic);
+                Stage::Finished(Err(Failure::Panic(panic))) => Some(panic),
+                _ => None,
             }
         }
     }
+
+    /// Drops the future of a claimed task on this thread and completes it as cancelled
+    /// (rule 6); a panic from the future's destructor takes the place of the result.
+    fn finish_cancelled(&self) -> Option<Panic> {
+        self.finish(Err(Failure::Cancelled))
+    }
+}
+
+/// A panic payload's message, for logs.
+pub(crate) fn describe(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
 }
 
 impl<F> Runnable for Task<F>
@@ -304,7 +460,9 @@ where
     F::Output: Send + 'static,
 {
     fn run(self: Arc<Self>) {
-        self.header.state.start_run();
+        if !self.header.state.start_run() {
+            return; // claimed by a canceller while queued (rule 6)
+        }
         let waker = Waker::from(Arc::clone(&self));
         let mut cx = Context::from_waker(&waker);
         let polled = {
@@ -319,15 +477,33 @@ where
             let future = unsafe { Pin::new_unchecked(future) };
             catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx)))
         };
-        match polled {
-            Ok(Poll::Pending) => {
-                if self.header.state.finish_pending() {
+        let panic = match polled {
+            Ok(Poll::Pending) => match self.header.state.finish_pending() {
+                AfterPoll::Park => None,
+                AfterPoll::Requeue => {
                     self.push();
+                    None
                 }
-            }
+                AfterPoll::Cancel => self.finish_cancelled(),
+            },
             Ok(Poll::Ready(output)) => self.finish(Ok(output)),
-            Err(panic) => self.finish(Err(panic)),
+            Err(panic) => self.finish(Err(Failure::Panic(panic))),
+        };
+        if let Some(panic) = panic {
+            resume_unwind(panic);
         }
+    }
+
+    fn cancel(self: Arc<Self>) -> Option<Panic> {
+        if self.header.state.cancel() {
+            self.finish_cancelled()
+        } else {
+            None
+        }
+    }
+
+    fn header(&self) -> &Header {
+        &self.header
     }
 }
 
@@ -349,19 +525,12 @@ where
     }
 }
 
-/// What a [`JoinHandle`] needs from its task, without the future's type.
-trait Join<T>: Send + Sync {
-    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<T>;
-    fn is_finished(&self) -> bool;
-    fn drop_handle(&self);
-}
-
 impl<F> Join<F::Output> for Task<F>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<F::Output, JoinError>> {
         if !is_complete(self.header.state.load()) {
             {
                 let mut slot = lock(&self.header.join_waker);
@@ -377,8 +546,9 @@ where
             }
         }
         match std::mem::replace(&mut *lock(&self.stage), Stage::Consumed) {
-            Stage::Finished(Ok(output)) => Poll::Ready(output),
-            Stage::Finished(Err(panic)) => resume_unwind(panic),
+            Stage::Finished(Ok(output)) => Poll::Ready(Ok(output)),
+            Stage::Finished(Err(Failure::Cancelled)) => Poll::Ready(Err(JoinError(()))),
+            Stage::Finished(Err(Failure::Panic(panic))) => resume_unwind(panic),
             _ => panic!("JoinHandle polled after it returned the task's output"),
         }
     }
@@ -390,74 +560,13 @@ where
     fn drop_handle(&self) {
         if self.header.state.drop_join_interest() {
             let stage = std::mem::replace(&mut *lock(&self.stage), Stage::Consumed);
-            if let Stage::Finished(Err(_)) = stage {
-                log::error!("a task panicked and its JoinHandle was dropped without awaiting it");
+            if let Stage::Finished(Err(Failure::Panic(panic))) = stage {
+                log::error!(
+                    "a task panicked and its JoinHandle was dropped without awaiting it: {}",
+                    describe(&*panic)
+                );
             }
         }
-    }
-}
-
-/// An owned permission to await a spawned task's output (QEMU has no equivalent: a
-/// coroutine's caller waits with its own primitives).
-///
-/// Awaiting it yields the task's output; if the task panicked, awaiting resumes the
-/// panic. Dropping it — or calling [`detach`](Self::detach) — detaches the task: it
-/// keeps running, and its output is dropped when it finishes (a detached task's panic
-/// unwinds the loop that ran it).
-///
-/// ```
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// let handle = ctx.spawn(async { 6 * 7 });
-/// assert_eq!(ctx.block_on(handle), 42);
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[must_use = "dropping a JoinHandle detaches the task; call `detach` to say so"]
-pub struct JoinHandle<T> {
-    task: Option<Arc<dyn Join<T>>>,
-    _marker: PhantomData<fn() -> T>,
-}
-
-impl<T> JoinHandle<T> {
-    /// Lets the task run on without anyone awaiting it.
-    pub fn detach(self) {}
-
-    /// Whether the task has finished (completed or panicked).
-    pub fn is_finished(&self) -> bool {
-        self.task.as_ref().is_none_or(|t| t.is_finished())
-    }
-}
-
-impl<T> Future for JoinHandle<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let task = self
-            .task
-            .as_ref()
-            .expect("JoinHandle polled after it returned the task's output");
-        let out = task.poll_join(cx);
-        if out.is_ready()
-            && let Some(task) = self.task.take()
-        {
-            task.drop_handle();
-        }
-        out
-    }
-}
-
-impl<T> Drop for JoinHandle<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.drop_handle();
-        }
-    }
-}
-
-impl<T> fmt::Debug for JoinHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle")
-            .field("finished", &self.is_finished())
-            .finish()
     }
 }
 
@@ -469,28 +578,40 @@ where
     F::Output: Send + 'static,
 {
     let task = Task::new(future, home);
-    let handle = JoinHandle {
-        task: Some(Arc::clone(&task) as Arc<dyn Join<F::Output>>),
-        _marker: PhantomData,
-    };
+    let handle = JoinHandle::new(Arc::clone(&task) as Arc<dyn Join<F::Output>>);
     (task, handle)
 }
 
-/// Moves the task being polled on this thread to `target` (rule 4). Returns `None`
-/// outside a task, `Some(false)` when the task already lives there, and `Some(true)`
-/// when it was moved: it is pushed on `target` once the current poll returns.
+/// Moves the task being polled on this thread to `target` (rules 4 and 5). Returns
+/// `None` outside a task, `Some(false)` when the task already lives there, and
+/// `Some(true)` when it was moved: it is pushed on `target` once the current poll
+/// returns — or, when `target` is gone or closed, cancelled then.
 pub(crate) fn move_current_task(target: Weak<dyn Schedule>) -> Option<bool> {
     let header = CURRENT_TASK.with(Cell::get)?;
     // SAFETY: CURRENT_TASK points at the header of the task being polled on this
     // thread; it is set only for the duration of that poll, during which the runner
     // holds an `Arc` to the task, and our caller runs inside that poll.
     let header = unsafe { header.as_ref() };
-    {
+    let old = {
         let mut home = lock(&header.home);
         if Weak::ptr_eq(&home, &target) {
             return Some(false);
         }
-        *home = target; // rule 4: only the running task writes its home
+        // Rule 4: only the running task writes its home.
+        std::mem::replace(&mut *home, target.clone())
+    };
+    // Rule 5: the registry entry follows the home. No lock is held across the two.
+    let me = old.upgrade().and_then(|q| q.unregister(header));
+    let registered = match (me, target.upgrade()) {
+        (Some(me), Some(q)) => q.register(me).is_ok(),
+        // Not registered any more (a shutdown of the old home took it and set
+        // CANCELLED), or the target is gone.
+        _ => false,
+    };
+    if !registered {
+        // Running, so this only sets CANCELLED: the runner cancels after the poll.
+        let claimed = header.state.cancel();
+        debug_assert!(!claimed, "a running task was claimed by its own cancel");
     }
     // The task is RUNNING, so this only sets NOTIFIED; the runner pushes it on the new
     // home once this poll has returned (rule 3).
@@ -507,4 +628,3 @@ static_assertions::const_assert!(
 static_assertions::const_assert!(
     std::mem::size_of::<Task<std::future::Ready<()>>>() + 2 * std::mem::size_of::<usize>() <= 128
 );
-static_assertions::assert_impl_all!(JoinHandle<u32>: Send, Sync, Unpin);

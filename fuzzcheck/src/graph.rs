@@ -412,7 +412,9 @@ fn run_on_main(ops: &[Op]) {
                 if let Cmd::Exit = cmd {
                     let s = slots[i].take().expect("checked above");
                     wait_while(None, || !s.mb.shown.lock().unwrap().done);
-                    main_context().block_on(s.join);
+                    main_context()
+                        .block_on(s.join)
+                        .expect("the main context outlives its tasks");
                     model.tasks[i] = None;
                 }
             }

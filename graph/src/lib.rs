@@ -17,7 +17,7 @@
 //! let reader = iothread.ctx().spawn(async {
 //!     let _guard = graph_lock().rdlock().await;
 //! });
-//! aioctx_aio::main_context().block_on(reader);
+//! aioctx_aio::main_context().block_on(reader).unwrap();
 //! // ...and the writer on the main loop.
 //! let w = graph_lock().wrlock();
 //! assert_eq!(graph_lock().readers(), 0);
