@@ -5,13 +5,14 @@
 //!
 //! The graph lock is process-wide and its writer is the main loop, so every test body
 //! runs on this binary's one main-loop thread, one at a time (`on_main`), under a
-//! watchdog.
+//! watchdog. The tests assert the process-wide `readers()`, so no read lock of a test
+//! lives outside its `on_main` body: each is dropped before the body returns.
 #![cfg(not(loom))]
 
 use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -48,7 +49,8 @@ fn on_main<R: Send + 'static>(test: &str, f: impl FnOnce() -> R + Send + 'static
     tx.lock().unwrap().send(job).unwrap();
     match rrx.recv_timeout(WATCHDOG) {
         Ok(Ok(r)) => r,
-        Ok(Err(panic)) => resume_unwind(panic),
+        // The message again: the main-loop thread's own report is captured elsewhere.
+        Ok(Err(panic)) => panic!("`{test}` failed: {}", message(&*panic)),
         Err(_) => panic!(
             "watchdog: `{test}` still runs after {WATCHDOG:?} on the main loop (readers() = \
              {}, has_writer() = {}): a hang",
@@ -262,25 +264,26 @@ fn quiesce_callbacks_cannot_keep_guards_past_wrlock_drained() {
 /// later `wrlock` does not hang (the watchdog turns a hang into a failure).
 #[test]
 fn regress_read_guard_dropped_without_context_unlocks() {
-    let io = IoThread::new("io-orphan").unwrap();
-    let (tx, rx) = channel::<ReadGuard<'static>>();
-    io.ctx()
-        .spawn(async move {
-            tx.send(graph_lock().rdlock().await).unwrap();
-        })
-        .detach();
-    let guard = rx.recv_timeout(WATCHDOG).expect("the reader task ran");
-    drop(io);
-    let dropped = std::thread::spawn(move || catch_unwind(AssertUnwindSafe(|| drop(guard))))
-        .join()
-        .unwrap();
-    if let Err(e) = dropped {
-        panic!(
-            "dropping a ReadGuard with no context panicked: {}",
-            message(&*e)
-        );
-    }
     on_main("read_guard_dropped_without_context", || {
+        let io = IoThread::new("io-orphan").unwrap();
+        let (tx, rx) = channel::<ReadGuard<'static>>();
+        io.ctx()
+            .spawn(async move {
+                tx.send(graph_lock().rdlock().await).unwrap();
+            })
+            .detach();
+        let guard = rx.recv_timeout(WATCHDOG).expect("the reader task ran");
+        drop(io);
+        assert_eq!(graph_lock().readers(), 1);
+        let dropped = std::thread::spawn(move || catch_unwind(AssertUnwindSafe(|| drop(guard))))
+            .join()
+            .unwrap();
+        if let Err(e) = dropped {
+            panic!(
+                "dropping a ReadGuard with no context panicked: {}",
+                message(&*e)
+            );
+        }
         assert_eq!(graph_lock().readers(), 0, "the count leaked");
         lock_is_usable();
     });
@@ -300,25 +303,26 @@ fn try_rdlock_once() {
 /// `readers_is_zero_under_the_write_lock` checks the same exhaustively.)
 #[test]
 fn readers_is_zero_while_the_write_lock_is_held() {
-    let ios = [
-        IoThread::new("io-hammer-1").unwrap(),
-        IoThread::new("io-hammer-2").unwrap(),
-    ];
-    let stop = Arc::new(AtomicBool::new(false));
-    for io in &ios {
-        let stop = Arc::clone(&stop);
-        io.ctx()
-            .spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    // One attempt, given up when it backs off: a reader backing off
-                    // over and over while the writer holds the lock.
-                    try_rdlock_once();
-                    aioctx_aio::yield_now().await;
-                }
-            })
-            .detach();
-    }
     let seen = on_main("readers_zero_under_write", || {
+        let ios = [
+            IoThread::new("io-hammer-1").unwrap(),
+            IoThread::new("io-hammer-2").unwrap(),
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = ios
+            .iter()
+            .map(|io| {
+                let stop = Arc::clone(&stop);
+                io.ctx().spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        // One attempt, given up when it backs off: a reader backing off
+                        // over and over while the writer holds the lock.
+                        try_rdlock_once();
+                        aioctx_aio::yield_now().await;
+                    }
+                })
+            })
+            .collect();
         let mut seen = Vec::new();
         for i in 0..200 {
             let w = graph_lock().wrlock();
@@ -330,9 +334,15 @@ fn readers_is_zero_while_the_write_lock_is_held() {
             }
             drop(w);
         }
+        stop.store(true, Ordering::Relaxed);
+        // No reader of this test outlives it (the other tests read `readers()`).
+        for task in tasks {
+            main_context().block_on(async move {
+                let _ = task.await;
+            });
+        }
         seen
     });
-    stop.store(true, Ordering::Relaxed);
     assert!(
         seen.is_empty(),
         "readers() was non-zero under the write lock {} times; first (hold, value): {:?}",
