@@ -214,6 +214,12 @@ impl<L: EventLoop> AioWait<L> {
     }
 }
 
+impl<L: EventLoop> Default for AioWait<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<L> Drop for Registration<'_, L> {
     fn drop(&mut self) {
         if let Some(id) = self.other {
