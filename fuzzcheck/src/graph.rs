@@ -17,6 +17,13 @@
 //! negative, also after tasks moved between contexts with locks held), `has_writer()`
 //! is the model's, and no reader ever acquired while the writer held the lock. A hang
 //! (a lost wake-up) is turned into an abort with the step by a watchdog.
+//!
+//! The main loop's own accesses are in the model too: main-loop read guards, which make
+//! `wrlock` panic (as a second `wrlock` under the write lock does, and
+//! `rdlock_main_loop` under it), with the message checked and nothing changed; guards a
+//! task gives to a thread that runs no context, whose drop must unlock correctly; and a
+//! bottom half run by `wrlock`'s own wait that takes and drops a main-loop read guard
+//! and a nested write lock.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,7 +36,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use aioctx_aio::{AioContext, IoThread, JoinHandle, main_context, reschedule_to, yield_now};
-use aioctx_graph::{ReadGuard, WriteGuard, graph_lock};
+use aioctx_graph::{MainLoopGuard, ReadGuard, WriteGuard, graph_lock};
 use aioctx_wait::{kick, wait_while};
 use arbitrary::Arbitrary;
 
@@ -61,6 +68,18 @@ pub enum Op {
     WrLock,
     /// The main loop drops the write lock; blocked readers acquire.
     WrUnlock,
+    /// The main loop takes a main-loop read guard (`rdlock_main_loop`); under the write
+    /// lock that must panic.
+    MainLoopRead,
+    /// The main loop drops a main-loop read guard.
+    MainLoopUnread,
+    /// The task hands one read guard to a thread that runs no context, which drops it
+    /// (a task's future dropped where its context is gone).
+    GiveAway(u8),
+    /// The next `WrLock` first schedules a bottom half on the main context that, if it
+    /// runs inside that `wrlock`'s own wait, takes and drops a main-loop read guard and
+    /// a nested write lock.
+    NestInNextWrLock,
 }
 
 // ---------------------------------------------------------------------------------
@@ -77,6 +96,10 @@ struct TaskState {
 struct Model {
     tasks: [Option<TaskState>; TASKS],
     writer: bool,
+    /// Main-loop read guards held by the run.
+    main_guards: u32,
+    /// Whether the next `WrLock` schedules the nesting bottom half.
+    nest: bool,
 }
 
 // ---------------------------------------------------------------------------------
@@ -90,6 +113,7 @@ enum Cmd {
     Move(usize),
     Yield,
     Exit,
+    GiveAway,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +129,8 @@ struct Mailbox {
     cmds: Mutex<(VecDeque<Cmd>, Option<Waker>)>,
     shown: Mutex<Shown>,
     sent: Mutex<u64>,
+    /// A read guard the task gave away (`Cmd::GiveAway`), for the run to drop.
+    given: Mutex<Option<ReadGuard<'static>>>,
 }
 
 impl Mailbox {
@@ -203,6 +229,7 @@ async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
                 ctx = c;
             }
             Cmd::Yield => yield_now().await,
+            Cmd::GiveAway => *mb.given.lock().unwrap() = guards.pop(),
             Cmd::Exit => {
                 guards.clear();
                 mb.show(|s| {
@@ -306,6 +333,7 @@ fn run_on_main(ops: &[Op]) {
     let mut model = Model::default();
     let mut slots: [Option<Slot>; TASKS] = Default::default();
     let mut writer: Option<WriteGuard<'static>> = None;
+    let mut main_guards: Vec<MainLoopGuard<'static>> = Vec::new();
     VIOLATIONS.store(0, Ordering::SeqCst);
     let base_readers = graph_lock().readers();
     assert_eq!(
@@ -332,7 +360,9 @@ fn run_on_main(ops: &[Op]) {
     for (step, op) in steps.into_iter().enumerate() {
         watchdog.note(|s| *s = format!("step {step}: {op:?}; model {model:?}"));
         let Some(op) = op else {
-            // Cleanup: release the writer, then end every task.
+            // Cleanup: release the main-loop guards and the writer, then end every task.
+            main_guards.clear();
+            model.main_guards = 0;
             if let Some(w) = writer.take() {
                 WRITER_ACTIVE.store(false, Ordering::SeqCst);
                 drop(w);
@@ -379,7 +409,12 @@ fn run_on_main(ops: &[Op]) {
                     });
                 }
             }
-            Op::RdLock(t) | Op::RdUnlock(t) | Op::Move(t, _) | Op::Yield(t) | Op::Exit(t) => {
+            Op::RdLock(t)
+            | Op::RdUnlock(t)
+            | Op::Move(t, _)
+            | Op::Yield(t)
+            | Op::Exit(t)
+            | Op::GiveAway(t) => {
                 let i = task(t);
                 let (Some(slot), Some(m)) = (&slots[i], &mut model.tasks[i]) else {
                     continue;
@@ -406,6 +441,10 @@ fn run_on_main(ops: &[Op]) {
                     }
                     Op::Yield(_) => Cmd::Yield,
                     Op::Exit(_) => Cmd::Exit,
+                    Op::GiveAway(_) if m.held > 0 => {
+                        m.held -= 1;
+                        Cmd::GiveAway
+                    }
                     _ => continue,
                 };
                 slot.mb.send(cmd);
@@ -417,8 +456,23 @@ fn run_on_main(ops: &[Op]) {
                 }
             }
             Op::WrLock => {
-                if writer.is_some() {
+                if writer.is_some() || model.main_guards > 0 {
+                    // Refused with a panic, before anything changes.
+                    let want = if writer.is_some() {
+                        "already held"
+                    } else {
+                        "main-loop read guard"
+                    };
+                    let msg = panic_message(|| drop(graph_lock().wrlock()));
+                    assert!(
+                        msg.as_deref().is_some_and(|m| m.contains(want)),
+                        "graph: step {step} ({op:?}): wrlock with {want} must panic saying so, \
+                         got {msg:?}; ops: {ops:?}"
+                    );
                     continue;
+                }
+                if std::mem::take(&mut model.nest) {
+                    main_context().schedule_oneshot(nested_in_wrlock);
                 }
                 IN_WRLOCK.store(true, Ordering::SeqCst);
                 for (slot, m) in slots.iter().zip(model.tasks.iter_mut()) {
@@ -436,6 +490,26 @@ fn run_on_main(ops: &[Op]) {
                 writer = Some(w);
                 model.writer = true;
             }
+            Op::MainLoopRead => {
+                if writer.is_some() {
+                    let msg = panic_message(|| drop(graph_lock().rdlock_main_loop()));
+                    assert!(
+                        msg.as_deref()
+                            .is_some_and(|m| m.contains("write lock is held")),
+                        "graph: step {step} ({op:?}): rdlock_main_loop under the write lock \
+                         must panic saying so, got {msg:?}; ops: {ops:?}"
+                    );
+                } else if model.main_guards < MAX_HELD {
+                    main_guards.push(graph_lock().rdlock_main_loop());
+                    model.main_guards += 1;
+                }
+            }
+            Op::MainLoopUnread => {
+                if main_guards.pop().is_some() {
+                    model.main_guards -= 1;
+                }
+            }
+            Op::NestInNextWrLock => model.nest = true,
             Op::WrUnlock => {
                 let Some(w) = writer.take() else { continue };
                 WRITER_ACTIVE.store(false, Ordering::SeqCst);
@@ -450,6 +524,12 @@ fn run_on_main(ops: &[Op]) {
             }
         }
         wait_while(None, || !quiescent(&slots, &model));
+        // Guards given away are dropped on a thread that runs no context.
+        for slot in slots.iter().flatten() {
+            if let Some(g) = slot.mb.given.lock().unwrap().take() {
+                crate::on_remote_thread(move || drop(g));
+            }
+        }
         for (i, (slot, m)) in slots.iter().zip(&model.tasks).enumerate() {
             let real = slot.as_ref().and_then(|s| s.mb.shown.lock().unwrap().state);
             assert_eq!(
@@ -479,4 +559,69 @@ fn run_on_main(ops: &[Op]) {
         );
     }
     drop(watchdog);
+}
+
+/// The bottom half of [`Op::NestInNextWrLock`]: inside the run's `wrlock` wait (and only
+/// there: elsewhere a nested writer could wait for read locks the model keeps held),
+/// a main-loop read guard and a nested write lock, both dropped before it returns.
+fn nested_in_wrlock() {
+    if IN_WRLOCK.load(Ordering::SeqCst) && !graph_lock().has_writer() {
+        drop(graph_lock().rdlock_main_loop());
+        drop(graph_lock().wrlock());
+        NESTED_WRITERS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many nested write locks [`nested_in_wrlock`] took (for the unit test).
+static NESTED_WRITERS: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `f`, which should panic, and returns the panic's message (`None` when it did
+/// not panic).
+fn panic_message(f: impl FnOnce()) -> Option<String> {
+    let err = catch_unwind(AssertUnwindSafe(f)).err()?;
+    Some(
+        err.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op::*;
+
+    /// Each of the main loop's own accesses against the write lock, and a guard dropped
+    /// where no context runs, in one run (the fuzzer finds these; this keeps them in
+    /// every `cargo test`).
+    #[test]
+    fn main_loop_guards_nested_writer_and_given_away_guards() {
+        super::run(&[
+            Spawn(1),
+            Spawn(0),
+            RdLock(0),
+            RdLock(1),
+            MainLoopRead,
+            WrLock, // refused: a main-loop read guard is alive
+            MainLoopUnread,
+            GiveAway(0), // dropped on a thread with no context
+            RdLock(0),
+            NestInNextWrLock,
+            WrLock,
+            MainLoopRead, // refused: the write lock is held
+            WrLock,       // refused: already held
+            RdLock(1),    // blocks behind the writer
+            WrUnlock,
+            GiveAway(1),
+            Move(0, 2),
+            GiveAway(0),
+            RdLock(1),
+            NestInNextWrLock,
+            WrLock,
+            WrUnlock,
+        ]);
+        // Both writers waited for a reader on the main context, so the bottom half ran
+        // inside their waits.
+        assert_eq!(super::NESTED_WRITERS.load(super::Ordering::Relaxed), 2);
+    }
 }
