@@ -304,7 +304,10 @@ impl<'a> Future for RdLock<'a> {
     }
 }
 
-/// A read lock; dropping it is `rdunlock` (on whatever context the task is on then).
+/// A read lock; dropping it is `rdunlock`, counted on whatever context the dropping
+/// thread runs then — or, on a thread that runs none (a task's future dropped after its
+/// context died), in the orphaned sum: dropping it never panics and never leaks the
+/// count.
 #[must_use = "dropping the guard releases the read lock at once"]
 pub struct ReadGuard<'a> {
     lock: &'a GraphLock,
