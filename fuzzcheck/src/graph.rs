@@ -1,4 +1,4 @@
-//! The graph lock against a reference model (DESIGN §8; QEMU: block/graph-lock.c).
+//! The graph lock against a reference model (QEMU: block/graph-lock.c).
 //!
 //! Readers are tasks on three contexts — the main context and two iothreads — each
 //! obeying commands from the run (take a read lock, drop one, move to another context,

@@ -2,7 +2,7 @@
 //! change, and those threads [`kick`] it awake — with no syscall and no allocation when
 //! nobody waits.
 //!
-//! QEMU: util/aio-wait.c, include/block/aio-wait.h. DESIGN §7.
+//! QEMU: util/aio-wait.c, include/block/aio-wait.h.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -29,9 +29,11 @@
 //!
 //! The protocol and its proof are in `protocol.rs`: the waiter raises a count and
 //! fences before it reads the condition; the kicker fences after it changed the
-//! condition and reads the count. A loom model of the pair, and of two broken variants
-//! that it must find deadlocking, is in `loom_tests.rs`
-//! (`RUSTFLAGS="--cfg loom" cargo test -p aioctx-wait --release --lib`).
+//! condition and reads the count; a waiter on an iothread's own context also leaves a
+//! handle to it for the kicks. A loom model of the protocol, and of three broken
+//! variants that it must find deadlocking, is in `loom_tests.rs`
+//! (`RUSTFLAGS="--cfg loom" cargo test -p aioctx-wait --release --lib`); the graph
+//! lock's models run the same code (the `loom-model` feature).
 #![deny(missing_docs)]
 
 mod oneshot;
@@ -88,7 +90,8 @@ fn global() -> &'static AioWait<ContextLoop> {
 }
 
 /// The main context's one dummy bottom half. Scheduling a pending BH is idempotent, so
-/// one is enough for every kick (QEMU allocates a oneshot BH per kick). DESIGN §11.
+/// one is enough for every kick (QEMU allocates a oneshot BH per kick), and a kick with
+/// a waiter allocates nothing.
 static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 
 /// Wakes the main loop if a [`wait_while`] may be polling (QEMU: `aio_wait_kick`).

@@ -1,4 +1,4 @@
-//! loom models of the wait/kick pair (DESIGN §7, §9).
+//! loom models of the wait/kick pair.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-wait --release --lib`.
 //!

@@ -47,7 +47,8 @@
 //! 7455ff1a "aio_wait_kick: add missing memory barrier"), and a waiter that relies on its
 //! SeqCst increment instead of a fence after it (QEMU before `smp_mb__after_rmw()` was
 //! added after the `qatomic_inc`): an RMW orders its own access, not the later relaxed
-//! load of the condition.
+//! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
+//! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
 use crate::sync::{Mutex, lock};
