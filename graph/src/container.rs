@@ -18,7 +18,31 @@
 //! println!("{children:?}");
 //! ```
 //!
-//! and a read guard cannot stand in for the write guard:
+//! nor can the write guard be dropped — letting readers in — while such a reference
+//! lives:
+//!
+//! ```compile_fail,E0505
+//! # use aioctx_graph::{Graph, graph_lock};
+//! # aioctx_aio::main_context().make_current();
+//! let graph = Graph::new();
+//! let mut w = graph_lock().wrlock();
+//! let a = graph.add_node(&mut w, String::from("a"));
+//! let s = graph.get(&w, a).unwrap(); // borrows `w` ...
+//! drop(w);                           // ... so moving it out is an error
+//! println!("{s}");
+//! ```
+//!
+//! and the main loop's guards stay on the main loop (they are not `Send`), where the
+//! lock can see them:
+//!
+//! ```compile_fail,E0277
+//! # use aioctx_graph::graph_lock;
+//! # aioctx_aio::main_context().make_current();
+//! let r = graph_lock().rdlock_main_loop();
+//! std::thread::spawn(move || drop(r)); // `*const ()` cannot be sent between threads
+//! ```
+//!
+//! A read guard cannot stand in for the write guard:
 //!
 //! ```compile_fail,E0308
 //! # use aioctx_graph::{Graph, graph_lock};
