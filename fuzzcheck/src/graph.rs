@@ -1,4 +1,4 @@
-//! The graph lock against a reference model (DESIGN §8; QEMU: block/graph-lock.c).
+//! The graph lock against a reference model (QEMU: block/graph-lock.c).
 //!
 //! Readers are tasks on three contexts — the main context and two iothreads — each
 //! obeying commands from the run (take a read lock, drop one, move to another context,
@@ -17,21 +17,28 @@
 //! negative, also after tasks moved between contexts with locks held), `has_writer()`
 //! is the model's, and no reader ever acquired while the writer held the lock. A hang
 //! (a lost wake-up) is turned into an abort with the step by a watchdog.
+//!
+//! The main loop's own accesses are in the model too: main-loop read guards, which make
+//! `wrlock` panic (as a second `wrlock` under the write lock does, and
+//! `rdlock_main_loop` under it), with the message checked and nothing changed; guards a
+//! task gives to a thread that runs no context, whose drop must unlock correctly; and a
+//! bottom half run by `wrlock`'s own wait that takes and drops a main-loop read guard
+//! and a nested write lock.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use aioctx_aio::{AioContext, IoThread, JoinHandle, main_context, reschedule_to, yield_now};
-use aioctx_graph::{ReadGuard, WriteGuard, graph_lock};
-use aioctx_wait::{kick, wait_while};
+use aioctx_aio::{AioContext, IoThread, JoinHandle, main_context};
+use aioctx_graph::{MainLoopGuard, WriteGuard, graph_lock};
+use aioctx_wait::wait_while;
 use arbitrary::Arbitrary;
+
+mod reader;
+
+use reader::{Cmd, IN_WRLOCK, Mailbox, VIOLATIONS, WRITER_ACTIVE, reader};
 
 /// How many reader tasks a run has at once.
 pub const TASKS: usize = 4;
@@ -61,6 +68,18 @@ pub enum Op {
     WrLock,
     /// The main loop drops the write lock; blocked readers acquire.
     WrUnlock,
+    /// The main loop takes a main-loop read guard (`rdlock_main_loop`); under the write
+    /// lock that must panic.
+    MainLoopRead,
+    /// The main loop drops a main-loop read guard.
+    MainLoopUnread,
+    /// The task hands one read guard to a thread that runs no context, which drops it
+    /// (a task's future dropped where its context is gone).
+    GiveAway(u8),
+    /// The next `WrLock` first schedules a bottom half on the main context that, if it
+    /// runs inside that `wrlock`'s own wait, takes and drops a main-loop read guard and
+    /// a nested write lock.
+    NestInNextWrLock,
 }
 
 // ---------------------------------------------------------------------------------
@@ -77,152 +96,10 @@ struct TaskState {
 struct Model {
     tasks: [Option<TaskState>; TASKS],
     writer: bool,
-}
-
-// ---------------------------------------------------------------------------------
-// Reader tasks.
-
-#[derive(Debug, Clone, Copy)]
-enum Cmd {
-    Lock,
-    Unlock,
-    UnlockAll,
-    Move(usize),
-    Yield,
-    Exit,
-}
-
-#[derive(Debug, Default)]
-struct Shown {
-    /// Commands fully acted on.
-    processed: u64,
-    state: Option<TaskState>,
-    done: bool,
-}
-
-#[derive(Default)]
-struct Mailbox {
-    cmds: Mutex<(VecDeque<Cmd>, Option<Waker>)>,
-    shown: Mutex<Shown>,
-    sent: Mutex<u64>,
-}
-
-impl Mailbox {
-    fn send(&self, cmd: Cmd) {
-        *self.sent.lock().unwrap() += 1;
-        let waker = {
-            let mut c = self.cmds.lock().unwrap();
-            c.0.push_back(cmd);
-            c.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// Publishes the task's state and wakes the run's `wait_while` — except while the
-    /// writer waits in `wrlock`: then the only wake-ups it may get are the lock's own
-    /// (`rdunlock`'s kick), or a lost one would go unnoticed.
-    fn show(&self, f: impl FnOnce(&mut Shown)) {
-        f(&mut self.shown.lock().unwrap());
-        // SeqCst: if this load still sees `true`, the main loop's store of `false`
-        // follows it, so the main loop's next look at `shown` (after that store) sees
-        // the update above without a kick.
-        if !IN_WRLOCK.load(Ordering::SeqCst) {
-            kick();
-        }
-    }
-}
-
-struct NextCmd<'a>(&'a Mailbox);
-
-impl Future for NextCmd<'_> {
-    type Output = Cmd;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cmd> {
-        let mut c = self.0.cmds.lock().unwrap();
-        match c.0.pop_front() {
-            Some(cmd) => Poll::Ready(cmd),
-            None => {
-                c.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
-/// Polls `rdlock()`, showing "blocked" while it is pending.
-struct Observed<'a, F> {
-    fut: Pin<Box<F>>,
-    mb: &'a Mailbox,
-}
-
-impl<F: Future> Future for Observed<'_, F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.fut.as_mut().poll(cx) {
-            Poll::Ready(v) => Poll::Ready(v),
-            Poll::Pending => {
-                self.mb.show(|s| {
-                    if let Some(st) = &mut s.state {
-                        st.blocked = true;
-                    }
-                });
-                Poll::Pending
-            }
-        }
-    }
-}
-
-/// Set by the main loop while it holds the write lock.
-static WRITER_ACTIVE: AtomicBool = AtomicBool::new(false);
-/// Set by the main loop while it waits in `wrlock` (see `Mailbox::show`).
-static IN_WRLOCK: AtomicBool = AtomicBool::new(false);
-/// Read locks acquired while the writer held the lock.
-static VIOLATIONS: AtomicU32 = AtomicU32::new(0);
-
-async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
-    let mut guards: Vec<ReadGuard<'static>> = Vec::new();
-    loop {
-        let cmd = NextCmd(&mb).await;
-        match cmd {
-            Cmd::Lock => {
-                let g = Observed {
-                    fut: Box::pin(graph_lock().rdlock()),
-                    mb: &mb,
-                }
-                .await;
-                if WRITER_ACTIVE.load(Ordering::SeqCst) {
-                    VIOLATIONS.fetch_add(1, Ordering::SeqCst);
-                }
-                guards.push(g);
-            }
-            Cmd::Unlock => drop(guards.pop()),
-            Cmd::UnlockAll => guards.clear(),
-            Cmd::Move(c) => {
-                reschedule_to(&contexts()[c]).await;
-                ctx = c;
-            }
-            Cmd::Yield => yield_now().await,
-            Cmd::Exit => {
-                guards.clear();
-                mb.show(|s| {
-                    s.processed += 1;
-                    s.state = None;
-                    s.done = true;
-                });
-                return;
-            }
-        }
-        let held = guards.len() as u32;
-        mb.show(|s| {
-            s.processed += 1;
-            s.state = Some(TaskState {
-                held,
-                blocked: false,
-                ctx,
-            });
-        });
-    }
+    /// Main-loop read guards held by the run.
+    main_guards: u32,
+    /// Whether the next `WrLock` schedules the nesting bottom half.
+    nest: bool,
 }
 
 /// The three contexts: main, and two iothreads that live as long as the process.
@@ -306,6 +183,7 @@ fn run_on_main(ops: &[Op]) {
     let mut model = Model::default();
     let mut slots: [Option<Slot>; TASKS] = Default::default();
     let mut writer: Option<WriteGuard<'static>> = None;
+    let mut main_guards: Vec<MainLoopGuard<'static>> = Vec::new();
     VIOLATIONS.store(0, Ordering::SeqCst);
     let base_readers = graph_lock().readers();
     assert_eq!(
@@ -332,7 +210,9 @@ fn run_on_main(ops: &[Op]) {
     for (step, op) in steps.into_iter().enumerate() {
         watchdog.note(|s| *s = format!("step {step}: {op:?}; model {model:?}"));
         let Some(op) = op else {
-            // Cleanup: release the writer, then end every task.
+            // Cleanup: release the main-loop guards and the writer, then end every task.
+            main_guards.clear();
+            model.main_guards = 0;
             if let Some(w) = writer.take() {
                 WRITER_ACTIVE.store(false, Ordering::SeqCst);
                 drop(w);
@@ -379,7 +259,12 @@ fn run_on_main(ops: &[Op]) {
                     });
                 }
             }
-            Op::RdLock(t) | Op::RdUnlock(t) | Op::Move(t, _) | Op::Yield(t) | Op::Exit(t) => {
+            Op::RdLock(t)
+            | Op::RdUnlock(t)
+            | Op::Move(t, _)
+            | Op::Yield(t)
+            | Op::Exit(t)
+            | Op::GiveAway(t) => {
                 let i = task(t);
                 let (Some(slot), Some(m)) = (&slots[i], &mut model.tasks[i]) else {
                     continue;
@@ -406,6 +291,10 @@ fn run_on_main(ops: &[Op]) {
                     }
                     Op::Yield(_) => Cmd::Yield,
                     Op::Exit(_) => Cmd::Exit,
+                    Op::GiveAway(_) if m.held > 0 => {
+                        m.held -= 1;
+                        Cmd::GiveAway
+                    }
                     _ => continue,
                 };
                 slot.mb.send(cmd);
@@ -419,8 +308,23 @@ fn run_on_main(ops: &[Op]) {
                 }
             }
             Op::WrLock => {
-                if writer.is_some() {
+                if writer.is_some() || model.main_guards > 0 {
+                    // Refused with a panic, before anything changes.
+                    let want = if writer.is_some() {
+                        "already held"
+                    } else {
+                        "main-loop read guard"
+                    };
+                    let msg = panic_message(|| drop(graph_lock().wrlock()));
+                    assert!(
+                        msg.as_deref().is_some_and(|m| m.contains(want)),
+                        "graph: step {step} ({op:?}): wrlock with {want} must panic saying so, \
+                         got {msg:?}; ops: {ops:?}"
+                    );
                     continue;
+                }
+                if std::mem::take(&mut model.nest) {
+                    main_context().schedule_oneshot(nested_in_wrlock);
                 }
                 IN_WRLOCK.store(true, Ordering::SeqCst);
                 for (slot, m) in slots.iter().zip(model.tasks.iter_mut()) {
@@ -438,6 +342,26 @@ fn run_on_main(ops: &[Op]) {
                 writer = Some(w);
                 model.writer = true;
             }
+            Op::MainLoopRead => {
+                if writer.is_some() {
+                    let msg = panic_message(|| drop(graph_lock().rdlock_main_loop()));
+                    assert!(
+                        msg.as_deref()
+                            .is_some_and(|m| m.contains("write lock is held")),
+                        "graph: step {step} ({op:?}): rdlock_main_loop under the write lock \
+                         must panic saying so, got {msg:?}; ops: {ops:?}"
+                    );
+                } else if model.main_guards < MAX_HELD {
+                    main_guards.push(graph_lock().rdlock_main_loop());
+                    model.main_guards += 1;
+                }
+            }
+            Op::MainLoopUnread => {
+                if main_guards.pop().is_some() {
+                    model.main_guards -= 1;
+                }
+            }
+            Op::NestInNextWrLock => model.nest = true,
             Op::WrUnlock => {
                 let Some(w) = writer.take() else { continue };
                 WRITER_ACTIVE.store(false, Ordering::SeqCst);
@@ -452,6 +376,12 @@ fn run_on_main(ops: &[Op]) {
             }
         }
         wait_while(None, || !quiescent(&slots, &model));
+        // Guards given away are dropped on a thread that runs no context.
+        for slot in slots.iter().flatten() {
+            if let Some(g) = slot.mb.given.lock().unwrap().take() {
+                crate::on_remote_thread(move || drop(g));
+            }
+        }
         for (i, (slot, m)) in slots.iter().zip(&model.tasks).enumerate() {
             let real = slot.as_ref().and_then(|s| s.mb.shown.lock().unwrap().state);
             assert_eq!(
@@ -481,4 +411,69 @@ fn run_on_main(ops: &[Op]) {
         );
     }
     drop(watchdog);
+}
+
+/// The bottom half of [`Op::NestInNextWrLock`]: inside the run's `wrlock` wait (and only
+/// there: elsewhere a nested writer could wait for read locks the model keeps held),
+/// a main-loop read guard and a nested write lock, both dropped before it returns.
+fn nested_in_wrlock() {
+    if IN_WRLOCK.load(Ordering::SeqCst) && !graph_lock().has_writer() {
+        drop(graph_lock().rdlock_main_loop());
+        drop(graph_lock().wrlock());
+        NESTED_WRITERS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many nested write locks [`nested_in_wrlock`] took (for the unit test).
+static NESTED_WRITERS: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `f`, which should panic, and returns the panic's message (`None` when it did
+/// not panic).
+fn panic_message(f: impl FnOnce()) -> Option<String> {
+    let err = catch_unwind(AssertUnwindSafe(f)).err()?;
+    Some(
+        err.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op::*;
+
+    /// Each of the main loop's own accesses against the write lock, and a guard dropped
+    /// where no context runs, in one run (the fuzzer finds these; this keeps them in
+    /// every `cargo test`).
+    #[test]
+    fn main_loop_guards_nested_writer_and_given_away_guards() {
+        super::run(&[
+            Spawn(1),
+            Spawn(0),
+            RdLock(0),
+            RdLock(1),
+            MainLoopRead,
+            WrLock, // refused: a main-loop read guard is alive
+            MainLoopUnread,
+            GiveAway(0), // dropped on a thread with no context
+            RdLock(0),
+            NestInNextWrLock,
+            WrLock,
+            MainLoopRead, // refused: the write lock is held
+            WrLock,       // refused: already held
+            RdLock(1),    // blocks behind the writer
+            WrUnlock,
+            GiveAway(1),
+            Move(0, 2),
+            GiveAway(0),
+            RdLock(1),
+            NestInNextWrLock,
+            WrLock,
+            WrUnlock,
+        ]);
+        // Both writers waited for a reader on the main context, so the bottom half ran
+        // inside their waits.
+        assert_eq!(super::NESTED_WRITERS.load(super::Ordering::Relaxed), 2);
+    }
 }

@@ -18,7 +18,31 @@
 //! println!("{children:?}");
 //! ```
 //!
-//! and a read guard cannot stand in for the write guard:
+//! nor can the write guard be dropped — letting readers in — while such a reference
+//! lives:
+//!
+//! ```compile_fail,E0505
+//! # use aioctx_graph::{Graph, graph_lock};
+//! # aioctx_aio::main_context().make_current();
+//! let graph = Graph::new();
+//! let mut w = graph_lock().wrlock();
+//! let a = graph.add_node(&mut w, String::from("a"));
+//! let s = graph.get(&w, a).unwrap(); // borrows `w` ...
+//! drop(w);                           // ... so moving it out is an error
+//! println!("{s}");
+//! ```
+//!
+//! and the main loop's guards stay on the main loop (they are not `Send`), where the
+//! lock can see them:
+//!
+//! ```compile_fail,E0277
+//! # use aioctx_graph::graph_lock;
+//! # aioctx_aio::main_context().make_current();
+//! let r = graph_lock().rdlock_main_loop();
+//! std::thread::spawn(move || drop(r)); // `*const ()` cannot be sent between threads
+//! ```
+//!
+//! A read guard cannot stand in for the write guard:
 //!
 //! ```compile_fail,E0308
 //! # use aioctx_graph::{Graph, graph_lock};
@@ -28,7 +52,12 @@
 //! graph.add_node(&mut r, "a"); // expected `&mut WriteGuard`, found `&mut MainLoopGuard`
 //! ```
 //!
-//! nor can a graph be read with no guard at all:
+//! Where the types cannot say it — a [`MainLoopGuard`](crate::MainLoopGuard) and the
+//! write guard are taken from the same shared lock — the lock refuses at run time:
+//! [`wrlock`](crate::GraphLock::wrlock) panics, before it takes the lock, while a
+//! main-loop read guard or another write guard is alive.
+//!
+//! Nor can a graph be read with no guard at all:
 //!
 //! ```compile_fail,E0061
 //! # use aioctx_graph::Graph;
@@ -116,10 +145,11 @@ pub struct Graph<T> {
 
 // SAFETY: the data is read only through `&self` methods that take a `ReadAccess` guard,
 // and written only through methods that take `&mut WriteGuard`. A `WriteGuard` exists
-// only while the graph lock has a writer and no reader (state.rs rules 1–2), the main-
-// loop guard cannot be taken while a writer holds the lock, and the borrow of the
-// guard keeps every returned reference from outliving the access it was given under.
-// Values cross threads through it, hence `T: Send + Sync`.
+// only while the graph lock has a writer and no reader (state.rs rules 1–2); at most one
+// exists, and never alongside a main-loop read guard (rule 4: `wrlock` panics before
+// taking the lock otherwise, also when a callback of its own wait took one); and the
+// borrow of the guard keeps every returned reference from outliving the access it was
+// given under. Values cross threads through it, hence `T: Send + Sync`.
 unsafe impl<T: Send + Sync> Sync for Graph<T> {}
 
 impl<T> Default for Graph<T> {

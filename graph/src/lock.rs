@@ -82,13 +82,16 @@ fn with_counter<R>(what: &str, f: impl FnOnce(&ReaderCounter) -> R) -> R {
                 std::thread::current().name().unwrap_or("<unnamed>")
             )
         });
-        let counter = ctx.local(&COUNTER, || {
-            let c = Arc::new(ReaderCounter::new());
-            GRAPH_LOCK.state.register(Arc::clone(&c));
-            ContextCounter(c)
-        });
+        let counter = ctx.local(&COUNTER, register_counter);
         f(&counter.0)
     })
+}
+
+/// A new counter for a context, registered with the lock.
+fn register_counter() -> ContextCounter {
+    let c = Arc::new(ReaderCounter::new());
+    GRAPH_LOCK.state.register(Arc::clone(&c));
+    ContextCounter(c)
 }
 
 fn assert_main_loop(what: &str) {
@@ -117,7 +120,12 @@ impl GraphLock {
         self.state.unlock_kick()
     }
 
-    /// The number of read locks held, summed over every context (QEMU: `reader_count`).
+    /// The number of read locks ([`ReadGuard`]s) held, summed over every context
+    /// (QEMU: `reader_count`); a snapshot. Exactly 0 while the write lock is held. While
+    /// no writer holds it, a reader counts from the moment it starts taking the lock —
+    /// including one that then finds a writer between its waits and backs off, for the
+    /// instant until it has backed off. [`MainLoopGuard`]s are not read locks and are
+    /// not counted (see [`rdlock_main_loop`](Self::rdlock_main_loop)).
     pub fn readers(&self) -> u32 {
         self.state.readers()
     }
@@ -138,21 +146,43 @@ impl GraphLock {
     }
 
     /// Drops a read lock (QEMU: `bdrv_graph_co_rdunlock`): decrement, fence, kick (per the
-    /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`].
+    /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`]. On a thread
+    /// that runs no context (a task's future dropped after its context died), the
+    /// decrement goes to the orphaned sum, so it never panics and never leaks the count.
     fn rdunlock(&self) {
-        with_counter("rdunlock", |counter| {
-            self.state.rdunlock(counter, &MainLoopWait)
+        let counted = aioctx_aio::with_current(|ctx| match ctx {
+            Some(ctx) => {
+                let counter = ctx.local(&COUNTER, register_counter);
+                self.state.rdunlock(&counter.0, &MainLoopWait);
+                true
+            }
+            None => false,
         });
+        if !counted {
+            self.state.rdunlock_orphaned(&MainLoopWait);
+        }
     }
 
     /// Takes the write lock on the main loop (QEMU: `bdrv_graph_wrlock`): quiesces the
     /// registered sources so new requests cannot starve it, then polls the main loop
     /// until no reader is left.
     ///
+    /// Callbacks run by that poll (bottom halves, tasks on the main context) may take
+    /// and drop read locks, main-loop read guards, even a nested write lock — but none
+    /// of them may still be alive when the wait ends.
+    ///
+    /// It waits for every [`ReadGuard`], wherever it is: one held by the calling thread
+    /// outside a task (taken with `block_on`) is never dropped, and the call never
+    /// returns.
+    ///
     /// # Panics
-    /// Off the main loop, inside a task, or when already held.
+    /// Off the main loop or inside a task; when the write lock or a [`MainLoopGuard`] is
+    /// already held; when a callback run by its wait left a write guard or a main-loop
+    /// read guard alive. Every panic comes before the lock is taken, so nothing read
+    /// under the other guard can be changed.
     pub fn wrlock(&self) -> WriteGuard<'_> {
         assert_main_loop("wrlock");
+        self.state.assert_no_main_loop_access("wrlock");
         let quiesced = self.quiescers.begin();
         self.state.wrlock(&MainLoopWait);
         drop(quiesced);
@@ -171,6 +201,7 @@ impl GraphLock {
     /// As [`wrlock`](Self::wrlock).
     pub fn wrlock_drained(&self) -> WriteGuard<'_> {
         assert_main_loop("wrlock_drained");
+        self.state.assert_no_main_loop_access("wrlock_drained");
         let quiesced = self.quiescers.begin();
         aioctx_wait::wait_while(None, || !quiesced.all_idle());
         let mut guard = self.wrlock();
@@ -187,21 +218,30 @@ impl GraphLock {
         main_context().poll(false);
     }
 
-    /// A read lock for main-loop code outside tasks (QEMU: `bdrv_graph_rdlock_main_loop`):
-    /// free, since the writer runs on the same thread.
+    /// A read access for main-loop code outside tasks (QEMU:
+    /// `bdrv_graph_rdlock_main_loop`): no lock, since the writer runs on the same thread;
+    /// it is counted so that [`wrlock`](Self::wrlock) refuses to run while one is alive.
+    ///
+    /// ```should_panic
+    /// use aioctx_graph::{Graph, graph_lock};
+    /// aioctx_aio::main_context().make_current();
+    /// let graph = Graph::new();
+    /// let a = graph.add_node(&mut graph_lock().wrlock(), String::from("a"));
+    /// let r = graph_lock().rdlock_main_loop();
+    /// let s = graph.get(&r, a).unwrap();
+    /// let mut w = graph_lock().wrlock(); // panics: `s` would dangle after the removal
+    /// drop(graph.remove_node(&mut w, a));
+    /// println!("{s}");
+    /// ```
     ///
     /// # Panics
     /// Off the main loop, inside a task, or while the write lock is held (use the
     /// [`WriteGuard`], which also grants reading).
     pub fn rdlock_main_loop(&self) -> MainLoopGuard<'_> {
         assert_main_loop("rdlock_main_loop");
-        assert!(
-            !self.state.has_writer(),
-            "GraphLock::rdlock_main_loop called while the write lock is held: read through \
-             the WriteGuard instead"
-        );
+        self.state.rdlock_main_loop();
         MainLoopGuard {
-            _lock: self,
+            lock: self,
             _not_send: PhantomData,
         }
     }
@@ -228,7 +268,7 @@ impl GraphLock {
     /// When not.
     pub fn assert_writable(&self) {
         assert!(
-            main_context().is_home_thread() && self.state.has_writer(),
+            main_context().is_home_thread() && self.state.writer_held(),
             "graph written without the write lock held on the main loop"
         );
     }
@@ -264,7 +304,10 @@ impl<'a> Future for RdLock<'a> {
     }
 }
 
-/// A read lock; dropping it is `rdunlock` (on whatever context the task is on then).
+/// A read lock; dropping it is `rdunlock`, counted on whatever context the dropping
+/// thread runs then — or, on a thread that runs none (a task's future dropped after its
+/// context died), in the orphaned sum: dropping it never panics and never leaks the
+/// count.
 #[must_use = "dropping the guard releases the read lock at once"]
 pub struct ReadGuard<'a> {
     lock: &'a GraphLock,
@@ -292,10 +335,18 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-/// The main loop's read access (see [`GraphLock::rdlock_main_loop`]).
+/// The main loop's read access (see [`GraphLock::rdlock_main_loop`]). Stays on the
+/// main loop (not `Send`).
+#[must_use = "dropping the guard ends the read access at once"]
 pub struct MainLoopGuard<'a> {
-    _lock: &'a GraphLock,
+    lock: &'a GraphLock,
     _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for MainLoopGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.state.rdunlock_main_loop();
+    }
 }
 
 /// Guards that grant reading the graph.

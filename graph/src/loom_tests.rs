@@ -1,48 +1,56 @@
-//! loom models of the graph lock (DESIGN §8–§9, issue "graph lock" must-show 3).
+//! loom models of the graph lock.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-graph --release --lib`.
 //!
-//! The models drive the real [`LockState`] with a model of `aio_wait`: `num_waiters`, the
-//! SeqCst fences of `kick` and `wait_while`, and a `loom::sync::Notify` standing in for
-//! "a BH was scheduled on the main context" (like a pending BH, a notify that arrives
-//! before the sleep is kept). loom reports a deadlock when the writer sleeps forever.
+//! The models drive the real [`LockState`] with the real `aio_wait` protocol
+//! (`aioctx_wait`'s `AioWait`, built on loom's atomics through its `loom-model` feature):
+//! only the main loop's sleep is a model, a `loom::sync::Notify` standing in for "a BH
+//! was scheduled on the main context" (like a pending BH, a notify that arrives before
+//! the sleep is kept). loom reports a deadlock when the writer sleeps forever.
 
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 
+use aioctx_wait::{ModelAioWait as AioWait, ModelEventLoop as EventLoop};
 use loom::sync::Notify;
-use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use loom::sync::atomic::{AtomicBool, Ordering};
 
 use crate::state::{AioWaiter, LockState, ReaderCounter, UnlockKick};
 
-/// `aio_wait`, modelled: QEMU's util/aio-wait.c with the main loop's sleep as a Notify.
+/// The main loop's sleep.
+#[derive(Clone, Copy)]
+struct MainLoop(&'static Notify);
+
+impl EventLoop for MainLoop {
+    fn sleep(&self) {
+        self.0.wait();
+    }
+
+    fn wake(&self) {
+        self.0.notify();
+    }
+}
+
+/// `aio_wait` as the lock uses it: the real protocol on the model's main loop.
 struct ModelWait {
-    num_waiters: AtomicU32,
-    main_loop: Notify,
-    /// Whether `kick` has its leading fence; `false` is a mutation the model must catch.
+    wait: AioWait<MainLoop>,
+    main: MainLoop,
+    /// Whether `kick` has its leading fence; `false` is a mutation the model must catch
+    /// (the protocol's own mutation `must_kick_without_fence`).
     kick_fence: bool,
 }
 
 impl AioWaiter for ModelWait {
     fn kick(&self) {
         if self.kick_fence {
-            // [K1] (= the graph lock's [U1]) pairs with the fence after
-            // `num_waiters += 1` below.
-            fence(Ordering::SeqCst);
-        }
-        if self.num_waiters.load(Ordering::Relaxed) > 0 {
-            self.main_loop.notify();
+            self.wait.kick(|| self.main.wake());
+        } else if self.wait.must_kick_without_fence() {
+            self.wait.wake_all(|| self.main.wake());
         }
     }
 
     fn wait_while(&self, cond: &mut dyn FnMut() -> bool) {
-        self.num_waiters.fetch_add(1, Ordering::Relaxed);
-        // Pairs with the fence in `kick` (and [U1] before it).
-        fence(Ordering::SeqCst);
-        while cond() {
-            self.main_loop.wait();
-        }
-        self.num_waiters.fetch_sub(1, Ordering::Relaxed);
+        self.wait.wait_while(&self.main, true, cond);
     }
 }
 
@@ -62,8 +70,8 @@ fn world_with(policy: UnlockKick, kick_fence: bool) -> &'static World {
     let w = Box::leak(Box::new(World {
         lock: LockState::new(),
         wait: ModelWait {
-            num_waiters: AtomicU32::new(0),
-            main_loop: Notify::new(),
+            wait: AioWait::new(),
+            main: MainLoop(Box::leak(Box::new(Notify::new()))),
             kick_fence,
         },
         reading: AtomicBool::new(false),
@@ -102,8 +110,8 @@ fn read_once(w: &'static World, counter: &ReaderCounter) {
 fn write_once(w: &'static World) {
     w.lock.wrlock(&w.wait);
     w.writing.store(true, Ordering::SeqCst);
-    // (`readers()` may read 1 here: a reader that saw `has_writer` is between its
-    // increment and its back-off. Exclusion is what matters, checked by the flags.)
+    // Rule 5: a reader between its increment and its back-off is not a read lock held.
+    assert_eq!(w.lock.readers(), 0, "readers() under the write lock");
     assert!(
         !w.reading.load(Ordering::SeqCst),
         "reader and writer at once"
@@ -139,7 +147,8 @@ fn held_reader_unlocks_during_wrlock(policy: UnlockKick, kick_fence: bool) {
 }
 
 /// A reader locking and unlocking while the writer locks and unlocks: mutual exclusion
-/// holds, and everyone finishes.
+/// holds, `readers()` is 0 while the write lock is held (also when the reader is
+/// backing off), and everyone finishes.
 fn reader_races_writer(policy: UnlockKick) {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(3);
@@ -181,4 +190,21 @@ fn when_writer_seen_loses_the_wakeup_e3082ab3b3() {
 #[should_panic(expected = "deadlock")]
 fn when_writer_seen_reader_races_writer_deadlocks() {
     reader_races_writer(UnlockKick::WhenWriterSeen);
+}
+
+/// A read guard dropped on a thread that runs no context while the writer waits for
+/// it: the decrement goes to the orphaned sum, and its kick still wakes the writer.
+#[test]
+fn orphaned_unlock_during_wrlock_wakes_the_writer() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let w = world(UnlockKick::Always);
+        let c = counter(w);
+        assert!(w.lock.try_rdlock(c, &w.wait, Waker::noop()));
+        let reader = loom::thread::spawn(move || w.lock.rdunlock_orphaned(&w.wait));
+        write_once(w);
+        reader.join().unwrap();
+        assert_eq!(w.lock.readers(), 0);
+    });
 }

@@ -23,6 +23,16 @@
 //! 3. `rdunlock` decrements and **always** kicks; the kick's leading fence is [U1]. The
 //!    kick's skip test reads only `num_waiters`, the waiter-registration count, never
 //!    `has_writer`.
+//! 4. The main loop's own accesses are tracked too: `writer_held` (a `WriteGuard`
+//!    exists) and `main_loop_readers` (main-loop read guards), both written only by the
+//!    main loop. `wrlock` panics if either is set when it starts, and again after each
+//!    of its waits: callbacks run by the writer's own poll see `has_writer == 0` and may
+//!    take either access, but may not keep it past the wait, or two guards would alias
+//!    the graph. `rdlock_main_loop` panics while `writer_held`.
+//! 5. `readers()` is the number of read locks held: 0 while `writer_held` (rules 1–2 let
+//!    no read lock exist then; what the counters show are readers backing off), else the
+//!    sum, which counts a reader from its increment on — also one that is about to back
+//!    off because a writer between its waits set `has_writer`.
 //!
 //! Rule 3 is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
 //! set, and lost this wake-up:
@@ -31,16 +41,16 @@
 //!   main thread (wrlock)                   iothread task (holds the read lock)
 //!   --------------------                   -----------------------------------
 //!   has_writer = 0
-//!   wait_while(readers() > 0):
+//!   wait_while(sum() > 0):
 //!     num_waiters += 1; fence
-//!     readers() == 1 -> poll, sleeps       counter -= 1  -> readers() == 0
+//!     sum() == 1 -> poll, sleeps           counter -= 1  -> sum() == 0
 //!                                          fence                           [U1]
 //!                                          has_writer == 0 -> skip kick   (pre-fix)
 //!   ... asleep forever: nothing will ever schedule a BH on the main context
 //! ```
 //!
 //! With rule 3 the reader's kick reads `num_waiters == 1` (the waiter's fence and [U1]
-//! pair up) and schedules the BH that wakes the writer, which re-checks `readers()`.
+//! pair up) and schedules the BH that wakes the writer, which re-checks `sum()`.
 
 use std::mem;
 use std::task::Waker;
@@ -106,6 +116,10 @@ struct Registry {
 /// The protocol state. See the module docs.
 pub(crate) struct LockState {
     has_writer: AtomicBool,
+    /// Whether a `WriteGuard` exists (rule 4). Written only by the main loop.
+    writer_held: AtomicBool,
+    /// How many main-loop read guards exist (rule 4). Written only by the main loop.
+    main_loop_readers: AtomicU32,
     registry: Mutex<Registry>,
     unlock_kick: AtomicU8,
 }
@@ -115,6 +129,8 @@ impl LockState {
     pub(crate) const fn new() -> Self {
         Self {
             has_writer: AtomicBool::new(false),
+            writer_held: AtomicBool::new(false),
+            main_loop_readers: AtomicU32::new(0),
             registry: Mutex::new(Registry {
                 counters: Vec::new(),
                 orphaned: 0,
@@ -128,6 +144,8 @@ impl LockState {
     pub(crate) fn new() -> Self {
         Self {
             has_writer: AtomicBool::new(false),
+            writer_held: AtomicBool::new(false),
+            main_loop_readers: AtomicU32::new(0),
             registry: Mutex::new(Registry::default()),
             unlock_kick: AtomicU8::new(0),
         }
@@ -148,6 +166,8 @@ impl LockState {
         }
     }
 
+    // Main-loop wiring (lock.rs), which the loom build leaves out.
+    #[cfg_attr(all(loom, test), allow(dead_code))]
     pub(crate) fn has_writer(&self) -> bool {
         self.has_writer.load(Ordering::Relaxed)
     }
@@ -158,18 +178,83 @@ impl LockState {
     }
 
     /// Removes a dying context's counter, keeping its count in `orphaned`.
+    // Main-loop wiring (lock.rs), which the loom build leaves out.
+    #[cfg_attr(all(loom, test), allow(dead_code))]
     pub(crate) fn unregister(&self, counter: &Arc<ReaderCounter>) {
         let mut reg = lock(&self.registry);
         reg.orphaned = reg.orphaned.wrapping_add(counter.get());
         reg.counters.retain(|c| !Arc::ptr_eq(c, counter));
     }
 
-    /// The number of readers: every counter plus `orphaned` (QEMU: `reader_count`).
-    pub(crate) fn readers(&self) -> u32 {
+    /// The sum of every counter plus `orphaned` (QEMU: `reader_count`): the read locks
+    /// held, plus readers between their increment and their back-off (rule 1). What the
+    /// writer waits on.
+    pub(crate) fn sum(&self) -> u32 {
         let reg = lock(&self.registry);
         reg.counters
             .iter()
             .fold(reg.orphaned, |sum, c| sum.wrapping_add(c.get()))
+    }
+
+    /// The number of read locks held (rule 5): 0 while the write lock is held, else
+    /// [`sum`](Self::sum).
+    pub(crate) fn readers(&self) -> u32 {
+        if self.writer_held.load(Ordering::Relaxed) {
+            // No read lock can be held (rules 1-2): what the counters show now are
+            // readers backing off.
+            return 0;
+        }
+        self.sum()
+    }
+
+    /// Whether a `WriteGuard` exists.
+    pub(crate) fn writer_held(&self) -> bool {
+        self.writer_held.load(Ordering::Relaxed)
+    }
+
+    /// How many main-loop read guards exist.
+    pub(crate) fn main_loop_readers(&self) -> u32 {
+        self.main_loop_readers.load(Ordering::Relaxed)
+    }
+
+    /// Panics unless the main loop holds no graph access: no write guard and no
+    /// main-loop read guard (rule 4). `what` names the caller for the message.
+    pub(crate) fn assert_no_main_loop_access(&self, what: &str) {
+        assert!(
+            !self.writer_held(),
+            "GraphLock::{what} called while the write lock is already held (a WriteGuard \
+             is alive on the main loop): two write guards would be two `&mut` to the graph"
+        );
+        let readers = self.main_loop_readers();
+        assert!(
+            readers == 0,
+            "GraphLock::{what} called while {readers} main-loop read guard(s) \
+             (rdlock_main_loop) are alive: a reference read through one would dangle once \
+             the writer changes the graph. Drop them before taking the write lock"
+        );
+    }
+
+    /// Takes a main-loop read access (QEMU: `bdrv_graph_rdlock_main_loop`); the caller
+    /// checked it runs the main loop, outside a task.
+    // Main-loop wiring (lock.rs), which the loom build leaves out.
+    #[cfg_attr(all(loom, test), allow(dead_code))]
+    pub(crate) fn rdlock_main_loop(&self) {
+        assert!(
+            !self.writer_held(),
+            "GraphLock::rdlock_main_loop called while the write lock is held: read through \
+             the WriteGuard instead"
+        );
+        let n = self.main_loop_readers.load(Ordering::Relaxed);
+        self.main_loop_readers.store(n + 1, Ordering::Relaxed);
+    }
+
+    /// Drops a main-loop read access.
+    // Main-loop wiring (lock.rs), which the loom build leaves out.
+    #[cfg_attr(all(loom, test), allow(dead_code))]
+    pub(crate) fn rdunlock_main_loop(&self) {
+        let n = self.main_loop_readers.load(Ordering::Relaxed);
+        assert!(n > 0, "GraphLock: main-loop read unlock without a lock");
+        self.main_loop_readers.store(n - 1, Ordering::Relaxed);
     }
 
     /// One attempt to take the read lock on `counter`'s context. On `false`, `waker` is
@@ -192,7 +277,7 @@ impl LockState {
         if !self.has_writer.load(Ordering::Acquire) {
             return true;
         }
-        // Release: pairs with `ReaderCounter::get` in the writer's `readers()`.
+        // Release: pairs with `ReaderCounter::get` in the writer's `sum()`.
         counter.add(1u32.wrapping_neg(), Ordering::Release);
         waiter.kick();
         reg.queue.push(waker.clone());
@@ -201,8 +286,24 @@ impl LockState {
 
     /// Drops a read lock taken on any context, decrementing `counter` (rule 3).
     pub(crate) fn rdunlock(&self, counter: &ReaderCounter, waiter: &impl AioWaiter) {
-        // Release: pairs with `ReaderCounter::get` in the writer's `readers()`.
+        // Release: pairs with `ReaderCounter::get` in the writer's `sum()`.
         counter.add(1u32.wrapping_neg(), Ordering::Release);
+        self.kick_after_unlock(waiter);
+    }
+
+    /// Drops a read lock on a thread that runs no context (a task's future dropped
+    /// where its context is gone): the decrement goes to `orphaned`, which keeps the sum
+    /// right as for a dead context's counter (rule 3 still kicks).
+    pub(crate) fn rdunlock_orphaned(&self, waiter: &impl AioWaiter) {
+        {
+            let mut reg = lock(&self.registry);
+            reg.orphaned = reg.orphaned.wrapping_sub(1);
+        }
+        self.kick_after_unlock(waiter);
+    }
+
+    /// The kick of rule 3, per the [`UnlockKick`] policy, after a decrement.
+    fn kick_after_unlock(&self, waiter: &impl AioWaiter) {
         match self.unlock_kick() {
             // [U1] is the kick's own leading fence ([K1] in aioctx_wait): it orders the
             // decrement before the `num_waiters` load and pairs with the fence after
@@ -222,17 +323,24 @@ impl LockState {
 
     /// Takes the write lock: waits until no reader holds it (QEMU: `bdrv_graph_wrlock`).
     /// The caller checked it runs the main loop, outside a task.
+    ///
+    /// # Panics
+    /// When the main loop holds a graph access already, or when a callback run by the
+    /// wait left one alive (rule 4) — before the lock is taken.
     pub(crate) fn wrlock(&self, waiter: &impl AioWaiter) {
-        let held = self.has_writer.load(Ordering::Relaxed);
-        assert!(!held, "GraphLock::wrlock: the write lock is already held");
+        self.assert_no_main_loop_access("wrlock");
         loop {
             // Zero while polling, so callbacks run by our own poll take the fast path.
             self.has_writer.store(false, Ordering::Relaxed);
-            waiter.wait_while(&mut || self.readers() > 0);
+            waiter.wait_while(&mut || self.sum() > 0);
+            // Rule 4: a callback of that poll may have taken the write lock or a
+            // main-loop read access and kept it; neither may outlive our wait.
+            self.assert_no_main_loop_access("wrlock (after a callback run by its wait)");
             self.has_writer.store(true, Ordering::Relaxed);
             // [W1] pairs with [R1] in `try_rdlock` (rule 1).
             fence(Ordering::SeqCst);
-            if self.readers() == 0 {
+            if self.sum() == 0 {
+                self.writer_held.store(true, Ordering::Relaxed);
                 return;
             }
         }
@@ -242,8 +350,11 @@ impl LockState {
     /// wakes them.
     pub(crate) fn wrunlock(&self) -> Vec<Waker> {
         let mut reg = lock(&self.registry);
-        let held = self.has_writer.load(Ordering::Relaxed);
-        assert!(held, "GraphLock::wrunlock: the write lock is not held");
+        assert!(
+            self.writer_held(),
+            "GraphLock::wrunlock: the write lock is not held"
+        );
+        self.writer_held.store(false, Ordering::Relaxed);
         // Release: pairs with the Acquire loads of `has_writer` in `try_rdlock`.
         self.has_writer.store(false, Ordering::Release);
         mem::take(&mut reg.queue)

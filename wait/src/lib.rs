@@ -2,7 +2,7 @@
 //! change, and those threads [`kick`] it awake — with no syscall and no allocation when
 //! nobody waits.
 //!
-//! QEMU: util/aio-wait.c, include/block/aio-wait.h. DESIGN §7.
+//! QEMU: util/aio-wait.c, include/block/aio-wait.h.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -29,9 +29,11 @@
 //!
 //! The protocol and its proof are in `protocol.rs`: the waiter raises a count and
 //! fences before it reads the condition; the kicker fences after it changed the
-//! condition and reads the count. A loom model of the pair, and of two broken variants
-//! that it must find deadlocking, is in `loom_tests.rs`
-//! (`RUSTFLAGS="--cfg loom" cargo test -p aioctx-wait --release --lib`).
+//! condition and reads the count; a waiter on an iothread's own context also leaves a
+//! handle to it for the kicks. A loom model of the protocol, and of three broken
+//! variants that it must find deadlocking, is in `loom_tests.rs`
+//! (`RUSTFLAGS="--cfg loom" cargo test -p aioctx-wait --release --lib`); the graph
+//! lock's models run the same code (the `loom-model` feature).
 #![deny(missing_docs)]
 
 mod oneshot;
@@ -43,31 +45,53 @@ mod loom_tests;
 
 use std::sync::OnceLock;
 
+use std::sync::Arc;
+
 use aioctx_aio::{AioContext, Bh, main_context, try_current};
 
 pub use oneshot::bh_oneshot;
 use protocol::AioWait;
+use protocol::EventLoop;
+#[cfg(all(loom, feature = "loom-model"))]
+#[doc(hidden)]
+pub use protocol::{AioWait as ModelAioWait, EventLoop as ModelEventLoop};
 
-#[cfg(not(all(loom, test)))]
-static GLOBAL: AioWait = AioWait::new();
+/// A context as the protocol's event loop: sleeping is a blocking `poll` (on the home
+/// thread), waking is `notify` (kicks wake the main loop with the dummy BH instead).
+#[derive(Clone)]
+struct ContextLoop(Arc<AioContext>);
+
+impl EventLoop for ContextLoop {
+    fn sleep(&self) {
+        self.0.poll(true);
+    }
+
+    fn wake(&self) {
+        self.0.notify();
+    }
+}
+
+#[cfg(not(all(loom, any(test, feature = "loom-model"))))]
+static GLOBAL: AioWait<ContextLoop> = AioWait::new();
 
 /// The one process-wide waiter count (QEMU: `global_aio_wait`).
-#[cfg(not(all(loom, test)))]
+#[cfg(not(all(loom, any(test, feature = "loom-model"))))]
 #[inline]
-fn global() -> &'static AioWait {
+fn global() -> &'static AioWait<ContextLoop> {
     &GLOBAL
 }
 
 /// The one process-wide waiter count. Under loom the atomics cannot be built in a
 /// `const`; the models build their own `AioWait` and never touch this one.
-#[cfg(all(loom, test))]
-fn global() -> &'static AioWait {
-    static GLOBAL: OnceLock<AioWait> = OnceLock::new();
+#[cfg(all(loom, any(test, feature = "loom-model")))]
+fn global() -> &'static AioWait<ContextLoop> {
+    static GLOBAL: OnceLock<AioWait<ContextLoop>> = OnceLock::new();
     GLOBAL.get_or_init(AioWait::new)
 }
 
 /// The main context's one dummy bottom half. Scheduling a pending BH is idempotent, so
-/// one is enough for every kick (QEMU allocates a oneshot BH per kick). DESIGN §11.
+/// one is enough for every kick (QEMU allocates a oneshot BH per kick), and a kick with
+/// a waiter allocates nothing.
 static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 
 /// Wakes the main loop if a [`wait_while`] may be polling (QEMU: `aio_wait_kick`).
@@ -80,7 +104,8 @@ static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 /// With no waiter, `kick` is a SeqCst fence and one load: no allocation, no syscall.
 /// With a waiter it schedules the main context's one pre-allocated dummy bottom half,
 /// which makes the main loop's `poll` return so that the waiter re-checks; that costs
-/// an eventfd write only if the main loop sleeps, and allocates nothing.
+/// an eventfd write only if the main loop sleeps, and allocates nothing. It also
+/// notifies every iothread whose thread waits in [`wait_while`] on its own context.
 ///
 /// Callable from any thread, also from inside bottom halves and with no waiter at all.
 ///
@@ -88,9 +113,7 @@ static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 /// When a waiter exists and the main context cannot be created (io_uring denied).
 #[inline]
 pub fn kick() {
-    if global().must_kick() {
-        kick_main_loop();
-    }
+    global().kick(kick_main_loop);
 }
 
 #[cold]
@@ -116,9 +139,11 @@ pub fn num_waiters() -> u32 {
 /// blocking `poll`s — `ctx` if the calling thread is `ctx`'s home thread, or else the
 /// main context. In the second case the calling thread must be the main loop's thread
 /// (the main context's home thread, or a thread without context, which becomes its
-/// home on the first poll), and the progress arrives through [`kick`]: whatever changes
-/// the condition must kick after changing it. When `cond()` is false at once,
-/// `wait_while` returns `false` without polling.
+/// home on the first poll). Either way, whatever changes the condition from another
+/// thread must [`kick`] after changing it: the kick wakes the main loop and every
+/// iothread waiting on its own context. (A change made by a callback of the polled
+/// context itself needs no kick: its `poll` returns after running it.) When `cond()` is
+/// false at once, `wait_while` returns `false` without polling.
 ///
 /// ```
 /// // Already false: no poll, no wait.
@@ -130,15 +155,16 @@ pub fn num_waiters() -> u32 {
 /// is not that thread's own context: waiting between two iothreads can deadlock, so it
 /// must go through the main loop. Also whatever `cond` or the polled callbacks panic
 /// with; the waiter count is lowered again on the way out.
-pub fn wait_while(ctx: Option<&AioContext>, mut cond: impl FnMut() -> bool) -> bool {
-    let _registered = global().register();
+pub fn wait_while(ctx: Option<&AioContext>, cond: impl FnMut() -> bool) -> bool {
     let target = loop_to_poll(ctx, "wait_while");
-    let mut waited = false;
-    while cond() {
-        target.poll(true);
-        waited = true;
-    }
-    waited
+    let main = main_context();
+    let is_main_loop = std::ptr::eq(target, &**main);
+    let lp = ContextLoop(if is_main_loop {
+        Arc::clone(main)
+    } else {
+        target.arc()
+    });
+    global().wait_while(&lp, is_main_loop, cond)
 }
 
 /// The context a waiter on `ctx` polls (QEMU: the two branches of `AIO_WAIT_WHILE`).

@@ -1,15 +1,15 @@
-//! loom models of the wait/kick pair (DESIGN §7, §9).
+//! loom models of the wait/kick pair.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-wait --release --lib`.
 //!
-//! The waiter performs the same steps, in the same order, as `wait_while`: register
-//! (`AioWait::register`), then evaluate the condition and sleep while it holds. The
-//! main loop's sleep is a `loom::sync::Notify`: like the dummy bottom half (which stays
-//! scheduled until the loop polls) it keeps a wake-up that arrives before the wait, and
-//! the aio crate's own model proves that a BH scheduled while the loop falls asleep is
+//! The waiter runs the real `AioWait::wait_while` and the kicker the real
+//! `AioWait::kick`; only the loops' sleep (the [`EventLoop`] trait) is a model: a
+//! `loom::sync::Notify`, which like the dummy bottom half (scheduled until the loop
+//! polls) or a context's `notify` keeps a wake-up that arrives before the wait — the aio
+//! crate's own model proves that a BH or notify arriving while the loop falls asleep is
 //! not lost. The kicker does what every condition changer does: change the condition,
-//! then `kick` (`AioWait::must_kick`, and on `true` the wake-up). loom reports a
-//! deadlock if the waiter sleeps on with the condition already changed.
+//! then kick. loom reports a deadlock if the waiter sleeps on with the condition already
+//! changed. The mutations replace one step of the protocol by its broken version.
 //!
 //! The mutations share their state through `Box::leak`, not `Arc`: a `should_panic`
 //! test unwinds out of the model, and dropping loom objects during that unwinding would
@@ -17,15 +17,34 @@
 
 use loom::sync::Notify;
 
-use crate::protocol::{AioWait, Registration};
+use crate::protocol::{AioWait, EventLoop, Registration};
 use crate::sync::atomic::{AtomicUsize, Ordering};
 
+/// A loop whose sleep is a `Notify`.
+#[derive(Clone, Copy)]
+struct ModelLoop(&'static Notify);
+
+impl EventLoop for ModelLoop {
+    fn sleep(&self) {
+        self.0.wait();
+    }
+
+    fn wake(&self) {
+        self.0.notify();
+    }
+}
+
 /// The state of one model run: the protocol, a condition (`pending != 0`: keep
-/// waiting), and the main loop's sleep.
+/// waiting), the main loop and an iothread's loop.
 struct Model {
-    wait: AioWait,
+    wait: AioWait<ModelLoop>,
     pending: AtomicUsize,
-    sleep: Notify,
+    main: ModelLoop,
+    io: ModelLoop,
+}
+
+fn notify() -> &'static Notify {
+    Box::leak(Box::new(Notify::new()))
 }
 
 impl Model {
@@ -33,42 +52,57 @@ impl Model {
         Box::leak(Box::new(Model {
             wait: AioWait::new(),
             pending: AtomicUsize::new(pending),
-            sleep: Notify::new(),
+            main: ModelLoop(notify()),
+            io: ModelLoop(notify()),
         }))
     }
 
-    /// `wait_while(None, || pending != 0)`, with `register` chosen by the test; returns
-    /// whether it waited.
-    fn wait_while(&'static self, register: fn(&AioWait) -> Registration<'_>) -> bool {
-        let _registered = register(&self.wait);
-        let mut waited = false;
-        // Relaxed: the condition is ordered by the [W1]/[K1] pair, as in real callers.
-        while self.pending.load(Ordering::Relaxed) != 0 {
-            self.sleep.wait();
-            waited = true;
-        }
-        waited
+    /// The condition: work left. Relaxed: it is ordered by the [W1]/[K1] pair, as in
+    /// real callers.
+    fn busy(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) != 0
     }
 
-    /// A condition changer: one unit of work done, then the kick.
-    fn finish_one(&'static self, must_kick: fn(&AioWait) -> bool) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-        if must_kick(&self.wait) {
-            self.sleep.notify();
+    /// `wait_while(None, || pending != 0)` on the main loop; returns whether it waited.
+    fn wait_main(&'static self) -> bool {
+        self.wait.wait_while(&self.main, true, || self.busy())
+    }
+
+    /// `wait_while(Some(own), || pending != 0)` on an iothread's own loop.
+    fn wait_io(&'static self) -> bool {
+        self.wait.wait_while(&self.io, false, || self.busy())
+    }
+
+    /// The waiter loop with a mutated registration.
+    fn wait_main_with(
+        &'static self,
+        register: fn(&AioWait<ModelLoop>) -> Registration<'_, ModelLoop>,
+    ) {
+        let _registered = register(&self.wait);
+        while self.busy() {
+            self.main.sleep();
         }
+    }
+
+    /// A condition changer: one unit of work done, then the real kick.
+    fn finish_one(&'static self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.wait.kick(|| self.main.wake());
+    }
+
+    /// A condition changer whose kick is `kick`, a mutation.
+    fn finish_one_with(&'static self, kick: fn(&'static Model)) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        kick(self);
     }
 }
 
-fn run(
-    workers: usize,
-    register: fn(&AioWait) -> Registration<'_>,
-    must_kick: fn(&AioWait) -> bool,
-) {
+fn run(workers: usize, waiter: fn(&'static Model) -> bool) {
     let m = Model::leak(workers);
     let threads: Vec<_> = (0..workers)
-        .map(|_| loom::thread::spawn(move || m.finish_one(must_kick)))
+        .map(|_| loom::thread::spawn(move || m.finish_one()))
         .collect();
-    m.wait_while(register);
+    waiter(m);
     for t in threads {
         t.join().unwrap();
     }
@@ -80,7 +114,7 @@ fn run(
 /// waiter registers, reads it and goes to sleep is never slept through.
 #[test]
 fn kick_after_condition_change_never_lost() {
-    loom::model(|| run(1, AioWait::register, AioWait::must_kick));
+    loom::model(|| run(1, Model::wait_main));
 }
 
 /// Two condition changers: the waiter re-checks after each wake-up and leaves once
@@ -89,7 +123,13 @@ fn kick_after_condition_change_never_lost() {
 fn two_kickers_waiter_sees_both() {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(3);
-    builder.check(|| run(2, AioWait::register, AioWait::must_kick));
+    builder.check(|| run(2, Model::wait_main));
+}
+
+/// An iothread waiting on its own loop is woken by a kick from another thread (rule 5).
+#[test]
+fn kick_wakes_iothread_waiting_on_own_loop() {
+    loom::model(|| run(1, Model::wait_io));
 }
 
 /// When the condition is already false, the waiter returns without sleeping and says
@@ -98,8 +138,16 @@ fn two_kickers_waiter_sees_both() {
 fn condition_already_false_does_not_wait() {
     loom::model(|| {
         let m = Model::leak(0);
-        assert!(!m.wait_while(AioWait::register));
+        assert!(!m.wait_main());
+        assert!(!m.wait_io());
     });
+}
+
+fn run_mutated(waiter: fn(&'static Model), kick: fn(&'static Model)) {
+    let m = Model::leak(1);
+    let t = loom::thread::spawn(move || m.finish_one_with(kick));
+    waiter(m);
+    t.join().unwrap();
 }
 
 /// Mutation: QEMU's kick before commit 7455ff1a, with no barrier between the caller's
@@ -107,7 +155,18 @@ fn condition_already_false_does_not_wait() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn mutation_kick_without_fence_loses_wakeup() {
-    loom::model(|| run(1, AioWait::register, AioWait::must_kick_without_fence));
+    loom::model(|| {
+        run_mutated(
+            |m| {
+                m.wait_main();
+            },
+            |m| {
+                if m.wait.must_kick_without_fence() {
+                    m.wait.wake_all(|| m.main.wake());
+                }
+            },
+        )
+    });
 }
 
 /// Mutation: a waiter that trusts its SeqCst increment to order the condition load
@@ -115,5 +174,29 @@ fn mutation_kick_without_fence_loses_wakeup() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn mutation_register_without_fence_loses_wakeup() {
-    loom::model(|| run(1, AioWait::register_rmw_only, AioWait::must_kick));
+    loom::model(|| {
+        run_mutated(
+            |m| m.wait_main_with(AioWait::register_rmw_only),
+            |m| m.wait.kick(|| m.main.wake()),
+        )
+    });
+}
+
+/// Mutation: a kick that wakes only the main loop (QEMU's `aio_wait_kick`, and this
+/// crate before rule 5): an iothread waiting on its own loop sleeps on.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn mutation_kick_only_main_loop_loses_iothread_wakeup() {
+    loom::model(|| {
+        run_mutated(
+            |m| {
+                m.wait_io();
+            },
+            |m| {
+                if m.wait.must_kick() {
+                    m.main.wake();
+                }
+            },
+        )
+    });
 }

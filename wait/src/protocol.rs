@@ -17,6 +17,12 @@
 //! 4. The wake-up is a bottom half scheduled on the main context; the loop's own notify
 //!    protocol (aio `notify.rs`) guarantees that a BH scheduled while the loop goes to
 //!    sleep is not left unrun, so the loop returns from `poll` and re-checks.
+//! 5. A waiter that polls a loop other than the main one (an iothread waiting on its own
+//!    context) also puts a handle of its loop in `others`, under its mutex, before it
+//!    raises `num_waiters`; a kick that must wake anyone also wakes every loop in
+//!    `others`. The kicker takes the mutex after [K1]: if its load saw the waiter's
+//!    count, the mutex hands it the entry pushed before that count (and if it missed the
+//!    count, the waiter's condition load after [W1] sees the change, rule 2).
 //!
 //! The interleaving it must survive:
 //!
@@ -41,82 +47,185 @@
 //! 7455ff1a "aio_wait_kick: add missing memory barrier"), and a waiter that relies on its
 //! SeqCst increment instead of a fence after it (QEMU before `smp_mb__after_rmw()` was
 //! added after the `qatomic_inc`): an RMW orders its own access, not the later relaxed
-//! load of the condition.
+//! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
+//! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
 use crate::sync::atomic::{AtomicU32, Ordering, fence};
+use crate::sync::{Mutex, lock};
+
+/// The event loop a waiter sleeps in, as the protocol sees it: the kernel sleep behind a
+/// small trait. Production: an `AioContext` (a blocking `poll`; `notify`); loom models: a
+/// `loom::sync::Notify`.
+pub trait EventLoop: Clone {
+    /// Sleeps until an event arrives or [`wake`](Self::wake) is called; a wake that
+    /// comes before the sleep is kept. May return early.
+    fn sleep(&self);
+    /// Makes the sleep in progress, or the next one, return.
+    fn wake(&self);
+}
+
+/// The loops other than the main one that waiters poll, each with its registration id.
+struct Others<L> {
+    next_id: u64,
+    list: Vec<(u64, L)>,
+}
 
 /// The waiter count of the wait/kick protocol. See the module docs.
-#[derive(Debug, Default)]
-pub(crate) struct AioWait {
+pub struct AioWait<L> {
     num_waiters: AtomicU32,
+    others: Mutex<Others<L>>,
 }
 
 /// A raised `num_waiters`; dropping it lowers the count again (also when the waiter's
-/// condition panics).
+/// condition panics), and removes the waiter's loop from `others`.
 #[must_use = "the waiter is registered only while the registration lives"]
-pub(crate) struct Registration<'a> {
-    wait: &'a AioWait,
+pub struct Registration<'a, L> {
+    wait: &'a AioWait<L>,
+    other: Option<u64>,
 }
 
-impl AioWait {
+impl<L: EventLoop> AioWait<L> {
     /// A count with no waiter.
-    #[cfg(not(all(loom, test)))]
-    pub(crate) const fn new() -> Self {
+    #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
+    pub const fn new() -> Self {
         Self {
             num_waiters: AtomicU32::new(0),
+            others: Mutex::new(Others {
+                next_id: 0,
+                list: Vec::new(),
+            }),
         }
     }
 
     /// A count with no waiter (loom's atomics are not `const`).
-    #[cfg(all(loom, test))]
-    pub(crate) fn new() -> Self {
+    #[cfg(all(loom, any(test, feature = "loom-model")))]
+    pub fn new() -> Self {
         Self {
             num_waiters: AtomicU32::new(0),
+            others: Mutex::new(Others {
+                next_id: 0,
+                list: Vec::new(),
+            }),
+        }
+    }
+
+    /// Waits while `cond()` is true, sleeping in `lp` between evaluations; returns
+    /// whether it slept. `is_main_loop` says whether `lp` is the main loop, which every
+    /// kick wakes; any other loop is registered in `others` for the kicks to wake
+    /// (rule 5). QEMU: `AIO_WAIT_WHILE_INTERNAL`.
+    pub fn wait_while(&self, lp: &L, is_main_loop: bool, mut cond: impl FnMut() -> bool) -> bool {
+        let _registered = if is_main_loop {
+            self.register()
+        } else {
+            self.register_other(lp.clone())
+        };
+        let mut waited = false;
+        while cond() {
+            lp.sleep();
+            waited = true;
+        }
+        waited
+    }
+
+    /// Kicker side, after changing the condition (rule 2): if a waiter may be polling,
+    /// calls `wake_main` and wakes every other loop a waiter polls (QEMU:
+    /// `aio_wait_kick`).
+    #[inline]
+    pub fn kick(&self, wake_main: impl FnOnce()) {
+        if self.must_kick() {
+            self.wake_all(wake_main);
+        }
+    }
+
+    /// The slow path of `kick`: there is a waiter.
+    #[cold]
+    pub fn wake_all(&self, wake_main: impl FnOnce()) {
+        wake_main();
+        // Rule 5: after [K1] (in `must_kick`), so it sees every loop registered before
+        // a count that the kick's load saw.
+        for (_, lp) in &lock(&self.others).list {
+            lp.wake();
         }
     }
 
     /// Waiter side, before the first evaluation of the condition (rule 1).
-    pub(crate) fn register(&self) -> Registration<'_> {
+    pub fn register(&self) -> Registration<'_, L> {
+        self.raise();
+        Registration {
+            wait: self,
+            other: None,
+        }
+    }
+
+    /// Like [`register`](Self::register), for a waiter that polls `lp`, a loop other
+    /// than the main one (rule 5).
+    pub fn register_other(&self, lp: L) -> Registration<'_, L> {
+        let id = {
+            let mut others = lock(&self.others);
+            others.next_id += 1;
+            let id = others.next_id;
+            others.list.push((id, lp));
+            id
+        };
+        self.raise();
+        Registration {
+            wait: self,
+            other: Some(id),
+        }
+    }
+
+    fn raise(&self) {
         // Relaxed: the ordering against the condition load is [W1]'s job.
         self.num_waiters.fetch_add(1, Ordering::Relaxed);
         // [W1] pairs with [K1] in `must_kick`.
         fence(Ordering::SeqCst);
-        Registration { wait: self }
     }
 
     /// Kicker side, after changing the condition (rule 2): whether a waiter may be
     /// polling, so the main loop must be woken.
     #[inline]
-    pub(crate) fn must_kick(&self) -> bool {
-        // [K1] pairs with [W1] in `register`.
+    pub fn must_kick(&self) -> bool {
+        // [K1] pairs with [W1] in `raise`.
         fence(Ordering::SeqCst);
         self.num_waiters.load(Ordering::Relaxed) != 0
     }
 
     /// How many waiters are registered now (a snapshot).
-    pub(crate) fn num_waiters(&self) -> u32 {
+    pub fn num_waiters(&self) -> u32 {
         self.num_waiters.load(Ordering::Relaxed)
     }
 
-    /// Mutation kept for the loom model: the kick of QEMU before commit 7455ff1a, which
+    /// Mutation kept for the loom models: the kick of QEMU before commit 7455ff1a, which
     /// read the count with no barrier of its own. Must be found losing a wake-up.
-    #[cfg(all(loom, test))]
-    pub(crate) fn must_kick_without_fence(&self) -> bool {
+    #[cfg(all(loom, any(test, feature = "loom-model")))]
+    pub fn must_kick_without_fence(&self) -> bool {
         self.num_waiters.load(Ordering::Relaxed) != 0
     }
 
     /// Mutation kept for the loom model: a waiter that raises the count with a SeqCst
     /// RMW and no fence after it (QEMU before `smp_mb__after_rmw`). Must be found losing
     /// a wake-up.
-    #[cfg(all(loom, test))]
-    pub(crate) fn register_rmw_only(&self) -> Registration<'_> {
+    #[cfg(all(loom, any(test, feature = "loom-model")))]
+    pub fn register_rmw_only(&self) -> Registration<'_, L> {
         self.num_waiters.fetch_add(1, Ordering::SeqCst);
-        Registration { wait: self }
+        Registration {
+            wait: self,
+            other: None,
+        }
     }
 }
 
-impl Drop for Registration<'_> {
+impl<L: EventLoop> Default for AioWait<L> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<L> Drop for Registration<'_, L> {
     fn drop(&mut self) {
+        if let Some(id) = self.other {
+            lock(&self.wait.others).list.retain(|(i, _)| *i != id);
+        }
         // Relaxed: a kicker that still sees the old count only schedules one harmless
         // dummy BH; nothing is published through the decrement.
         let old = self.wait.num_waiters.fetch_sub(1, Ordering::Relaxed);
