@@ -297,4 +297,3 @@ fn schedule_racing_drop_is_refused_or_drained() {
 // the same batch as a user completion, and mutations of both rules.
 #[path = "loom_completions.rs"]
 mod completions;
-
