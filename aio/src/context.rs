@@ -296,14 +296,19 @@ impl AioContext {
     }
 
     /// This context's value for `key`, created by `init` on first access from any
-    /// thread. Dropped with the context (a "context destroyed" hook for upper layers).
+    /// thread (a thread that asks while another creates it waits for that value).
+    /// Dropped with the context (a "context destroyed" hook for upper layers).
+    ///
+    /// # Panics
+    /// When `init` asks for the same `key` of this context (re-entrant creation), and
+    /// when `init` panics (the slot stays empty; a later call creates it again).
     pub fn local<T: Send + Sync + 'static>(
         &self,
         key: &crate::ContextLocal<T>,
         init: impl FnOnce() -> T,
     ) -> &T {
         self.locals[key.index()]
-            .get_or_init(|| Box::new(init()))
+            .get_or_init(thread_id(), || Box::new(init()))
             .downcast_ref::<T>()
             .expect("a ContextLocal slot holds the type of its key")
     }
@@ -503,7 +508,9 @@ impl Drop for AioContext {
         let mut pending = std::collections::VecDeque::new();
         self.remote.bhs.close(&mut pending);
         let raws = lock(&self.remote.raw_queue).take();
-        for (_, node) in lock(&self.remote.fds).drain() {
+        // Killed (their closures dropped) after the registry's lock is released.
+        let nodes: Vec<_> = lock(&self.remote.fds).drain().collect();
+        for (_, node) in nodes {
             node.kill();
         }
         let home = self.home.0.get_mut();
