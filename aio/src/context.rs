@@ -248,7 +248,7 @@ thread_local! {
     static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn thread_id() -> u64 {
+pub(crate) fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
@@ -308,7 +308,7 @@ impl AioContext {
         init: impl FnOnce() -> T,
     ) -> &T {
         self.locals[key.index()]
-            .get_or_init(thread_id(), || Box::new(init()))
+            .get_or_init(|| Box::new(init()))
             .downcast_ref::<T>()
             .expect("a ContextLocal slot holds the type of its key")
     }

@@ -40,6 +40,7 @@ pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
 
 /// Makes `ctx` the calling thread's current context until the guard drops; the task
 /// executor uses it so that [`current`] inside a task is the task's context.
+///
 /// In a thread-local's destructor, once the slot is gone, this does nothing: code run
 /// there sees no current context (see [`with_current`]).
 pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {

@@ -50,10 +50,11 @@ impl Slot {
     /// # Panics
     /// When `init` (directly or through anything it calls) asks for this same slot: the
     /// value it would return is the one being created.
-    pub(crate) fn get_or_init(&self, me: u64, init: impl FnOnce() -> Value) -> &Value {
+    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Value) -> &Value {
         if let Some(v) = self.value.get() {
             return v;
         }
+        let me = crate::context::thread_id();
         if self.initializing.load(Ordering::Relaxed) == me {
             panic!(
                 "AioContext::local: the init closure of a ContextLocal asked for the same \
