@@ -233,3 +233,67 @@ fn context_local_asked_by_another_thread_during_init_waits_for_the_value() {
     assert_eq!(v, 1);
     assert_eq!(other.join().expect("the other thread"), 1);
 }
+
+/// Polls its context (and schedules on it) from its destructor; counts its drops.
+struct PollOnDrop {
+    ctx: Weak<AioContext>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Drop for PollOnDrop {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.schedule_oneshot(|| {});
+            ctx.poll(false);
+        }
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Sweep of the places the loop drops a user's closure while it runs: a deleted bottom
+/// half, a deleted timer, a replaced fd handler — each deleted from inside a bottom half
+/// (a nested `poll` in the destructor) — all dropped with no borrow or lock held.
+#[test]
+fn closures_deleted_from_a_callback_may_poll_in_their_destructor() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("closures polling in drop", &ctx);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let probe = || PollOnDrop {
+        ctx: Arc::downgrade(&ctx),
+        dropped: Arc::clone(&dropped),
+    };
+    let (r, _w) = pipe();
+    let (p1, p2, p3) = (probe(), probe(), probe());
+    let bh = ctx.bh_new(move || {
+        let _ = &p1;
+    });
+    let timer = ctx.timer_new(aioctx::aio::ClockType::Realtime, move || {
+        let _ = &p2;
+    });
+    timer.modify(i64::MAX / 2);
+    ctx.set_fd_handler(
+        r.as_raw_fd(),
+        Some(Box::new(move || {
+            let _ = &p3;
+        })),
+        None,
+    )
+    .expect("set the handler");
+    ctx.poll(false); // the handler is armed
+    let held = std::sync::Mutex::new(Some((bh, timer)));
+    let (c, fd) = (Arc::downgrade(&ctx), r.as_raw_fd());
+    let deleter = ctx.bh_new(move || {
+        drop(held.lock().unwrap().take());
+        if let Some(ctx) = c.upgrade() {
+            ctx.set_fd_handler(fd, Some(Box::new(|| {})), None)
+                .expect("replace the handler");
+        }
+    });
+    deleter.schedule();
+    while dropped.load(Ordering::SeqCst) < 3 {
+        ctx.poll(false);
+    }
+    ctx.set_fd_handler(r.as_raw_fd(), None, None)
+        .expect("remove the handler");
+    ctx.poll(false);
+}
