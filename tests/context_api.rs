@@ -1,9 +1,8 @@
-//! The context's thread bindings: the process-wide main context, the thread-local
-//! current context, `make_current`, and `IoThread` (which polls its context on a named
-//! thread and is stopped by a BH and joined on drop).
+//! The context's thread bindings: the thread-local current context, `make_current`, and
+//! `IoThread` (which polls its context on a named thread and is stopped by a BH and
+//! joined on drop).
 //!
-//! Only `main_context_is_current_on_its_home_thread_only` touches the main context, so
-//! its home thread is that test's thread.
+//! The main context has its own binary (`main_context.rs`): no test here touches it.
 #![cfg(not(loom))]
 
 mod common;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 
-use aioctx::aio::{AioContext, IoThread, current, main_context, try_current};
+use aioctx::aio::{AioContext, IoThread, current, try_current};
 use common::{HANG_LIMIT, Watchdog, new_ctx, wait_asleep};
 
 fn panic_message(err: Box<dyn std::any::Any + Send>) -> String {
@@ -25,52 +24,6 @@ fn panic_message(err: Box<dyn std::any::Any + Send>) -> String {
             .map(|s| s.to_string())
             .unwrap_or_else(|_| "<non-string panic>".into()),
     }
-}
-
-#[test]
-fn main_context_is_current_on_its_home_thread_only() {
-    let main = main_context();
-    assert!(Arc::ptr_eq(main, main_context()), "two main contexts");
-    assert_eq!(main.name(), "main");
-    let _dog = Watchdog::for_ctx("main_context", main);
-
-    // This thread becomes its home by polling it.
-    main.poll(false);
-    assert!(main.is_home_thread());
-    assert!(Arc::ptr_eq(&current(), main));
-    assert!(Arc::ptr_eq(&try_current().unwrap(), main));
-
-    // Another thread has no current context until it makes one current.
-    thread::Builder::new()
-        .name("no-context".into())
-        .spawn(|| {
-            assert!(try_current().is_none());
-            assert!(!main_context().is_home_thread());
-            let msg = panic_message(catch_unwind(current).expect_err("current() did not panic"));
-            assert!(
-                msg.contains("no-context"),
-                "the message does not name the thread: {msg}"
-            );
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-
-    // Busy polling is off by default on the main context: waits never grow it.
-    let main2 = Arc::clone(main);
-    let kicker = thread::spawn(move || {
-        for n in 1..=3 {
-            wait_asleep(&main2, n);
-            main2.notify();
-        }
-    });
-    let sleeps = main.stats().sleeps;
-    for _ in 0..3 {
-        main.poll(true);
-        assert_eq!(main.poll_ns(), 0);
-    }
-    kicker.join().unwrap();
-    assert_eq!(main.stats().sleeps - sleeps, 3);
 }
 
 #[test]

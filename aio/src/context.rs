@@ -248,7 +248,7 @@ thread_local! {
     static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn thread_id() -> u64 {
+pub(crate) fn thread_id() -> u64 {
     THREAD_ID.with(|id| *id)
 }
 
@@ -296,7 +296,12 @@ impl AioContext {
     }
 
     /// This context's value for `key`, created by `init` on first access from any
-    /// thread. Dropped with the context (a "context destroyed" hook for upper layers).
+    /// thread (a thread that asks while another creates it waits for that value).
+    /// Dropped with the context (a "context destroyed" hook for upper layers).
+    ///
+    /// # Panics
+    /// When `init` asks for the same `key` of this context (re-entrant creation), and
+    /// when `init` panics (the slot stays empty; a later call creates it again).
     pub fn local<T: Send + Sync + 'static>(
         &self,
         key: &crate::ContextLocal<T>,
@@ -503,7 +508,9 @@ impl Drop for AioContext {
         let mut pending = std::collections::VecDeque::new();
         self.remote.bhs.close(&mut pending);
         let raws = lock(&self.remote.raw_queue).take();
-        for (_, node) in lock(&self.remote.fds).drain() {
+        // Killed (their closures dropped) after the registry's lock is released.
+        let nodes: Vec<_> = lock(&self.remote.fds).drain().collect();
+        for (_, node) in nodes {
             node.kill();
         }
         let home = self.home.0.get_mut();

@@ -26,23 +26,38 @@ pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
             thread_label()
         );
     }
-    CURRENT.with(|c| c.replace(Some(ctx)))
+    CURRENT
+        .try_with(|c| c.replace(Some(ctx)))
+        .unwrap_or_else(|_| {
+            panic!(
+                "AioContext::make_current called on thread {} while its thread-locals are \
+                 being destroyed (from a thread-local's destructor): there is no current \
+                 context to set any more",
+                thread_label()
+            )
+        })
 }
 
 /// Makes `ctx` the calling thread's current context until the guard drops; the task
 /// executor uses it so that [`current`] inside a task is the task's context.
+///
+/// In a thread-local's destructor, once the slot is gone, this does nothing: code run
+/// there sees no current context (see [`with_current`]).
 pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
-    CurrentGuard(CURRENT.with(|c| c.replace(Some(Arc::clone(ctx)))))
+    CurrentGuard(CURRENT.try_with(|c| c.replace(Some(Arc::clone(ctx)))).ok())
 }
 
-/// Restores the previous current context (see [`enter_current`]).
-pub(crate) struct CurrentGuard(Option<Arc<AioContext>>);
+/// Restores the previous current context (see [`enter_current`]); `None` when
+/// `enter_current` found the slot destroyed.
+pub(crate) struct CurrentGuard(Option<Option<Arc<AioContext>>>);
 
 impl Drop for CurrentGuard {
     fn drop(&mut self) {
-        let prev = self.0.take();
-        // The replaced value is dropped after the borrow ends.
-        let _old = CURRENT.with(|c| c.replace(prev));
+        if let Some(prev) = self.0.take() {
+            // The replaced value is dropped after the borrow ends (its `Drop` may call
+            // back in). `try_with`: never panic in a destructor.
+            let _old = CURRENT.try_with(|c| c.replace(prev));
+        }
     }
 }
 
@@ -76,6 +91,9 @@ pub fn try_current() -> Option<Arc<AioContext>> {
 /// touching the `Arc`'s count: the hot paths of upper layers (the graph lock's
 /// `rdlock`) look up per-context state this way.
 ///
+/// From a thread-local's destructor run after the thread's current-context slot was
+/// destroyed, `f` gets what a thread with no context made current gets.
+///
 /// No borrow of the thread's state is held while `f` runs, so `f` may do anything a
 /// caller outside could — `block_on`, a draining `poll`, spawning and running tasks
 /// (which make their own context current while they run) — except replace the
@@ -85,7 +103,12 @@ pub fn try_current() -> Option<Arc<AioContext>> {
 /// When `f` calls [`AioContext::make_current`]: the context lent to `f` is kept alive by
 /// the thread's current-context slot, which `make_current` would overwrite.
 pub fn with_current<R>(f: impl FnOnce(Option<&AioContext>) -> R) -> R {
-    let lent = CURRENT.with(|c| c.borrow().as_deref().map(std::ptr::from_ref));
+    // A destroyed slot (a thread-local's destructor calling in, e.g. through a guard's
+    // `Drop`) is "no context made current": never a panic inside a destructor.
+    let lent = CURRENT
+        .try_with(|c| c.borrow().as_deref().map(std::ptr::from_ref))
+        .ok()
+        .flatten();
     match lent {
         Some(ctx) => {
             let _lending = Lending::enter();

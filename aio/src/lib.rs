@@ -93,6 +93,8 @@ mod task;
 mod timer;
 
 #[cfg(all(loom, test))]
+mod loom_loop;
+#[cfg(all(loom, test))]
 mod loom_tasks;
 #[cfg(all(loom, test))]
 mod loom_tests;

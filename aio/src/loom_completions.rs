@@ -1,4 +1,4 @@
-//! loom models of completions on the loop model of `loom_tests.rs`: a nested blocking
+//! loom models of completions on the shared loop model (`loom_loop.rs`): a nested blocking
 //! poll in a completion callback while its batch's next completion is queued, and a BH
 //! from another thread waking such a nested poll while the eventfd read's CQE was
 //! collected behind the callback; with mutations that must be found failing.
@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 
 use loom::sync::atomic::AtomicUsize;
 
-use super::{Loop, Mutation};
 use crate::bh::BhInner;
+use crate::loom_loop::{Loop, Mutation};
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
 
@@ -80,7 +80,7 @@ fn nested_wake(mutation: Mutation) {
     // The batch: a user completion, then the read's CQE of an earlier write.
     l.kernel.complete(1);
     l.kernel.eventfd_write();
-    let producer = loom::thread::spawn(move || l.schedule(bh));
+    let producer = loom::thread::spawn(move || assert!(l.schedule(bh)));
     let mut incoming = VecDeque::new();
     while done.load(Ordering::Relaxed) == 0 {
         l.poll_blocking(&mut incoming);

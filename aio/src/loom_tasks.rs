@@ -3,107 +3,33 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
 //! The task models run the real `Task` (state word, run, waker, cancel) on the real
-//! `RunQueue` (queue, registry, drain, close); only the loop under the run queue's
-//! bottom half is modelled: a `Loop` that does what `AioContext::poll(true)` does with
-//! bottom halves (take the pending list, raise `notify_me`, sleep on a
-//! `loom::sync::Notify` standing in for the eventfd, lower it, accept, run the BHs)
-//! over the real `BhList`, `BhInner` and `NotifyState`. loom reports a deadlock if the
-//! home thread sleeps while a task is queued and its drain not scheduled.
+//! `RunQueue` (queue, registry, drain, close), on the shared loop model (`loom_loop.rs`):
+//! its `poll` enters through the real run-queue entry (`PollFrame::enter_with`), then
+//! takes the sleep decision of `AioContext::poll` with the real `BhList`, `BhInner`,
+//! `NotifyState`, `wait_bound` and `sleep_or_look`, and runs the BHs — the run queue's
+//! bottom half among them. loom reports a deadlock if the home thread sleeps while a
+//! task is queued and its drain not scheduled.
 //!
 //! The lock models run the real `CoQueue` and `CoMutex` with futures polled by hand.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
 use loom::sync::Notify;
 use loom::sync::atomic::{AtomicBool, AtomicUsize};
 
-use crate::bh::{BhInner, BhList, SCHEDULED};
 use crate::join::JoinHandle;
-use crate::notify::NotifyState;
-use crate::run_queue::{Kick, RunQueue};
+use crate::loom_loop::{Loop, ModelQueue};
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
-/// The BH side of `AioContext::poll(true)` (see the module docs).
-struct Loop {
-    notify: NotifyState,
-    eventfd: Notify,
-    bhs: BhList,
-}
-
-impl Loop {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            notify: NotifyState::new(),
-            eventfd: Notify::new(),
-            bhs: BhList::new(),
-        })
-    }
-
-    /// `Remote::enqueue` followed by `Remote::notify`.
-    fn schedule(&self, bh: &Arc<BhInner>) {
-        crate::bh::enqueue(&self.bhs, bh, SCHEDULED);
-        if self.notify.notify() {
-            self.eventfd.notify();
-        }
-    }
-
-    /// One `poll`: sleeps only when no BH must run, as `AioContext::poll` decides.
-    fn poll(&self, blocking: bool, incoming: &mut VecDeque<Arc<BhInner>>) {
-        self.bhs.take_all(incoming);
-        let must_run = incoming.iter().any(|bh| bh.wants_run() == Some(false));
-        let raised = blocking && !must_run;
-        if raised && self.notify.prepare_sleep() {
-            self.eventfd.wait();
-        }
-        if raised {
-            self.notify.finish_sleep();
-        }
-        self.notify.accept();
-        self.bhs.take_all(incoming);
-        for bh in incoming.drain(..) {
-            bh.run(&self.bhs);
-        }
-    }
-}
-
-/// The run queue's bottom half on the modelled loop.
-struct ModelKick {
-    l: Arc<Loop>,
-    bh: Arc<BhInner>,
-}
-
-impl Kick for ModelKick {
-    fn kick(&self) {
-        self.l.schedule(&self.bh);
-    }
-}
-
-type Queue = Arc<RunQueue<ModelKick>>;
+type Queue = Arc<ModelQueue>;
 
 /// A loop and a real run queue whose bottom half drains it.
 fn setup() -> (Arc<Loop>, Queue) {
-    let l = Loop::new();
-    let q = Arc::new_cyclic(|me: &Weak<RunQueue<ModelKick>>| {
-        let me = me.clone();
-        let bh = BhInner::new(
-            Box::new(move || {
-                if let Some(q) = me.upgrade() {
-                    q.drain();
-                }
-            }),
-            0,
-        );
-        RunQueue::new(ModelKick {
-            l: Arc::clone(&l),
-            bh,
-        })
-    });
-    (l, q)
+    Loop::with_run_queue()
 }
 
 /// Counts its drops.
@@ -367,13 +293,13 @@ fn shutdown_racing_the_tasks_poll_cancels_it_once() {
 }
 
 /// A task that waits, in a nested blocking loop (what `block_on` inside a task does),
-/// for a second task that another thread wakes. Each nested poll is entered as
-/// `AioContext::poll` enters it (`enter_poll`: clear the drain mark, run the queue if
-/// one of its drains is suspended below, notify after running tasks); the drain's
-/// bottom half, running further up, is deferred by the real `BhInner::run` (BH rule 7).
+/// for a second task that another thread wakes. Each nested `poll` enters as
+/// `AioContext::poll` does (the real `PollFrame::enter_with`: clear the drain mark, run
+/// the queue if one of its drains is suspended below, notify after running tasks); the
+/// drain's bottom half, running further up, is deferred by the real `BhInner::run` (BH
+/// rule 7).
 struct NestedWait {
     l: Arc<Loop>,
-    q: Weak<RunQueue<ModelKick>>,
     target_polls: Arc<AtomicUsize>,
     slot: Arc<Mutex<Option<Waker>>>,
     waker_thread: Option<loom::thread::JoinHandle<()>>,
@@ -382,24 +308,11 @@ struct NestedWait {
 impl Future for NestedWait {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        let q = self.q.upgrade().expect("the queue outlives its tasks");
         let w = lock(&self.slot).take().expect("the target parked first");
         self.waker_thread = Some(loom::thread::spawn(move || w.wake()));
         let mut incoming = VecDeque::new();
         while self.target_polls.load(Ordering::Relaxed) < 2 {
-            let mut frame = crate::run_queue::PollFrame::enter();
-            if q.needs_nested_drain() {
-                frame.ran = true;
-                q.drain();
-                if self.l.notify.notify() {
-                    self.l.eventfd.notify();
-                }
-            }
-            if self.target_polls.load(Ordering::Relaxed) >= 2 {
-                break;
-            }
             self.l.poll(true, &mut incoming);
-            drop(frame);
         }
         self.waker_thread
             .take()
@@ -431,7 +344,6 @@ fn nested_wait_in_a_task_for_a_task_woken_by_another_thread_ends() {
         }
         let mut outer = q.spawn(NestedWait {
             l: Arc::clone(&l),
-            q: Arc::downgrade(&q),
             target_polls: Arc::clone(&polls),
             slot: waker,
             waker_thread: None,

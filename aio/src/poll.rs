@@ -173,9 +173,10 @@ impl AioContext {
             .as_mut()
             .map(mem::take)
             .unwrap_or_default();
-        let mut home = self.home();
+        // One borrow per operation, none while the rest are dropped on an unwind: a
+        // raw callback is a user's closure, whose `Drop` may call back into the context.
         for (sqe, cb) in raws {
-            home.driver.push_raw(sqe, cb);
+            self.home().driver.push_raw(sqe, cb);
         }
     }
 

@@ -285,16 +285,11 @@ impl<K: Kick> Schedule for RunQueue<K> {
 /// notifies the context, so that the poll does not sleep (notify rule 3) after making
 /// progress, and the frame says so. The returned guard restores the outer drain's mark.
 pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
-    let mut frame = PollFrame::enter();
-    if let Some(q) = ctx.local_if_set(&RUN_QUEUE)
-        && q.needs_nested_drain()
-    {
+    PollFrame::enter_with(ctx.local_if_set(&RUN_QUEUE).map(|q| &**q), |q| {
         let _current = enter_current(&ctx.arc());
-        frame.ran = true;
         q.drain();
         ctx.notify();
-    }
-    frame
+    })
 }
 
 impl<K: Kick> RunQueue<K> {
@@ -319,6 +314,23 @@ impl PollFrame {
             outer: DRAINING.with(|d| d.replace(0)),
             ran: false,
         }
+    }
+
+    /// [`enter_poll`] on the run queue `q` (if the context has one): clears the mark
+    /// and, when rule 9 applies, runs `drain_and_notify` (drain `q`, then notify the
+    /// context so a sleep decision above sees the tasks that ran).
+    pub(crate) fn enter_with<K: Kick>(
+        q: Option<&RunQueue<K>>,
+        drain_and_notify: impl FnOnce(&RunQueue<K>),
+    ) -> Self {
+        let mut frame = Self::enter();
+        if let Some(q) = q
+            && q.needs_nested_drain()
+        {
+            frame.ran = true;
+            drain_and_notify(q);
+        }
+        frame
     }
 
     /// Whether the poll ran tasks on entry (progress, for `poll`'s result).

@@ -26,7 +26,9 @@
 //!    the kernel gives no way to write part of it without `O_NONBLOCK`.)
 //! 4. An operation whose future was dropped is taken out, unrun, the next time its
 //!    queue is looked at (its descriptor was reported ready, or an operation was added
-//!    behind it): it never consumes data that nobody will read.
+//!    behind it): it never consumes data that nobody will read. It goes to the done
+//!    queue, so that its buffer (a user's value) is dropped by the loop with no borrow
+//!    of the home state held.
 //! 5. A finished syscall's result is never lost: it waits in the table's done queue (or
 //!    in the pool's completion bottom half) inside a [`Finished`], whose drop delivers
 //!    the real result if the context goes away before the loop runs it. Only an
@@ -244,7 +246,7 @@ impl StreamTable {
         };
         let file = q.file.as_raw_fd();
         let queue = if read { &mut q.reads } else { &mut q.writes };
-        queue.retain(|op| !op.abandoned()); // rule 4
+        take_abandoned(queue, &mut self.done); // rule 4
         let now = if queue.is_empty() {
             try_io(file, op.kind())
         } else {
@@ -295,8 +297,8 @@ impl StreamTable {
             if revents & (libc::EPOLLOUT as u32 | err) != 0 {
                 run_queue(file, &mut q.writes, &mut self.done);
             }
-            q.reads.retain(|op| !op.abandoned()); // rule 4
-            q.writes.retain(|op| !op.abandoned());
+            take_abandoned(&mut q.reads, &mut self.done); // rule 4
+            take_abandoned(&mut q.writes, &mut self.done);
             if let Err(e) = self.rearm(fd) {
                 // The registration cannot change: finish what waits with the error.
                 let q = self.queues.remove(&fd).expect("looked up above");
@@ -350,11 +352,30 @@ impl StreamTable {
     }
 }
 
+/// Moves the operations of `queue` whose futures were dropped to `done`, unrun (rule
+/// 4). Never dropped here: the table lives in the home state, which is borrowed while it
+/// is looked at, and an operation owns the user's buffer, whose `Drop` may call back
+/// into the context (`poll`, `block_on`, `submit_raw`); the loop drops what it takes
+/// from `done` with no borrow held.
+fn take_abandoned(queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<Finished>) {
+    let mut i = 0;
+    while i < queue.len() {
+        if queue[i].abandoned() {
+            let op = queue.remove(i).expect("index in range");
+            done.push_back(Finished::new(op, -libc::ECANCELED));
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// Runs the syscalls of `queue`'s operations in order until one would block (rule 3).
 fn run_queue(file: RawFd, queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<Finished>) {
     while let Some(op) = queue.front() {
         if op.abandoned() {
-            drop(queue.pop_front()); // rule 4: unrun, its buffer is freed
+            // Rule 4: unrun; freed by the loop with no borrow held.
+            let op = queue.pop_front().expect("looked at above");
+            done.push_back(Finished::new(op, -libc::ECANCELED));
             continue;
         }
         let Some(res) = try_io(file, op.kind()) else {
