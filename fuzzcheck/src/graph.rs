@@ -430,7 +430,7 @@ static NESTED_WRITERS: AtomicU32 = AtomicU32::new(0);
 /// Runs `f`, which should panic, and returns the panic's message (`None` when it did
 /// not panic).
 fn panic_message(f: impl FnOnce()) -> Option<String> {
-    let err = catch_unwind(AssertUnwindSafe(f)).err()?;
+    let err = crate::catch_expected_panic(f)?;
     Some(
         err.downcast_ref::<String>()
             .cloned()

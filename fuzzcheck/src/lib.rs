@@ -39,6 +39,41 @@ pub fn decode_each<'a, T: Arbitrary<'a>>(chunks: &'a [Vec<u8>]) -> Vec<T> {
         .collect()
 }
 
+thread_local! {
+    /// Set while this thread runs a call whose panic the run expects (see
+    /// [`catch_expected_panic`]).
+    static EXPECTING_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, whose panic is an expected outcome the run checks (a misuse the library
+/// must refuse), and returns its panic payload, if any.
+///
+/// The panic hook stays silent for it: libFuzzer's harness installs a hook that aborts
+/// the process on *any* panic, which would turn every expected refusal into a crash.
+/// The hook installed here (once, wrapping whatever hook was there) skips only panics
+/// raised on this thread inside `f`; every other panic still reaches the old hook.
+pub(crate) fn catch_expected_panic(f: impl FnOnce()) -> Option<Box<dyn std::any::Any + Send>> {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !EXPECTING_PANIC.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    /// Lowers the flag on return and on unwind.
+    struct Expecting;
+    impl Drop for Expecting {
+        fn drop(&mut self) {
+            EXPECTING_PANIC.with(|e| e.set(false));
+        }
+    }
+    EXPECTING_PANIC.with(|e| e.set(true));
+    let _expecting = Expecting;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 /// A job and where to say it is done.
 type RemoteJob = (Job, Sender<()>);
