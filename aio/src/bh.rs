@@ -301,13 +301,14 @@ pub struct Bh {
     remote: Arc<Remote>,
 }
 
-/// The context a BH belongs to was dropped; the BH will never run.
+/// The context a BH or timer belongs to was dropped (or its drop has begun); the
+/// callback will never run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextGone;
 
 impl fmt::Display for ContextGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the AioContext was dropped; the bottom half will never run")
+        f.write_str("the AioContext was dropped; the callback will never run")
     }
 }
 

@@ -553,14 +553,17 @@ impl Drop for AioContext {
     /// (if the kernel does not answer within 5 s, their buffers are leaked on purpose
     /// rather than freed under it); on epoll, worker-pool jobs are taken off the queue
     /// and running ones waited for (they own their buffers, so nothing is freed under a
-    /// worker), and a syscall that ran reports its real result. Pending bottom halves are freed unrun, and from the
-    /// moment the drop begins `Bh::try_schedule` reports [`ContextGone`].
+    /// worker), and a syscall that ran reports its real result. Pending bottom halves
+    /// and armed timers are freed unrun (their callbacks dropped here), fd handlers are
+    /// removed, and from the moment the drop begins `Bh::try_schedule` and
+    /// `Timer::try_modify` report [`ContextGone`].
     fn drop(&mut self) {
         // Close the BH list first: a schedule racing this drop either pushed before the
         // close (and its BH is drained and freed below) or is refused; none lands on a
         // list nobody drains. Likewise for raw operations handed over by other threads.
         let mut pending = std::collections::VecDeque::new();
         self.remote.bhs.close(&mut pending);
+        self.remote.timers.close();
         let raws = lock(&self.remote.raw_queue).take();
         for (_, node) in lock(&self.remote.fds).drain() {
             node.kill();
