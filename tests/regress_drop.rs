@@ -7,9 +7,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, Weak};
 
-use aioctx::aio::{AioContext, ClockType, ContextGone, Timer};
+use aioctx::aio::{AioContext, Bh, ClockType, ContextGone, EventNotifier, IoThread, Timer};
 use common::{Watchdog, new_ctx};
 
 /// A far deadline: the timer stays armed for the whole test.
@@ -141,4 +142,221 @@ fn regress_self_owning_timer_modified_racing_drop_is_freed() {
             "round {round}: a self-owning timer modified while its context dropped leaked"
         );
     }
+}
+
+/// A BH whose callback owns the BH itself (through a shared slot) and `t`.
+fn self_owning_bh(ctx: &AioContext, t: Arc<()>) -> Arc<Mutex<Option<Bh>>> {
+    let slot: Arc<Mutex<Option<Bh>>> = Arc::new(Mutex::new(None));
+    let own = Arc::clone(&slot);
+    let bh = ctx.bh_new(move || {
+        let _keep = (&own, &t);
+    });
+    *slot.lock().unwrap() = Some(bh);
+    slot
+}
+
+#[test]
+fn scheduled_bh_owning_its_own_bh_is_freed_at_context_drop() {
+    let ctx = new_ctx();
+    let (t, freed) = tracker();
+    let slot = self_owning_bh(&ctx, t);
+    slot.lock().unwrap().as_ref().unwrap().schedule();
+    drop(slot);
+    drop(ctx);
+    assert!(freed.upgrade().is_none(), "a pending self-owning BH leaked");
+}
+
+#[test]
+fn regress_bh_scheduled_racing_context_drop_frees_its_callback() {
+    let _w = Watchdog::new("bh schedule racing drop", common::HANG_LIMIT, String::new);
+    for round in 0..300 {
+        let ctx = new_ctx();
+        let (t, freed) = tracker();
+        let slot = self_owning_bh(&ctx, t);
+        let go = Arc::new(Barrier::new(2));
+        let g = Arc::clone(&go);
+        let other = std::thread::spawn(move || {
+            g.wait();
+            let _ = slot.lock().unwrap().as_ref().unwrap().try_schedule();
+        });
+        go.wait();
+        drop(ctx);
+        other.join().unwrap();
+        assert!(
+            freed.upgrade().is_none(),
+            "round {round}: a self-owning BH scheduled while its context dropped leaked"
+        );
+    }
+}
+
+#[test]
+fn regress_unscheduled_bh_owning_its_own_bh_is_freed_at_context_drop() {
+    let ctx = new_ctx();
+    let (t, freed) = tracker();
+    drop(self_owning_bh(&ctx, t));
+    drop(ctx);
+    assert!(
+        freed.upgrade().is_none(),
+        "an unscheduled BH whose callback owns its own Bh outlived its context"
+    );
+}
+
+#[test]
+fn oneshot_scheduled_before_drop_is_freed_unrun() {
+    let ctx = new_ctx();
+    let (t, freed) = tracker();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&ran);
+    ctx.schedule_oneshot(move || {
+        let _keep = &t;
+        r.store(true, Ordering::Relaxed);
+    });
+    drop(ctx);
+    assert!(
+        freed.upgrade().is_none(),
+        "a pending oneshot outlived its context"
+    );
+    assert!(!ran.load(Ordering::Relaxed));
+}
+
+#[test]
+fn fd_handler_owning_its_event_notifier_is_freed_at_context_drop() {
+    let ctx = new_ctx();
+    let (t, freed) = tracker();
+    let e = Arc::new(EventNotifier::new().unwrap());
+    let fd = e.fd();
+    let own = Arc::clone(&e);
+    ctx.set_fd_handler(
+        fd,
+        Some(Box::new(move || {
+            let _ = own.test_and_clear();
+            let _keep = &t;
+        })),
+        None,
+    )
+    .unwrap();
+    // Armed on the back end, and fired once.
+    e.set().unwrap();
+    while freed.upgrade().is_some() && ctx.poll(false) {}
+    let notifier = Arc::downgrade(&e);
+    drop(e);
+    drop(ctx);
+    assert!(
+        freed.upgrade().is_none(),
+        "an fd handler outlived its context"
+    );
+    assert!(
+        notifier.upgrade().is_none(),
+        "the EventNotifier owned by an fd handler outlived its context"
+    );
+}
+
+/// Polls `ctx` from an `IoThread`'s loop until `done` holds.
+fn run_on(thread: &IoThread, f: impl FnOnce(&Arc<AioContext>) + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ctx = Arc::clone(thread.ctx());
+    thread.ctx().schedule_oneshot(move || {
+        f(&ctx);
+        tx.send(()).unwrap();
+    });
+    rx.recv().unwrap();
+}
+
+#[test]
+fn regress_iothread_drop_frees_a_context_held_by_its_own_timer() {
+    let _w = Watchdog::new("iothread timer cycle", common::HANG_LIMIT, String::new);
+    let thread = IoThread::new("drop-timer").unwrap();
+    let weak = Arc::downgrade(thread.ctx());
+    run_on(&thread, |ctx| {
+        // The timer owns its own handle and the context: a cycle only a stop breaks.
+        let slot: Arc<Mutex<Option<Timer>>> = Arc::new(Mutex::new(None));
+        let (own, c) = (Arc::clone(&slot), Arc::clone(ctx));
+        let timer = ctx.timer_new(ClockType::Realtime, move || {
+            let _keep = (&own, &c);
+        });
+        timer.modify(far());
+        *slot.lock().unwrap() = Some(timer);
+    });
+    drop(thread);
+    assert!(
+        weak.upgrade().is_none(),
+        "an IoThread's context outlived the IoThread: its armed timer owns it"
+    );
+}
+
+#[test]
+fn regress_iothread_drop_frees_a_context_held_by_its_own_fd_handler() {
+    let _w = Watchdog::new("iothread fd cycle", common::HANG_LIMIT, String::new);
+    let thread = IoThread::new("drop-fd").unwrap();
+    let weak = Arc::downgrade(thread.ctx());
+    let e = EventNotifier::new().unwrap();
+    let fd = e.fd();
+    let c = Arc::clone(thread.ctx());
+    thread
+        .ctx()
+        .set_fd_handler(
+            fd,
+            Some(Box::new(move || {
+                let _ = e.test_and_clear();
+                let _keep = &c;
+            })),
+            None,
+        )
+        .unwrap();
+    drop(thread);
+    assert!(
+        weak.upgrade().is_none(),
+        "an IoThread's context outlived the IoThread: its fd handler owns it"
+    );
+}
+
+#[test]
+fn regress_iothread_drop_frees_a_context_held_by_its_own_bh() {
+    let _w = Watchdog::new("iothread bh cycle", common::HANG_LIMIT, String::new);
+    let thread = IoThread::new("drop-bh").unwrap();
+    let weak = Arc::downgrade(thread.ctx());
+    run_on(&thread, |ctx| {
+        let slot: Arc<Mutex<Option<Bh>>> = Arc::new(Mutex::new(None));
+        let (own, c) = (Arc::clone(&slot), Arc::clone(ctx));
+        let bh = ctx.bh_new(move || {
+            let _keep = (&own, &c);
+        });
+        *slot.lock().unwrap() = Some(bh);
+    });
+    drop(thread);
+    assert!(
+        weak.upgrade().is_none(),
+        "an IoThread's context outlived the IoThread: its BH owns it"
+    );
+}
+
+#[test]
+fn regress_stopped_iothread_context_refuses_new_work() {
+    let thread = IoThread::new("drop-refuse").unwrap();
+    let ctx = Arc::clone(thread.ctx());
+    drop(thread);
+    // Nobody will ever poll it again: work handed to it is refused and freed at once.
+    let (t, freed) = tracker();
+    let bh = ctx.bh_new(move || {
+        let _keep = &t;
+    });
+    assert_eq!(bh.try_schedule(), Err(ContextGone));
+    assert!(freed.upgrade().is_none(), "a refused BH kept its callback");
+    let (t, freed) = tracker();
+    let timer = ctx.timer_new(ClockType::Realtime, move || {
+        let _keep = &t;
+    });
+    assert_eq!(timer.try_modify(far()), Err(ContextGone));
+    assert!(
+        freed.upgrade().is_none(),
+        "a refused timer kept its callback"
+    );
+    let (t, freed) = tracker();
+    ctx.schedule_oneshot(move || {
+        let _keep = &t;
+    });
+    assert!(
+        freed.upgrade().is_none(),
+        "a refused oneshot kept its callback"
+    );
 }

@@ -9,7 +9,7 @@
 //! borrowed across a user callback (so callbacks may call `poll` again: nesting).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -45,6 +45,9 @@ pub(crate) struct Remote {
     pub(crate) bhs: BhList,
     pub(crate) timers: TimerList,
     pub(crate) fds: Mutex<HashMap<RawFd, Arc<FdNode>>>,
+    /// Set (under the `fds` lock) once the context is closed to callbacks: new handlers
+    /// are refused (see `close_callbacks`).
+    fds_closed: AtomicBool,
     pub(crate) fd_changes: Mutex<Vec<RawFd>>,
     /// Raw operations handed over by other threads; `None` once the context's drop
     /// has begun (later hand-overs are refused).
@@ -76,6 +79,8 @@ impl Remote {
     /// drains (and frees) or refused, never left on a dead list.
     pub(crate) fn enqueue(&self, bh: &Arc<BhInner>, flags: u32) -> Result<(), ContextGone> {
         if !crate::bh::enqueue(&self.bhs, bh, flags) {
+            // It can never run: free its callback now (BH rule 8).
+            bh.kill();
             return Err(ContextGone);
         }
         self.notify();
@@ -212,6 +217,7 @@ impl AioContextBuilder {
             bhs: BhList::new(),
             timers: TimerList::new(ClockType::Realtime),
             fds: Mutex::new(HashMap::new()),
+            fds_closed: AtomicBool::new(false),
             fd_changes: Mutex::new(Vec::new()),
             raw_queue: Mutex::new(Some(Vec::new())),
             has_requests: AtomicBool::new(false),
@@ -365,7 +371,10 @@ impl AioContext {
     }
 
     /// This context's value for `key`, created by `init` on first access from any
-    /// thread. Dropped with the context (a "context destroyed" hook for upper layers).
+    /// thread. Dropped with the context (a "context destroyed" hook for upper layers),
+    /// and only then: a value that owns an `Arc` of this context (directly, or through a
+    /// callback or task it holds) is a cycle that keeps both alive for good — hold a
+    /// `Weak` instead, as the task run queue does.
     pub fn local<T: Send + Sync + 'static>(
         &self,
         key: &crate::ContextLocal<T>,
@@ -453,9 +462,17 @@ impl AioContext {
     /// run again once this returns. `io_read` runs while `fd` is readable (or hung up),
     /// `io_write` while it is writable: level-triggered.
     ///
+    /// A callback may own an `Arc` of this context (or anything that does): that cycle
+    /// lasts until the handler is removed, or the context's [`IoThread`] stops, which
+    /// frees every callback of the context. On a context without an `IoThread`, remove
+    /// the handler or have the callback hold a `Weak`. The same holds for BHs and timers.
+    ///
     /// # Errors
-    /// `fd` is not an open descriptor (the message names it). Removing an fd that has no
-    /// handler is not an error.
+    /// `fd` is not an open descriptor (the message names it). `BrokenPipe` when adding a
+    /// handler to a context whose `IoThread` stopped (nothing will poll it again); the
+    /// callbacks are dropped. Removing an fd that has no handler is not an error.
+    ///
+    /// [`IoThread`]: crate::IoThread
     pub fn set_fd_handler(
         &self,
         fd: RawFd,
@@ -473,15 +490,31 @@ impl AioContext {
         } else {
             None
         };
-        let old = {
+        let (old, refused) = {
             let mut fds = lock(&self.remote.fds);
-            match node {
-                Some(node) => fds.insert(fd, node),
-                None => fds.remove(&fd),
+            // Relaxed: written under this lock.
+            if self.remote.fds_closed.load(Ordering::Relaxed) {
+                (None, node)
+            } else {
+                let old = match node {
+                    Some(node) => fds.insert(fd, node),
+                    None => fds.remove(&fd),
+                };
+                (old, None)
             }
         };
         if let Some(old) = old {
             old.kill();
+        }
+        if let Some(refused) = refused {
+            refused.kill();
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!(
+                    "set_fd_handler: fd {fd}: context `{}` is closed (dropped, or its                      IoThread stopped); nothing will ever poll it",
+                    self.name
+                ),
+            ));
         }
         lock(&self.remote.fd_changes).push(fd);
         self.remote.request();
@@ -553,32 +586,18 @@ impl Drop for AioContext {
     /// (if the kernel does not answer within 5 s, their buffers are leaked on purpose
     /// rather than freed under it); on epoll, worker-pool jobs are taken off the queue
     /// and running ones waited for (they own their buffers, so nothing is freed under a
-    /// worker), and a syscall that ran reports its real result. Pending bottom halves
-    /// and armed timers are freed unrun (their callbacks dropped here), fd handlers are
-    /// removed, and from the moment the drop begins `Bh::try_schedule` and
-    /// `Timer::try_modify` report [`ContextGone`].
+    /// worker), and a syscall that ran reports its real result. The callbacks of every
+    /// bottom half and timer of the context (pending, armed or not) and of every fd
+    /// handler are freed unrun here, also those that own their own handle; from the
+    /// moment the drop begins `Bh::try_schedule` and `Timer::try_modify` report
+    /// [`ContextGone`], and the handles stay usable but inert.
     fn drop(&mut self) {
-        // Close the BH list first: a schedule racing this drop either pushed before the
-        // close (and its BH is drained and freed below) or is refused; none lands on a
-        // list nobody drains. Likewise for raw operations handed over by other threads.
-        let mut pending = std::collections::VecDeque::new();
-        self.remote.bhs.close(&mut pending);
-        self.remote.timers.close();
-        let raws = lock(&self.remote.raw_queue).take();
-        for (_, node) in lock(&self.remote.fds).drain() {
-            node.kill();
-        }
+        // Close the context to callbacks first: a schedule or modify racing this drop
+        // either landed before the close (and is freed by it) or is refused; none lands
+        // on a list nobody drains. Likewise for raw operations handed over by other
+        // threads.
         let home = self.home.0.get_mut();
-        pending.extend(home.bhs.incoming.drain(..));
-        pending.extend(home.bhs.slices.drain(..).flatten());
-        // They can never run: free their callbacks now (this also breaks a cycle of a
-        // callback that owns its own `Bh`).
-        for bh in &pending {
-            bh.kill();
-        }
-        drop(pending);
-        // Never reached the ring: dropped unrun (`submit_raw`'s contract).
-        drop(raws);
+        close_callbacks(&self.remote, home.bhs.take_queued());
         let done = home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
         crate::backend::raw::run_at_drop(&self.name, done);
         if let Some(owner) = &self.remote.pool {
@@ -592,6 +611,45 @@ impl Drop for AioContext {
             }
         }
     }
+}
+
+impl AioContext {
+    /// Closes the context to callbacks for good, on its home thread, when nobody will
+    /// poll it again (its `IoThread` stops): see [`close_callbacks`].
+    pub(crate) fn close_for_good(&self) {
+        self.check_home("close_for_good");
+        // The home cell is not borrowed while callbacks are freed: their drops may
+        // touch it.
+        let queued = self.home().bhs.take_queued();
+        close_callbacks(&self.remote, queued);
+    }
+}
+
+/// Frees every callback of a context that nobody will poll again, and refuses new ones
+/// from then on: closes the BH list (pending BHs, taken ones in `queued`, and the
+/// callbacks of all live `Bh`s; BH rule 8), the timer list (timer rule 5), the fd
+/// handlers, and the queue of raw operations handed over by other threads (they never
+/// reached the ring and are dropped unrun, `submit_raw`'s contract). A callback that
+/// owns its own handle or its own context (a cycle) is freed here. Idempotent.
+fn close_callbacks(remote: &Remote, queued: VecDeque<Arc<BhInner>>) {
+    let mut pending = queued;
+    remote.bhs.close(&mut pending);
+    remote.timers.close();
+    let fds: Vec<_> = {
+        let mut fds = lock(&remote.fds);
+        // Relaxed: read under the same lock in `set_fd_handler`.
+        remote.fds_closed.store(true, Ordering::Relaxed);
+        fds.drain().map(|(_, node)| node).collect()
+    };
+    let raws = lock(&remote.raw_queue).take();
+    // Outside the locks: a callback's drop may remove handlers or drop handles.
+    for node in &fds {
+        node.kill();
+    }
+    for bh in &pending {
+        bh.kill();
+    }
+    drop(raws);
 }
 
 impl fmt::Debug for AioContext {

@@ -14,6 +14,15 @@ pub const IOTHREAD_POLL_MAX_NS: u64 = 32768;
 /// A thread running an [`AioContext`]. Dropping it stops the loop — by scheduling a
 /// bottom half, not by polling a flag — and joins the thread.
 ///
+/// Nobody can poll the context once its thread is gone, so the thread closes it before
+/// it exits (also when a callback panicked out of `poll`): the callbacks of its bottom
+/// halves, timers and fd handlers are freed unrun, and from then on
+/// [`Bh::try_schedule`](crate::Bh::try_schedule) and
+/// [`Timer::try_modify`](crate::Timer::try_modify) report
+/// [`ContextGone`](crate::ContextGone) and `set_fd_handler` refuses new handlers. A
+/// callback that owns an `Arc` of the context no longer keeps it alive: the context is
+/// freed when the last `Arc` outside its callbacks goes.
+///
 /// ```
 /// use std::sync::mpsc;
 /// let iothread = aioctx_aio::IoThread::new("io0")?;
@@ -59,6 +68,14 @@ impl IoThread {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                /// Closes the context when the loop ends, by return or unwind.
+                struct CloseOnExit<'a>(&'a AioContext);
+                impl Drop for CloseOnExit<'_> {
+                    fn drop(&mut self) {
+                        self.0.close_for_good();
+                    }
+                }
+                let _close = CloseOnExit(&thread_ctx);
                 thread_ctx.make_current();
                 // The caller waits for this: from now on this thread is home.
                 let _ = home_tx.send(());
