@@ -360,3 +360,78 @@ fn regress_stopped_iothread_context_refuses_new_work() {
         "a refused oneshot kept its callback"
     );
 }
+
+#[test]
+fn regress_iothread_drop_frees_a_context_held_by_its_own_raw_operation() {
+    let _w = Watchdog::new("iothread raw op cycle", common::HANG_LIMIT, String::new);
+    // Needs io_uring: check that this run may use it, then put it on an IoThread.
+    if common::uring_ctx(
+        "regress_iothread_drop_frees_a_context_held_by_its_own_raw_operation",
+        AioContext::builder(),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let builder = AioContext::builder().backend(aioctx::aio::Backend::IoUring);
+    let thread = IoThread::with_builder("drop-raw", builder).unwrap();
+    let weak = Arc::downgrade(thread.ctx());
+    let (res_tx, res_rx) = std::sync::mpsc::channel();
+    run_on(&thread, move |ctx| {
+        // A poll on an eventfd nobody sets: in flight until cancelled.
+        let e = EventNotifier::new().unwrap();
+        let entry = aioctx::aio::io_uring::opcode::PollAdd::new(
+            aioctx::aio::io_uring::types::Fd(e.fd()),
+            libc::POLLIN as u32,
+        )
+        .build();
+        let c = Arc::clone(ctx);
+        // SAFETY: a POLL_ADD names no memory; the eventfd lives in the callback, so it
+        // stays open until the operation completes.
+        unsafe {
+            ctx.submit_raw(
+                entry,
+                Box::new(move |res, _| {
+                    let _keep = (&c, &e);
+                    let _ = res_tx.send(res);
+                }),
+            )
+        }
+        .unwrap();
+    });
+    drop(thread);
+    assert_eq!(
+        res_rx.try_recv(),
+        Ok(-libc::ECANCELED),
+        "the in-flight operation was not cancelled when its IoThread stopped"
+    );
+    assert!(
+        weak.upgrade().is_none(),
+        "an IoThread's context outlived the IoThread: its in-flight raw operation owns it"
+    );
+}
+
+#[test]
+fn regress_iothread_dropped_on_its_own_thread_does_not_hang_or_panic() {
+    let _w = Watchdog::new("iothread self drop", common::HANG_LIMIT, String::new);
+    let thread = IoThread::new("drop-self").unwrap();
+    let weak = Arc::downgrade(thread.ctx());
+    let ctx = Arc::clone(thread.ctx());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let slot = Arc::new(Mutex::new(Some(thread)));
+    let s = Arc::clone(&slot);
+    ctx.schedule_oneshot(move || {
+        let thread = s.lock().unwrap().take();
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(thread)));
+        tx.send(dropped.is_ok()).unwrap();
+    });
+    drop(ctx);
+    assert_eq!(
+        rx.recv(),
+        Ok(true),
+        "dropping an IoThread on its own thread panicked"
+    );
+    common::wait_until("the IoThread's context to be freed", || {
+        weak.upgrade().is_none()
+    });
+}

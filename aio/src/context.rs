@@ -592,13 +592,32 @@ impl Drop for AioContext {
     /// moment the drop begins `Bh::try_schedule` and `Timer::try_modify` report
     /// [`ContextGone`], and the handles stay usable but inert.
     fn drop(&mut self) {
-        // Close the context to callbacks first: a schedule or modify racing this drop
+        self.shut_down();
+    }
+}
+
+impl AioContext {
+    /// Shuts the context down for good, on its home thread, when nobody will poll it
+    /// again (its `IoThread` stops): what the drop does, done early, so that callbacks
+    /// that own the context stop keeping it alive. See [`shut_down`](Self::shut_down).
+    pub(crate) fn close_for_good(&self) {
+        self.check_home("close_for_good");
+        self.shut_down();
+    }
+
+    /// The drop's work (see `Drop for AioContext`), safe to repeat: the home thread
+    /// calls it when its `IoThread` stops, the drop calls it again from any thread
+    /// (then nobody else can reach the context). The home cell is borrowed only for
+    /// moments in which no user code runs: a callback's drop or a completion callback
+    /// may call into the context.
+    fn shut_down(&self) {
+        // Close the context to callbacks first: a schedule or modify racing this
         // either landed before the close (and is freed by it) or is refused; none lands
         // on a list nobody drains. Likewise for raw operations handed over by other
         // threads.
-        let home = self.home.0.get_mut();
-        close_callbacks(&self.remote, home.bhs.take_queued());
-        let done = home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
+        let queued = self.home().bhs.take_queued();
+        close_callbacks(&self.remote, queued);
+        let done = self.home().driver.shutdown(&self.name, DROP_REAP_LIMIT);
         crate::backend::raw::run_at_drop(&self.name, done);
         if let Some(owner) = &self.remote.pool {
             let running = owner.cancel(DROP_REAP_LIMIT);
@@ -610,18 +629,6 @@ impl Drop for AioContext {
                 );
             }
         }
-    }
-}
-
-impl AioContext {
-    /// Closes the context to callbacks for good, on its home thread, when nobody will
-    /// poll it again (its `IoThread` stops): see [`close_callbacks`].
-    pub(crate) fn close_for_good(&self) {
-        self.check_home("close_for_good");
-        // The home cell is not borrowed while callbacks are freed: their drops may
-        // touch it.
-        let queued = self.home().bhs.take_queued();
-        close_callbacks(&self.remote, queued);
     }
 }
 

@@ -12,7 +12,9 @@ use crate::sync::atomic::{AtomicBool, Ordering};
 pub const IOTHREAD_POLL_MAX_NS: u64 = 32768;
 
 /// A thread running an [`AioContext`]. Dropping it stops the loop — by scheduling a
-/// bottom half, not by polling a flag — and joins the thread.
+/// bottom half, not by polling a flag — and joins the thread (unless it is dropped on
+/// that thread, by one of its own callbacks: then the thread stops once that callback
+/// returns, and exits on its own).
 ///
 /// Nobody can poll the context once its thread is gone, so the thread closes it before
 /// it exits (also when a callback panicked out of `poll`): the callbacks of its bottom
@@ -121,10 +123,15 @@ impl Drop for IoThread {
         // QEMU: iothread_stop_bh. Relaxed: read back by the same thread that runs the BH.
         self.ctx
             .schedule_oneshot(move || running.store(false, Ordering::Relaxed));
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-            && !std::thread::panicking()
-        {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            // Dropped by one of its own callbacks: the thread cannot join itself. It
+            // stops at its next `poll`, closes its context and exits on its own.
+            return;
+        }
+        if thread.join().is_err() && !std::thread::panicking() {
             panic!("IoThread `{}` panicked", self.ctx.name());
         }
     }
