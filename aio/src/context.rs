@@ -9,7 +9,7 @@
 //! borrowed across a user callback (so callbacks may call `poll` again: nesting).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -36,7 +36,7 @@ pub const DEFAULT_RING_ENTRIES: u32 = 128;
 
 /// How long dropping a context waits for cancelled operations (ring CQEs, running
 /// worker-pool jobs) before leaking their buffers on purpose or moving on.
-const DROP_REAP_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const DROP_REAP_LIMIT: Duration = Duration::from_secs(5);
 
 /// The part of a context that any thread may touch.
 pub(crate) struct Remote {
@@ -47,7 +47,7 @@ pub(crate) struct Remote {
     pub(crate) fds: Mutex<HashMap<RawFd, Arc<FdNode>>>,
     /// Set (under the `fds` lock) once the context is closed to callbacks: new handlers
     /// are refused (see `close_callbacks`).
-    fds_closed: AtomicBool,
+    pub(crate) fds_closed: AtomicBool,
     pub(crate) fd_changes: Mutex<Vec<RawFd>>,
     /// Raw operations handed over by other threads; `None` once the context's drop
     /// has begun (later hand-overs are refused).
@@ -594,69 +594,6 @@ impl Drop for AioContext {
     fn drop(&mut self) {
         self.shut_down();
     }
-}
-
-impl AioContext {
-    /// Shuts the context down for good, on its home thread, when nobody will poll it
-    /// again (its `IoThread` stops): what the drop does, done early, so that callbacks
-    /// that own the context stop keeping it alive. See [`shut_down`](Self::shut_down).
-    pub(crate) fn close_for_good(&self) {
-        self.check_home("close_for_good");
-        self.shut_down();
-    }
-
-    /// The drop's work (see `Drop for AioContext`), safe to repeat: the home thread
-    /// calls it when its `IoThread` stops, the drop calls it again from any thread
-    /// (then nobody else can reach the context). The home cell is borrowed only for
-    /// moments in which no user code runs: a callback's drop or a completion callback
-    /// may call into the context.
-    fn shut_down(&self) {
-        // Close the context to callbacks first: a schedule or modify racing this
-        // either landed before the close (and is freed by it) or is refused; none lands
-        // on a list nobody drains. Likewise for raw operations handed over by other
-        // threads.
-        let queued = self.home().bhs.take_queued();
-        close_callbacks(&self.remote, queued);
-        let done = self.home().driver.shutdown(&self.name, DROP_REAP_LIMIT);
-        crate::backend::raw::run_at_drop(&self.name, done);
-        if let Some(owner) = &self.remote.pool {
-            let running = owner.cancel(DROP_REAP_LIMIT);
-            if running > 0 {
-                log::error!(
-                    "{}: {running} worker-pool jobs still run {DROP_REAP_LIMIT:?} after drop; \
-                     they own their buffers and free them when they finish",
-                    self.name
-                );
-            }
-        }
-    }
-}
-
-/// Frees every callback of a context that nobody will poll again, and refuses new ones
-/// from then on: closes the BH list (pending BHs, taken ones in `queued`, and the
-/// callbacks of all live `Bh`s; BH rule 8), the timer list (timer rule 5), the fd
-/// handlers, and the queue of raw operations handed over by other threads (they never
-/// reached the ring and are dropped unrun, `submit_raw`'s contract). A callback that
-/// owns its own handle or its own context (a cycle) is freed here. Idempotent.
-fn close_callbacks(remote: &Remote, queued: VecDeque<Arc<BhInner>>) {
-    let mut pending = queued;
-    remote.bhs.close(&mut pending);
-    remote.timers.close();
-    let fds: Vec<_> = {
-        let mut fds = lock(&remote.fds);
-        // Relaxed: read under the same lock in `set_fd_handler`.
-        remote.fds_closed.store(true, Ordering::Relaxed);
-        fds.drain().map(|(_, node)| node).collect()
-    };
-    let raws = lock(&remote.raw_queue).take();
-    // Outside the locks: a callback's drop may remove handlers or drop handles.
-    for node in &fds {
-        node.kill();
-    }
-    for bh in &pending {
-        bh.kill();
-    }
-    drop(raws);
 }
 
 impl fmt::Debug for AioContext {

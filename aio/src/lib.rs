@@ -84,6 +84,7 @@ mod notify;
 mod poll;
 mod pool;
 mod run_queue;
+mod shutdown;
 mod stats;
 mod sync;
 mod sys;
