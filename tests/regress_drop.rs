@@ -435,3 +435,49 @@ fn regress_iothread_dropped_on_its_own_thread_does_not_hang_or_panic() {
         weak.upgrade().is_none()
     });
 }
+
+/// Counts wakes.
+struct CountWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn regress_sleep_armed_on_a_context_that_shut_down_rearms_on_the_current_one() {
+    use std::future::Future;
+    let _w = Watchdog::new(
+        "sleep outliving its context",
+        common::HANG_LIMIT,
+        String::new,
+    );
+    let thread = IoThread::new("drop-sleep").unwrap();
+    let woken = Arc::new(CountWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(Arc::clone(&woken));
+    // First polled on the IoThread: the timer is armed on its context.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let w = waker.clone();
+    run_on(&thread, move |_| {
+        let mut sleep = Box::pin(aioctx::aio::sleep(std::time::Duration::from_millis(300)));
+        let pending = sleep
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&w))
+            .is_pending();
+        tx.send((sleep, pending)).unwrap();
+    });
+    let (sleep, pending) = rx.recv().unwrap();
+    assert!(pending);
+    drop(thread);
+    assert_eq!(
+        woken.0.load(Ordering::Relaxed),
+        1,
+        "the sleep's context shut down and its task was not woken to re-arm"
+    );
+    // Awaited on another context, it completes there instead of waiting on a dead one.
+    let ctx = new_ctx();
+    ctx.make_current();
+    ctx.block_on(sleep);
+    drop(waker);
+}
