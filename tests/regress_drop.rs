@@ -481,3 +481,48 @@ fn regress_sleep_armed_on_a_context_that_shut_down_rearms_on_the_current_one() {
     ctx.block_on(sleep);
     drop(waker);
 }
+
+#[test]
+fn regress_read_waiting_on_a_context_that_shut_down_completes_cancelled() {
+    use std::future::Future;
+    let _w = Watchdog::new(
+        "read outliving its context",
+        common::HANG_LIMIT,
+        String::new,
+    );
+    let thread = IoThread::new("drop-read").unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two fresh descriptors, owned here.
+    let (r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    use std::os::fd::AsRawFd;
+    // A read of an empty pipe, submitted to the IoThread's context from here.
+    let mut op = thread.ctx().read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+    let woken = Arc::new(CountWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(Arc::clone(&woken));
+    let first = std::pin::Pin::new(&mut op).poll(&mut std::task::Context::from_waker(&waker));
+    assert!(first.is_pending());
+    // A round trip through the loop: the hand-over (ring or stream table) has been taken.
+    run_on(&thread, |_| {});
+    // Somebody still holds the context, so only the IoThread's stop can end the read.
+    let keep = Arc::clone(thread.ctx());
+    drop(thread);
+    // The context is shut down: the read completes, cancelled, instead of waiting on a
+    // loop that nobody polls.
+    let ctx = new_ctx();
+    ctx.make_current();
+    let (res, _buf) = ctx.block_on(op);
+    assert_eq!(
+        res.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ECANCELED)),
+        "a read waiting on a context that shut down"
+    );
+    drop((w, keep));
+}
