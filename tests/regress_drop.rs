@@ -359,6 +359,24 @@ fn regress_stopped_iothread_context_refuses_new_work() {
         freed.upgrade().is_none(),
         "a refused oneshot kept its callback"
     );
+    let (t, freed) = tracker();
+    let e = EventNotifier::new().unwrap();
+    let refused = ctx.set_fd_handler(
+        e.fd(),
+        Some(Box::new(move || {
+            let _keep = &t;
+        })),
+        None,
+    );
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::BrokenPipe)
+    );
+    assert!(
+        freed.upgrade().is_none(),
+        "a refused fd handler kept its callback"
+    );
+    assert!(!ctx.has_fd_handler(e.fd()));
 }
 
 #[test]
@@ -523,6 +541,44 @@ fn regress_read_waiting_on_a_context_that_shut_down_completes_cancelled() {
         res.map_err(|e| e.raw_os_error()),
         Err(Some(libc::ECANCELED)),
         "a read waiting on a context that shut down"
+    );
+    drop((w, keep));
+}
+
+#[test]
+fn regress_read_first_polled_after_its_context_shut_down_completes_cancelled() {
+    use std::future::Future;
+    use std::os::fd::AsRawFd;
+    let _w = Watchdog::new(
+        "read submitted to a stopped context",
+        common::HANG_LIMIT,
+        String::new,
+    );
+    let thread = IoThread::new("drop-late-read").unwrap();
+    let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+    // Made while the loop runs, first polled (and so submitted) after it stopped, while
+    // somebody still holds the context.
+    let op = thread.ctx().read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+    let keep = Arc::clone(thread.ctx());
+    drop(thread);
+    let ctx = new_ctx();
+    ctx.make_current();
+    let mut op = std::pin::pin!(op);
+    let woken = Arc::new(CountWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(woken);
+    let mut cx = std::task::Context::from_waker(&waker);
+    // Polled twice at most: submitting to the stopped context completes it at once.
+    let mut res = None;
+    for _ in 0..2 {
+        if let std::task::Poll::Ready((r, _)) = op.as_mut().poll(&mut cx) {
+            res = Some(r);
+            break;
+        }
+    }
+    let res = res.expect("a read submitted to a context whose IoThread stopped stays pending");
+    assert_eq!(
+        res.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ECANCELED))
     );
     drop((w, keep));
 }
