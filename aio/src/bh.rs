@@ -351,14 +351,18 @@ pub struct Bh {
     remote: Arc<Remote>,
 }
 
-/// The context a BH or timer belongs to was dropped (or its drop has begun); the
-/// callback will never run.
+/// The context a BH or timer belongs to was shut down — dropped (or its drop has
+/// begun), or its [`IoThread`](crate::IoThread) stopped: nothing will ever poll it, and
+/// the callback will never run (it was freed then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextGone;
 
 impl fmt::Display for ContextGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the AioContext was dropped; the callback will never run")
+        f.write_str(
+            "the AioContext was shut down (dropped, or its IoThread stopped); the callback \
+             will never run",
+        )
     }
 }
 

@@ -292,9 +292,10 @@ impl Timer {
     /// Like [`modify`](Self::modify), but says when the context is gone.
     ///
     /// # Errors
-    /// [`ContextGone`] when the context was dropped (or its drop has begun): the timer
-    /// stays disarmed and its callback never runs. A timer armed before the drop is
-    /// disarmed by it, and its callback freed then.
+    /// [`ContextGone`] when the context was shut down (its drop has begun, or its
+    /// [`IoThread`](crate::IoThread) stopped): the timer stays disarmed and its callback
+    /// never runs. The shutdown disarmed every timer of the context and freed its
+    /// callback, armed or not.
     pub fn try_modify(&self, expire_ns: i64) -> Result<(), ContextGone> {
         self.modify_inner(expire_ns, false)
     }
