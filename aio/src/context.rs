@@ -590,7 +590,11 @@ impl Drop for AioContext {
     /// bottom half and timer of the context (pending, armed or not) and of every fd
     /// handler are freed unrun here, also those that own their own handle; from the
     /// moment the drop begins `Bh::try_schedule` and `Timer::try_modify` report
-    /// [`ContextGone`], and the handles stay usable but inert.
+    /// [`ContextGone`], and the handles stay usable but inert. An [`IoThread`] does all
+    /// of this on its own thread when it stops (see `shutdown.rs`); the drop then finds
+    /// little left to do.
+    ///
+    /// [`IoThread`]: crate::IoThread
     fn drop(&mut self) {
         self.shut_down();
     }
