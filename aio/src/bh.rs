@@ -32,16 +32,19 @@
 //!    panic.
 //! 8. The context's drop closes the list (its head becomes a sentinel): a push that
 //!    lost the race is refused, so a BH is either on the list the drop drains, or its
-//!    schedule reports `ContextGone`.
+//!    schedule reports `ContextGone`. Closing also kills the callback of every live
+//!    `Bh` of the context, pending or not (the list keeps a set of them: `Bh::new`
+//!    adds one, its drop removes it), and a refused schedule kills the callback too:
+//!    none can ever run again, and a callback that owns its own `Bh` (a cycle) is freed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ptr;
 
 use crate::callback::CallbackCell;
 use crate::context::Remote;
-use crate::sync::Arc;
 use crate::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use crate::sync::{Arc, Mutex, lock};
 
 /// On the pending list.
 pub(crate) const PENDING: u32 = 1 << 0;
@@ -152,13 +155,42 @@ impl BhInner {
 /// The lock-free pending list (rule 2). Holds one `Arc` per pushed BH.
 pub(crate) struct BhList {
     head: AtomicPtr<BhInner>,
+    /// Every live `Bh` handle's BH, by address, and whether the list is closed (rule 8).
+    handles: Mutex<Handles>,
+}
+
+/// See [`BhList::register`].
+struct Handles {
+    closed: bool,
+    all: HashMap<usize, Arc<BhInner>>,
 }
 
 impl BhList {
     pub(crate) fn new() -> Self {
         Self {
             head: AtomicPtr::new(ptr::null_mut()),
+            handles: Mutex::new(Handles {
+                closed: false,
+                all: HashMap::new(),
+            }),
         }
+    }
+
+    /// Records the BH of a new `Bh` handle, so that closing the list frees its callback
+    /// (rule 8); on a closed list the callback is killed at once instead.
+    pub(crate) fn register(&self, bh: &Arc<BhInner>) {
+        let mut handles = lock(&self.handles);
+        if handles.closed {
+            drop(handles);
+            bh.kill();
+        } else {
+            handles.all.insert(Arc::as_ptr(bh) as usize, Arc::clone(bh));
+        }
+    }
+
+    /// Forgets the BH of a `Bh` handle being dropped.
+    fn unregister(&self, bh: &Arc<BhInner>) -> Option<Arc<BhInner>> {
+        lock(&self.handles).all.remove(&(Arc::as_ptr(bh) as usize))
     }
 
     /// Pushes `bh`; the caller must own its `PENDING` bit (rule 1). Returns `false`,
@@ -203,12 +235,22 @@ impl BhList {
         Self::take_chain(node, out);
     }
 
-    /// Closes the list for good and takes what it held (rule 8).
+    /// Closes the list for good and takes what it held (rule 8); kills the callback of
+    /// every live `Bh` handle (the caller kills what it took). Idempotent.
     pub(crate) fn close(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // Acquire: pairs with the Release CAS in `push`.
         let node = self.head.swap(closed(), Ordering::Acquire);
         if node != closed() {
             Self::take_chain(node, out);
+        }
+        let all = {
+            let mut handles = lock(&self.handles);
+            handles.closed = true;
+            std::mem::take(&mut handles.all)
+        };
+        // Outside the lock: a callback's drop may drop a `Bh`, which unregisters.
+        for bh in all.values() {
+            bh.kill();
         }
     }
 
@@ -264,6 +306,14 @@ pub(crate) struct BhQueue {
 }
 
 impl BhQueue {
+    /// Takes every BH the home thread took off the list and has not run: the context
+    /// is being closed (BH rule 8).
+    pub(crate) fn take_queued(&mut self) -> VecDeque<Arc<BhInner>> {
+        let mut queued: VecDeque<_> = self.incoming.drain(..).collect();
+        queued.extend(self.slices.drain(..).flatten());
+        queued
+    }
+
     /// Timeout contribution of pending BHs: `Some(0)` when one must run now,
     /// `Some(10ms)` for idle ones only, `None` when none is scheduled.
     pub(crate) fn timeout_ns(&self) -> Option<i64> {
@@ -301,13 +351,18 @@ pub struct Bh {
     remote: Arc<Remote>,
 }
 
-/// The context a BH belongs to was dropped; the BH will never run.
+/// The context a BH or timer belongs to was shut down — dropped (or its drop has
+/// begun), or its [`IoThread`](crate::IoThread) stopped: nothing will ever poll it, and
+/// the callback will never run (it was freed then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContextGone;
 
 impl fmt::Display for ContextGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the AioContext was dropped; the bottom half will never run")
+        f.write_str(
+            "the AioContext was shut down (dropped, or its IoThread stopped); the callback \
+             will never run",
+        )
     }
 }
 
@@ -315,10 +370,9 @@ impl std::error::Error for ContextGone {}
 
 impl Bh {
     pub(crate) fn new(remote: Arc<Remote>, cb: Box<Callback>) -> Self {
-        Self {
-            inner: BhInner::new(cb, 0),
-            remote,
-        }
+        let inner = BhInner::new(cb, 0);
+        remote.bhs.register(&inner);
+        Self { inner, remote }
     }
 
     /// Schedules the BH to run on the next `poll` of its context. Wait-free from any
@@ -331,7 +385,9 @@ impl Bh {
     /// Like [`schedule`](Self::schedule), but says when the context is gone.
     ///
     /// # Errors
-    /// [`ContextGone`] when the context was dropped.
+    /// [`ContextGone`] when the context was dropped (or its drop has begun), or its
+    /// [`IoThread`](crate::IoThread) stopped: the BH never runs, and its callback was
+    /// freed then.
     pub fn try_schedule(&self) -> Result<(), ContextGone> {
         self.remote.enqueue(&self.inner, SCHEDULED)
     }
@@ -362,7 +418,9 @@ impl Bh {
 impl Drop for Bh {
     fn drop(&mut self) {
         self.inner.set_flags(DELETED);
+        let registered = self.remote.bhs.unregister(&self.inner);
         self.inner.cb.kill();
+        drop(registered);
     }
 }
 

@@ -36,7 +36,7 @@ pub const DEFAULT_RING_ENTRIES: u32 = 128;
 
 /// How long dropping a context waits for cancelled operations (ring CQEs, running
 /// worker-pool jobs) before leaking their buffers on purpose or moving on.
-const DROP_REAP_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const DROP_REAP_LIMIT: Duration = Duration::from_secs(5);
 
 /// The part of a context that any thread may touch.
 pub(crate) struct Remote {
@@ -45,6 +45,9 @@ pub(crate) struct Remote {
     pub(crate) bhs: BhList,
     pub(crate) timers: TimerList,
     pub(crate) fds: Mutex<HashMap<RawFd, Arc<FdNode>>>,
+    /// Set (under the `fds` lock) once the context is closed to callbacks: new handlers
+    /// are refused (see `close_callbacks`).
+    pub(crate) fds_closed: AtomicBool,
     pub(crate) fd_changes: Mutex<Vec<RawFd>>,
     /// Raw operations handed over by other threads; `None` once the context's drop
     /// has begun (later hand-overs are refused).
@@ -76,6 +79,8 @@ impl Remote {
     /// drains (and frees) or refused, never left on a dead list.
     pub(crate) fn enqueue(&self, bh: &Arc<BhInner>, flags: u32) -> Result<(), ContextGone> {
         if !crate::bh::enqueue(&self.bhs, bh, flags) {
+            // It can never run: free its callback now (BH rule 8).
+            bh.kill();
             return Err(ContextGone);
         }
         self.notify();
@@ -212,6 +217,7 @@ impl AioContextBuilder {
             bhs: BhList::new(),
             timers: TimerList::new(ClockType::Realtime),
             fds: Mutex::new(HashMap::new()),
+            fds_closed: AtomicBool::new(false),
             fd_changes: Mutex::new(Vec::new()),
             raw_queue: Mutex::new(Some(Vec::new())),
             has_requests: AtomicBool::new(false),
@@ -297,7 +303,10 @@ impl AioContext {
 
     /// This context's value for `key`, created by `init` on first access from any
     /// thread (a thread that asks while another creates it waits for that value).
-    /// Dropped with the context (a "context destroyed" hook for upper layers).
+    /// Dropped with the context (a "context destroyed" hook for upper layers), and only
+    /// then: a value that owns an `Arc` of this context (directly, or through a callback
+    /// or task it holds) is a cycle that keeps both alive for good — hold a `Weak`
+    /// instead, as the task run queue does.
     ///
     /// # Panics
     /// When `init` asks for the same `key` of this context (re-entrant creation), and
@@ -397,9 +406,17 @@ impl AioContext {
     /// run again once this returns. `io_read` runs while `fd` is readable (or hung up),
     /// `io_write` while it is writable: level-triggered.
     ///
+    /// A callback may own an `Arc` of this context (or anything that does): that cycle
+    /// lasts until the handler is removed, or the context's [`IoThread`] stops, which
+    /// frees every callback of the context. On a context without an `IoThread`, remove
+    /// the handler or have the callback hold a `Weak`. The same holds for BHs and timers.
+    ///
     /// # Errors
-    /// `fd` is not an open descriptor (the message names it). Removing an fd that has no
-    /// handler is not an error.
+    /// `fd` is not an open descriptor (the message names it). `BrokenPipe` when adding a
+    /// handler to a context whose `IoThread` stopped (nothing will poll it again); the
+    /// callbacks are dropped. Removing an fd that has no handler is not an error.
+    ///
+    /// [`IoThread`]: crate::IoThread
     pub fn set_fd_handler(
         &self,
         fd: RawFd,
@@ -417,15 +434,31 @@ impl AioContext {
         } else {
             None
         };
-        let old = {
+        let (old, refused) = {
             let mut fds = lock(&self.remote.fds);
-            match node {
-                Some(node) => fds.insert(fd, node),
-                None => fds.remove(&fd),
+            // Relaxed: written under this lock.
+            if self.remote.fds_closed.load(Ordering::Relaxed) {
+                (None, node)
+            } else {
+                let old = match node {
+                    Some(node) => fds.insert(fd, node),
+                    None => fds.remove(&fd),
+                };
+                (old, None)
             }
         };
         if let Some(old) = old {
             old.kill();
+        }
+        if let Some(refused) = refused {
+            refused.kill();
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!(
+                    "set_fd_handler: fd {fd}: context `{}` is closed (dropped, or its                      IoThread stopped); nothing will ever poll it",
+                    self.name
+                ),
+            ));
         }
         lock(&self.remote.fd_changes).push(fd);
         self.remote.request();
@@ -498,44 +531,17 @@ impl Drop for AioContext {
     /// rather than freed under it); on epoll, worker-pool jobs are taken off the queue
     /// and running ones waited for (they own their buffers, so nothing is freed under a
     /// worker), and a syscall that ran reports its real result. Unfinished tasks are
-    /// cancelled first; pending bottom halves are freed unrun, and from the moment the
-    /// drop begins `Bh::try_schedule` reports [`ContextGone`].
+    /// cancelled first (their futures dropped on this thread). The callbacks of every
+    /// bottom half and timer of the context (pending, armed or not) and of every fd
+    /// handler are freed unrun here, also those that own their own handle; from the
+    /// moment the drop begins `Bh::try_schedule` and `Timer::try_modify` report
+    /// [`ContextGone`], and the handles stay usable but inert. An [`IoThread`] does all
+    /// of this on its own thread when it stops (see `shutdown.rs`); the drop then finds
+    /// little left to do.
+    ///
+    /// [`IoThread`]: crate::IoThread
     fn drop(&mut self) {
-        crate::run_queue::shutdown(self); // tasks first: their futures may name our work
-        // Then close the BH list: a schedule racing this drop either pushed before the
-        // close (and its BH is drained and freed below) or is refused; none lands on a
-        // list nobody drains. Likewise for raw operations handed over by other threads.
-        let mut pending = std::collections::VecDeque::new();
-        self.remote.bhs.close(&mut pending);
-        let raws = lock(&self.remote.raw_queue).take();
-        // Killed (their closures dropped) after the registry's lock is released.
-        let nodes: Vec<_> = lock(&self.remote.fds).drain().collect();
-        for (_, node) in nodes {
-            node.kill();
-        }
-        let home = self.home.0.get_mut();
-        pending.extend(home.bhs.incoming.drain(..));
-        pending.extend(home.bhs.slices.drain(..).flatten());
-        // They can never run: free their callbacks now (this also breaks a cycle of a
-        // callback that owns its own `Bh`).
-        for bh in &pending {
-            bh.kill();
-        }
-        drop(pending);
-        // Never reached the ring: dropped unrun (`submit_raw`'s contract).
-        drop(raws);
-        let done = home.driver.shutdown(&self.name, DROP_REAP_LIMIT);
-        crate::backend::raw::run_at_drop(&self.name, done);
-        if let Some(owner) = &self.remote.pool {
-            let running = owner.cancel(DROP_REAP_LIMIT);
-            if running > 0 {
-                log::error!(
-                    "{}: {running} worker-pool jobs still run {DROP_REAP_LIMIT:?} after drop; \
-                     they own their buffers and free them when they finish",
-                    self.name
-                );
-            }
-        }
+        self.shut_down();
     }
 }
 

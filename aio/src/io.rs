@@ -142,7 +142,7 @@ impl<T: Send + 'static> InFlight<T> {
             // `payload` (buffers and iovecs), which moves into the callback; obligation
             // 2: the descriptor is the caller's (module docs: a closed fd is EBADF).
             let res = unsafe { ctx.submit_raw(entry, complete) };
-            // Refused only by a dropping context (the entries are single-shot): the
+            // Refused only by a context that shut down (the entries are single-shot): the
             // dropped callback has completed the operation with ECANCELED.
             debug_assert!(
                 res.as_ref()

@@ -12,10 +12,21 @@ use crate::sync::atomic::{AtomicBool, Ordering};
 pub const IOTHREAD_POLL_MAX_NS: u64 = 32768;
 
 /// A thread running an [`AioContext`]. Dropping it stops the loop — by scheduling a
-/// bottom half, not by polling a flag — joins the thread, then cancels the context's
-/// unfinished tasks ([`AioContext::shutdown_tasks`], on the dropping thread): a task
-/// that holds the context (`let ctx = current();` across an `.await`) cannot keep it,
-/// and the I/O it has in flight, alive after the `IoThread` is gone.
+/// bottom half, not by polling a flag — and joins the thread (unless it is dropped on
+/// that thread, by one of its own callbacks: then the thread stops once that callback
+/// returns, and exits on its own).
+///
+/// Nobody can poll the context once its thread is gone, so the thread closes it before
+/// it exits (also when a callback panicked out of `poll`): its unfinished tasks are
+/// cancelled (as [`AioContext::shutdown_tasks`] does; a task that holds the context,
+/// `let ctx = current();` across an `.await`, cannot keep it and the I/O it has in
+/// flight alive after the `IoThread` is gone), the callbacks of its bottom
+/// halves, timers and fd handlers are freed unrun, and from then on
+/// [`Bh::try_schedule`](crate::Bh::try_schedule) and
+/// [`Timer::try_modify`](crate::Timer::try_modify) report
+/// [`ContextGone`](crate::ContextGone) and `set_fd_handler` refuses new handlers. A
+/// callback that owns an `Arc` of the context no longer keeps it alive: the context is
+/// freed when the last `Arc` outside its callbacks goes.
 ///
 /// ```
 /// use std::sync::mpsc;
@@ -62,6 +73,14 @@ impl IoThread {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                /// Closes the context when the loop ends, by return or unwind.
+                struct CloseOnExit<'a>(&'a AioContext);
+                impl Drop for CloseOnExit<'_> {
+                    fn drop(&mut self) {
+                        self.0.close_for_good();
+                    }
+                }
+                let _close = CloseOnExit(&thread_ctx);
                 thread_ctx.make_current();
                 // The caller waits for this: from now on this thread is home.
                 let _ = home_tx.send(());
@@ -107,9 +126,15 @@ impl Drop for IoThread {
         // QEMU: iothread_stop_bh. Relaxed: read back by the same thread that runs the BH.
         self.ctx
             .schedule_oneshot(move || running.store(false, Ordering::Relaxed));
-        let joined = self.thread.take().map(JoinHandle::join);
-        self.ctx.shutdown_tasks(); // a task holding `current()` must not keep the context
-        if joined.is_some_and(|j| j.is_err()) && !std::thread::panicking() {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            // Dropped by one of its own callbacks: the thread cannot join itself. It
+            // stops at its next `poll`, closes its context and exits on its own.
+            return;
+        }
+        if thread.join().is_err() && !std::thread::panicking() {
             panic!("IoThread `{}` panicked", self.ctx.name());
         }
     }

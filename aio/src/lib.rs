@@ -86,6 +86,7 @@ mod notify;
 mod poll;
 mod pool;
 mod run_queue;
+mod shutdown;
 mod stats;
 mod sync;
 mod sys;

@@ -1,5 +1,6 @@
 //! loom models of the timer list: `delete` and `modify` from another thread racing the
-//! home thread's timer pass, on the real `TimerList` code (`timer.rs` rule 2).
+//! home thread's timer pass, on the real `TimerList` code (`timer.rs` rule 2), and
+//! `modify` racing the context's drop closing the list (rule 5).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
@@ -25,7 +26,7 @@ fn due_timer() -> (Arc<TimerList>, Arc<TimerInner>, Arc<AtomicUsize>) {
             r.fetch_add(1, Ordering::Relaxed);
         }),
     );
-    list.modify(&timer, 0, false);
+    list.modify(&timer, 0, false).unwrap();
     (list, timer, runs)
 }
 
@@ -65,6 +66,28 @@ fn delete_from_another_thread_stops_a_callback_not_yet_started() {
 #[test]
 fn modify_from_another_thread_defers_a_callback_not_yet_started() {
     race(|list, timer| {
-        list.modify(timer, i64::MAX / 2, false);
+        let _ = list.modify(timer, i64::MAX / 2, false);
+    });
+}
+
+/// The context's drop closes the list (rule 5) while another thread arms the timer:
+/// afterwards the timer is never armed on the closed list and its callback is freed,
+/// whichever came first; `modify` is refused exactly when it came second.
+#[test]
+fn modify_racing_close_never_leaves_the_timer_on_a_closed_list() {
+    loom::model(|| {
+        let list = Arc::new(TimerList::new(ClockType::Realtime));
+        let timer = TimerInner::new(list.next_id(), Box::new(|| {}));
+        list.register(&timer);
+        let (l, t) = (Arc::clone(&list), Arc::clone(&timer));
+        let other = loom::thread::spawn(move || l.modify(&t, i64::MAX / 2, false).is_ok());
+        list.close();
+        let _accepted = other.join().unwrap();
+        assert_eq!(list.timeout_ns(), None, "a timer is armed on a closed list");
+        assert!(timer.cb.is_dead(), "the callback outlived the close");
+        assert_eq!(list.run_expired(), 0);
+        // Whether the racing modify was accepted (it came first, and the close disarmed
+        // it) or refused, every modify after the close is refused.
+        assert!(list.modify(&timer, 0, false).is_err());
     });
 }

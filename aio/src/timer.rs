@@ -20,10 +20,19 @@
 //!    during a pass runs at the next `poll` at the earliest, so one `poll` runs each
 //!    timer at most once and cannot starve bottom halves and fd handlers.
 //! 4. The earliest deadline becomes the kernel timeout of a blocking `poll`.
+//! 5. The context's drop closes each list: under the list lock it takes every armed
+//!    timer off and marks the list closed, then (outside the lock) kills the callback
+//!    of every timer of the list, armed or not: none can ever run again. A `modify`
+//!    that takes the lock after the close is refused (`Timer::try_modify` reports
+//!    `ContextGone`), so a timer is never left armed on a dead list, and a callback that
+//!    owns its own `Timer` (a cycle, through the list or not) is freed at the drop. The
+//!    list knows every live timer for this: `Timer::new` registers it, its drop
+//!    unregisters it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use crate::bh::ContextGone;
 use crate::callback::CallbackCell;
 use crate::context::Remote;
 use crate::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -76,6 +85,10 @@ struct Armed {
     timers: BTreeMap<(i64, u64), (Arc<TimerInner>, u64)>,
     /// Bumped at the start of every pass.
     pass: u64,
+    /// Set by the context's drop (rule 5): nothing is armed any more.
+    closed: bool,
+    /// Every live timer of the list, armed or not, by id (rule 5).
+    all: HashMap<u64, Arc<TimerInner>>,
 }
 
 /// One context's list for one clock (rule 1).
@@ -93,6 +106,8 @@ impl TimerList {
             armed: Mutex::new(Armed {
                 timers: BTreeMap::new(),
                 pass: 0,
+                closed: false,
+                all: HashMap::new(),
             }),
         }
     }
@@ -100,6 +115,18 @@ impl TimerList {
     /// A number for a new timer of this list.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a new timer of this list (rule 5); on a closed list its callback is
+    /// killed at once instead.
+    pub(crate) fn register(&self, timer: &Arc<TimerInner>) {
+        let mut armed = lock(&self.armed);
+        if armed.closed {
+            drop(armed);
+            timer.cb.kill();
+        } else {
+            armed.all.insert(timer.id, Arc::clone(timer));
+        }
     }
 
     /// Nanoseconds until the earliest deadline (0 if already due), or `None`.
@@ -154,13 +181,24 @@ impl TimerList {
     }
 
     /// Puts `timer` on the list at `expire`; returns whether it became the earliest.
-    pub(crate) fn modify(&self, timer: &Arc<TimerInner>, expire: i64, anticipate: bool) -> bool {
+    ///
+    /// # Errors
+    /// [`ContextGone`] once the list is closed (rule 5); the timer stays disarmed.
+    pub(crate) fn modify(
+        &self,
+        timer: &Arc<TimerInner>,
+        expire: i64,
+        anticipate: bool,
+    ) -> Result<bool, ContextGone> {
         let expire = expire.max(0);
         let mut armed = lock(&self.armed);
+        if armed.closed {
+            return Err(ContextGone);
+        }
         let old = timer.expire.load(Ordering::Relaxed);
         if old != NOT_PENDING {
             if anticipate && old <= expire {
-                return false;
+                return Ok(false);
             }
             armed.timers.remove(&(old, timer.id));
         }
@@ -169,7 +207,25 @@ impl TimerList {
         armed
             .timers
             .insert((expire, timer.id), (Arc::clone(timer), pass));
-        armed.timers.keys().next() == Some(&(expire, timer.id))
+        Ok(armed.timers.keys().next() == Some(&(expire, timer.id)))
+    }
+
+    /// Closes the list for good (rule 5): disarms every armed timer and frees its
+    /// callback; later `modify` calls are refused. Idempotent.
+    pub(crate) fn close(&self) {
+        let all = {
+            let mut armed = lock(&self.armed);
+            armed.closed = true;
+            for (timer, _) in std::mem::take(&mut armed.timers).into_values() {
+                timer.expire.store(NOT_PENDING, Ordering::Relaxed);
+            }
+            std::mem::take(&mut armed.all)
+        };
+        // Outside the lock: a callback's drop may drop a `Timer` of this list, whose
+        // drop takes the lock.
+        for timer in all.values() {
+            timer.cb.kill();
+        }
     }
 
     /// Takes `timer` off the list (rule 2: once this returns, a callback that has not
@@ -180,6 +236,12 @@ impl TimerList {
         if old != NOT_PENDING {
             armed.timers.remove(&(old, timer.id));
         }
+    }
+
+    /// Deletes `timer` and forgets it for good: its handle is being dropped.
+    fn unregister(&self, timer: &TimerInner) -> Option<Arc<TimerInner>> {
+        self.delete(timer);
+        lock(&self.armed).all.remove(&timer.id)
     }
 }
 
@@ -207,9 +269,11 @@ pub struct Timer {
 
 impl Timer {
     pub(crate) fn new(remote: Arc<Remote>, clock: ClockType, cb: Box<Callback>) -> Self {
-        let id = remote.timers(clock).next_id();
+        let list = remote.timers(clock);
+        let inner = TimerInner::new(list.next_id(), cb);
+        list.register(&inner);
         Self {
-            inner: TimerInner::new(id, cb),
+            inner,
             remote,
             clock,
         }
@@ -219,26 +283,36 @@ impl Timer {
     /// (QEMU: `timer_mod_ns`). A deadline in the past fires on the next `poll` — the
     /// one after the current, when called while that `poll` runs its timers (e.g. from
     /// the timer's own callback): one `poll` runs a timer at most once. Callable from
-    /// any thread; see [`delete`](Self::delete) for a callback about to run.
+    /// any thread; see [`delete`](Self::delete) for a callback about to run. Does
+    /// nothing once the context was dropped; see [`try_modify`](Self::try_modify).
     pub fn modify(&self, expire_ns: i64) {
-        self.modify_inner(expire_ns, false);
+        let _ = self.modify_inner(expire_ns, false);
+    }
+
+    /// Like [`modify`](Self::modify), but says when the context is gone.
+    ///
+    /// # Errors
+    /// [`ContextGone`] when the context was shut down (its drop has begun, or its
+    /// [`IoThread`](crate::IoThread) stopped): the timer stays disarmed and its callback
+    /// never runs. The shutdown disarmed every timer of the context and freed its
+    /// callback, armed or not.
+    pub fn try_modify(&self, expire_ns: i64) -> Result<(), ContextGone> {
+        self.modify_inner(expire_ns, false)
     }
 
     /// Like [`modify`](Self::modify), but only moves the deadline earlier: a pending
     /// timer with an earlier deadline is left alone (QEMU: `timer_mod_anticipate_ns`).
     pub fn modify_anticipate(&self, expire_ns: i64) {
-        self.modify_inner(expire_ns, true);
+        let _ = self.modify_inner(expire_ns, true);
     }
 
-    fn modify_inner(&self, expire_ns: i64, anticipate: bool) {
-        if self
-            .remote
-            .timers(self.clock)
-            .modify(&self.inner, expire_ns, anticipate)
-        {
+    fn modify_inner(&self, expire_ns: i64, anticipate: bool) -> Result<(), ContextGone> {
+        let list = self.remote.timers(self.clock);
+        if list.modify(&self.inner, expire_ns, anticipate)? {
             // Rule 1: the earliest deadline changed; a sleeping loop must recompute.
             self.remote.notify();
         }
+        Ok(())
     }
 
     /// Disarms the timer (QEMU: `timer_del`): once this returns, the callback does not
@@ -273,8 +347,9 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        self.delete();
+        let registered = self.remote.timers(self.clock).unregister(&self.inner);
         self.inner.cb.kill();
+        drop(registered);
     }
 }
 
@@ -291,6 +366,12 @@ impl fmt::Debug for Timer {
 /// (QEMU: `qemu_co_sleep_ns`). The task sleeps: its context may sleep in the kernel
 /// until the deadline, nothing spins.
 ///
+/// The deadline is fixed at the first poll, and the timer armed on the current context
+/// then. If that context shuts down first (dropped, or its `IoThread` stopped) while
+/// the future lives on — it was moved to another context, or is polled by
+/// `block_on` elsewhere — the shutdown wakes it, and the next poll arms the same
+/// deadline on the context current then: it never waits on a dead context.
+///
 /// ```
 /// use std::time::{Duration, Instant};
 /// let ctx = aioctx_aio::AioContext::new()?;
@@ -301,12 +382,14 @@ impl fmt::Debug for Timer {
 /// ```
 ///
 /// # Panics
-/// When first polled on a thread without a current context (see [`current`]).
+/// When polled, first or after its context shut down, on a thread without a current
+/// context (see [`current`]).
 ///
 /// [`current`]: crate::current
 pub fn sleep(duration: std::time::Duration) -> Sleep {
     Sleep {
         duration,
+        deadline: 0,
         state: None,
     }
 }
@@ -316,6 +399,8 @@ pub fn sleep(duration: std::time::Duration) -> Sleep {
 #[must_use = "a future does nothing unless awaited"]
 pub struct Sleep {
     duration: std::time::Duration,
+    /// Fixed at the first poll.
+    deadline: i64,
     state: Option<(Timer, Arc<Mutex<SleepState>>)>,
 }
 
@@ -325,6 +410,40 @@ struct SleepState {
     waker: Option<std::task::Waker>,
 }
 
+/// What a `Sleep`'s timer callback owns. Running it fires the sleep; freeing it unrun
+/// (the context shut down) wakes the task too, so that it re-arms elsewhere. `Sleep`'s
+/// own drop takes the waker out first: dropping the future wakes nobody.
+struct Alarm(Arc<Mutex<SleepState>>);
+
+impl Alarm {
+    fn wake(&self, fired: bool) {
+        let waker = {
+            let mut st = lock(&self.0);
+            st.fired |= fired;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        self.wake(false);
+    }
+}
+
+impl Sleep {
+    /// Arms a timer for the deadline on the calling thread's current context.
+    fn arm(&mut self, state: Arc<Mutex<SleepState>>) {
+        let alarm = Alarm(Arc::clone(&state));
+        let timer = crate::current().timer_new(ClockType::Realtime, move || alarm.wake(true));
+        timer.modify(self.deadline);
+        self.state = Some((timer, state));
+    }
+}
+
 impl std::future::Future for Sleep {
     type Output = ();
 
@@ -332,36 +451,52 @@ impl std::future::Future for Sleep {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        if let Some((_, state)) = &self.state {
-            let mut st = lock(state);
-            if st.fired {
-                return std::task::Poll::Ready(());
+        let state = match &self.state {
+            Some((timer, state)) => {
+                let mut st = lock(state);
+                if st.fired {
+                    return std::task::Poll::Ready(());
+                }
+                match &mut st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                drop(st);
+                if timer.pending() {
+                    return std::task::Poll::Pending;
+                }
+                // Neither fired nor armed: its context shut down (which disarms every
+                // timer and frees its callback), or the callback is firing right now on
+                // another thread (re-arming then is harmless: both share the state).
+                let state = Arc::clone(state);
+                let old = self.state.take();
+                let waker = lock(&state).waker.take();
+                drop(old); // may wake through a not yet freed callback: taken above
+                lock(&state).waker = waker;
+                state
             }
-            match &mut st.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
+            None => {
+                let ns = i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX / 2);
+                self.deadline = ClockType::Realtime.now_ns().saturating_add(ns);
+                Arc::new(Mutex::new(SleepState {
+                    fired: false,
+                    waker: Some(cx.waker().clone()),
+                }))
             }
-            return std::task::Poll::Pending;
+        };
+        if lock(&state).fired {
+            return std::task::Poll::Ready(());
         }
-        let ctx = crate::current();
-        let state = Arc::new(Mutex::new(SleepState {
-            fired: false,
-            waker: Some(cx.waker().clone()),
-        }));
-        let st = Arc::clone(&state);
-        let timer = ctx.timer_new(ClockType::Realtime, move || {
-            let waker = {
-                let mut st = lock(&st);
-                st.fired = true;
-                st.waker.take()
-            };
-            if let Some(w) = waker {
-                w.wake();
-            }
-        });
-        let ns = i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX / 2);
-        timer.modify(ClockType::Realtime.now_ns().saturating_add(ns));
-        self.state = Some((timer, state));
+        self.arm(state);
         std::task::Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some((_, state)) = &self.state {
+            // Dropping the future wakes nobody (see `Alarm`).
+            lock(state).waker = None;
+        }
     }
 }

@@ -307,12 +307,21 @@ impl Driver {
         }
     }
 
-    /// Shuts the back end down at context drop (see `UringDriver::shutdown`); returns
-    /// the user callbacks whose CQEs were reaped, to run once the ring is quiet.
+    /// Shuts the back end down when its context shuts down (see `UringDriver::shutdown`;
+    /// safe to repeat); returns the user callbacks whose CQEs were reaped, to run once
+    /// the ring is quiet, and on epoll the stream operations still waiting, which
+    /// complete with `ECANCELED` when run.
     pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
         match self {
             Driver::Uring(d) => d.shutdown(name, limit),
-            Driver::Epoll(_) => Vec::new(),
+            // Stream operations waiting for readiness would wait forever: nobody polls
+            // a context that shuts down. Completed when the caller runs these.
+            Driver::Epoll(d) => d
+                .streams
+                .take_all()
+                .into_iter()
+                .map(|done| (Box::new(move |_, _| drop(done)) as RawCallback, 0, 0))
+                .collect(),
         }
     }
 }

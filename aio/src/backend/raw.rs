@@ -248,7 +248,7 @@ impl AioContext {
     /// 1. Every piece of memory `entry` names — buffers, `iovec` arrays and the buffers
     ///    they point to, paths, `msghdr`s, socket addresses, timespecs, `statx` and
     ///    xattr buffers, futex words — stays valid until `on_complete` runs, or is
-    ///    dropped unrun (the call returns an error, or the context was dropped before
+    ///    dropped unrun (the call returns an error, or the context shut down before
     ///    the entry reached the ring), and memory the kernel writes is neither read nor
     ///    written by anyone else until then. Moving the owners into `on_complete` meets
     ///    this. The loop never runs or drops `on_complete` before the operation's CQE
@@ -272,8 +272,11 @@ impl AioContext {
     /// `MSG_RING`; `LINK_TIMEOUT`; `URING_CMD`; `POLL_REMOVE` with update flags; an
     /// `ASYNC_CANCEL`, `POLL_REMOVE` or `TIMEOUT_REMOVE` whose target `user_data` has
     /// the top bit set (the loop's reserved tag space); an opcode this crate does not
-    /// know. `BrokenPipe` when another thread hands an entry to a context being dropped. In every
-    /// error case the entry is not submitted and `on_complete` is dropped unrun.
+    /// know. `BrokenPipe` when another thread hands an entry to a context that shut
+    /// down (its drop began, or its `IoThread` stopped). In every error case the entry
+    /// is not submitted and `on_complete` is dropped unrun. An accepted entry still in
+    /// flight when the context shuts down is cancelled, and `on_complete` runs with its
+    /// CQE (the real result, or `-ECANCELED`) on the thread that shuts it down.
     pub unsafe fn submit_raw(
         &self,
         entry: squeue::Entry,

@@ -220,6 +220,21 @@ impl StreamTable {
         self.done.pop_front()
     }
 
+    /// Takes every operation out of the table, for the context's shutdown: dropping
+    /// what it returns completes each one, a waiting one with `ECANCELED` (nothing ran)
+    /// and a finished one with its real result (rule 5). The caller drops them with no
+    /// borrow of the home state held: completing wakes tasks.
+    pub(crate) fn take_all(&mut self) -> Vec<Finished> {
+        let mut all: Vec<Finished> = self.done.drain(..).collect();
+        for (_, q) in self.queues.drain() {
+            // The table's epoll set is never looked at again; `q.file` closes here.
+            for op in q.reads.into_iter().chain(q.writes) {
+                all.push(Finished::new(op, -libc::ECANCELED));
+            }
+        }
+        all
+    }
+
     /// Takes `op` (rule 2), running its syscall at once if nothing waits ahead of it
     /// and it cannot block (rule 3).
     pub(crate) fn add(&mut self, op: Box<dyn StreamIo>) -> Added {
