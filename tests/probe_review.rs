@@ -1108,7 +1108,7 @@ fn probe_ring_op_on_a_stopped_iothread_context() {
     let mut op = Some(op);
     let done = b.block_on(std::future::poll_fn(|cx| {
         *waker.lock().unwrap() = Some(cx.waker().clone());
-        if let Poll::Ready(_) = Pin::new(op.as_mut().unwrap()).poll(cx) {
+        if Pin::new(op.as_mut().unwrap()).poll(cx).is_ready() {
             return Poll::Ready(true);
         }
         if gave_up.load(Ordering::SeqCst) {
@@ -1155,11 +1155,6 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
     assert!(q.wake_one(), "wake_one found no waiter");
     let c = Arc::clone(&b);
     let rescue = Rescue::new(move || c.notify());
-    let r = b.block_on(std::future::poll_fn(|cx| {
-        let _ = cx;
-        Poll::Ready(())
-    }));
-    let _ = r;
     let got = b.block_on(hb).unwrap();
     assert_eq!(got, 7);
     assert!(!rescue.fired());
