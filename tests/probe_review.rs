@@ -1446,3 +1446,35 @@ fn probe_fd_handler_nested_poll_keeps_it_armed() {
     ctx.poll(false);
     drop((ctx, r, w));
 }
+
+/// A `read_at` on a pipe whose read end the caller set O_NONBLOCK: both back ends must
+/// give the same answer (the data once it comes, or `WouldBlock` at once).
+#[test]
+fn probe_read_at_on_a_nonblocking_pipe_same_on_both_backends() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("nonblocking_pipe", &ctx);
+    let (r, w) = pipe();
+    // SAFETY: setting a status flag on our own descriptor.
+    unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let wfd = w.as_raw_fd();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        write_fd(wfd, b"late");
+    });
+    let (res, buf) = ctx.block_on(ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0));
+    t.join().unwrap();
+    let what = match &res {
+        Ok(n) => format!("data {:?}", String::from_utf8_lossy(&buf[..*n])),
+        Err(e) => format!("error {e}"),
+    };
+    println!(
+        "{}: read_at on an O_NONBLOCK pipe gave {what}",
+        ctx.backend()
+    );
+    assert!(
+        res.is_ok(),
+        "{} backend: read_at on an O_NONBLOCK pipe gave {what}",
+        ctx.backend()
+    );
+    drop((ctx, r, w));
+}
