@@ -1478,3 +1478,38 @@ fn probe_read_at_on_a_nonblocking_pipe_same_on_both_backends() {
     );
     drop((ctx, r, w));
 }
+
+/// `shutdown_tasks` from another thread while the task is inside its poll, having woken
+/// itself: the task is cancelled when that poll returns Pending, and its handle
+/// resolves.
+#[test]
+fn probe_shutdown_tasks_while_the_task_is_mid_poll_and_self_woken() {
+    let iot = IoThread::new("probe-midpoll").unwrap();
+    let _dog = Watchdog::for_ctx("midpoll", iot.ctx());
+    let inside = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let (i, g, p) = (Arc::clone(&inside), Arc::clone(&go), Arc::clone(&polls));
+    let h = iot.ctx().spawn(std::future::poll_fn(move |cx| {
+        if p.fetch_add(1, Ordering::SeqCst) == 0 {
+            i.store(true, Ordering::SeqCst);
+            while !g.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            cx.waker().wake_by_ref();
+        }
+        Poll::<u32>::Pending
+    }));
+    common::wait_until("the task is inside its poll", || {
+        inside.load(Ordering::SeqCst)
+    });
+    let ctx = Arc::clone(iot.ctx());
+    let t = thread::spawn(move || ctx.shutdown_tasks());
+    thread::sleep(Duration::from_millis(10));
+    go.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    let other = new_ctx();
+    let r = other.block_on(h);
+    assert!(r.is_err_and(|e| e.is_cancelled()));
+    drop(iot);
+}
