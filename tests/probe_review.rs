@@ -97,7 +97,6 @@ fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
 /// notify the context. On a context nobody else touches, the entry never completes,
 /// and every entry queued after it (a safe `read_at` here) is deferred too.
 #[test]
-#[ignore = "defect: IOSQE_IO_DRAIN accepted; it waits behind the loop's eventfd read forever"]
 fn probe_raw_io_drain_stalls_behind_the_loops_own_read() {
     let Some(ctx) = common::uring_ctx("probe_raw_io_drain", AioContext::builder()) else {
         return;
@@ -137,7 +136,6 @@ fn probe_raw_io_drain_stalls_behind_the_loops_own_read() {
 /// Worse: a drained entry behind a user's long-lived POLL_ADD also defers the loop's
 /// re-armed eventfd read, so after one cross-thread wake every later one is lost.
 #[test]
-#[ignore = "defect: IOSQE_IO_DRAIN defers the re-armed eventfd read: cross-thread wakes lost"]
 fn probe_raw_io_drain_loses_cross_thread_wakes() {
     let Some(ctx) = common::uring_ctx("probe_raw_io_drain_wakes", AioContext::builder()) else {
         return;
@@ -494,7 +492,6 @@ fn probe_sleep_in_task_cancelled_by_drop() {
 /// `Sleep` awaited on context `c`: it must complete (or panic with a message), never
 /// stay pending for good with nothing that can wake it.
 #[test]
-#[ignore = "defect: a Sleep whose context dropped stays pending forever (timer.rs Sleep::poll)"]
 fn probe_sleep_outliving_its_context_never_completes() {
     let b = new_ctx();
     let c = new_ctx();
@@ -795,7 +792,6 @@ fn probe_graph_reader_task_on_dropped_iothread_releases_writer() {
 /// drop calls `with_current`, whose thread-local is being destroyed: it panics (the
 /// drop logs it) and the read count leaks, so every later `wrlock` hangs.
 #[test]
-#[ignore = "defect: a context dropped at thread exit (CURRENT's TLS dtor) leaks graph read locks"]
 fn probe_graph_reader_on_a_thread_that_exits_with_its_context_current() {
     use aioctx::graph::graph_lock;
     let held = Arc::new(AtomicBool::new(false));
@@ -866,7 +862,6 @@ fn probe_iothread_dropped_with_read_in_flight_from_another_iothread() {
 /// An IoThread dropped from a callback running on its own thread: must work or panic
 /// with a message that says why, never hang.
 #[test]
-#[ignore = "defect (minor): IoThread::drop on its own thread panics in std's join (EDEADLK), no rule named"]
 fn probe_iothread_dropped_from_its_own_bh() {
     let _dog = common::watchdog("iothread_self_drop", 30);
     let iot = IoThread::new("probe-self").unwrap();
@@ -968,16 +963,16 @@ fn probe_fd_handler_on_a_reused_fd_number() {
         .unwrap();
     ctx.poll(false);
     ctx.set_fd_handler(num, None, None).unwrap();
-    drop(ra);
     let (rb, wb) = pipe();
-    let rb = if rb.as_raw_fd() == num {
-        rb
-    } else {
-        // SAFETY: `num` is free; dup2 installs rb's file there.
-        assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
-        // SAFETY: `num` now refers to rb's file, owned here.
-        unsafe { OwnedFd::from_raw_fd(num) }
-    };
+    // Close the first pipe's read end and put the second one's at its number in one
+    // step: dup2 never leaves `num` free, so no other test's thread can take it.
+    // SAFETY: `num` is owned by `ra`, whose ownership ends here (forgotten below);
+    // dup2 closes that file and installs rb's there.
+    assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
+    std::mem::forget(ra);
+    drop(rb);
+    // SAFETY: `num` now refers to the second pipe's read end, owned here.
+    let rb = unsafe { OwnedFd::from_raw_fd(num) };
     let hits = Arc::new(AtomicUsize::new(0));
     let h = Arc::clone(&hits);
     ctx.set_fd_handler(
@@ -1149,7 +1144,6 @@ fn probe_ring_op_awaited_off_its_home_thread() {
 /// was dropped (someone still holds the context): it must resolve (an error is fine),
 /// not stay pending with no loop left to run it.
 #[test]
-#[ignore = "defect: an op/Sleep on a context whose IoThread stopped stays pending forever"]
 fn probe_ring_op_on_a_stopped_iothread_context() {
     let iot = IoThread::new("probe-stopped").unwrap();
     let a = Arc::clone(iot.ctx());
@@ -1311,7 +1305,6 @@ fn probe_dropped_read_future_loses_later_data() {
 /// run the callback (it is running), but the re-arm must not be lost: the timer fires
 /// again after the callback returns.
 #[test]
-#[ignore = "defect: a timer re-armed in its own callback is dropped by a nested poll (timer.rs run_expired)"]
 fn probe_timer_rearmed_in_its_callback_survives_a_nested_poll() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("timer_nested", &ctx);

@@ -28,6 +28,11 @@
 //!    owns its own `Timer` (a cycle, through the list or not) is freed at the drop. The
 //!    list knows every live timer for this: `Timer::new` registers it, its drop
 //!    unregisters it.
+//! 6. A callback never runs re-entrantly. A timer that re-armed itself from its own
+//!    callback and that a nested `poll` inside that callback finds due is taken off the
+//!    list but stays pending (its deadline kept), so nested blocking polls do not spin
+//!    on it; when the callback returns (or unwinds), the outer pass puts it back, and it
+//!    runs at the next `poll`. A `delete` or `modify` meanwhile wins, as always.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -89,6 +94,38 @@ struct Armed {
     closed: bool,
     /// Every live timer of the list, armed or not, by id (rule 5).
     all: HashMap<u64, Arc<TimerInner>>,
+}
+
+/// Puts a timer that a nested pass deferred (rule 6) back on the list once its callback
+/// returned, on return and on unwind alike, armed under the current pass (so it runs at
+/// the next `poll`, rule 3).
+struct RearmDeferred<'a> {
+    list: &'a TimerList,
+    timer: &'a Arc<TimerInner>,
+}
+
+impl Drop for RearmDeferred<'_> {
+    fn drop(&mut self) {
+        // Relaxed, then checked again under the lock: only this thread defers (rule 6);
+        // another thread's modify or delete is ordered by the lock below.
+        if self.timer.expire.load(Ordering::Relaxed) == NOT_PENDING {
+            return;
+        }
+        let mut armed = lock(&self.list.armed);
+        let expire = self.timer.expire.load(Ordering::Relaxed);
+        if expire == NOT_PENDING {
+            return;
+        }
+        if armed.closed {
+            self.timer.expire.store(NOT_PENDING, Ordering::Relaxed);
+            return;
+        }
+        let pass = armed.pass;
+        armed
+            .timers
+            .entry((expire, self.timer.id))
+            .or_insert_with(|| (Arc::clone(self.timer), pass));
+    }
 }
 
 /// One context's list for one clock (rule 1).
@@ -166,13 +203,19 @@ impl TimerList {
                     .map(|(&k, _)| k);
                 let Some(key) = key else { break };
                 let (timer, _) = armed.timers.remove(&key).expect("found above");
-                timer.expire.store(NOT_PENDING, Ordering::Relaxed);
                 // Rule 2: the callback starts here, under the list lock. `None`: it is
-                // running already (a nested poll in its own callback) or was dropped.
+                // running already, further up this thread's stack (rule 6), or dead.
                 let f = timer.cb.take();
+                if f.is_some() || timer.cb.is_dead() {
+                    timer.expire.store(NOT_PENDING, Ordering::Relaxed);
+                }
                 (timer, f)
             };
             if let Some(f) = f {
+                let _rearm = RearmDeferred {
+                    list: self,
+                    timer: &timer,
+                };
                 timer.cb.run_taken(f, |f| f());
                 ran += 1;
             }
@@ -224,6 +267,8 @@ impl TimerList {
         // Outside the lock: a callback's drop may drop a `Timer` of this list, whose
         // drop takes the lock.
         for timer in all.values() {
+            // Also one deferred by rule 6 (off the list, still pending).
+            timer.expire.store(NOT_PENDING, Ordering::Relaxed);
             timer.cb.kill();
         }
     }

@@ -8,7 +8,9 @@
 //!    cannot act on the loop's own operations by `user_data`. [`check`] refuses every
 //!    other entry at submit with an `InvalidInput` error that names the reason.
 //! 2. Refused outright: `IOSQE_IO_LINK`/`IO_HARDLINK` (the loop pushes its own entries
-//!    between the user's, so a chain would swallow them), `IOSQE_CQE_SKIP_SUCCESS` (no
+//!    between the user's, so a chain would swallow them), `IOSQE_IO_DRAIN` (the drain
+//!    waits for the loop's always-armed eventfd read too, and holds back every entry
+//!    after it, the read's re-arm included: wake-ups would be lost), `IOSQE_CQE_SKIP_SUCCESS` (no
 //!    CQE: the operation would never leave the table), `IOSQE_BUFFER_SELECT`, unknown
 //!    SQE flags; multishot forms (`POLL_ADD` with `IORING_POLL_ADD_MULTI`, multishot
 //!    `ACCEPT`/`RECV`/`RECVMSG`/`TIMEOUT`, `READ_MULTISHOT`); `SEND_ZC`/`SENDMSG_ZC` (a
@@ -140,12 +142,16 @@ fn refuse(what: impl std::fmt::Display) -> io::Error {
 /// Refuses an entry the loop cannot track (rules 1 and 2).
 pub(crate) fn check(e: &squeue::Entry) -> io::Result<()> {
     let v = view(e);
-    let bad_flags = v.flags & !(FIXED_FILE | IO_DRAIN | ASYNC);
+    let bad_flags = v.flags & !(FIXED_FILE | ASYNC);
     if bad_flags != 0 {
         let name = if bad_flags & CQE_SKIP_SUCCESS != 0 {
             "IOSQE_CQE_SKIP_SUCCESS (no CQE on success: the operation would never complete)"
         } else if bad_flags & (IO_LINK | IO_HARDLINK) != 0 {
             "IOSQE_IO_LINK/IO_HARDLINK (the loop queues its own entries between yours)"
+        } else if bad_flags & IO_DRAIN != 0 {
+            "IOSQE_IO_DRAIN (a drained entry waits for every entry before it, among them the \
+             loop's own eventfd read, which stays armed until the next wake-up; it and every \
+             entry after it would stall, cross-thread wake-ups included)"
         } else if bad_flags & BUFFER_SELECT != 0 {
             "IOSQE_BUFFER_SELECT (provided buffers are not supported)"
         } else {
