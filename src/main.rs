@@ -5,6 +5,7 @@ mod cli;
 mod kickstat;
 mod stress;
 mod sys;
+mod thread_probe;
 
 use std::process::ExitCode;
 
