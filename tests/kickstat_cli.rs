@@ -335,3 +335,29 @@ fn help_lists_the_flags() {
         assert!(text.contains(flag), "{flag} missing from help:\n{text}");
     }
 }
+
+/// What the environment gets wrong is a one-line error and exit 2, before anything runs:
+/// not a panic with a backtrace (exit 101) from inside the command.
+#[test]
+fn invalid_backend_env_is_a_one_line_error_not_a_panic() {
+    for args in [&["kickstat"][..], &["stress", "--iterations", "10"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aioctx"))
+            .args(args)
+            .env("AIOCTX_BACKEND", "garbage")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("running aioctx");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "aioctx {args:?}: {err}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "aioctx {args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.contains("AIOCTX_BACKEND=\"garbage\" is invalid") && !err.contains("panicked"),
+            "aioctx {args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "aioctx {args:?} printed a report");
+    }
+}
