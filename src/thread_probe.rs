@@ -113,3 +113,37 @@ impl ThreadProbe {
             .ok_or_else(|| io::Error::other(format!("no voluntary_ctxt_switches in {path}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Paths instead of `use super::*`: benches/kick.rs includes this file in a harness
+    // without tests, where the import would be unused.
+    #[test]
+    fn a_running_thread_is_not_asleep_and_a_blocked_one_is() {
+        let me = super::ThreadProbe::current().expect("procfs");
+        // Reading its own state, the thread is running.
+        assert_eq!(me.state().unwrap(), b'R');
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            // Spaces and a parenthesis in the name: the state is found after the last ')'.
+            .name("probe (x) y".into())
+            .spawn(move || {
+                probe_tx
+                    .send(super::ThreadProbe::current().unwrap())
+                    .unwrap();
+                // Blocks in the kernel (a futex wait) until the test lets it go.
+                go_rx.recv().unwrap();
+            })
+            .unwrap();
+        let other = probe_rx.recv().unwrap();
+        other
+            .wait_asleep("the blocked thread", std::time::Duration::from_secs(60))
+            .expect("a thread blocked in recv() is in state S");
+        let before = other.voluntary_switches().unwrap();
+        assert!(before >= 1, "it blocked at least once");
+        assert!(other.reads() >= 1);
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+}
