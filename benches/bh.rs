@@ -1,5 +1,8 @@
 //! Same-thread bottom half: schedule one and run it, pre-allocated and oneshot, against
-//! a plain `VecDeque` of boxed closures (the floor) and tokio's local tasks.
+//! floors — a `VecDeque` of boxed closures for the oneshot BH (which allocates), of
+//! references to existing closures for the pre-allocated one (which does not) — and
+//! tokio's local tasks: one scheduler pass per op (`poll(false)` / `yield_now`), and
+//! 1024 ops per pass.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -10,6 +13,9 @@ use std::time::Instant;
 
 use aioctx_aio::AioContext;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Operations per scheduler pass in the batch rows.
+const BATCH: u64 = 1024;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("bh");
@@ -22,6 +28,21 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let c = &count;
             q.push_back(Box::new(move || c.set(c.get() + 1)));
+            while let Some(f) = q.pop_front() {
+                f();
+            }
+        });
+        black_box(count.get());
+    });
+
+    // Floor of the pre-allocated BH, which allocates nothing per op: push a reference to
+    // a closure that already exists, pop it and call it.
+    g.bench_function("prealloc_floor", |b| {
+        let count = Cell::new(0u64);
+        let f = || count.set(count.get() + 1);
+        let mut q: VecDeque<&dyn Fn()> = VecDeque::with_capacity(16);
+        b.iter(|| {
+            q.push_back(&f);
             while let Some(f) = q.pop_front() {
                 f();
             }
@@ -54,6 +75,26 @@ fn bench(c: &mut Criterion) {
             ctx.poll(false)
         })
     });
+    // BATCH schedules, then one poll runs them all: the shape of the tokio batch row.
+    g.bench_function("aioctx_oneshot_batch", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BATCH);
+                for _ in 0..n {
+                    let c = Arc::clone(&count);
+                    ctx.schedule_oneshot(move || {
+                        // Relaxed: a counter read on this thread.
+                        c.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+                ctx.poll(false);
+                left -= n;
+            }
+            t.elapsed()
+        })
+    });
     black_box(count.load(Ordering::Relaxed));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -69,6 +110,34 @@ fn bench(c: &mut Criterion) {
                     let c = std::rc::Rc::clone(&count);
                     drop(tokio::task::spawn_local(async move { c.set(c.get() + 1) }));
                     // Lets the spawned task run before the next iteration.
+                    tokio::task::yield_now().await;
+                }
+                let e = t.elapsed();
+                assert_eq!(count.get(), iters);
+                e
+            })
+        })
+    });
+    // spawn_local + run without a yield per op: BATCH tasks are spawned, then `yield_now`
+    // lets the LocalSet run them (a tick runs a bounded number, so a batch may take a
+    // few yields; the last ones are waited for before the clock stops).
+    g.bench_function("tokio_spawn_local_batch", |b| {
+        b.iter_custom(|iters| {
+            local.block_on(&rt, async {
+                let count = std::rc::Rc::new(Cell::new(0u64));
+                let t = Instant::now();
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(BATCH);
+                    for _ in 0..n {
+                        let c = std::rc::Rc::clone(&count);
+                        drop(tokio::task::spawn_local(async move { c.set(c.get() + 1) }));
+                    }
+                    tokio::task::yield_now().await;
+                    left -= n;
+                }
+                // The LocalSet runs a bounded number of tasks per tick: let it finish.
+                while count.get() < iters {
                     tokio::task::yield_now().await;
                 }
                 let e = t.elapsed();

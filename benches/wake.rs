@@ -1,6 +1,7 @@
 //! Cross-thread wake-up round trip: a bottom-half ping-pong between two IoThreads,
 //! against raw eventfds, std park/unpark, two tokio runtimes and io_uring MSG_RING.
-//! One iteration is one round trip (A → B → A).
+//! One iteration is one round trip (A → B → A). The peers block at once, like IoThreads
+//! with busy polling off; `eventfd_pingpong_spinning` busy-polls, like default IoThreads.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -96,6 +97,57 @@ fn raw_eventfd(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wal
             for _ in 0..iters {
                 efd_write(fb);
                 efd_read(fa);
+            }
+            t.elapsed()
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    efd_write(fb);
+    pong.join().unwrap();
+    // SAFETY: both fds are ours and no longer used.
+    unsafe {
+        libc::close(fa);
+        libc::close(fb);
+    }
+}
+
+/// The busy-polling peer of the default IoThreads: the same eventfd ping-pong, but each
+/// side polls its non-blocking eventfd with `read(2)` until the token is there instead of
+/// blocking, so neither thread ever sleeps while its partner answers — as a busy-polling
+/// IoThread does not.
+fn spinning_eventfd(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let nonblocking = || {
+        // SAFETY: creating an eventfd has no memory preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        fd
+    };
+    let spin_read = |fd: i32| {
+        let mut v = 0u64;
+        // SAFETY: `v` is a live, writable 8-byte buffer.
+        while unsafe { libc::read(fd, (&raw mut v).cast(), 8) } != 8 {
+            std::hint::spin_loop();
+        }
+    };
+    let (fa, fb) = (nonblocking(), nonblocking());
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let pong = thread::spawn(move || {
+        loop {
+            spin_read(fb);
+            // Relaxed: the eventfd write that follows the store orders it.
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            efd_write(fa);
+        }
+    });
+    c.bench_function("eventfd_pingpong_spinning", |bench| {
+        bench.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                efd_write(fb);
+                spin_read(fa);
             }
             t.elapsed()
         })
@@ -236,6 +288,7 @@ fn msg_ring(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTi
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("wake");
     raw_eventfd(&mut g);
+    spinning_eventfd(&mut g);
     aioctx_bh(&mut g, "aioctx_bh_iothreads", IOTHREAD_POLL_MAX_NS);
     aioctx_bh(&mut g, "aioctx_bh_iothreads_no_busy_poll", 0);
     std_park(&mut g);

@@ -5,16 +5,35 @@ mod cli;
 mod kickstat;
 mod stress;
 mod sys;
+mod thread_probe;
 
 use std::process::ExitCode;
 
+use aioctx::aio::AioContext;
 use cli::Command;
+
+/// Builds, and drops, a context made the way `main_context()` makes the main one, so
+/// that what would make it fail — an invalid `AIOCTX_BACKEND`, io_uring denied while
+/// forced, a ring too large for `RLIMIT_MEMLOCK` — is a one-line error before any
+/// command starts, instead of a panic inside it. Spawns no thread (kickstat's syscall
+/// counter must be opened before any other thread exists).
+fn check_main_context() -> Result<(), String> {
+    AioContext::builder()
+        .name("main")
+        .build()
+        .map(drop)
+        .map_err(|e| format!("cannot create the main AioContext: {e}"))
+}
 
 fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
+        }
+        Ok(Command::Kickstat(_) | Command::Stress(_)) if let Err(e) = check_main_context() => {
+            eprintln!("aioctx: {e}");
+            ExitCode::from(2)
         }
         Ok(Command::Kickstat(opts)) => match kickstat::run(&opts) {
             Ok(()) => ExitCode::SUCCESS,

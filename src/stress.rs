@@ -71,7 +71,8 @@ fn policy_name(p: UnlockKick) -> &'static str {
     }
 }
 
-/// Runs the stress; returns the process exit code (0 done, 3 writer stuck).
+/// Runs the stress; returns the process exit code (0 done, 2 the iothreads could not be
+/// created, 3 writer stuck).
 pub fn run(o: &StressOptions) -> u8 {
     let main = main_context();
     main.make_current();
@@ -82,6 +83,17 @@ pub fn run(o: &StressOptions) -> u8 {
     let cycles = Arc::new(AtomicU64::new(0));
     let reader_ops = Arc::new(AtomicU64::new(0));
 
+    // Before the pressure threads, so that a failure has nothing to stop.
+    let iothreads: Vec<IoThread> = match (0..o.iothreads)
+        .map(|i| IoThread::new(&format!("iothread{i}")))
+        .collect()
+    {
+        Ok(threads) => threads,
+        Err(e) => {
+            eprintln!("aioctx stress: cannot create the reader iothreads: {e}");
+            return 2;
+        }
+    };
     // CPU pressure, like `stress-ng --cpu N`.
     let pressure: Vec<_> = (0..o.pressure)
         .map(|i| {
@@ -100,9 +112,6 @@ pub fn run(o: &StressOptions) -> u8 {
         })
         .collect();
 
-    let iothreads: Vec<IoThread> = (0..o.iothreads)
-        .map(|i| IoThread::new(&format!("iothread{i}")).expect("create an iothread"))
-        .collect();
     for t in &iothreads {
         let (stop, reader_ops, cycles) = (
             Arc::clone(&stop),

@@ -132,6 +132,10 @@ fn json_lists_every_scenario_with_every_field() {
         assert!(r["unit"].is_string(), "{name}: unit");
         assert_eq!(r["iterations"], 200, "{name}");
         assert_eq!(r["runs"], 2, "{name}");
+        assert!(
+            r["slept_per_op"].is_f64() || r["slept_per_op"].is_null(),
+            "{name}: slept_per_op"
+        );
         if source == "kernel" {
             assert!(
                 r["syscalls_per_op"].is_f64(),
@@ -179,6 +183,57 @@ fn kick_costs_no_syscall_without_sleeper_and_at_most_two_per_sleeping_cycle() {
     );
 }
 
+fn slept(rows: &[Value], name: &str) -> f64 {
+    row(rows, name)["slept_per_op"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: slept_per_op is not a number"))
+}
+
+/// The sleeping scenarios must measure a loop that is blocked in the kernel when it is
+/// woken, and so must the peer they are compared with: the loop's (the reader's)
+/// voluntary context switches are about one per cycle. A kicker that fires as soon as
+/// the loop *announces* it will sleep wakes it before it blocks (0.001 per cycle).
+#[test]
+fn sleeping_scenarios_block_in_the_kernel_once_per_cycle() {
+    let rows = json(&[
+        "--json",
+        "--scenario",
+        "kick-sleeping",
+        "--scenario",
+        "notify-sleeping",
+        "--scenario",
+        "peer-eventfd-pingpong",
+        "--scenario",
+        "kick-busy",
+        "--iterations",
+        "300",
+        "--runs",
+        "2",
+    ]);
+    for name in ["kick-sleeping", "notify-sleeping", "peer-eventfd-pingpong"] {
+        let s = slept(&rows, name);
+        assert!(
+            s >= 0.9,
+            "{name}: the sleeper blocked {s} times per cycle; each kick must find it asleep"
+        );
+    }
+    // The busy loop's row has the column too (its loop is the main thread).
+    assert!(row(&rows, "kick-busy")["slept_per_op"].is_f64());
+    let limit = sleeping_cycle_limit();
+    for name in ["kick-sleeping", "notify-sleeping"] {
+        let s = syscalls(&rows, name);
+        assert!(
+            (2.0..=limit).contains(&s),
+            "{name}: {s} syscalls per cycle (2..={limit}: the probe's reads are not the loop's)"
+        );
+    }
+    assert_eq!(
+        syscalls(&rows, "peer-eventfd-pingpong"),
+        2.0,
+        "write + read"
+    );
+}
+
 #[test]
 fn self_source_uses_the_library_counters() {
     let rows = json(&[
@@ -221,6 +276,7 @@ fn table_names_source_scenarios_and_loop() {
         assert!(text.contains(name), "no {name} in:\n{text}");
     }
     assert!(text.contains("loop (main context)"), "{text}");
+    assert!(text.contains("slept/op"), "no slept column in:\n{text}");
     let backend = if sleeping_cycle_limit() == 3.0 {
         "backend epoll"
     } else {
@@ -277,5 +333,31 @@ fn help_lists_the_flags() {
         "--syscall-source",
     ] {
         assert!(text.contains(flag), "{flag} missing from help:\n{text}");
+    }
+}
+
+/// What the environment gets wrong is a one-line error and exit 2, before anything runs:
+/// not a panic with a backtrace (exit 101) from inside the command.
+#[test]
+fn invalid_backend_env_is_a_one_line_error_not_a_panic() {
+    for args in [&["kickstat"][..], &["stress", "--iterations", "10"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aioctx"))
+            .args(args)
+            .env("AIOCTX_BACKEND", "garbage")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("running aioctx");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "aioctx {args:?}: {err}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "aioctx {args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.contains("AIOCTX_BACKEND=\"garbage\" is invalid") && !err.contains("panicked"),
+            "aioctx {args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "aioctx {args:?} printed a report");
     }
 }

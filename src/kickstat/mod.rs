@@ -1,5 +1,5 @@
 //! `aioctx kickstat`: what waking the main loop costs, in nanoseconds and in syscalls,
-//! next to the peers that bound it (DESIGN §11, issue 4).
+//! next to the peers that bound it.
 //!
 //! Syscalls are counted by the kernel when it lets us — `perf_event_open` on the
 //! `raw_syscalls:sys_enter` tracepoint, for the whole process: the counter is opened
@@ -9,6 +9,8 @@
 
 pub mod scenarios;
 
+mod harness;
+mod peers;
 mod report;
 
 use std::io::{self, IsTerminal, Write};
@@ -18,6 +20,7 @@ use aioctx::aio::{AioContext, main_context};
 
 use crate::cli::{KickstatOptions, SourceChoice};
 use crate::sys::SyscallCounter;
+use crate::thread_probe::ThreadProbe;
 use report::{LoopInfo, Row};
 use scenarios::{Sample, Scenario};
 
@@ -27,6 +30,8 @@ pub struct Env {
     counter: Option<SyscallCounter>,
     /// The main context; its home is the calling (main) thread.
     main: &'static Arc<AioContext>,
+    /// The main thread, seen through procfs: whether it sleeps, and how often it did.
+    main_probe: Arc<ThreadProbe>,
 }
 
 /// Where the syscall counts of a report came from, and why.
@@ -48,7 +53,12 @@ pub fn run(opts: &KickstatOptions) -> io::Result<()> {
     let (counter, source) = open_counter(opts.source)?;
     let main = main_context();
     main.make_current();
-    let env = Env { counter, main };
+    let main_probe = Arc::new(ThreadProbe::current()?);
+    let env = Env {
+        counter,
+        main,
+        main_probe,
+    };
 
     let progress = io::stderr().is_terminal();
     let iterations = |s: Scenario| opts.iterations.unwrap_or_else(|| s.default_iterations());

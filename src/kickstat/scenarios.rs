@@ -1,24 +1,22 @@
 //! The scenarios of the kick-cost report: what one operation is, and how it is timed
 //! and counted.
-//!
-//! Every multi-threaded scenario spawns its helper thread *before* the measured window
-//! and lets it exit only *after* the window (`Helper`), and all hand-shakes inside the
-//! window are spins on atomics: thread creation, thread exit and futex waits would
-//! otherwise land in the syscall count.
+//! The measuring machinery is in `harness`, the peers in `peers`.
 
 use std::hint::black_box;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use aioctx::aio::AioContext;
 use aioctx::graph::{UnlockKick, graph_lock};
 use aioctx::wait::{kick, num_waiters, wait_while};
 
 use super::Env;
-use crate::sys;
+use super::harness::{Cycles, Helper, Measured, Pinned, Window, single, spin_until};
+use super::peers::{
+    peer_eventfd_pingpong, peer_eventfd_write, peer_fence_load, peer_futex_wake,
+    peer_parking_lot_read, peer_std_rwlock_read, peer_tokio_notify, peer_unpark,
+};
 
 /// One scenario of the report. The names are part of the CLI and the JSON output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +41,9 @@ pub enum Scenario {
     PeerUnpark,
     /// `tokio::sync::Notify::notify_one` with no waiter.
     PeerTokioNotify,
-    /// Two threads handing a token back and forth through two eventfds, each blocked in
-    /// `read(2)`: the floor of `kick-sleeping`. One op is one hand-off.
+    /// A thread blocked in `read(2)` on an eventfd, woken by a write once it is asleep,
+    /// signalling back through an atomic: the floor of `kick-sleeping`, measured the
+    /// same way. One op is one wake-up cycle.
     PeerEventfdPingpong,
     /// Graph `rdlock().await` + drop in a task, no writer, `UnlockKick::Always` (the fix).
     RdlockPairAlways,
@@ -105,8 +104,9 @@ impl Scenario {
     /// What one operation is.
     pub fn unit(self) -> &'static str {
         match self {
-            Scenario::KickSleeping | Scenario::NotifySleeping => "cycle",
-            Scenario::PeerEventfdPingpong => "hand-off",
+            Scenario::KickSleeping | Scenario::NotifySleeping | Scenario::PeerEventfdPingpong => {
+                "cycle"
+            }
             Scenario::RdlockPairAlways
             | Scenario::RdlockPairWhenWriterSeen
             | Scenario::PeerStdRwlockRead
@@ -125,6 +125,19 @@ impl Scenario {
             Scenario::PeerEventfdWrite | Scenario::PeerFutexWake => 10_000,
             _ => 100_000,
         }
+    }
+
+    /// Whether the main thread is the one that may sleep — the loop, or the peer's
+    /// reader — so that its voluntary context switches per op say how often it slept.
+    fn main_thread_waits(self) -> bool {
+        matches!(
+            self,
+            Scenario::KickBusy
+                | Scenario::KickSleeping
+                | Scenario::NotifyBusy
+                | Scenario::NotifySleeping
+                | Scenario::PeerEventfdPingpong
+        )
     }
 
     /// Whether the syscalls are the library's: counted by `stats()` in `self` mode.
@@ -151,7 +164,7 @@ impl Scenario {
             Scenario::PeerStdRwlockRead => peer_std_rwlock_read(env, n),
             Scenario::PeerParkingLotRead => peer_parking_lot_read(env, n),
         };
-        let syscalls = match (m.window.kernel, self.is_library()) {
+        let syscalls = match (m.window.kernel(), self.is_library()) {
             (Some(k), _) => Some(k),
             (None, true) => Some(m.window.library),
             (None, false) => m.explicit,
@@ -160,6 +173,7 @@ impl Scenario {
             ops: m.ops,
             ns: m.timed.as_nanos() as f64,
             syscalls,
+            slept: self.main_thread_waits().then_some(m.window.switches),
         }
     }
 }
@@ -173,195 +187,9 @@ pub struct Sample {
     pub ns: f64,
     /// Syscalls made by the whole process during the window (`None`: not countable).
     pub syscalls: Option<u64>,
-}
-
-/// What a window saw.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Closed {
-    elapsed: Duration,
-    /// Syscall entries counted by the kernel, when it counts.
-    kernel: Option<u64>,
-    /// Syscalls the main context's `stats()` counted: eventfd writes + kernel waits
-    /// (io_uring_enter or epoll_wait) + eventfd reads (epoll only).
-    library: u64,
-}
-
-/// A measured stretch: syscall counts and time between `open` and `close`.
-pub(super) struct Window<'a> {
-    env: &'a Env,
-    count: Option<u64>,
-    library: u64,
-    start: Instant,
-}
-
-fn library_syscalls(ctx: &AioContext) -> u64 {
-    let s = ctx.stats();
-    s.eventfd_writes + s.enters + s.eventfd_reads
-}
-
-impl<'a> Window<'a> {
-    pub(super) fn open(env: &'a Env) -> Self {
-        // Settle the main loop first: an SQE it re-armed after its last wake-up (the
-        // notify read) would otherwise be submitted inside the window.
-        env.main.poll(false);
-        let library = library_syscalls(env.main);
-        let count = env
-            .counter
-            .as_ref()
-            .map(|c| c.read().expect("reading the syscall counter"));
-        Self {
-            env,
-            count,
-            library,
-            start: Instant::now(),
-        }
-    }
-
-    pub(super) fn close(self) -> Closed {
-        let elapsed = self.start.elapsed();
-        let kernel = self
-            .env
-            .counter
-            .as_ref()
-            .zip(self.count)
-            .map(|(c, start)| c.between(start, c.read().expect("reading the syscall counter")));
-        Closed {
-            elapsed,
-            kernel,
-            library: library_syscalls(self.env.main) - self.library,
-        }
-    }
-}
-
-struct Measured {
-    ops: u64,
-    timed: Duration,
-    window: Closed,
-    /// Syscalls a peer makes by construction (for `self` mode; `None`: unknown).
-    explicit: Option<u64>,
-}
-
-fn single(window: Closed, ops: u64, explicit: Option<u64>) -> Measured {
-    Measured {
-        ops,
-        timed: window.elapsed,
-        window,
-        explicit,
-    }
-}
-
-/// A helper thread that starts its work on `go` and exits only after `finish`, so that
-/// neither its creation nor its exit falls inside a window. Waits are spins: no futex.
-struct Helper<T> {
-    gate: Arc<AtomicU32>,
-    handle: JoinHandle<T>,
-}
-
-const GATE_STARTING: u32 = 0;
-const GATE_READY: u32 = 1;
-const GATE_GO: u32 = 2;
-const GATE_EXIT: u32 = 3;
-
-/// How long any hand-shake may take before the report gives up instead of hanging.
-const STUCK: Duration = Duration::from_secs(30);
-
-/// Spins until `cond()`; after [`STUCK`], ends the process with a message naming what
-/// did not happen (a stuck helper would otherwise leave the main loop asleep forever).
-/// Reading the clock is a vDSO call, not a syscall.
-fn spin_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    let mut spins = 0u32;
-    while !cond() {
-        std::hint::spin_loop();
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(4096) && start.elapsed() > STUCK {
-            eprintln!("aioctx kickstat: stuck for {STUCK:?} waiting for {what}; giving up");
-            std::process::exit(1);
-        }
-    }
-}
-
-impl<T: Send + 'static> Helper<T> {
-    /// Spawns the thread, which runs `setup` (CPU pinning) first, and returns once it
-    /// runs: its start-up syscalls (stack guard, signal stack, rseq registration, the
-    /// pinning) are over before any window opens.
-    fn spawn_pinned(
-        name: &str,
-        setup: impl FnOnce() + Send + 'static,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Self {
-        let gate = Arc::new(AtomicU32::new(GATE_STARTING));
-        let g = Arc::clone(&gate);
-        let handle = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                setup();
-                // Relaxed: only says "running"; nothing is published through it.
-                g.store(GATE_READY, Ordering::Relaxed);
-                // Acquire: pairs with the Release store in `go`.
-                spin_until("the go signal", || g.load(Ordering::Acquire) >= GATE_GO);
-                let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-                    Ok(result) => result,
-                    // The main thread may be asleep waiting for this one: do not hang.
-                    Err(_) => std::process::exit(1),
-                };
-                // Acquire: pairs with the Release store in `finish`.
-                spin_until("the exit signal", || g.load(Ordering::Acquire) == GATE_EXIT);
-                result
-            })
-            .expect("spawning a kickstat helper thread");
-        spin_until("a helper thread to start", || {
-            gate.load(Ordering::Relaxed) != GATE_STARTING
-        });
-        Self { gate, handle }
-    }
-
-    fn go(&self) {
-        // Release: pairs with the helper's Acquire spin; publishes the setup.
-        self.gate.store(GATE_GO, Ordering::Release);
-    }
-
-    fn finish(self) -> T {
-        // Release: pairs with the helper's Acquire spin before it exits.
-        self.gate.store(GATE_EXIT, Ordering::Release);
-        self.handle
-            .join()
-            .expect("a kickstat helper thread panicked")
-    }
-}
-
-/// Keeps the two sides of a sleep/wake scenario on different CPUs (when there are two):
-/// a woken sleeper that lands on the CPU where its partner spins would wait for the
-/// scheduler instead of the wake-up. Restores the caller's CPUs on drop.
-struct Pinned {
-    saved: Option<Vec<usize>>,
-}
-
-impl Pinned {
-    /// Pins the caller to its first allowed CPU; `pin_helper` (run by the helper
-    /// thread) pins it to the last.
-    fn main_side() -> (Self, impl Fn() + Send + Clone + 'static) {
-        let cpus = sys::allowed_cpus().unwrap_or_default();
-        let (first, last) = (cpus.first().copied(), cpus.last().copied());
-        let saved = match (first, last) {
-            (Some(f), Some(l)) if f != l && sys::set_cpus(&[f]).is_ok() => Some(cpus),
-            _ => None,
-        };
-        let pin = saved.is_some().then_some(last).flatten();
-        (Self { saved }, move || {
-            if let Some(cpu) = pin {
-                let _ = sys::set_cpus(&[cpu]);
-            }
-        })
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(cpus) = &self.saved {
-            let _ = sys::set_cpus(cpus);
-        }
-    }
+    /// Voluntary context switches of the main thread during the window, where the main
+    /// thread is the one that may sleep (`None` elsewhere).
+    pub slept: Option<u64>,
 }
 
 fn kick_idle(env: &Env, n: u64) -> Measured {
@@ -414,41 +242,26 @@ fn kick_busy(env: &Env, n: u64) -> Measured {
     }
 }
 
-/// The kicker's side of the sleeping scenarios: before each wake-up, wait until the
-/// main loop has committed to sleep (its `sleeps` counter moved), then change the
-/// condition and wake it.
-///
-/// `base` is the `sleeps` count read before the main loop could sleep in this run.
-fn wake_each_sleep(
-    main: &'static Arc<AioContext>,
-    base: u64,
-    count: &AtomicU64,
-    n: u64,
-    wake: impl Fn(),
-) {
-    for i in 0..n {
-        spin_until("the main loop to sleep", || main.stats().sleeps > base + i);
-        // Release: pairs with the Acquire load of the waiter's condition.
-        count.store(i + 1, Ordering::Release);
-        wake();
-    }
+/// "The main loop committed to sleep for cycle `i`": its `sleeps` counter moved past
+/// the count before the run (`base`) plus `i`.
+fn loop_committed(main: &'static Arc<AioContext>, base: u64) -> impl Fn(u64) -> bool {
+    move |i| main.stats().sleeps > base + i
 }
 
 fn kick_sleeping(env: &Env, n: u64) -> Measured {
-    let count = Arc::new(AtomicU64::new(0));
-    let (c, main) = (Arc::clone(&count), env.main);
-    let base = main.stats().sleeps;
-    let (_pinned, pin_helper) = Pinned::main_side();
-    let kicker = Helper::spawn_pinned("kicker", pin_helper, move || {
-        wake_each_sleep(main, base, &c, n, kick)
-    });
+    let cycles = Cycles::new();
+    let committed = loop_committed(env.main, env.main.stats().sleeps);
+    let (_pinned, kicker) = cycles.spawn_waker(env, n, committed, kick);
     let w = Window::open(env);
     kicker.go();
-    // Acquire: pairs with the Release store in `wake_each_sleep`.
-    wait_while(None, || count.load(Ordering::Acquire) < n);
+    wait_while(None, || cycles.see() < n);
     let window = w.close();
-    kicker.finish();
-    single(window, n, None)
+    Measured {
+        ops: n,
+        timed: kicker.finish(),
+        window,
+        explicit: None,
+    }
 }
 
 fn notify_busy(env: &Env, n: u64) -> Measured {
@@ -478,122 +291,22 @@ fn notify_busy(env: &Env, n: u64) -> Measured {
 }
 
 fn notify_sleeping(env: &Env, n: u64) -> Measured {
-    let count = Arc::new(AtomicU64::new(0));
-    let (c, main) = (Arc::clone(&count), env.main);
-    let base = main.stats().sleeps;
-    let (_pinned, pin_helper) = Pinned::main_side();
-    let notifier = Helper::spawn_pinned("notifier", pin_helper, move || {
-        wake_each_sleep(main, base, &c, n, || main.notify());
-    });
+    let cycles = Cycles::new();
+    let main = env.main;
+    let committed = loop_committed(main, main.stats().sleeps);
+    let (_pinned, notifier) = cycles.spawn_waker(env, n, committed, || main.notify());
     let w = Window::open(env);
     notifier.go();
-    // Acquire: pairs with the Release store in `wake_each_sleep`.
-    while count.load(Ordering::Acquire) < n {
-        env.main.poll(true);
+    while cycles.see() < n {
+        main.poll(true);
     }
     let window = w.close();
-    notifier.finish();
-    single(window, n, None)
-}
-
-/// Stands in for `num_waiters` in the floor of `kick-idle`.
-static PEER_WAITERS: AtomicU32 = AtomicU32::new(0);
-
-#[cold]
-#[inline(never)]
-fn peer_never_taken() {
-    black_box(());
-}
-
-fn peer_fence_load(env: &Env, n: u64) -> Measured {
-    // Opaque to the optimizer, like the real count: never provably zero.
-    let waiters = black_box(&PEER_WAITERS);
-    let w = Window::open(env);
-    for _ in 0..n {
-        // The floor of `kick`: its [K1] fence and its count load, nothing else.
-        fence(Ordering::SeqCst);
-        if waiters.load(Ordering::Relaxed) != 0 {
-            peer_never_taken();
-        }
+    Measured {
+        ops: n,
+        timed: notifier.finish(),
+        window,
+        explicit: None,
     }
-    single(w.close(), n, Some(0))
-}
-
-fn peer_eventfd_write(env: &Env, n: u64) -> Measured {
-    let efd = sys::eventfd(true).expect("creating an eventfd");
-    let w = Window::open(env);
-    for _ in 0..n {
-        sys::eventfd_write(&efd);
-    }
-    let window = w.close();
-    sys::eventfd_read(&efd);
-    single(window, n, Some(n))
-}
-
-fn peer_futex_wake(env: &Env, n: u64) -> Measured {
-    let word = AtomicU32::new(0);
-    let w = Window::open(env);
-    for _ in 0..n {
-        black_box(sys::futex_wake(&word));
-    }
-    single(w.close(), n, Some(n))
-}
-
-fn peer_unpark(env: &Env, n: u64) -> Measured {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    // Running, never parked: each unpark only flips the parker's state.
-    let (_pinned, pin_helper) = Pinned::main_side();
-    let runner = Helper::spawn_pinned("runner", pin_helper, move || {
-        // Acquire: pairs with the Release store below.
-        // No deadline: it runs as long as the unparks do, however many were asked for.
-        while !s.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-    });
-    let thread = runner.handle.thread().clone();
-    runner.go();
-    let w = Window::open(env);
-    for _ in 0..n {
-        thread.unpark();
-    }
-    let window = w.close();
-    // Release: pairs with the runner's Acquire spin.
-    stop.store(true, Ordering::Release);
-    runner.finish();
-    single(window, n, None)
-}
-
-fn peer_tokio_notify(env: &Env, n: u64) -> Measured {
-    let notify = tokio::sync::Notify::new();
-    let w = Window::open(env);
-    for _ in 0..n {
-        notify.notify_one();
-    }
-    single(w.close(), n, None)
-}
-
-fn peer_eventfd_pingpong(env: &Env, n: u64) -> Measured {
-    let rounds = n.div_ceil(2);
-    let a = Arc::new(sys::eventfd(false).expect("creating an eventfd"));
-    let b = Arc::new(sys::eventfd(false).expect("creating an eventfd"));
-    let (a2, b2): (Arc<OwnedFd>, Arc<OwnedFd>) = (Arc::clone(&a), Arc::clone(&b));
-    let (_pinned, pin_helper) = Pinned::main_side();
-    let ponger = Helper::spawn_pinned("ponger", pin_helper, move || {
-        for _ in 0..rounds {
-            sys::eventfd_read(&b2);
-            sys::eventfd_write(&a2);
-        }
-    });
-    let w = Window::open(env);
-    ponger.go();
-    for _ in 0..rounds {
-        sys::eventfd_write(&b);
-        sys::eventfd_read(&a);
-    }
-    let window = w.close();
-    ponger.finish();
-    single(window, 2 * rounds, Some(4 * rounds))
 }
 
 /// `rdlock().await` + drop, `n` times, in one task on the main context with no writer:
@@ -611,22 +324,4 @@ fn rdlock_pair(env: &Env, n: u64, policy: UnlockKick) -> Measured {
     let window = w.close();
     lock.set_unlock_kick(UnlockKick::Always);
     single(window, n, None)
-}
-
-fn peer_std_rwlock_read(env: &Env, n: u64) -> Measured {
-    let lock = std::sync::RwLock::new(0u64);
-    let w = Window::open(env);
-    for _ in 0..n {
-        black_box(*lock.read().expect("an uncontended RwLock"));
-    }
-    single(w.close(), n, Some(0))
-}
-
-fn peer_parking_lot_read(env: &Env, n: u64) -> Measured {
-    let lock = parking_lot::RwLock::new(0u64);
-    let w = Window::open(env);
-    for _ in 0..n {
-        black_box(*lock.read());
-    }
-    single(w.close(), n, Some(0))
 }
