@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite under a sanitizer, on nightly (DESIGN §9).
+# The test suite under a sanitizer, on nightly.
 #
 #   scripts/sanitize.sh            # AddressSanitizer (+ LeakSanitizer): what CI runs
 #   scripts/sanitize.sh thread     # ThreadSanitizer on the multithreaded tests (not in CI)

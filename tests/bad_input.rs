@@ -1,4 +1,4 @@
-//! Bad input and misuse (DESIGN §10, the rows that touch the core loop): each case checks
+//! Bad input and misuse (the rows that touch the core loop): each case checks
 //! the error or the panic message, and that nothing is lost or left spinning.
 //!
 //! The tests that close descriptors take `FD_LOCK`, and so do all tests of this binary

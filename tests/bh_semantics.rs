@@ -1,4 +1,4 @@
-//! Bottom-half semantics beyond QEMU's test-aio cases (DESIGN §4): slices and nesting,
+//! Bottom-half semantics beyond QEMU's test-aio cases: slices and nesting,
 //! self-rescheduling, idle BHs, FIFO order and `cancel`, deletion by another BH.
 #![cfg(not(loom))]
 

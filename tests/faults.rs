@@ -1,5 +1,5 @@
 #![cfg(not(loom))]
-//! Faults (DESIGN §10, issue 7): each case checks a clear error or panic message and
+//! Faults: each case checks a clear error or panic message and
 //! that nothing is lost. Runs on whichever backend the run selects (`scripts/test.sh`
 //! runs it on io_uring, on epoll, and with io_uring denied).
 //!

@@ -1,4 +1,4 @@
-//! fd handlers (DESIGN §5): level-triggered read and write callbacks on pipes and
+//! fd handlers: level-triggered read and write callbacks on pipes and
 //! sockets, handlers added, replaced and removed from other threads (a sleeping loop is
 //! woken to apply the change), and a handler removing itself.
 #![cfg(not(loom))]

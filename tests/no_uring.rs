@@ -1,5 +1,5 @@
 #![cfg(not(loom))]
-//! io_uring denied by a seccomp filter (DESIGN §10, issue 7 must-show 1): under the
+//! io_uring denied by a seccomp filter: under the
 //! `no_uring` launcher, `Backend::Auto` falls back to epoll with one log line that names
 //! the reason, the loop works (BHs, timers, fd handlers, tasks, file I/O), and forcing
 //! io_uring fails with a clear error instead.

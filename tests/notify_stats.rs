@@ -1,4 +1,4 @@
-//! The syscall claims of the notify protocol (DESIGN §3), proven through `ctx.stats()`:
+//! The syscall claims of the notify protocol, proven through `ctx.stats()`:
 //! a notify to a busy loop costs no syscall; a notify to a sleeping loop costs one
 //! eventfd write, however many notifies arrive during that sleep; the woken loop
 //! consumes the eventfd through its ring, in the one `io_uring_enter` it slept in.

@@ -1,4 +1,4 @@
-//! The ring under pressure (DESIGN §5): a ring far smaller than the work pushed through
+//! The ring under pressure: a ring far smaller than the work pushed through
 //! it must neither lose nor duplicate a completion (SQ full: submit and retry; CQ
 //! overflow: flush the kernel's backlog), and `stats().enters` must count every
 //! `io_uring_enter`, also those a full SQ forces. Dropping a context with operations in

@@ -63,7 +63,7 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). DESIGN §3.
+    /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). See `notify.rs` for the protocol and its proof.
     pub(crate) fn notify(&self) {
         self.counters.notifies.fetch_add(1, Ordering::Relaxed);
         if self.notify.notify() {

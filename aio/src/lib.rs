@@ -47,8 +47,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! The design, protocols and their proofs are in DESIGN.md; each protocol module opens
-//! with its rules: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
+//! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
 //! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`).
 //!

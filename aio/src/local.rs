@@ -1,5 +1,5 @@
 //! Context-local slots: state an upper layer keeps per context without this crate
-//! knowing it (the graph lock keeps its per-context reader counter here). DESIGN §1.
+//! knowing it (the graph lock keeps its per-context reader counter here).
 //!
 //! A [`ContextLocal`] is declared once (usually in a `static`); each context lazily
 //! holds one value for it, created on first access and dropped with the context, so a

@@ -1,5 +1,5 @@
 //! Per-context run queues and the task entry points: `spawn`, `block_on`,
-//! `yield_now`, `reschedule_to` (DESIGN §6; QEMU: `aio_co_schedule`,
+//! `yield_now`, `reschedule_to` (QEMU: `aio_co_schedule`,
 //! `co_schedule_bh_cb`, `aio_co_reschedule_self` in util/async.c).
 //!
 //! Each context has one run queue and one bottom half that drains it

@@ -1,4 +1,4 @@
-//! Tasks: futures run by a context, QEMU's coroutines (DESIGN §6).
+//! Tasks: futures run by a context, QEMU's coroutines
 //!
 //! QEMU: `aio_co_schedule`, `aio_co_wake`, `aio_co_enter`, `aio_co_reschedule_self`,
 //! `co_schedule_bh_cb` (util/async.c).

@@ -1,4 +1,4 @@
-//! Bottom halves against a reference model of DESIGN §4 (`aio/src/bh.rs` rules 1–6).
+//! Bottom halves against a reference model of their rules (`aio/src/bh.rs`, rules 1–9).
 //!
 //! The model keeps, per BH, the flags (pending, scheduled, idle, deleted, oneshot) and
 //! whether its callback is running; the context's pending list (FIFO by the moment a

@@ -3,7 +3,7 @@
 //! Each module drives the real code with a sequence of operations decoded by
 //! [`arbitrary`] and checks it against a small reference model after every step:
 //!
-//! - [`bh`]: bottom halves (DESIGN §4: slices, FIFO, cancel keeps place, idle is not
+//! - [`bh`]: bottom halves (slices, FIFO, cancel keeps place, idle is not
 //!   progress, nested polls, delete from anywhere, scheduling from a second thread);
 //! - [`timers`]: timer lists (modify, anticipate, delete, clock advance, poll);
 //! - [`graph`]: the graph lock (readers in tasks on three contexts, the writer on the

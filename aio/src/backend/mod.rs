@@ -1,4 +1,4 @@
-//! Kernel back ends and the choice between them (DESIGN §5): io_uring (`uring.rs`, the
+//! Kernel back ends and the choice between them: io_uring (`uring.rs`, the
 //! default) and epoll (`epoll.rs`, the fallback where io_uring is denied or missing).
 //!
 //! The loop in `poll.rs` talks to a [`Driver`]: apply an fd-handler change, sleep or
