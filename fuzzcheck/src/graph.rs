@@ -38,7 +38,7 @@
 //! cancels that task too; a later `NewIoThread` makes a new one.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -48,8 +48,13 @@ use aioctx_graph::{MainLoopGuard, WriteGuard, graph_lock};
 use aioctx_wait::wait_while;
 use arbitrary::Arbitrary;
 
+mod per_run;
 mod reader;
 
+use per_run::{
+    DROP_ARMED, PER_RUN_THREAD, PerRun, cancel_per_run_tasks, drop_in_wrlock, expect_cancelled,
+    start_per_run_thread, take_per_run_thread,
+};
 use reader::{Cmd, IN_WRLOCK, Mailbox, VIOLATIONS, WRITER_ACTIVE, reader};
 
 /// How many reader tasks a run has at once.
@@ -128,31 +133,6 @@ struct Model {
     drop_in_wrlock: bool,
     /// The per-run iothread.
     io3: PerRun,
-}
-
-/// The state of the per-run iothread.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum PerRun {
-    /// Not started in this run: operations naming its context are no-ops.
-    #[default]
-    Absent,
-    Alive,
-    /// Dropped: its context refuses tasks.
-    Dropped,
-}
-
-/// The running per-run iothread. A static so that the bottom half of
-/// [`Op::DropContextInNextWrLock`] can drop it; only the main-loop thread touches it.
-static PER_RUN_THREAD: Mutex<Option<IoThread>> = Mutex::new(None);
-/// Set by the main loop while it waits in a `wrlock` that is to drop the per-run
-/// iothread (see [`drop_in_wrlock`]).
-static DROP_ARMED: AtomicBool = AtomicBool::new(false);
-
-fn take_per_run_thread() -> Option<IoThread> {
-    PER_RUN_THREAD
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
 }
 
 /// The three lasting contexts: main, and two iothreads that live as long as the process.
@@ -484,16 +464,7 @@ fn run_on_main(ops: &[Op]) {
                 if model.io3 == PerRun::Alive {
                     continue;
                 }
-                let t = IoThread::with_builder("fuzz-io3", AioContext::builder())
-                    .unwrap_or_else(|e| panic!("graph fuzz: cannot start iothread fuzz-io3: {e}"));
-                // Works around a defect (the ignored replay tests
-                // `regress_*_unused_stopped_iothread_cancels_the_task`): a stopped
-                // iothread on whose context no task was ever spawned takes later tasks
-                // without ever running or cancelling them. One task spawned now keeps
-                // the model on the documented path.
-                drop(t.ctx().spawn(async {}));
-                per_run_ctx = Some(Arc::clone(t.ctx()));
-                *PER_RUN_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                per_run_ctx = Some(start_per_run_thread());
                 model.io3 = PerRun::Alive;
             }
             Op::DropContext => {
@@ -565,48 +536,6 @@ fn nested_in_wrlock() {
         drop(graph_lock().rdlock_main_loop());
         drop(graph_lock().wrlock());
         NESTED_WRITERS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The bottom half of [`Op::DropContextInNextWrLock`]: inside the run's `wrlock` wait
-/// (and only there), drops the per-run iothread.
-fn drop_in_wrlock() {
-    // SeqCst: both stored by the main loop, on this thread, around its `wrlock`.
-    if DROP_ARMED.load(Ordering::SeqCst) && IN_WRLOCK.load(Ordering::SeqCst) {
-        drop(take_per_run_thread());
-    }
-}
-
-/// Task `i` is being cancelled: waits until its future was dropped (its read guards
-/// first), checks that its `JoinHandle` says cancelled, and empties its slot.
-fn expect_cancelled(
-    slots: &mut [Option<Slot>; TASKS],
-    model: &mut Model,
-    i: usize,
-    why: &str,
-    ops: &[Op],
-) {
-    let s = slots[i].take().expect("a task to cancel");
-    wait_while(None, || !s.mb.shown.lock().unwrap().cancelled);
-    let r = main_context().block_on(s.join);
-    assert!(
-        matches!(&r, Err(e) if e.is_cancelled()),
-        "graph: {why}: task {i} must end cancelled, its JoinHandle gave {r:?}; ops: {ops:?}"
-    );
-    model.tasks[i] = None;
-}
-
-/// The per-run iothread was dropped: every task on it ends cancelled.
-fn cancel_per_run_tasks(
-    slots: &mut [Option<Slot>; TASKS],
-    model: &mut Model,
-    why: &str,
-    ops: &[Op],
-) {
-    for i in 0..TASKS {
-        if model.tasks[i].is_some_and(|t| t.ctx == PER_RUN) {
-            expect_cancelled(slots, model, i, why, ops);
-        }
     }
 }
 
