@@ -1,6 +1,7 @@
 //! The graph lock against a reference model (QEMU: block/graph-lock.c).
 //!
-//! Readers are tasks on three contexts — the main context and two iothreads — each
+//! Readers are tasks on four contexts — the main context, two iothreads that live as
+//! long as the process and one per-run iothread that the run can drop — each
 //! obeying commands from the run (take a read lock, drop one, move to another context,
 //! yield, exit). The writer is the main loop: every run executes on one long-lived
 //! "main loop" thread (the main context's home thread), whatever thread calls [`run`].
@@ -24,6 +25,17 @@
 //! task gives to a thread that runs no context, whose drop must unlock correctly; and a
 //! bottom half run by `wrlock`'s own wait that takes and drops a main-loop read guard
 //! and a nested write lock.
+//!
+//! The per-run iothread (context 3) is made by [`Op::NewIoThread`] and dropped by
+//! [`Op::DropContext`] between steps, or by a bottom half that runs inside the next
+//! `wrlock`'s own wait ([`Op::DropContextInNextWrLock`]; that `wrlock` leaves the
+//! iothread's tasks their read locks, so it waits for the drop to release them). The
+//! drop cancels the iothread's tasks, on its thread as it exits: the model expects each
+//! to end cancelled — its `JoinHandle` yields a cancelled `JoinError` — with its read
+//! locks released (so `readers()` falls, and a waiting writer goes on) and, if it was
+//! blocked in `rdlock` behind the writer, out of the lock's queue without taking
+//! anyone's wake-up. Moving a task to the dropped context, or spawning one on it,
+//! cancels that task too; a later `NewIoThread` makes a new one.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,14 +48,24 @@ use aioctx_graph::{MainLoopGuard, WriteGuard, graph_lock};
 use aioctx_wait::wait_while;
 use arbitrary::Arbitrary;
 
+mod per_run;
 mod reader;
 
+use per_run::{
+    DROP_ARMED, PER_RUN_THREAD, PerRun, cancel_per_run_tasks, drop_in_wrlock, expect_cancelled,
+    start_per_run_thread, take_per_run_thread,
+};
 use reader::{Cmd, IN_WRLOCK, Mailbox, VIOLATIONS, WRITER_ACTIVE, reader};
 
 /// How many reader tasks a run has at once.
 pub const TASKS: usize = 4;
-/// How many contexts readers run on (the main context and two iothreads).
-pub const CONTEXTS: usize = 3;
+/// How many contexts readers run on (the main context, two iothreads, and the per-run
+/// iothread, the last).
+pub const CONTEXTS: usize = 4;
+/// The contexts that live as long as the process (the first ones).
+const LASTING: usize = 3;
+/// The index of the per-run iothread's context.
+const PER_RUN: usize = 3;
 /// How many read locks one task holds at most (read locks nest).
 pub const MAX_HELD: u32 = 3;
 
@@ -80,6 +102,13 @@ pub enum Op {
     /// runs inside that `wrlock`'s own wait, takes and drops a main-loop read guard and
     /// a nested write lock.
     NestInNextWrLock,
+    /// Starts the per-run iothread (context 3) unless it runs: a new one after a drop.
+    NewIoThread,
+    /// Drops the per-run iothread from the main loop, cancelling its tasks.
+    DropContext,
+    /// The next `WrLock` does not tell the per-run iothread's tasks to drop their read
+    /// locks; instead a bottom half that runs inside its own wait drops the iothread.
+    DropContextInNextWrLock,
 }
 
 // ---------------------------------------------------------------------------------
@@ -100,11 +129,15 @@ struct Model {
     main_guards: u32,
     /// Whether the next `WrLock` schedules the nesting bottom half.
     nest: bool,
+    /// Whether the next `WrLock` drops the per-run iothread inside its wait.
+    drop_in_wrlock: bool,
+    /// The per-run iothread.
+    io3: PerRun,
 }
 
-/// The three contexts: main, and two iothreads that live as long as the process.
-fn contexts() -> &'static [Arc<AioContext>; CONTEXTS] {
-    static CTXS: OnceLock<[Arc<AioContext>; CONTEXTS]> = OnceLock::new();
+/// The three lasting contexts: main, and two iothreads that live as long as the process.
+fn contexts() -> &'static [Arc<AioContext>; LASTING] {
+    static CTXS: OnceLock<[Arc<AioContext>; LASTING]> = OnceLock::new();
     CTXS.get_or_init(|| {
         let spawn = |name: &str| {
             // No adaptive busy polling: on a loaded machine the spinning would only
@@ -185,6 +218,10 @@ fn run_on_main(ops: &[Op]) {
     let mut writer: Option<WriteGuard<'static>> = None;
     let mut main_guards: Vec<MainLoopGuard<'static>> = Vec::new();
     VIOLATIONS.store(0, Ordering::SeqCst);
+    // A per-run iothread left by a run that failed.
+    drop(take_per_run_thread());
+    // The per-run iothread's context, alive or dropped.
+    let mut per_run_ctx: Option<Arc<AioContext>> = None;
     let base_readers = graph_lock().readers();
     assert_eq!(
         base_readers, 0,
@@ -232,6 +269,7 @@ fn run_on_main(ops: &[Op]) {
                     model.tasks[i] = None;
                 }
             }
+            drop(take_per_run_thread());
             let left = graph_lock().readers();
             assert_eq!(
                 left, 0,
@@ -242,15 +280,29 @@ fn run_on_main(ops: &[Op]) {
         let task = |t: u8| usize::from(t) % TASKS;
         match op {
             Op::Spawn(c) => {
-                if let Some(free) = slots.iter().position(Option::is_none) {
-                    let c = usize::from(c) % CONTEXTS;
+                let c = usize::from(c) % CONTEXTS;
+                let target = match (c, &per_run_ctx) {
+                    (c, _) if c < LASTING => Arc::clone(&ctxs[c]),
+                    (_, Some(t)) => Arc::clone(t),
+                    (_, None) => continue,
+                };
+                if c == PER_RUN && model.io3 == PerRun::Dropped {
+                    // Refused: cancelled at once, never polled.
+                    let join = target.spawn(reader(Arc::new(Mailbox::default()), c));
+                    let r = main_context().block_on(join);
+                    assert!(
+                        matches!(&r, Err(e) if e.is_cancelled()),
+                        "graph: step {step} ({op:?}): a task spawned on a dropped context \
+                         must be cancelled, its JoinHandle gave {r:?}; ops: {ops:?}"
+                    );
+                } else if let Some(free) = slots.iter().position(Option::is_none) {
                     let mb = Arc::new(Mailbox::default());
                     mb.shown.lock().unwrap().state = Some(TaskState {
                         held: 0,
                         blocked: false,
                         ctx: c,
                     });
-                    let join = ctxs[c].spawn(reader(Arc::clone(&mb), c));
+                    let join = target.spawn(reader(Arc::clone(&mb), c));
                     slots[free] = Some(Slot { mb, join });
                     model.tasks[free] = Some(TaskState {
                         held: 0,
@@ -266,6 +318,8 @@ fn run_on_main(ops: &[Op]) {
             | Op::Exit(t)
             | Op::GiveAway(t) => {
                 let i = task(t);
+                let io3 = model.io3;
+                let mut cancelled = false;
                 let (Some(slot), Some(m)) = (&slots[i], &mut model.tasks[i]) else {
                     continue;
                 };
@@ -286,8 +340,18 @@ fn run_on_main(ops: &[Op]) {
                         Cmd::Unlock
                     }
                     Op::Move(_, c) => {
-                        m.ctx = usize::from(c) % CONTEXTS;
-                        Cmd::Move(m.ctx)
+                        let c = usize::from(c) % CONTEXTS;
+                        let target = match (c, &per_run_ctx) {
+                            (c, _) if c < LASTING => Arc::clone(&ctxs[c]),
+                            (_, Some(t)) => Arc::clone(t),
+                            (_, None) => continue,
+                        };
+                        if c == PER_RUN && io3 == PerRun::Dropped {
+                            cancelled = true;
+                        } else {
+                            m.ctx = c;
+                        }
+                        Cmd::Move(c, target)
                     }
                     Op::Yield(_) => Cmd::Yield,
                     Op::Exit(_) => Cmd::Exit,
@@ -297,8 +361,12 @@ fn run_on_main(ops: &[Op]) {
                     }
                     _ => continue,
                 };
+                let exit = matches!(cmd, Cmd::Exit);
                 slot.mb.send(cmd);
-                if let Cmd::Exit = cmd {
+                if cancelled {
+                    let why = format!("step {step} ({op:?}): moved to a dropped context");
+                    expect_cancelled(&mut slots, &mut model, i, &why, ops);
+                } else if exit {
                     let s = slots[i].take().expect("checked above");
                     wait_while(None, || !s.mb.shown.lock().unwrap().done);
                     main_context()
@@ -326,10 +394,18 @@ fn run_on_main(ops: &[Op]) {
                 if std::mem::take(&mut model.nest) {
                     main_context().schedule_oneshot(nested_in_wrlock);
                 }
+                let drop_armed =
+                    std::mem::take(&mut model.drop_in_wrlock) && model.io3 == PerRun::Alive;
+                if drop_armed {
+                    // SeqCst: with IN_WRLOCK, read by `drop_in_wrlock` on this thread.
+                    DROP_ARMED.store(true, Ordering::SeqCst);
+                    main_context().schedule_oneshot(drop_in_wrlock);
+                }
                 IN_WRLOCK.store(true, Ordering::SeqCst);
                 for (slot, m) in slots.iter().zip(model.tasks.iter_mut()) {
                     if let (Some(slot), Some(m)) = (slot, m)
                         && m.held > 0
+                        && !(drop_armed && m.ctx == PER_RUN)
                     {
                         m.held = 0;
                         slot.mb.send(Cmd::UnlockAll);
@@ -338,6 +414,27 @@ fn run_on_main(ops: &[Op]) {
                 let w = graph_lock().wrlock();
                 // SeqCst: pairs with the load in `Mailbox::show`.
                 IN_WRLOCK.store(false, Ordering::SeqCst);
+                DROP_ARMED.store(false, Ordering::SeqCst);
+                if drop_armed {
+                    let dropped = PER_RUN_THREAD
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_none();
+                    if dropped {
+                        model.io3 = PerRun::Dropped;
+                        let why = format!("step {step} ({op:?}): context dropped inside wrlock");
+                        cancel_per_run_tasks(&mut slots, &mut model, &why, ops);
+                    } else {
+                        // The bottom half did not run inside the wait, so the wait
+                        // did not wait for the per-run tasks' locks: they had none.
+                        let held: u32 = model.tasks.iter().flatten().map(|t| t.held).sum();
+                        assert_eq!(
+                            held, 0,
+                            "graph: step {step} ({op:?}): wrlock returned while tasks of \
+                             the per-run iothread held {held} read locks; ops: {ops:?}"
+                        );
+                    }
+                }
                 WRITER_ACTIVE.store(true, Ordering::SeqCst);
                 writer = Some(w);
                 model.writer = true;
@@ -362,6 +459,24 @@ fn run_on_main(ops: &[Op]) {
                 }
             }
             Op::NestInNextWrLock => model.nest = true,
+            Op::DropContextInNextWrLock => model.drop_in_wrlock = true,
+            Op::NewIoThread => {
+                if model.io3 == PerRun::Alive {
+                    continue;
+                }
+                per_run_ctx = Some(start_per_run_thread());
+                model.io3 = PerRun::Alive;
+            }
+            Op::DropContext => {
+                if model.io3 != PerRun::Alive {
+                    continue;
+                }
+                // Joins the thread, which cancels the tasks as it exits.
+                drop(take_per_run_thread());
+                model.io3 = PerRun::Dropped;
+                let why = format!("step {step} ({op:?})");
+                cancel_per_run_tasks(&mut slots, &mut model, &why, ops);
+            }
             Op::WrUnlock => {
                 let Some(w) = writer.take() else { continue };
                 WRITER_ACTIVE.store(false, Ordering::SeqCst);

@@ -8,18 +8,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use aioctx_aio::{reschedule_to, yield_now};
+use aioctx_aio::{AioContext, reschedule_to, yield_now};
 use aioctx_graph::{ReadGuard, graph_lock};
 use aioctx_wait::kick;
 
-use super::{TaskState, contexts};
+use super::TaskState;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Cmd {
     Lock,
     Unlock,
     UnlockAll,
-    Move(usize),
+    /// Move to this context, whose index in the model is the `usize`.
+    Move(usize, Arc<AioContext>),
     Yield,
     Exit,
     GiveAway,
@@ -31,6 +32,9 @@ pub(super) struct Shown {
     pub(super) processed: u64,
     pub(super) state: Option<TaskState>,
     pub(super) done: bool,
+    /// The task's future was dropped before it ended (its context shut down): its read
+    /// guards were dropped first.
+    pub(super) cancelled: bool,
 }
 
 #[derive(Default)]
@@ -115,8 +119,39 @@ pub(super) static IN_WRLOCK: AtomicBool = AtomicBool::new(false);
 /// Read locks acquired while the writer held the lock.
 pub(super) static VIOLATIONS: AtomicU32 = AtomicU32::new(0);
 
-pub(super) async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
-    let mut guards: Vec<ReadGuard<'static>> = Vec::new();
+/// The task's read guards, which it drops before saying it was cancelled when its
+/// future is dropped unfinished (its context shut down): wherever that happens, with
+/// no context current.
+struct Held {
+    mb: Arc<Mailbox>,
+    guards: Vec<ReadGuard<'static>>,
+    ended: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.guards.clear();
+        if !self.ended {
+            self.mb.show(|s| {
+                s.state = None;
+                s.cancelled = true;
+            });
+        }
+    }
+}
+
+/// The reader task's future. `Held` is made outside it, so that the future says it was
+/// cancelled also when it is dropped before its first poll.
+pub(super) fn reader(mb: Arc<Mailbox>, ctx: usize) -> impl Future<Output = ()> + Send {
+    let held = Held {
+        mb: Arc::clone(&mb),
+        guards: Vec::new(),
+        ended: false,
+    };
+    obey(mb, ctx, held)
+}
+
+async fn obey(mb: Arc<Mailbox>, mut ctx: usize, mut held: Held) {
     loop {
         let cmd = NextCmd(&mb).await;
         match cmd {
@@ -129,18 +164,19 @@ pub(super) async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
                 if WRITER_ACTIVE.load(Ordering::SeqCst) {
                     VIOLATIONS.fetch_add(1, Ordering::SeqCst);
                 }
-                guards.push(g);
+                held.guards.push(g);
             }
-            Cmd::Unlock => drop(guards.pop()),
-            Cmd::UnlockAll => guards.clear(),
-            Cmd::Move(c) => {
-                reschedule_to(&contexts()[c]).await;
+            Cmd::Unlock => drop(held.guards.pop()),
+            Cmd::UnlockAll => held.guards.clear(),
+            Cmd::Move(c, target) => {
+                reschedule_to(&target).await;
                 ctx = c;
             }
             Cmd::Yield => yield_now().await,
-            Cmd::GiveAway => *mb.given.lock().unwrap() = guards.pop(),
+            Cmd::GiveAway => *mb.given.lock().unwrap() = held.guards.pop(),
             Cmd::Exit => {
-                guards.clear();
+                held.guards.clear();
+                held.ended = true;
                 mb.show(|s| {
                     s.processed += 1;
                     s.state = None;
@@ -149,11 +185,11 @@ pub(super) async fn reader(mb: Arc<Mailbox>, mut ctx: usize) {
                 return;
             }
         }
-        let held = guards.len() as u32;
+        let count = held.guards.len() as u32;
         mb.show(|s| {
             s.processed += 1;
             s.state = Some(TaskState {
-                held,
+                held: count,
                 blocked: false,
                 ctx,
             });
