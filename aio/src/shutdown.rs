@@ -33,6 +33,10 @@ impl AioContext {
     /// that own the context stop keeping it alive. See [`shut_down`](Self::shut_down).
     pub(crate) fn close_for_good(&self) {
         self.check_home("close_for_good");
+        // The context outlives this call, so tasks may still be spawned on it or moved
+        // to it: make sure its run queue exists, so the shutdown below closes it and
+        // those tasks are cancelled at once (rule 0), not queued where nobody polls.
+        crate::run_queue::RunQueue::of(self);
         self.shut_down();
     }
 

@@ -247,15 +247,11 @@ fn task_on_unused_stopped_iothread_is_cancelled(moved: bool) {
 }
 
 #[test]
-#[ignore = "defect: a task spawned on the context of an IoThread stopped before any task \
-            was spawned there is never run nor cancelled"]
 fn regress_spawn_on_unused_stopped_iothread_cancels_the_task() {
     task_on_unused_stopped_iothread_is_cancelled(false);
 }
 
 #[test]
-#[ignore = "defect: a task moved (reschedule_to) to the context of an IoThread stopped \
-            before any task was spawned there is never run nor cancelled"]
 fn regress_move_to_unused_stopped_iothread_cancels_the_task() {
     task_on_unused_stopped_iothread_is_cancelled(true);
 }
