@@ -6,8 +6,8 @@
 //! - [`bh`]: bottom halves (slices, FIFO, cancel keeps place, idle is not
 //!   progress, nested polls, delete from anywhere, scheduling from a second thread);
 //! - [`timers`]: timer lists (modify, anticipate, delete, clock advance, poll);
-//! - [`graph`]: the graph lock (readers in tasks on four contexts, one of which the run drops; the writer on the
-//!   main loop).
+//! - [`graph`]: the graph lock (readers in tasks on four contexts, one of which the run
+//!   drops; the writer on the main loop).
 //!
 //! The same `run(&[Op])` is called by the cargo-fuzz targets in `fuzz/`, by the replay
 //! of the committed corpus and by the proptests (`cargo test -p aioctx-fuzzcheck`). A
