@@ -308,7 +308,6 @@ fn probe_raw_cancel_of_a_safe_read_gives_the_buffer_back() {
 /// read the new pipe. On epoll the stream table keys its queues (and its `dup` of the
 /// file) by descriptor number, so the new read waits on the OLD pipe.
 #[test]
-#[ignore = "defect (epoll): stream table keyed by fd number; a reused number reads the old file"]
 fn probe_stream_read_after_fd_number_reuse() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("fd_reuse", &ctx);
@@ -1229,7 +1228,6 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
 /// for it until something touches that descriptor number again. Either way the
 /// connection stays open.
 #[test]
-#[ignore = "defect: a dropped read future's op stays in flight (both backends): the fd stays open"]
 fn probe_stream_abandoned_read_keeps_the_socket_open() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("abandoned_socket", &ctx);
@@ -1279,7 +1277,6 @@ fn probe_stream_abandoned_read_keeps_the_socket_open() {
 /// and the loop frees it with the abandoned buffer. On epoll the abandoned op is
 /// pruned before it runs, so the data reaches the new read.
 #[test]
-#[ignore = "defect (io_uring): a dropped read future's op still consumes data, which is then discarded"]
 fn probe_dropped_read_future_loses_later_data() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("dropped_read_data", &ctx);

@@ -28,6 +28,12 @@
 //! 9. At drop, every operation is cancelled and its CQE reaped; a user operation's
 //!    callback gets that CQE — its real result if it completed, `ECANCELED` if the
 //!    cancel won — and runs once the ring is quiet.
+//! 10. A typed I/O future dropped before its result (`io.rs` rule 6) cancels its
+//!     operation with an `ASYNC_CANCEL` aimed at the operation's own `user_data`, which
+//!     the table checks is a live user operation (so the loop's own operations, and a
+//!     later operation in a reused slot, are out of reach). The cancel is submitted at
+//!     once; the cancelled operation's slot, and the buffer its callback owns, stay
+//!     until its final CQE.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -277,9 +283,27 @@ impl UringDriver {
         user_data
     }
 
-    /// Queues a user operation (checked by `raw::check`).
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) {
-        self.push(&sqe, Op::Raw(cb));
+    /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
+        self.push(&sqe, Op::Raw(cb))
+    }
+
+    /// Cancels the user operation `user_data` names if it is still in flight (rule 10):
+    /// an `ASYNC_CANCEL` aimed at exactly that `user_data`, submitted at once. Nothing
+    /// happens for a stale `user_data` (the operation's final CQE freed its slot) or one
+    /// that names one of the loop's own operations (the tag is checked).
+    pub(crate) fn cancel_user(&mut self, user_data: u64) {
+        if !self
+            .ops
+            .find(user_data)
+            .is_some_and(|slot| matches!(slot.op, Some(Op::Raw(_))))
+        {
+            return;
+        }
+        // SAFETY: an ASYNC_CANCEL names no memory.
+        let sqe = unsafe { Sqe::new(opcode::AsyncCancel::new(user_data).build()) };
+        self.push(&sqe, Op::Control);
+        self.ring.submit();
     }
 
     fn arm_notify_read(&mut self) {
