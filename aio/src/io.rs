@@ -373,25 +373,37 @@ impl<T: Send + 'static> Future for RingOp<T> {
 impl<T: Send + 'static> Drop for RingOp<T> {
     fn drop(&mut self) {
         if let OpState::Submitted(shared, ctx) = &self.state {
-            let mut guard = lock(shared);
-            if let Slot::Waiting(_) = &guard.slot {
+            match abandon(shared) {
                 // Rule 2: the callback frees the buffer when the CQE arrives. Rule 6:
                 // cancel the operation if the back end has it already (else it sees
                 // `Abandoned` when it gets it).
-                guard.slot = Slot::Abandoned;
-                let id = guard.id;
-                drop(guard);
-                if let Some(id) = id {
-                    cancel(ctx, id);
-                }
-            } else {
+                Dropped::Waiting(Some(id)) => cancel(ctx, id),
+                Dropped::Waiting(None) => {}
                 // Completed but never polled again: the buffer is freed here, after
                 // the lock is released.
-                let done = std::mem::replace(&mut guard.slot, Slot::Taken);
-                drop(guard);
-                drop(done);
+                Dropped::Finished(done) => drop(done),
             }
         }
+    }
+}
+
+/// What dropping a future found (rule 6).
+enum Dropped<T> {
+    /// The operation waits; now abandoned. Its id if the back end named it already.
+    Waiting(Option<u64>),
+    /// The result was in (or taken): to be freed by the caller, with no lock held.
+    Finished(Slot<T>),
+}
+
+/// Marks the operation abandoned if it still waits, reading its id under the same
+/// lock that `record_id` takes (the loom model `loom_cancel` checks the handshake).
+fn abandon<T>(shared: &Mutex<Shared<T>>) -> Dropped<T> {
+    let mut guard = lock(shared);
+    if let Slot::Waiting(_) = &guard.slot {
+        guard.slot = Slot::Abandoned;
+        Dropped::Waiting(guard.id)
+    } else {
+        Dropped::Finished(std::mem::replace(&mut guard.slot, Slot::Taken))
     }
 }
 
@@ -599,5 +611,32 @@ impl AioContext {
         };
         let op = RingOp::new(self, kind, (), None);
         async move { op.await.0.map(|_| ()) }
+    }
+}
+
+/// loom model of the handshake between the home thread naming an operation
+/// (`record_id`) and its future dropped on another thread (`abandon`): exactly one of
+/// them cancels it, never neither (a lost cancel) and never both.
+#[cfg(all(loom, test))]
+mod loom_cancel {
+    use super::{Dropped, Shared, Slot, abandon, record_id};
+    use crate::sync::{Arc, Mutex};
+
+    #[test]
+    fn exactly_one_side_cancels_a_dropped_operation() {
+        loom::model(|| {
+            let shared = Arc::new(Mutex::new(Shared::<Vec<u8>> {
+                slot: Slot::Waiting(None),
+                id: None,
+            }));
+            let s = Arc::clone(&shared);
+            let home = loom::thread::spawn(move || record_id(&s, 7));
+            let dropper = matches!(abandon(&shared), Dropped::Waiting(Some(7)));
+            let pusher = home.join().unwrap();
+            assert!(
+                dropper ^ pusher,
+                "drop cancels: {dropper}, home thread cancels: {pusher}"
+            );
+        });
     }
 }
