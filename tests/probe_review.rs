@@ -319,17 +319,13 @@ fn probe_stream_read_after_fd_number_reuse() {
         ctx.poll(false);
         drop(read);
     }
-    drop(ra); // closes `num`
+    // Close `num` and give it to a new pipe's read end in one step (dup2), so that no
+    // other test thread can take the number in between; `ra` owns `num`, now the new
+    // pipe's, from here on.
     let (rb, wb) = pipe();
-    // Make the new pipe's read end take the old number (pipe2 usually gives it).
-    let rb2 = if rb.as_raw_fd() == num {
-        rb
-    } else {
-        // SAFETY: `num` is free (closed above); dup2 installs rb's file there.
-        assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
-        // SAFETY: `num` now refers to rb's file, owned by us from here on.
-        unsafe { OwnedFd::from_raw_fd(num) }
-    };
+    // SAFETY: `num` is ours (`ra`); dup2 replaces the file it names with rb's.
+    assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
+    let rb2 = (ra, rb);
     write_fd(wb.as_raw_fd(), b"new");
     let wafd = wa.as_raw_fd();
     let rescue = Rescue::new(move || write_fd(wafd, b"OLD"));

@@ -184,7 +184,7 @@ fn a_dropped_read_lets_a_closed_socket_reach_eof() {
 }
 
 /// A read waits on pipe A at descriptor number N; the user closes N (a logic error the
-/// operation survives: it keeps A open, as io_uring does) and pipe B gets N. A read on
+/// operation survives: it keeps A open, as io_uring does) and pipe B gets N (`dup2`). A read on
 /// N reads B, and the older read still completes with A's data.
 #[test]
 fn a_read_on_a_reused_descriptor_number_reads_the_new_file() {
@@ -195,16 +195,12 @@ fn a_read_on_a_reused_descriptor_number_reads_the_new_file() {
     let mut old = ctx.read_at(num, vec![0u8; 16], 0);
     assert!(poll_once(&mut old).is_pending());
     ctx.poll(false);
-    drop(ra);
+    // The number is closed and reused in one step (dup2 closes A's descriptor at
+    // `num` and installs B's there), so that no other test thread can take the number
+    // in between; `ra` owns `num`, now B's, from here on.
     let (rb, wb) = pipe();
-    let _rb = if rb.as_raw_fd() == num {
-        rb
-    } else {
-        // SAFETY: `num` is free (closed above); dup2 installs rb's file there.
-        assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
-        // SAFETY: `num` now refers to rb's file, owned by us from here on.
-        unsafe { OwnedFd::from_raw_fd(num) }
-    };
+    // SAFETY: `num` is ours (`ra`); dup2 replaces the file it names with rb's.
+    assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
     write_fd(wb.as_raw_fd(), b"new");
     read_expect(
         &ctx,
