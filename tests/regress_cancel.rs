@@ -218,3 +218,42 @@ fn a_read_on_a_reused_descriptor_number_reads_the_new_file() {
         "the older read reads the file it was submitted on"
     );
 }
+
+/// A write future dropped while it waits for room in a full pipe is cancelled too: once
+/// the reader drains the pipe, the dropped write's bytes never appear.
+#[test]
+fn dropping_a_pending_write_cancels_it() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("drop_cancels_write", &ctx);
+    let (r, w) = pipe();
+    // SAFETY: fcntl on descriptors we own.
+    let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(size >= 4096, "F_SETPIPE_SZ failed");
+    let fill = vec![b'x'; size as usize];
+    write_fd(w.as_raw_fd(), &fill);
+    let mut write = ctx.write_at(w.as_raw_fd(), b"DROPPED".to_vec(), 0);
+    assert!(poll_once(&mut write).is_pending());
+    ctx.poll(false);
+    drop(write);
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) },
+        0
+    );
+    let mut buf = vec![0u8; size as usize + 64];
+    let mut total = 0usize;
+    for _ in 0..50 {
+        ctx.poll(false);
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            total += n as usize;
+        }
+    }
+    assert_eq!(
+        total,
+        size as usize,
+        "the pipe carried {} bytes past the fill: the dropped write ran",
+        total - size as usize
+    );
+}
