@@ -235,11 +235,9 @@ fn dropping_a_pending_write_cancels_it() {
     assert!(poll_once(&mut write).is_pending());
     ctx.poll(false);
     drop(write);
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) },
-        0
-    );
+    // SAFETY: fcntl on a descriptor we own.
+    let rc = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    assert_eq!(rc, 0);
     let mut buf = vec![0u8; size as usize + 64];
     let mut total = 0usize;
     for _ in 0..50 {
