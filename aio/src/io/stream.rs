@@ -30,8 +30,8 @@
 //!    looked at: it never consumes data that nobody will read, and an entry nothing
 //!    waits in is removed at once, which closes its duplicate (so a socket the user
 //!    closed is closed). A worker-pool job whose future was dropped before it started is
-//!    not run. A dropped operation goes to the done queue, so that its buffer (a user's value) is dropped by the loop with no borrow
-//!    of the home state held.
+//!    not run. A dropped operation goes to the done queue, so that its buffer (a user's
+//!    value) is dropped by the loop with no borrow of the home state held.
 //! 5. A finished syscall's result is never lost: it waits in the table's done queue (or
 //!    in the pool's completion bottom half) inside a [`Finished`], whose drop delivers
 //!    the real result if the context goes away before the loop runs it. Only an
