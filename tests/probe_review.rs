@@ -306,7 +306,6 @@ fn probe_raw_cancel_of_a_safe_read_gives_the_buffer_back() {
 /// read the new pipe. On epoll the stream table keys its queues (and its `dup` of the
 /// file) by descriptor number, so the new read waits on the OLD pipe.
 #[test]
-#[ignore = "defect (epoll): stream table keyed by fd number; a reused number reads the old file"]
 fn probe_stream_read_after_fd_number_reuse() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("fd_reuse", &ctx);
@@ -318,17 +317,13 @@ fn probe_stream_read_after_fd_number_reuse() {
         ctx.poll(false);
         drop(read);
     }
-    drop(ra); // closes `num`
+    // Close `num` and give it to a new pipe's read end in one step (dup2), so that no
+    // other test thread can take the number in between; `ra` owns `num`, now the new
+    // pipe's, from here on.
     let (rb, wb) = pipe();
-    // Make the new pipe's read end take the old number (pipe2 usually gives it).
-    let rb2 = if rb.as_raw_fd() == num {
-        rb
-    } else {
-        // SAFETY: `num` is free (closed above); dup2 installs rb's file there.
-        assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
-        // SAFETY: `num` now refers to rb's file, owned by us from here on.
-        unsafe { OwnedFd::from_raw_fd(num) }
-    };
+    // SAFETY: `num` is ours (`ra`); dup2 replaces the file it names with rb's.
+    assert_eq!(unsafe { libc::dup2(rb.as_raw_fd(), num) }, num);
+    let rb2 = (ra, rb);
     write_fd(wb.as_raw_fd(), b"new");
     let wafd = wa.as_raw_fd();
     let rescue = Rescue::new(move || write_fd(wafd, b"OLD"));
@@ -1223,7 +1218,6 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
 /// for it until something touches that descriptor number again. Either way the
 /// connection stays open.
 #[test]
-#[ignore = "defect: a dropped read future's op stays in flight (both backends): the fd stays open"]
 fn probe_stream_abandoned_read_keeps_the_socket_open() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("abandoned_socket", &ctx);
@@ -1273,7 +1267,6 @@ fn probe_stream_abandoned_read_keeps_the_socket_open() {
 /// and the loop frees it with the abandoned buffer. On epoll the abandoned op is
 /// pruned before it runs, so the data reaches the new read.
 #[test]
-#[ignore = "defect (io_uring): a dropped read future's op still consumes data, which is then discarded"]
 fn probe_dropped_read_future_loses_later_data() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("dropped_read_data", &ctx);

@@ -377,6 +377,11 @@ impl AioContext {
         self.home.0.borrow_mut()
     }
 
+    /// The home state if it is not borrowed (home thread only, like `home`).
+    pub(crate) fn try_home(&self) -> Option<std::cell::RefMut<'_, Home>> {
+        self.home.0.try_borrow_mut().ok()
+    }
+
     /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). Costs no syscall when
     /// the loop is awake, and one eventfd write per sleep however many notifies arrive.
     /// A notify alone is not progress for [`poll`](Self::poll).

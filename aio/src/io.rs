@@ -27,6 +27,29 @@
 //!    syscall returned or was never started, and a finished syscall reports its real
 //!    result even if the context drops first. On streams the offset is ignored, as
 //!    io_uring does.
+//! 6. Dropping a future before it resolved cancels its operation; the buffer is still
+//!    freed only at the operation's final completion (rule 2). io_uring: the home
+//!    thread names the operation by its generation-tagged `user_data` when it pushes it
+//!    (a future first polled on another thread hands the push to the loop); a drop on
+//!    the home thread pushes an `ASYNC_CANCEL` aimed at exactly that `user_data` and
+//!    submits it before it returns — the kernel takes a poll-armed read or write (a
+//!    pipe or socket with no data or room) off inline during that submit, so data
+//!    written after the drop returns reaches the next reader. A drop on another thread
+//!    (or while the home state is borrowed) hands the cancel to the loop and notifies
+//!    it: until the loop's next poll submits the cancel, the operation may still
+//!    complete, and consume data written in that window. An operation the kernel runs
+//!    on a worker thread (a blocking file read) may complete anyway. epoll: a stream
+//!    operation is taken out of the stream table, unrun, and the table closes its
+//!    duplicate of the descriptor once nothing waits on it (`io/stream.rs` rule 4); a
+//!    worker-pool job not started yet is not run. A cancelled operation whose future
+//!    is gone never resubmits on `EINTR`/`EAGAIN` (rule 4). The loop's own operations
+//!    are out of reach: the cancel names a live user operation or nothing.
+//!
+//! **Dropping a read that already completed loses its data**: a `select!` (or a
+//! timeout) that drops a read future whose operation completed — its result already in,
+//! or the cancel lost the race — discards the bytes it read, which the descriptor will
+//! not return again. Where that matters, keep the future and poll it again instead of
+//! dropping it. The same holds for a write: dropped, it may have written or not.
 //!
 //! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
 //! or the kernel may apply it to whatever file next gets that number (a logic error,
@@ -38,26 +61,22 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Weak;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use io_uring::{opcode, squeue, types};
 
-use crate::context::AioContext;
+use crate::backend::raw::Sqe;
+use crate::context::{AioContext, RawCallback};
 use crate::io_buf::{IoBuf, IoBufMut, IoVecs, iovecs, iovecs_mut};
 use crate::sync::{Arc, Mutex, lock};
 
+mod cancel;
 pub(crate) mod stream;
+
+use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
-
-/// The slot through which the callback hands the buffer back (rule 2).
-enum Slot<T> {
-    Waiting(Option<Waker>),
-    Done(i32, T),
-    Abandoned,
-    Taken,
-}
 
 /// One operation, as raw pointers into the buffers its `InFlight` owns.
 #[derive(Clone, Copy)]
@@ -127,7 +146,7 @@ impl IoKind {
 /// What the callback (or the pool job) owns until the operation is done (rule 1).
 struct InFlight<T: Send + 'static> {
     payload: Option<(T, Option<IoVecs>)>,
-    slot: Arc<Mutex<Slot<T>>>,
+    slot: Arc<Mutex<Shared<T>>>,
     kind: IoKind,
     ctx: Weak<AioContext>,
     retries: u32,
@@ -136,27 +155,64 @@ struct InFlight<T: Send + 'static> {
 impl<T: Send + 'static> InFlight<T> {
     fn submit(self, ctx: &AioContext) {
         let Some(owner) = ctx.remote.pool.clone() else {
-            let entry = self.kind.entry();
-            let complete = Box::new(move |res, _flags| self.complete(res));
-            // SAFETY: `submit_raw` obligation 1: the entry names only memory owned by
-            // `payload` (buffers and iovecs), which moves into the callback; obligation
-            // 2: the descriptor is the caller's (module docs: a closed fd is EBADF).
-            let res = unsafe { ctx.submit_raw(entry, complete) };
-            // Refused only by a context that shut down (the entries are single-shot): the
-            // dropped callback has completed the operation with ECANCELED.
-            debug_assert!(
-                res.as_ref()
-                    .map_or_else(|e| e.kind() == io::ErrorKind::BrokenPipe, |()| true),
-                "{res:?}"
-            );
+            if ctx.is_home_thread() {
+                self.push_ring(ctx);
+            } else {
+                // Pushed by the home thread, which names the operation (rule 6), and
+                // submitted at once: the BH runs after the poll's own submit, and the
+                // operation must reach the kernel (which resolves its descriptor) within
+                // the poll that took it. If the context shuts down first, the BH is
+                // dropped unrun and the operation with it: it never ran, so it completes
+                // with ECANCELED.
+                let weak = ctx.weak();
+                ctx.remote.schedule_oneshot(Box::new(move || {
+                    if let Some(ctx) = weak.upgrade() {
+                        self.push_ring(&ctx);
+                        ctx.home().driver.poll_nowait();
+                    }
+                }));
+            }
             return;
         };
         stream::submit(self, ctx, &owner);
     }
 
+    /// Whether the future was dropped (rule 6).
+    fn abandoned(&self) -> bool {
+        matches!(lock(&self.slot).slot, Slot::Abandoned)
+    }
+
+    /// Records `id` as the operation's name in its back end unless the future was
+    /// dropped meanwhile; returns whether it was (the caller cancels then, rule 6).
+    fn set_id(&self, id: u64) -> bool {
+        record_id(&self.slot, id)
+    }
+
+    /// Queues the operation on the ring (home thread only).
+    fn push_ring(self, ctx: &AioContext) {
+        if self.abandoned() {
+            // Rule 6: the future is gone and nothing ran; dropping completes it.
+            return;
+        }
+        let slot = Arc::clone(&self.slot);
+        let entry = self.kind.entry();
+        let complete: RawCallback = Box::new(move |res, _flags| self.complete(res));
+        // SAFETY: `submit_raw` obligation 1: the entry names only memory owned by
+        // `payload` (buffers and iovecs), which moves into the callback, which the driver
+        // keeps until the CQE; obligation 2: the descriptor is the caller's (module
+        // docs: a closed fd is EBADF). The entry is single-shot and unlinked.
+        let sqe = unsafe { Sqe::new(entry) };
+        let user_data = ctx.home().driver.push_raw(sqe, complete);
+        ctx.publish_counters();
+        if record_id(&slot, user_data) {
+            ctx.home().driver.cancel(user_data);
+        }
+    }
+
     fn complete(mut self, res: i32) {
         if (res == -libc::EINTR || res == -libc::EAGAIN)
             && self.retries < MAX_RETRIES
+            && !self.abandoned()
             && let Some(ctx) = self.ctx.upgrade()
         {
             self.retries += 1;
@@ -172,14 +228,15 @@ impl<T: Send + 'static> InFlight<T> {
         };
         drop(iovs);
         let waker = {
-            let mut slot = lock(&self.slot);
-            match std::mem::replace(&mut *slot, Slot::Taken) {
+            let mut shared = lock(&self.slot);
+            let slot = &mut shared.slot;
+            match std::mem::replace(slot, Slot::Taken) {
                 Slot::Waiting(waker) => {
                     *slot = Slot::Done(res, buf);
                     waker
                 }
                 Slot::Abandoned => {
-                    drop(slot);
+                    drop(shared);
                     drop(buf);
                     None
                 }
@@ -203,13 +260,14 @@ impl<T: Send + 'static> Drop for InFlight<T> {
 
 enum OpState<T: Send + 'static> {
     Unsubmitted(Arc<AioContext>, InFlight<T>),
-    Submitted(Arc<Mutex<Slot<T>>>),
+    Submitted(Arc<Mutex<Shared<T>>>, Weak<AioContext>),
     Finished,
 }
 
 /// A ring operation that owns its buffer; resolves to `(io::Result<usize>, buf)`.
-/// Submitted at its first poll, on the context that created it. See the module docs
-/// for what dropping it does.
+/// Submitted at its first poll, on the context that created it. Dropping it before it
+/// resolved cancels the operation (module docs, rule 6); a result that was already in
+/// when it was dropped is lost with it.
 #[must_use = "futures do nothing unless awaited"]
 pub struct RingOp<T: Send + 'static> {
     state: OpState<T>,
@@ -220,7 +278,10 @@ impl<T: Send + 'static> Unpin for RingOp<T> {}
 
 impl<T: Send + 'static> RingOp<T> {
     fn new(ctx: &AioContext, kind: IoKind, buf: T, iovs: Option<IoVecs>) -> Self {
-        let slot = Arc::new(Mutex::new(Slot::Waiting(None)));
+        let slot = Arc::new(Mutex::new(Shared {
+            slot: Slot::Waiting(None),
+            id: None,
+        }));
         let inflight = InFlight {
             payload: Some((buf, iovs)),
             slot,
@@ -252,16 +313,16 @@ impl<T: Send + 'static> Future for RingOp<T> {
             else {
                 unreachable!()
             };
-            *lock(&inflight.slot) = Slot::Waiting(Some(cx.waker().clone()));
-            self.state = OpState::Submitted(Arc::clone(&inflight.slot));
+            lock(&inflight.slot).slot = Slot::Waiting(Some(cx.waker().clone()));
+            self.state = OpState::Submitted(Arc::clone(&inflight.slot), ctx.weak());
             inflight.submit(&ctx);
             return Poll::Pending;
         }
-        let OpState::Submitted(slot) = &self.state else {
+        let OpState::Submitted(shared, _) = &self.state else {
             panic!("RingOp polled after completion");
         };
-        let mut guard = lock(slot);
-        match std::mem::replace(&mut *guard, Slot::Taken) {
+        let mut guard = lock(shared);
+        match std::mem::replace(&mut guard.slot, Slot::Taken) {
             Slot::Done(res, buf) => {
                 drop(guard);
                 self.state = OpState::Finished;
@@ -272,7 +333,7 @@ impl<T: Send + 'static> Future for RingOp<T> {
                     Some(w) if w.will_wake(cx.waker()) => w,
                     _ => cx.waker().clone(),
                 };
-                *guard = Slot::Waiting(Some(waker));
+                guard.slot = Slot::Waiting(Some(waker));
                 Poll::Pending
             }
             Slot::Abandoned | Slot::Taken => unreachable!("a live RingOp's slot was taken"),
@@ -282,17 +343,16 @@ impl<T: Send + 'static> Future for RingOp<T> {
 
 impl<T: Send + 'static> Drop for RingOp<T> {
     fn drop(&mut self) {
-        if let OpState::Submitted(slot) = &self.state {
-            let mut guard = lock(slot);
-            if let Slot::Waiting(_) = &*guard {
-                // Rule 2: the callback frees the buffer when the CQE arrives.
-                *guard = Slot::Abandoned;
-            } else {
+        if let OpState::Submitted(shared, ctx) = &self.state {
+            match abandon(shared) {
+                // Rule 2: the callback frees the buffer when the CQE arrives. Rule 6:
+                // cancel the operation if the back end has it already (else it sees
+                // `Abandoned` when it gets it).
+                Dropped::Waiting(Some(id)) => cancel(ctx, id),
+                Dropped::Waiting(None) => {}
                 // Completed but never polled again: the buffer is freed here, after
                 // the lock is released.
-                let done = std::mem::replace(&mut *guard, Slot::Taken);
-                drop(guard);
-                drop(done);
+                Dropped::Finished(done) => drop(done),
             }
         }
     }
@@ -302,7 +362,7 @@ impl<T: Send + 'static> fmt::Debug for RingOp<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             OpState::Unsubmitted(..) => "unsubmitted",
-            OpState::Submitted(_) => "in flight",
+            OpState::Submitted(..) => "in flight",
             OpState::Finished => "finished",
         };
         f.debug_struct("RingOp").field("state", &state).finish()
@@ -328,6 +388,9 @@ impl AioContext {
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    ///
+    /// Dropping the future cancels the read (module docs, rule 6), but **dropping a read
+    /// that already completed loses its data**: not `select!`-safe on streams.
     ///
     /// # Errors
     /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
@@ -359,6 +422,9 @@ impl AioContext {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
+    /// Dropping the future cancels the write (module docs, rule 6); a write that already
+    /// completed (perhaps partly) is not undone, and its count is lost.
+    ///
     /// # Errors
     /// The kernel's error for the write.
     pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
@@ -387,6 +453,9 @@ impl AioContext {
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    ///
+    /// Dropping the future cancels the read; **dropping a read that already completed
+    /// loses its data** (see [`read_at`](Self::read_at)).
     ///
     /// # Errors
     /// The kernel's error for the read.
@@ -420,6 +489,8 @@ impl AioContext {
     /// # std::fs::remove_file(&path)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    ///
+    /// Dropping the future cancels the write, as for [`write_at`](Self::write_at).
     ///
     /// # Errors
     /// The kernel's error for the write.

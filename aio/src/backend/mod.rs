@@ -244,11 +244,23 @@ impl Driver {
         }
     }
 
-    /// Queues a raw io_uring operation.
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) {
+    /// Queues a raw io_uring operation; returns its `user_data` (never in the loop's
+    /// reserved tag space).
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
         match self {
             Driver::Uring(d) => d.push_raw(sqe, cb),
             Driver::Epoll(_) => unreachable!("submit_raw refuses raw operations on epoll"),
+        }
+    }
+
+    /// Cancels what a dropped I/O future left behind, named by `id` (`io.rs` rule 6):
+    /// io_uring: the user operation `id` (its `user_data`) if it is still in flight,
+    /// submitted at once; epoll: the dropped operations waiting in stream table entry
+    /// `id`, whose duplicate of the descriptor is closed once nothing waits on it.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        match self {
+            Driver::Uring(d) => d.cancel_user(id),
+            Driver::Epoll(d) => d.streams.prune(id),
         }
     }
 

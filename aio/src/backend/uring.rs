@@ -28,6 +28,12 @@
 //! 9. At drop, every operation is cancelled and its CQE reaped; a user operation's
 //!    callback gets that CQE — its real result if it completed, `ECANCELED` if the
 //!    cancel won — and runs once the ring is quiet.
+//! 10. A typed I/O future dropped before its result (`io.rs` rule 6) cancels its
+//!     operation with an `ASYNC_CANCEL` aimed at the operation's own `user_data`, which
+//!     the table checks is a live user operation (so the loop's own operations, and a
+//!     later operation in a reused slot, are out of reach). The cancel is submitted at
+//!     once; the cancelled operation's slot, and the buffer its callback owns, stay
+//!     until its final CQE.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -277,9 +283,27 @@ impl UringDriver {
         user_data
     }
 
-    /// Queues a user operation (checked by `raw::check`).
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) {
-        self.push(&sqe, Op::Raw(cb));
+    /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
+        self.push(&sqe, Op::Raw(cb))
+    }
+
+    /// Cancels the user operation `user_data` names if it is still in flight (rule 10):
+    /// an `ASYNC_CANCEL` aimed at exactly that `user_data`, submitted at once. Nothing
+    /// happens for a stale `user_data` (the operation's final CQE freed its slot) or one
+    /// that names one of the loop's own operations (the tag is checked).
+    pub(crate) fn cancel_user(&mut self, user_data: u64) {
+        if !self
+            .ops
+            .find(user_data)
+            .is_some_and(|slot| matches!(slot.op, Some(Op::Raw(_))))
+        {
+            return;
+        }
+        // SAFETY: an ASYNC_CANCEL names no memory.
+        let sqe = unsafe { Sqe::new(opcode::AsyncCancel::new(user_data).build()) };
+        self.push(&sqe, Op::Control);
+        self.ring.submit();
     }
 
     fn arm_notify_read(&mut self) {
@@ -513,68 +537,4 @@ impl UringDriver {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use std::os::fd::AsRawFd;
-
-    use super::*;
-    use crate::backend::ops::INTERNAL_TAG;
-
-    /// A CQE whose `user_data` names no operation in flight — a free slot, a slot
-    /// reused under a new generation, the wrong tag — is dropped, and reaches nobody.
-    #[test]
-    fn stale_and_foreign_cqes_reach_no_operation() {
-        let Ok(ring) = Ring::new(8) else {
-            println!("skipped: io_uring is unavailable here");
-            return;
-        };
-        let event = sys::eventfd().unwrap();
-        let mut d = UringDriver::new(ring, event.as_raw_fd());
-        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let r = Arc::clone(&ran);
-        // SAFETY: a NOP names no memory.
-        let nop = || unsafe { Sqe::new(opcode::Nop::new().build()) };
-        d.push_raw(
-            nop(),
-            Box::new(move |_, _| {
-                r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }),
-        );
-        let (live, _) = d
-            .ops
-            .user_data()
-            .find(|(_, op)| matches!(op, Op::Raw(_)))
-            .unwrap();
-        let (notify, _) = d
-            .ops
-            .user_data()
-            .find(|(_, op)| matches!(op, Op::NotifyRead))
-            .unwrap();
-        // Forged CQEs: the next generation of both slots, the raw op with the internal
-        // tag, a slot never used.
-        for forged in [
-            live + (1 << 32),
-            notify + (1 << 32),
-            live | INTERNAL_TAG,
-            12345,
-        ] {
-            d.ring.push(&nop(), forged);
-        }
-        while d.ops.live > 1 || d.has_ready() {
-            d.ring.wait(Some(Duration::from_millis(10)));
-            d.collect("test");
-            while let Some(ready) = d.next_ready() {
-                match ready {
-                    Ready::Raw(cb, res, flags) => cb(res, flags),
-                    _ => unreachable!(),
-                }
-            }
-        }
-        assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(
-            d.ops.find(notify).is_some(),
-            "the eventfd read is still armed"
-        );
-        let done = d.shutdown("test", Duration::from_secs(5));
-        assert!(done.is_empty());
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@
 //!    goes to the pool after all: its syscalls cannot wait for readiness either.
 //! 2. A stream operation reaches the home thread as a oneshot bottom half, which hands
 //!    it to the context's [`StreamTable`]: one FIFO of reads and one of writes per
-//!    descriptor number, on a duplicate of the descriptor (so the open file outlives a
+//!    open file (rule 6), on a duplicate of the descriptor (so the open file outlives a
 //!    user's `close` while operations wait, as with io_uring), registered in the
 //!    table's own epoll set, which sits in the loop's set as one level-triggered entry
 //!    (so stream operations never collide with an fd handler on the same descriptor).
@@ -24,27 +24,37 @@
 //!    `poll` must report it ready right before a plain syscall. (A tty write larger than
 //!    the room in its output buffer can still block the loop until the terminal drains:
 //!    the kernel gives no way to write part of it without `O_NONBLOCK`.)
-//! 4. An operation whose future was dropped is taken out, unrun, the next time its
-//!    queue is looked at (its descriptor was reported ready, or an operation was added
-//!    behind it): it never consumes data that nobody will read. It goes to the done
-//!    queue, so that its buffer (a user's value) is dropped by the loop with no borrow
-//!    of the home state held.
+//! 4. An operation whose future was dropped is taken out, unrun, when the future is
+//!    dropped (`io.rs` rule 6: the drop names the table entry it waits in; on another
+//!    thread, at the loop's next poll), and in any case the next time its queue is
+//!    looked at: it never consumes data that nobody will read, and an entry nothing
+//!    waits in is removed at once, which closes its duplicate (so a socket the user
+//!    closed is closed). A worker-pool job whose future was dropped before it started is
+//!    not run. A dropped operation goes to the done queue, so that its buffer (a user's
+//!    value) is dropped by the loop with no borrow of the home state held.
 //! 5. A finished syscall's result is never lost: it waits in the table's done queue (or
 //!    in the pool's completion bottom half) inside a [`Finished`], whose drop delivers
 //!    the real result if the context goes away before the loop runs it. Only an
 //!    operation whose syscall never ran completes with `ECANCELED` (a dropped context
 //!    drops its table and its queued bottom halves).
+//! 6. An entry belongs to the file it was opened for, not to a descriptor number: a
+//!    number finds its entry only while `fstat` of the number reports the `(st_dev,
+//!    st_ino)` of the entry's duplicate. Once the user closed the number and it was
+//!    reused for another file, operations on it get a new entry (on a duplicate of the
+//!    new file), while those already waiting keep their own entry and file, as io_uring's
+//!    in-flight operations keep theirs. Entries are keyed by a never-reused number, which
+//!    is also what the table's epoll set reports.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::{InFlight, IoKind, Slot};
+use super::{InFlight, IoKind};
 use crate::backend::Driver;
 use crate::context::AioContext;
 use crate::pool;
-use crate::sync::{Arc, lock};
+use crate::sync::Arc;
 use crate::sys;
 
 /// How many ready descriptors one look at the table's epoll set takes.
@@ -56,6 +66,9 @@ pub(crate) trait StreamIo: Send {
     fn kind(&self) -> IoKind;
     /// Whether its future was dropped (rule 4).
     fn abandoned(&self) -> bool;
+    /// Records the table entry it waits in, which its future's drop prunes; returns
+    /// whether the future was dropped already (the caller prunes then; rule 4).
+    fn set_entry(&self, key: u64) -> bool;
     /// Completes it with a CQE-style result (byte count or `-errno`).
     fn finish(self: Box<Self>, res: i32);
 }
@@ -66,7 +79,11 @@ impl<T: Send + 'static> StreamIo for InFlight<T> {
     }
 
     fn abandoned(&self) -> bool {
-        matches!(*lock(&self.slot), Slot::Abandoned)
+        InFlight::abandoned(self)
+    }
+
+    fn set_entry(&self, key: u64) -> bool {
+        self.set_id(key)
     }
 
     fn finish(self: Box<Self>, res: i32) {
@@ -148,7 +165,12 @@ fn goes_to_pool(kind: IoKind) -> bool {
 fn to_pool(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
     let remote = Arc::clone(&ctx.remote);
     let job = move |_: &pool::Owner| {
-        let res = op.kind().run_blocking();
+        // Rule 4: a job whose future was dropped before it started is not run.
+        let res = if op.abandoned() {
+            -libc::ECANCELED
+        } else {
+            op.kind().run_blocking()
+        };
         let done = Finished::new(op, res);
         remote.schedule_oneshot(Box::new(move || drop(done)));
     };
@@ -170,10 +192,15 @@ pub(crate) enum Added {
     NotPollable(Box<dyn StreamIo>),
 }
 
-/// The waiting operations of one descriptor number (rule 2).
+/// The waiting operations of one open file (rule 2).
 struct Queues {
     /// The duplicate the syscalls use and the table's epoll set names.
     file: OwnedFd,
+    /// The descriptor number the operations named when they were submitted.
+    fd: RawFd,
+    /// `(st_dev, st_ino)` of `file`: the number names this file while `fstat` of the
+    /// number reports the same pair (rule 6).
+    ident: (u64, u64),
     reads: VecDeque<Box<dyn StreamIo>>,
     writes: VecDeque<Box<dyn StreamIo>>,
     /// The events registered for `file` (0: not registered).
@@ -183,7 +210,12 @@ struct Queues {
 /// The stream operations of one epoll context (home thread only; rule 2).
 pub(crate) struct StreamTable {
     epfd: OwnedFd,
-    queues: HashMap<RawFd, Queues>,
+    /// Entries by key (the key is what the table's epoll set reports, and what a
+    /// dropped future prunes by); a key is never reused.
+    queues: HashMap<u64, Queues>,
+    /// The entry each descriptor number named last (rule 6).
+    by_fd: HashMap<RawFd, u64>,
+    next_key: u64,
     done: VecDeque<Finished>,
     buf: Vec<libc::epoll_event>,
 }
@@ -195,6 +227,8 @@ impl StreamTable {
             epfd: sys::epoll_create()
                 .map_err(|e| io::Error::new(e.kind(), format!("epoll_create1 failed: {e}")))?,
             queues: HashMap::new(),
+            by_fd: HashMap::new(),
+            next_key: 0,
             done: VecDeque::new(),
             buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
         })
@@ -226,6 +260,7 @@ impl StreamTable {
     /// borrow of the home state held: completing wakes tasks.
     pub(crate) fn take_all(&mut self) -> Vec<Finished> {
         let mut all: Vec<Finished> = self.done.drain(..).collect();
+        self.by_fd.clear();
         for (_, q) in self.queues.drain() {
             // The table's epoll set is never looked at again; `q.file` closes here.
             for op in q.reads.into_iter().chain(q.writes) {
@@ -243,22 +278,11 @@ impl StreamTable {
             return Added::Done(Finished::new(op, -libc::ECANCELED));
         }
         let (fd, read) = target(op.kind());
-        let q = match self.queues.get_mut(&fd) {
-            Some(q) => q,
-            None => {
-                let file = match sys::dup(fd) {
-                    Ok(file) => file,
-                    Err(e) => return Added::Done(Finished::new(op, errno(&e))),
-                };
-                // Not registered yet: `rearm` below adds it.
-                self.queues.entry(fd).or_insert(Queues {
-                    file,
-                    reads: VecDeque::new(),
-                    writes: VecDeque::new(),
-                    events: 0,
-                })
-            }
+        let key = match self.entry(fd) {
+            Ok(key) => key,
+            Err(e) => return Added::Done(Finished::new(op, errno(&e))),
         };
+        let q = self.queues.get_mut(&key).expect("entry returned it");
         let file = q.file.as_raw_fd();
         let queue = if read { &mut q.reads } else { &mut q.writes };
         take_abandoned(queue, &mut self.done); // rule 4
@@ -268,17 +292,22 @@ impl StreamTable {
             None
         };
         if let Some(res) = now {
-            self.forget_if_idle(fd);
+            self.forget_if_idle(key);
             return Added::Done(Finished::new(op, res));
         }
+        if op.set_entry(key) {
+            // Rule 4: dropped while it was being added (on another thread); not run.
+            self.forget_if_idle(key);
+            return Added::Done(Finished::new(op, -libc::ECANCELED));
+        }
         queue.push_back(op);
-        match self.rearm(fd) {
+        match self.rearm(key) {
             Ok(()) => Added::Queued,
             Err(e) => {
-                let q = self.queues.get_mut(&fd).expect("added above");
+                let q = self.queues.get_mut(&key).expect("added above");
                 let queue = if read { &mut q.reads } else { &mut q.writes };
                 let op = queue.pop_back().expect("pushed above");
-                self.forget_if_idle(fd);
+                self.forget_if_idle(key);
                 if e.raw_os_error() == Some(libc::EPERM) {
                     Added::NotPollable(op)
                 } else {
@@ -286,6 +315,71 @@ impl StreamTable {
                 }
             }
         }
+    }
+
+    /// The entry for the file `fd` names now (rule 6): the one `fd` named last if `fd`
+    /// still names the same file, else a new one on a duplicate of `fd`. An entry whose
+    /// number now names another file (the user closed it while operations waited, and
+    /// the number was reused) keeps serving those operations on its own duplicate, as
+    /// io_uring's in-flight operations keep their file, but is no longer found by number.
+    fn entry(&mut self, fd: RawFd) -> io::Result<u64> {
+        if let Some(&key) = self.by_fd.get(&fd) {
+            let q = &self.queues[&key];
+            if sys::fstat(fd).is_ok_and(|(_, dev, ino)| (dev, ino) == q.ident) {
+                return Ok(key);
+            }
+            self.by_fd.remove(&fd);
+        }
+        let file = sys::dup(fd)?;
+        let (_, dev, ino) = sys::fstat(file.as_raw_fd())?;
+        let key = self.next_key;
+        self.next_key += 1;
+        // Not registered yet: `rearm` adds it.
+        self.queues.insert(
+            key,
+            Queues {
+                file,
+                fd,
+                ident: (dev, ino),
+                reads: VecDeque::new(),
+                writes: VecDeque::new(),
+                events: 0,
+            },
+        );
+        self.by_fd.insert(fd, key);
+        Ok(key)
+    }
+
+    /// Takes the operations whose futures were dropped out of entry `key` (a dropped
+    /// future calls this, rule 4), unrun, and removes the entry (closing its duplicate
+    /// of the descriptor) once nothing waits in it. Nothing for an unknown key.
+    pub(crate) fn prune(&mut self, key: u64) {
+        let Some(q) = self.queues.get_mut(&key) else {
+            return;
+        };
+        take_abandoned(&mut q.reads, &mut self.done);
+        take_abandoned(&mut q.writes, &mut self.done);
+        self.rearm_or_fail(key);
+    }
+
+    /// `rearm`, finishing what waits in the entry with the error if the registration
+    /// cannot change.
+    fn rearm_or_fail(&mut self, key: u64) {
+        if let Err(e) = self.rearm(key) {
+            let q = self.remove(key).expect("rearm failed on a known entry");
+            for op in q.reads.into_iter().chain(q.writes) {
+                self.done.push_back(Finished::new(op, errno(&e)));
+            }
+        }
+    }
+
+    /// Removes entry `key`, and its number's mapping if the number still maps to it.
+    fn remove(&mut self, key: u64) -> Option<Queues> {
+        let q = self.queues.remove(&key)?;
+        if self.by_fd.get(&q.fd) == Some(&key) {
+            self.by_fd.remove(&q.fd);
+        }
+        Some(q)
     }
 
     /// Looks at the table's epoll set without sleeping and runs the syscalls of every
@@ -296,13 +390,10 @@ impl StreamTable {
             Ok(n) => n,
             Err(e) => panic!("epoll_wait on the stream set failed unexpectedly: {e}"),
         };
-        let ready: Vec<(RawFd, u32)> = self.buf[..n]
-            .iter()
-            .map(|ev| (ev.u64 as RawFd, ev.events))
-            .collect();
+        let ready: Vec<(u64, u32)> = self.buf[..n].iter().map(|ev| (ev.u64, ev.events)).collect();
         let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-        for (fd, revents) in ready {
-            let Some(q) = self.queues.get_mut(&fd) else {
+        for (key, revents) in ready {
+            let Some(q) = self.queues.get_mut(&key) else {
                 continue;
             };
             let file = q.file.as_raw_fd();
@@ -314,24 +405,15 @@ impl StreamTable {
             }
             take_abandoned(&mut q.reads, &mut self.done); // rule 4
             take_abandoned(&mut q.writes, &mut self.done);
-            if let Err(e) = self.rearm(fd) {
-                // The registration cannot change: finish what waits with the error.
-                let q = self.queues.remove(&fd).expect("looked up above");
-                for op in q.reads.into_iter().chain(q.writes) {
-                    self.done.push_back(Finished::new(op, errno(&e)));
-                }
-            }
+            self.rearm_or_fail(key);
         }
     }
 
-    /// Registers `fd`'s duplicate for the events its queues wait for, or removes the
-    /// entry when none wait (closing the duplicate drops any interest left, so that
-    /// cannot fail).
-    fn rearm(&mut self, fd: RawFd) -> io::Result<()> {
-        let q = self
-            .queues
-            .get_mut(&fd)
-            .expect("rearm of a known descriptor");
+    /// Registers entry `key`'s duplicate for the events its queues wait for, or
+    /// removes the entry when none wait (closing the duplicate drops any interest left,
+    /// so that cannot fail).
+    fn rearm(&mut self, key: u64) -> io::Result<()> {
+        let q = self.queues.get_mut(&key).expect("rearm of a known entry");
         let mut want = 0;
         if !q.reads.is_empty() {
             want |= libc::EPOLLIN as u32;
@@ -340,7 +422,7 @@ impl StreamTable {
             want |= libc::EPOLLOUT as u32;
         }
         if want == 0 {
-            self.queues.remove(&fd);
+            self.remove(key);
             return Ok(());
         }
         if want == q.events {
@@ -351,18 +433,18 @@ impl StreamTable {
         } else {
             libc::EPOLL_CTL_MOD
         };
-        sys::epoll_ctl(self.epfd.as_fd(), op, q.file.as_raw_fd(), want, fd as u64)?;
+        sys::epoll_ctl(self.epfd.as_fd(), op, q.file.as_raw_fd(), want, key)?;
         q.events = want;
         Ok(())
     }
 
-    /// Removes `fd`'s entry when nothing waits on it.
-    fn forget_if_idle(&mut self, fd: RawFd) {
-        if let Some(q) = self.queues.get(&fd)
+    /// Removes entry `key` when nothing waits in it.
+    fn forget_if_idle(&mut self, key: u64) {
+        if let Some(q) = self.queues.get(&key)
             && q.reads.is_empty()
             && q.writes.is_empty()
         {
-            let _ = self.rearm(fd);
+            let _ = self.rearm(key);
         }
     }
 }
