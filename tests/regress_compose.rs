@@ -1,6 +1,7 @@
-//! Probes of an adversarial review: where the pieces compose (raw SQEs and the loop's
-//! own operations, stream I/O and descriptor reuse, tasks and context drop, the graph
-//! lock and IoThreads, panics in callbacks). A test that would hang instead runs a
+//! Where the pieces compose (raw SQEs and the loop's own operations, stream I/O and
+//! descriptor reuse, tasks and context drop, the graph lock and IoThreads, panics in
+//! callbacks): adversarial probes, each named `probe_<what it tries>`, kept as
+//! regression tests once what they found was fixed. A test that would hang instead runs a
 //! "rescue" after a long grace period (it unblocks the wait from outside) and fails
 //! with a diagnosis; the watchdog aborts whatever the rescue cannot unblock.
 #![cfg(not(loom))]
