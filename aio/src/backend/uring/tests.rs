@@ -94,14 +94,18 @@ fn a_user_cancel_reaches_only_its_own_live_operation() {
         use std::os::fd::{FromRawFd, OwnedFd};
         (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
     };
-    let buf = Box::leak(Box::new([0u8; 8]));
+    let mut buf = Box::new([0u8; 8]);
     let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 8).build();
     let res = Arc::new(std::sync::atomic::AtomicI32::new(1));
     let r2 = Arc::clone(&res);
-    // SAFETY: the buffer is leaked, so it outlives the operation.
+    // SAFETY: the buffer moves into the completion callback, which the driver keeps
+    // until the operation's final CQE; moving the `Box` does not move its bytes.
     let user_data = d.push_raw(
         unsafe { Sqe::new(entry) },
-        Box::new(move |res, _| r2.store(res, std::sync::atomic::Ordering::Relaxed)),
+        Box::new(move |res, _| {
+            drop(buf);
+            r2.store(res, std::sync::atomic::Ordering::Relaxed);
+        }),
     );
     d.ring.submit();
     d.cancel_user(user_data);
