@@ -1,0 +1,467 @@
+//! Second review's probes of cancel-on-drop, the shutdown path, timer rule 6 and task
+//! shutdown: each `probe_<what it tries>`; a probe that found a defect is ignored with
+//! the defect named.
+#![cfg(not(loom))]
+
+mod common;
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+
+use aioctx::aio::{AioContext, ClockType, IoThread, Timer};
+use common::{Watchdog, new_ctx};
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two new descriptors that we own.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn write_fd(fd: RawFd, data: &[u8]) {
+    // SAFETY: `data` is valid for reads of its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    assert_eq!(n, data.len() as isize);
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) >= 0);
+    }
+}
+
+/// Nonblocking read of whatever is there; `None` on EAGAIN.
+fn try_read(fd: RawFd) -> Option<usize> {
+    let mut buf = [0u8; 65536];
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then_some(n as usize)
+}
+
+fn poll_once<F: Future + Unpin>(fut: &mut F, waker: &Waker) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(waker);
+    Pin::new(fut).poll(&mut cx)
+}
+
+/// Runs the loop without blocking until it has nothing more to do right now.
+fn settle(ctx: &AioContext) {
+    for _ in 0..8 {
+        ctx.poll(false);
+    }
+}
+
+/// After a dropped read on `r`, data written to `w` reaches a new reader.
+fn next_reader_gets(ctx: &Arc<AioContext>, r: RawFd, w: RawFd, what: &str) {
+    settle(ctx);
+    write_fd(w, b"fresh");
+    let (res, buf) = ctx.block_on(ctx.read_at(r, vec![0u8; 16], 0));
+    let n = res.unwrap_or_else(|e| panic!("{what}: the new read failed: {e}"));
+    assert_eq!(&buf[..n], b"fresh", "{what}: the data went to the dropped read");
+}
+
+/// A read pending on an empty pipe, dropped on another thread than its home: the
+/// cancel is handed to the loop; once the loop ran, data reaches the next reader.
+#[test]
+fn probe_read_dropped_off_home_then_next_reader_gets_data() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("drop off home", &ctx);
+    for _ in 0..50 {
+        let (r, w) = pipe();
+        let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut op, Waker::noop()).is_pending());
+        settle(&ctx);
+        thread::spawn(move || drop(op)).join().unwrap();
+        next_reader_gets(&ctx, r.as_raw_fd(), w.as_raw_fd(), "off-home drop");
+    }
+}
+
+/// A waker that, when woken, drops the operation it holds.
+struct DropOnWake(Mutex<Option<Box<dyn Send>>>, AtomicBool);
+impl Wake for DropOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        drop(self.0.lock().unwrap().take());
+        self.1.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A read dropped inside the completion of another one (its waker runs in the
+/// completion callback, where the home state is borrowed).
+#[test]
+fn probe_read_dropped_inside_another_completion() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("drop in completion", &ctx);
+    for _ in 0..50 {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        let mut b = ctx.read_at(r2.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut b, Waker::noop()).is_pending());
+        let hook = Arc::new(DropOnWake(Mutex::new(Some(Box::new(b))), AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&hook));
+        let mut a = ctx.read_at(r1.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut a, &waker).is_pending());
+        settle(&ctx);
+        write_fd(w1.as_raw_fd(), b"a");
+        while !hook.1.load(Ordering::SeqCst) {
+            ctx.poll(true);
+        }
+        assert!(matches!(poll_once(&mut a, &waker), Poll::Ready((Ok(1), _))));
+        next_reader_gets(&ctx, r2.as_raw_fd(), w2.as_raw_fd(), "drop in completion");
+    }
+}
+
+/// A read dropped inside a nested poll (a BH that polls the loop again and drops it).
+#[test]
+fn probe_read_dropped_inside_a_nested_poll() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("drop in nested poll", &ctx);
+    for _ in 0..20 {
+        let (r, w) = pipe();
+        let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut op, Waker::noop()).is_pending());
+        let c = Arc::clone(&ctx);
+        let slot = Arc::new(Mutex::new(Some(op)));
+        let s = Arc::clone(&slot);
+        let done = Arc::new(AtomicBool::new(false));
+        let d = Arc::clone(&done);
+        ctx.schedule_oneshot(move || {
+            c.poll(false);
+            drop(s.lock().unwrap().take());
+            c.poll(false);
+            d.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            ctx.poll(true);
+        }
+        next_reader_gets(&ctx, r.as_raw_fd(), w.as_raw_fd(), "drop in nested poll");
+    }
+}
+
+/// readv on an empty pipe, writev on a full pipe and fsync on a file, each dropped after
+/// its first poll; the pipe data goes to the next reader, the dropped writev never
+/// writes once room appears, and the context drops cleanly.
+#[test]
+fn probe_readv_writev_fsync_dropped() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("vectored drops", &ctx);
+    let (r, w) = pipe();
+    let mut rv = ctx.readv_at(r.as_raw_fd(), vec![vec![0u8; 4], vec![0u8; 4]], 0);
+    assert!(poll_once(&mut rv, Waker::noop()).is_pending());
+    settle(&ctx);
+    drop(rv);
+    next_reader_gets(&ctx, r.as_raw_fd(), w.as_raw_fd(), "readv drop");
+
+    let (fr, fw) = pipe();
+    set_nonblocking(fw.as_raw_fd());
+    while {
+        // SAFETY: the buffer is valid for reads of its length.
+        (unsafe { libc::write(fw.as_raw_fd(), [7u8; 4096].as_ptr().cast(), 4096) }) > 0
+    } {}
+    let mut wv = ctx.writev_at(fw.as_raw_fd(), vec![vec![1u8; 8], vec![2u8; 8]], 0);
+    assert!(poll_once(&mut wv, Waker::noop()).is_pending());
+    settle(&ctx);
+    drop(wv);
+    settle(&ctx);
+    set_nonblocking(fr.as_raw_fd());
+    let mut drained = 0;
+    while let Some(n) = try_read(fr.as_raw_fd()) {
+        drained += n;
+    }
+    assert!(drained > 0);
+    settle(&ctx);
+    assert_eq!(
+        try_read(fr.as_raw_fd()),
+        None,
+        "the dropped writev wrote after it was dropped and room appeared"
+    );
+
+    let tf = common::tempfile("probe-fsync");
+    let mut fs = Box::pin(ctx.fsync(tf.file.as_raw_fd()));
+    let _ = fs.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    drop(fs);
+    settle(&ctx);
+    drop(ctx);
+}
+
+/// A submitted read dropped on one thread while the context's last `Arc` is dropped on
+/// another, both orders.
+#[test]
+fn probe_op_drop_racing_context_drop() {
+    let _dog = common::watchdog("op drop vs ctx drop", 120);
+    for i in 0..200 {
+        let ctx = new_ctx();
+        let (r, _w) = pipe();
+        let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 64], 0);
+        assert!(poll_once(&mut op, Waker::noop()).is_pending());
+        settle(&ctx);
+        let go = Arc::new(AtomicBool::new(false));
+        let g = Arc::clone(&go);
+        if i % 2 == 0 {
+            let t = thread::spawn(move || {
+                while !g.load(Ordering::SeqCst) {}
+                drop(op);
+            });
+            go.store(true, Ordering::SeqCst);
+            drop(ctx);
+            t.join().unwrap();
+        } else {
+            let t = thread::spawn(move || {
+                while !g.load(Ordering::SeqCst) {}
+                drop(ctx);
+            });
+            go.store(true, Ordering::SeqCst);
+            drop(op);
+            t.join().unwrap();
+        }
+        drop(r);
+    }
+}
+
+/// A timer that re-armed itself in its callback and that a nested poll deferred.
+struct Deferred {
+    ctx: Arc<AioContext>,
+    timer: Arc<OnceLock<Timer>>,
+    runs: Arc<AtomicUsize>,
+}
+
+fn deferred_timer(inside: impl Fn(&Timer, usize) + Send + Sync + 'static) -> Deferred {
+    let ctx = new_ctx();
+    let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (c, t, n) = (Arc::downgrade(&ctx), Arc::clone(&timer), Arc::clone(&runs));
+    let tm = ctx.timer_new(ClockType::Realtime, move || {
+        let run = n.fetch_add(1, Ordering::SeqCst);
+        let timer = t.get().unwrap();
+        if run == 0 {
+            timer.modify(ClockType::Realtime.now_ns() - 1);
+            c.upgrade().unwrap().poll(false);
+            assert!(timer.pending(), "rule 6: deferred timer stays pending");
+        }
+        inside(timer, run);
+    });
+    assert!(timer.set(tm).is_ok());
+    timer.get().unwrap().modify(ClockType::Realtime.now_ns() - 1);
+    Deferred { ctx, timer, runs }
+}
+
+/// Deleted from another thread while deferred: stays deleted after the callback returns.
+#[test]
+fn probe_deferred_timer_deleted_from_another_thread() {
+    let d = deferred_timer(|timer, run| {
+        if run == 0 {
+            thread::scope(|s| {
+                s.spawn(|| timer.delete());
+            });
+        }
+    });
+    let _dog = Watchdog::for_ctx("deferred delete", &d.ctx);
+    d.ctx.poll(false);
+    assert_eq!(d.runs.load(Ordering::SeqCst), 1);
+    assert!(!d.timer.get().unwrap().pending(), "a delete while deferred was undone");
+    settle(&d.ctx);
+    assert_eq!(d.runs.load(Ordering::SeqCst), 1, "a deleted timer ran");
+}
+
+/// Modified far into the future from another thread while deferred: the new deadline
+/// stands after the callback returns.
+#[test]
+fn probe_deferred_timer_modified_from_another_thread() {
+    let far = ClockType::Realtime.now_ns() + 3_600_000_000_000;
+    let d = deferred_timer(move |timer, run| {
+        if run == 0 {
+            thread::scope(|s| {
+                s.spawn(|| timer.modify(far));
+            });
+        }
+    });
+    let _dog = Watchdog::for_ctx("deferred modify", &d.ctx);
+    d.ctx.poll(false);
+    let t = d.timer.get().unwrap();
+    assert!(t.pending());
+    assert_eq!(t.expire_time(), Some(far), "a modify while deferred was undone");
+    settle(&d.ctx);
+    assert_eq!(d.runs.load(Ordering::SeqCst), 1, "the timer ran before its deadline");
+}
+
+/// A panic in the callback while deferred: the timer is put back and runs again.
+#[test]
+fn probe_deferred_timer_callback_panics() {
+    let d = deferred_timer(|_, run| {
+        if run == 0 {
+            panic!("probe: panic while deferred");
+        }
+    });
+    let _dog = Watchdog::for_ctx("deferred panic", &d.ctx);
+    let r = catch_unwind(AssertUnwindSafe(|| d.ctx.poll(false)));
+    assert!(r.is_err(), "the callback's panic should reach poll's caller");
+    assert!(d.timer.get().unwrap().pending(), "rule 6: put back on unwind");
+    settle(&d.ctx);
+    assert_eq!(d.runs.load(Ordering::SeqCst), 2);
+}
+
+/// The context is shut down (its `IoThread` stops and drops) while its timer is
+/// deferred inside its own callback: nothing runs afterwards, nothing hangs.
+#[test]
+fn probe_iothread_dropped_while_timer_deferred() {
+    let _dog = common::watchdog("iothread drop while deferred", 60);
+    for _ in 0..20 {
+        let iot = IoThread::new("probe-deferred").unwrap();
+        let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
+        let (entered, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (t, e, rl, n) = (Arc::clone(&timer), Arc::clone(&entered), Arc::clone(&release), Arc::clone(&runs));
+        let c = Arc::downgrade(iot.ctx());
+        let tm = iot.ctx().timer_new(ClockType::Realtime, move || {
+            if n.fetch_add(1, Ordering::SeqCst) > 0 {
+                return;
+            }
+            let timer = t.get().unwrap();
+            timer.modify(ClockType::Realtime.now_ns() - 1);
+            if let Some(c) = c.upgrade() {
+                c.poll(false);
+            }
+            e.store(true, Ordering::SeqCst);
+            while !rl.load(Ordering::SeqCst) {
+                thread::yield_now();
+            }
+        });
+        assert!(timer.set(tm).is_ok());
+        timer.get().unwrap().modify(ClockType::Realtime.now_ns() - 1);
+        common::wait_until("the callback deferred its timer", || entered.load(Ordering::SeqCst));
+        let r2 = Arc::clone(&release);
+        let rel = thread::spawn(move || {
+            thread::sleep(std::time::Duration::from_millis(1));
+            r2.store(true, Ordering::SeqCst);
+        });
+        drop(iot);
+        rel.join().unwrap();
+        let t = timer.get().unwrap();
+        assert!(t.try_modify(0).is_err(), "a stopped context accepted a timer");
+        assert!(runs.load(Ordering::SeqCst) <= 2);
+    }
+}
+
+/// `shutdown_tasks` called from inside a task of the same context and from a BH: the
+/// other tasks end cancelled, the caller's poll returns, nothing deadlocks.
+#[test]
+fn probe_shutdown_tasks_from_a_task_and_from_a_bh() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("shutdown from inside", &ctx);
+    let parked = ctx.spawn(std::future::pending::<u32>());
+    let c = Arc::clone(&ctx);
+    let n = Arc::new(AtomicUsize::new(usize::MAX));
+    let nn = Arc::clone(&n);
+    let killer = ctx.spawn(async move {
+        nn.store(c.shutdown_tasks(), Ordering::SeqCst);
+        std::future::pending::<u32>().await
+    });
+    settle(&ctx);
+    assert!(n.load(Ordering::SeqCst) >= 1, "shutdown_tasks inside a task did not return");
+    let other = new_ctx();
+    assert!(other.block_on(parked).is_err_and(|e| e.is_cancelled()));
+    assert!(other.block_on(killer).is_err_and(|e| e.is_cancelled()));
+
+    let ctx2 = new_ctx();
+    let parked = ctx2.spawn(std::future::pending::<u32>());
+    settle(&ctx2);
+    let c = Arc::clone(&ctx2);
+    let done = Arc::new(AtomicBool::new(false));
+    let d = Arc::clone(&done);
+    ctx2.schedule_oneshot(move || {
+        c.shutdown_tasks();
+        d.store(true, Ordering::SeqCst);
+    });
+    while !done.load(Ordering::SeqCst) {
+        ctx2.poll(true);
+    }
+    assert!(other.block_on(parked).is_err_and(|e| e.is_cancelled()));
+}
+
+/// `shutdown_tasks` from another thread racing wakes of a parked task.
+#[test]
+fn probe_shutdown_tasks_racing_wakes() {
+    let _dog = common::watchdog("shutdown vs wake", 120);
+    let other = new_ctx();
+    for _ in 0..100 {
+        let iot = IoThread::new("probe-wake").unwrap();
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let w = Arc::clone(&waker);
+        let h = iot.ctx().spawn(std::future::poll_fn(move |cx| {
+            *w.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<u32>::Pending
+        }));
+        common::wait_until("the task parked", || waker.lock().unwrap().is_some());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, s) = (Arc::clone(&waker), Arc::clone(&stop));
+        let waking = thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Some(wk) = w.lock().unwrap().clone() {
+                    wk.wake();
+                }
+            }
+        });
+        iot.ctx().shutdown_tasks();
+        assert!(other.block_on(h).is_err_and(|e| e.is_cancelled()));
+        stop.store(true, Ordering::SeqCst);
+        waking.join().unwrap();
+        drop(iot);
+    }
+}
+
+/// An IoThread dropped while other threads schedule BHs, arm timers, spawn tasks and
+/// submit reads on it: nothing hangs or crashes, and every read future resolves.
+#[test]
+fn probe_iothread_drop_racing_every_kind_of_work() {
+    let _dog = common::watchdog("drop vs everything", 120);
+    let home = new_ctx();
+    for _ in 0..20 {
+        let iot = IoThread::new("probe-race").unwrap();
+        let ctx = Arc::clone(iot.ctx());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for k in 0..3 {
+            let (c, s) = (Arc::downgrade(&ctx), Arc::clone(&stop));
+            let home = Arc::clone(&home);
+            workers.push(thread::spawn(move || {
+                let (r, _w) = pipe();
+                while !s.load(Ordering::SeqCst) {
+                    let Some(c) = c.upgrade() else { break };
+                    match k {
+                        0 => {
+                            c.schedule_oneshot(|| {});
+                            let t = c.timer_new(ClockType::Realtime, || {});
+                            let _ = t.try_modify(0);
+                        }
+                        1 => drop(c.spawn(async { aioctx::aio::yield_now().await })),
+                        _ => {
+                            let op = c.read_at(r.as_raw_fd(), vec![0u8; 8], 0);
+                            drop(c);
+                            let mut op = Box::pin(op);
+                            let _ = op.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                            drop(op);
+                            let _ = &home;
+                        }
+                    }
+                }
+            }));
+        }
+        drop(ctx);
+        thread::sleep(std::time::Duration::from_millis(2));
+        drop(iot);
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+}
