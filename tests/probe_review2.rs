@@ -65,7 +65,11 @@ fn next_reader_gets(ctx: &Arc<AioContext>, r: RawFd, w: RawFd, what: &str) {
     write_fd(w, b"fresh");
     let (res, buf) = ctx.block_on(ctx.read_at(r, vec![0u8; 16], 0));
     let n = res.unwrap_or_else(|e| panic!("{what}: the new read failed: {e}"));
-    assert_eq!(&buf[..n], b"fresh", "{what}: the data went to the dropped read");
+    assert_eq!(
+        &buf[..n],
+        b"fresh",
+        "{what}: the data went to the dropped read"
+    );
 }
 
 /// A read pending on an empty pipe, dropped on another thread than its home: the
@@ -107,7 +111,10 @@ fn probe_read_dropped_inside_another_completion() {
         let (r2, w2) = pipe();
         let mut b = ctx.read_at(r2.as_raw_fd(), vec![0u8; 16], 0);
         assert!(poll_once(&mut b, Waker::noop()).is_pending());
-        let hook = Arc::new(DropOnWake(Mutex::new(Some(Box::new(b))), AtomicBool::new(false)));
+        let hook = Arc::new(DropOnWake(
+            Mutex::new(Some(Box::new(b))),
+            AtomicBool::new(false),
+        ));
         let waker = Waker::from(Arc::clone(&hook));
         let mut a = ctx.read_at(r1.as_raw_fd(), vec![0u8; 16], 0);
         assert!(poll_once(&mut a, &waker).is_pending());
@@ -251,7 +258,10 @@ fn deferred_timer(inside: impl Fn(&Timer, usize) + Send + Sync + 'static) -> Def
         inside(timer, run);
     });
     assert!(timer.set(tm).is_ok());
-    timer.get().unwrap().modify(ClockType::Realtime.now_ns() - 1);
+    timer
+        .get()
+        .unwrap()
+        .modify(ClockType::Realtime.now_ns() - 1);
     Deferred { ctx, timer, runs }
 }
 
@@ -268,7 +278,10 @@ fn probe_deferred_timer_deleted_from_another_thread() {
     let _dog = Watchdog::for_ctx("deferred delete", &d.ctx);
     d.ctx.poll(false);
     assert_eq!(d.runs.load(Ordering::SeqCst), 1);
-    assert!(!d.timer.get().unwrap().pending(), "a delete while deferred was undone");
+    assert!(
+        !d.timer.get().unwrap().pending(),
+        "a delete while deferred was undone"
+    );
     settle(&d.ctx);
     assert_eq!(d.runs.load(Ordering::SeqCst), 1, "a deleted timer ran");
 }
@@ -289,9 +302,17 @@ fn probe_deferred_timer_modified_from_another_thread() {
     d.ctx.poll(false);
     let t = d.timer.get().unwrap();
     assert!(t.pending());
-    assert_eq!(t.expire_time(), Some(far), "a modify while deferred was undone");
+    assert_eq!(
+        t.expire_time(),
+        Some(far),
+        "a modify while deferred was undone"
+    );
     settle(&d.ctx);
-    assert_eq!(d.runs.load(Ordering::SeqCst), 1, "the timer ran before its deadline");
+    assert_eq!(
+        d.runs.load(Ordering::SeqCst),
+        1,
+        "the timer ran before its deadline"
+    );
 }
 
 /// A panic in the callback while deferred: the timer is put back and runs again.
@@ -304,8 +325,14 @@ fn probe_deferred_timer_callback_panics() {
     });
     let _dog = Watchdog::for_ctx("deferred panic", &d.ctx);
     let r = catch_unwind(AssertUnwindSafe(|| d.ctx.poll(false)));
-    assert!(r.is_err(), "the callback's panic should reach poll's caller");
-    assert!(d.timer.get().unwrap().pending(), "rule 6: put back on unwind");
+    assert!(
+        r.is_err(),
+        "the callback's panic should reach poll's caller"
+    );
+    assert!(
+        d.timer.get().unwrap().pending(),
+        "rule 6: put back on unwind"
+    );
     settle(&d.ctx);
     assert_eq!(d.runs.load(Ordering::SeqCst), 2);
 }
@@ -318,9 +345,17 @@ fn probe_iothread_dropped_while_timer_deferred() {
     for _ in 0..20 {
         let iot = IoThread::new("probe-deferred").unwrap();
         let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
-        let (entered, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (entered, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let runs = Arc::new(AtomicUsize::new(0));
-        let (t, e, rl, n) = (Arc::clone(&timer), Arc::clone(&entered), Arc::clone(&release), Arc::clone(&runs));
+        let (t, e, rl, n) = (
+            Arc::clone(&timer),
+            Arc::clone(&entered),
+            Arc::clone(&release),
+            Arc::clone(&runs),
+        );
         let c = Arc::downgrade(iot.ctx());
         let tm = iot.ctx().timer_new(ClockType::Realtime, move || {
             if n.fetch_add(1, Ordering::SeqCst) > 0 {
@@ -337,8 +372,13 @@ fn probe_iothread_dropped_while_timer_deferred() {
             }
         });
         assert!(timer.set(tm).is_ok());
-        timer.get().unwrap().modify(ClockType::Realtime.now_ns() - 1);
-        common::wait_until("the callback deferred its timer", || entered.load(Ordering::SeqCst));
+        timer
+            .get()
+            .unwrap()
+            .modify(ClockType::Realtime.now_ns() - 1);
+        common::wait_until("the callback deferred its timer", || {
+            entered.load(Ordering::SeqCst)
+        });
         let r2 = Arc::clone(&release);
         let rel = thread::spawn(move || {
             thread::sleep(std::time::Duration::from_millis(1));
@@ -347,7 +387,10 @@ fn probe_iothread_dropped_while_timer_deferred() {
         drop(iot);
         rel.join().unwrap();
         let t = timer.get().unwrap();
-        assert!(t.try_modify(0).is_err(), "a stopped context accepted a timer");
+        assert!(
+            t.try_modify(0).is_err(),
+            "a stopped context accepted a timer"
+        );
         assert!(runs.load(Ordering::SeqCst) <= 2);
     }
 }
@@ -367,7 +410,10 @@ fn probe_shutdown_tasks_from_a_task_and_from_a_bh() {
         std::future::pending::<u32>().await
     });
     settle(&ctx);
-    assert!(n.load(Ordering::SeqCst) >= 1, "shutdown_tasks inside a task did not return");
+    assert!(
+        n.load(Ordering::SeqCst) >= 1,
+        "shutdown_tasks inside a task did not return"
+    );
     let other = new_ctx();
     assert!(other.block_on(parked).is_err_and(|e| e.is_cancelled()));
     assert!(other.block_on(killer).is_err_and(|e| e.is_cancelled()));
@@ -464,4 +510,56 @@ fn probe_iothread_drop_racing_every_kind_of_work() {
             w.join().unwrap();
         }
     }
+}
+
+/// Polls `fut` (no blocking wait) up to a bounded number of loop turns; whether it
+/// resolved. Used only where the operation can complete at once.
+fn resolves_without_waiting<F: Future + Unpin>(ctx: &AioContext, fut: &mut F) -> bool {
+    for _ in 0..1000 {
+        if poll_once(fut, Waker::noop()).is_ready() {
+            return true;
+        }
+        ctx.poll(false);
+        thread::yield_now();
+    }
+    false
+}
+
+/// Two eventfds (any anon-inode files: eventfd, timerfd, signalfd, epoll) report the
+/// same `(st_dev, st_ino)`. A read waits on eventfd A at number N; A's number is then
+/// reused for another eventfd B, which already holds a count: a read on N must read B
+/// (io_uring does) and complete at once, not join A's stream-table entry.
+#[test]
+#[ignore = "defect: epoll stream table matches a reused fd number to a waiting entry by (st_dev, st_ino), which all anon-inode files share; the read on the new eventfd waits on the old one"]
+fn probe_stream_read_on_a_reused_number_of_another_eventfd() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("eventfd reuse", &ctx);
+    // SAFETY: plain eventfd creation; we own the results.
+    let (a, b) = unsafe {
+        (
+            OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)),
+            OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)),
+        )
+    };
+    let n = a.as_raw_fd();
+    let mut on_a = ctx.read_at(n, vec![0u8; 8], 0);
+    assert!(poll_once(&mut on_a, Waker::noop()).is_pending());
+    settle(&ctx);
+    write_fd(b.as_raw_fd(), &1u64.to_ne_bytes());
+    // SAFETY: closes A's number and makes it name B in one step (the dropped `a` below
+    // is forgotten so the number is not closed twice).
+    assert_eq!(unsafe { libc::dup3(b.as_raw_fd(), n, libc::O_CLOEXEC) }, n);
+    std::mem::forget(a);
+    let mut on_b = ctx.read_at(n, vec![0u8; 8], 0);
+    let done = resolves_without_waiting(&ctx, &mut on_b);
+    // Clean up either way: wake the read on A's file (its dup), then the context.
+    drop(on_b);
+    drop(on_a);
+    // SAFETY: `n` now names B, which we close here.
+    unsafe { libc::close(n) };
+    assert!(
+        done,
+        "a read on eventfd B (reusing A's number, B's count 1) did not complete: it waits \
+         in A's stream-table entry (same anon inode)"
+    );
 }
