@@ -563,3 +563,146 @@ fn probe_stream_read_on_a_reused_number_of_another_eventfd() {
          in A's stream-table entry (same anon inode)"
     );
 }
+
+/// Two reads wait on one pipe; the first is dropped: the data goes to the second.
+#[test]
+fn probe_first_of_two_reads_dropped_second_gets_data() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("two reads", &ctx);
+    for _ in 0..20 {
+        let (r, w) = pipe();
+        let mut first = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+        let mut second = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut first, Waker::noop()).is_pending());
+        assert!(poll_once(&mut second, Waker::noop()).is_pending());
+        settle(&ctx);
+        drop(first);
+        settle(&ctx);
+        write_fd(w.as_raw_fd(), b"two");
+        let (res, buf) = ctx.block_on(second);
+        assert_eq!(&buf[..res.unwrap()], b"two");
+    }
+}
+
+/// Two writes wait on a full pipe; the first is dropped: once room appears only the
+/// second's bytes arrive.
+#[test]
+fn probe_first_of_two_writes_dropped_only_second_lands() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("two writes", &ctx);
+    let (r, w) = pipe();
+    set_nonblocking(w.as_raw_fd());
+    set_nonblocking(r.as_raw_fd());
+    let mut filled = 0;
+    loop {
+        // SAFETY: the buffer is valid for reads of its length.
+        let n = unsafe { libc::write(w.as_raw_fd(), [0u8; 4096].as_ptr().cast(), 4096) };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+    let mut first = ctx.write_at(w.as_raw_fd(), vec![1u8; 8], 0);
+    let mut second = ctx.write_at(w.as_raw_fd(), vec![2u8; 8], 0);
+    assert!(poll_once(&mut first, Waker::noop()).is_pending());
+    assert!(poll_once(&mut second, Waker::noop()).is_pending());
+    settle(&ctx);
+    drop(first);
+    settle(&ctx);
+    let mut got = Vec::new();
+    let mut second = Some(second);
+    while got.len() < filled + 8 {
+        let mut buf = [0u8; 65536];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            got.extend_from_slice(&buf[..n as usize]);
+        } else {
+            if let Some(s) = second.as_mut()
+                && let Poll::Ready((res, _)) = poll_once(s, Waker::noop())
+            {
+                assert_eq!(res.unwrap(), 8);
+                second = None;
+            }
+            ctx.poll(second.is_some() && got.len() >= filled);
+        }
+    }
+    settle(&ctx);
+    while let Some(n) = try_read(r.as_raw_fd()) {
+        assert_ne!(n, 0);
+        got.extend(std::iter::repeat_n(9u8, n));
+    }
+    assert_eq!(got.len(), filled + 8, "the dropped write landed too");
+    assert_eq!(&got[filled..], &[2u8; 8], "the wrong write landed");
+}
+
+/// A task returning `Ready` after calling `shutdown_tasks` on its own context keeps its
+/// output; a task whose future's drop calls `shutdown_tasks` again and spawns a new
+/// task on the same context does not deadlock, and the new task is cancelled.
+#[test]
+fn probe_shutdown_tasks_reentered_from_a_cancelled_futures_drop() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("reentrant shutdown", &ctx);
+    let other = new_ctx();
+    let c = Arc::clone(&ctx);
+    let ready = ctx.spawn(async move {
+        c.shutdown_tasks();
+        5u32
+    });
+    settle(&ctx);
+    assert_eq!(
+        other.block_on(ready).ok(),
+        Some(5),
+        "a Ready output was lost"
+    );
+
+    let ctx = new_ctx();
+    struct Reenter(
+        std::sync::Weak<AioContext>,
+        Arc<Mutex<Option<aioctx::aio::JoinHandle<u32>>>>,
+    );
+    impl Drop for Reenter {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.upgrade() {
+                c.shutdown_tasks();
+                *self.1.lock().unwrap() = Some(c.spawn(async { 1u32 }));
+            }
+        }
+    }
+    let late = Arc::new(Mutex::new(None));
+    let guard = Reenter(Arc::downgrade(&ctx), Arc::clone(&late));
+    let h = ctx.spawn(async move {
+        let _g = guard;
+        std::future::pending::<u32>().await
+    });
+    settle(&ctx);
+    ctx.shutdown_tasks();
+    assert!(other.block_on(h).is_err_and(|e| e.is_cancelled()));
+    let late = late.lock().unwrap().take().expect("the drop ran");
+    assert!(other.block_on(late).is_err_and(|e| e.is_cancelled()));
+}
+
+/// A deferred timer whose `Timer` handle is dropped inside its callback: nothing runs
+/// or crashes when the outer pass puts it back.
+#[test]
+fn probe_deferred_timer_handle_dropped_in_its_callback() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("deferred handle drop", &ctx);
+    let slot: Arc<Mutex<Option<Timer>>> = Arc::new(Mutex::new(None));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (c, s, n) = (Arc::downgrade(&ctx), Arc::clone(&slot), Arc::clone(&runs));
+    let tm = ctx.timer_new(ClockType::Realtime, move || {
+        n.fetch_add(1, Ordering::SeqCst);
+        let t = s.lock().unwrap().take();
+        if let Some(t) = t {
+            t.modify(ClockType::Realtime.now_ns() - 1);
+            c.upgrade().unwrap().poll(false);
+            drop(t);
+        }
+    });
+    tm.modify(ClockType::Realtime.now_ns() - 1);
+    *slot.lock().unwrap() = Some(tm);
+    ctx.poll(false);
+    settle(&ctx);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "a dropped timer ran");
+}
