@@ -706,3 +706,108 @@ fn probe_deferred_timer_handle_dropped_in_its_callback() {
     settle(&ctx);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "a dropped timer ran");
 }
+
+/// A timer re-armed in its callback, deferred by a nested poll, re-armed AGAIN (a
+/// modify while deferred) and found due by a second nested poll: its callback must
+/// still not run re-entrantly, and it runs again after the callback returned.
+#[test]
+fn probe_deferred_timer_modified_again_then_nested_poll() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("deferred twice", &ctx);
+    let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
+    let depth = Arc::new(AtomicUsize::new(0));
+    let reentered = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (c, t, dp, re, n) = (
+        Arc::downgrade(&ctx),
+        Arc::clone(&timer),
+        Arc::clone(&depth),
+        Arc::clone(&reentered),
+        Arc::clone(&runs),
+    );
+    let tm = ctx.timer_new(ClockType::Realtime, move || {
+        if dp.fetch_add(1, Ordering::SeqCst) > 0 {
+            re.store(true, Ordering::SeqCst);
+        }
+        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+            let timer = t.get().unwrap();
+            let ctx = c.upgrade().unwrap();
+            timer.modify(ClockType::Realtime.now_ns() - 1);
+            ctx.poll(false);
+            timer.modify(ClockType::Realtime.now_ns() - 1);
+            ctx.poll(false);
+            thread::scope(|s| {
+                s.spawn(|| timer.modify(ClockType::Realtime.now_ns() - 1));
+            });
+            ctx.poll(false);
+        }
+        dp.fetch_sub(1, Ordering::SeqCst);
+    });
+    assert!(timer.set(tm).is_ok());
+    timer
+        .get()
+        .unwrap()
+        .modify(ClockType::Realtime.now_ns() - 1);
+    ctx.poll(false);
+    assert!(
+        !reentered.load(Ordering::SeqCst),
+        "the timer's callback ran re-entrantly"
+    );
+    assert!(
+        timer.get().unwrap().pending(),
+        "the re-armed timer was lost"
+    );
+    settle(&ctx);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A waker that, woken by an operation's completion, polls the loop (nested) and
+/// submits a new operation from there.
+struct SubmitOnWake {
+    ctx: std::sync::Weak<AioContext>,
+    fd: RawFd,
+    op: Mutex<Option<aioctx::aio::RingOp<Vec<u8>>>>,
+    woke: AtomicBool,
+}
+impl Wake for SubmitOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.woke.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let ctx = self.ctx.upgrade().unwrap();
+        ctx.poll(false);
+        let mut op = ctx.read_at(self.fd, vec![0u8; 16], 0);
+        assert!(poll_once(&mut op, Waker::noop()).is_pending());
+        ctx.poll(false);
+        *self.op.lock().unwrap() = Some(op);
+    }
+}
+
+#[test]
+fn probe_submit_and_nested_poll_inside_a_completion_wake() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("submit in completion", &ctx);
+    let (r1, w1) = pipe();
+    let (r2, w2) = pipe();
+    let hook = Arc::new(SubmitOnWake {
+        ctx: Arc::downgrade(&ctx),
+        fd: r2.as_raw_fd(),
+        op: Mutex::new(None),
+        woke: AtomicBool::new(false),
+    });
+    let waker = Waker::from(Arc::clone(&hook));
+    let mut a = ctx.read_at(r1.as_raw_fd(), vec![0u8; 16], 0);
+    assert!(poll_once(&mut a, &waker).is_pending());
+    settle(&ctx);
+    write_fd(w1.as_raw_fd(), b"a");
+    while hook.op.lock().unwrap().is_none() {
+        ctx.poll(true);
+    }
+    write_fd(w2.as_raw_fd(), b"b");
+    let op = hook.op.lock().unwrap().take().unwrap();
+    let (res, buf) = ctx.block_on(op);
+    assert_eq!(&buf[..res.unwrap()], b"b");
+}
