@@ -896,3 +896,61 @@ fn probe_stream_read_on_an_eventfd_with_a_count() {
     assert!(resolves_without_waiting(&ctx, &mut on_b));
     drop(on_a);
 }
+
+/// Deleted from another thread while deferred, then the callback panics: the unwind
+/// must not put the deleted timer back.
+#[test]
+fn probe_deferred_timer_deleted_then_callback_panics() {
+    let d = deferred_timer(|timer, run| {
+        if run == 0 {
+            thread::scope(|s| {
+                s.spawn(|| timer.delete());
+            });
+            panic!("probe: panic after a delete while deferred");
+        }
+    });
+    let _dog = Watchdog::for_ctx("deferred delete panic", &d.ctx);
+    assert!(catch_unwind(AssertUnwindSafe(|| d.ctx.poll(false))).is_err());
+    assert!(
+        !d.timer.get().unwrap().pending(),
+        "the unwind re-armed a deleted timer"
+    );
+    settle(&d.ctx);
+    assert_eq!(d.runs.load(Ordering::SeqCst), 1, "a deleted timer ran");
+}
+
+/// A read on an empty NONBLOCKING pipe (EAGAIN, resubmitted up to `MAX_RETRIES`) dropped
+/// from another thread while it retries: no hang, no use after free (ASan), and data
+/// written afterwards reaches a new reader.
+#[test]
+fn probe_read_dropped_off_home_while_it_retries_eagain() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("retry drop", &ctx);
+    for i in 0..100 {
+        let (r, w) = pipe();
+        set_nonblocking(r.as_raw_fd());
+        let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
+        assert!(poll_once(&mut op, Waker::noop()).is_pending());
+        for _ in 0..(i % 5) {
+            ctx.poll(false);
+        }
+        let go = Arc::new(AtomicBool::new(false));
+        let g = Arc::clone(&go);
+        let t = thread::spawn(move || {
+            while !g.load(Ordering::SeqCst) {}
+            drop(op);
+        });
+        go.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            ctx.poll(false);
+        }
+        t.join().unwrap();
+        settle(&ctx);
+        write_fd(w.as_raw_fd(), b"fresh");
+        let (res, buf) = ctx.block_on(ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0));
+        match res {
+            Ok(n) => assert_eq!(&buf[..n], b"fresh"),
+            Err(e) => panic!("the new read failed: {e}"),
+        }
+    }
+}
