@@ -954,3 +954,90 @@ fn probe_read_dropped_off_home_while_it_retries_eagain() {
         }
     }
 }
+
+/// After an `IoThread` stopped (its context kept alive by an `Arc`), every kind of new
+/// work is refused and its callback freed at once (nothing keeps a captured value).
+#[test]
+fn probe_work_after_iothread_stop_is_refused_and_freed() {
+    let iot = IoThread::new("probe-stopped").unwrap();
+    let ctx = Arc::clone(iot.ctx());
+    let _dog = Watchdog::for_ctx("after stop", &ctx);
+    let bh = ctx.bh_new(|| {});
+    let timer = ctx.timer_new(ClockType::Realtime, || {});
+    drop(iot);
+    let token = Arc::new(());
+    let (r, _w) = pipe();
+    let t = Arc::clone(&token);
+    ctx.schedule_oneshot(move || drop(t));
+    let t = Arc::clone(&token);
+    let t2 = Arc::clone(&token);
+    let res = ctx.set_fd_handler(
+        r.as_raw_fd(),
+        Some(Box::new(move || {
+            let _ = &t;
+        })),
+        Some(Box::new(move || {
+            let _ = &t2;
+        })),
+    );
+    assert!(
+        res.is_err(),
+        "set_fd_handler on a stopped context was accepted"
+    );
+    let t = Arc::clone(&token);
+    let late_timer = ctx.timer_new(ClockType::Realtime, move || {
+        let _ = &t;
+    });
+    assert!(late_timer.try_modify(0).is_err());
+    let t = Arc::clone(&token);
+    let late_bh = ctx.bh_new(move || {
+        let _ = &t;
+    });
+    assert!(late_bh.try_schedule().is_err());
+    assert!(bh.try_schedule().is_err());
+    assert!(timer.try_modify(0).is_err());
+    let t = Arc::clone(&token);
+    let h = ctx.spawn(async move {
+        let _ = &t;
+    });
+    let other = new_ctx();
+    assert!(other.block_on(h).is_err_and(|e| e.is_cancelled()));
+    // The live `late_timer` and `late_bh` may keep their callbacks until dropped.
+    assert!(
+        Arc::strong_count(&token) <= 3,
+        "a refused callback kept its captures"
+    );
+    drop((late_timer, late_bh));
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "a dead timer or BH kept its callback"
+    );
+}
+
+/// An `IoThread` dropped from inside one of its own tasks (the task owns it): the
+/// thread stops, closes its context, and the other tasks end cancelled.
+#[test]
+fn probe_iothread_dropped_from_its_own_task() {
+    let _dog = common::watchdog("iothread drop in task", 60);
+    let other = new_ctx();
+    for _ in 0..20 {
+        let iot = IoThread::new("probe-selfdrop").unwrap();
+        let ctx = Arc::downgrade(iot.ctx());
+        let parked = iot.ctx().spawn(std::future::pending::<u32>());
+        let owner = Arc::new(Mutex::new(None::<IoThread>));
+        let o = Arc::clone(&owner);
+        let spawner = Arc::clone(iot.ctx());
+        *owner.lock().unwrap() = Some(iot);
+        let killer = spawner.spawn(async move {
+            let iot = o.lock().unwrap().take();
+            drop(iot);
+            aioctx::aio::yield_now().await;
+            3u32
+        });
+        drop(spawner);
+        assert!(other.block_on(parked).is_err_and(|e| e.is_cancelled()));
+        let _ = other.block_on(killer);
+        common::wait_until("the context is freed", || ctx.upgrade().is_none());
+    }
+}
