@@ -45,9 +45,10 @@ pub(crate) struct Remote {
     pub(crate) bhs: BhList,
     pub(crate) timers: TimerList,
     pub(crate) fds: Mutex<HashMap<RawFd, Arc<FdNode>>>,
-    /// Set (under the `fds` lock) once the context is closed to callbacks: new handlers
-    /// are refused (see `close_callbacks`).
-    pub(crate) fds_closed: AtomicBool,
+    /// Set (under the `fds` lock) once the context is shut down (see `shutdown.rs`):
+    /// new fd handlers are refused, and so is ring work submitted on the home thread
+    /// (a completion that the shutdown itself runs may submit more).
+    pub(crate) closed: AtomicBool,
     pub(crate) fd_changes: Mutex<Vec<RawFd>>,
     /// Raw operations handed over by other threads; `None` once the context's drop
     /// has begun (later hand-overs are refused).
@@ -217,7 +218,7 @@ impl AioContextBuilder {
             bhs: BhList::new(),
             timers: TimerList::new(ClockType::Realtime),
             fds: Mutex::new(HashMap::new()),
-            fds_closed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             fd_changes: Mutex::new(Vec::new()),
             raw_queue: Mutex::new(Some(Vec::new())),
             has_requests: AtomicBool::new(false),
@@ -442,7 +443,7 @@ impl AioContext {
         let (old, refused) = {
             let mut fds = lock(&self.remote.fds);
             // Relaxed: written under this lock.
-            if self.remote.fds_closed.load(Ordering::Relaxed) {
+            if self.remote.closed.load(Ordering::Relaxed) {
                 (None, node)
             } else {
                 let old = match node {

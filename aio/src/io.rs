@@ -68,6 +68,7 @@ use io_uring::{opcode, squeue, types};
 use crate::backend::raw::Sqe;
 use crate::context::{AioContext, RawCallback};
 use crate::io_buf::{IoBuf, IoBufMut, IoVecs, iovecs, iovecs_mut};
+use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
 mod cancel;
@@ -190,8 +191,12 @@ impl<T: Send + 'static> InFlight<T> {
 
     /// Queues the operation on the ring (home thread only).
     fn push_ring(self, ctx: &AioContext) {
-        if self.abandoned() {
-            // Rule 6: the future is gone and nothing ran; dropping completes it.
+        // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
+        if self.abandoned() || ctx.remote.closed.load(Ordering::Relaxed) {
+            // Rule 6: the future is gone and nothing ran; or the context was shut
+            // down (a completion run by the shutdown submitted this, or a retry):
+            // nobody will reap a CQE, so it never runs. Dropping completes it with
+            // ECANCELED.
             return;
         }
         let slot = Arc::clone(&self.slot);

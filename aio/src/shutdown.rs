@@ -81,8 +81,10 @@ fn close_callbacks(remote: &Remote, queued: VecDeque<Arc<BhInner>>) {
     remote.timers.close();
     let fds: Vec<_> = {
         let mut fds = lock(&remote.fds);
-        // Relaxed: read under the same lock in `set_fd_handler`.
-        remote.fds_closed.store(true, Ordering::Relaxed);
+        // Relaxed: read under the same lock in `set_fd_handler`, and by the home
+        // thread's submit paths, which run on this thread (the home thread shuts the
+        // context down) or cannot run at all (the drop has the context to itself).
+        remote.closed.store(true, Ordering::Relaxed);
         fds.drain().map(|(_, node)| node).collect()
     };
     let raws = lock(&remote.raw_queue).take();

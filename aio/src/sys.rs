@@ -223,6 +223,25 @@ pub(crate) fn poll_now(fd: RawFd, events: i16) -> io::Result<bool> {
     Ok(syscall!(libc::poll(&mut pfd, 1, 0))? > 0)
 }
 
+/// Whether `a` and `b`, descriptors of this process, name the same open file description
+/// (`kcmp(KCMP_FILE)`): the one exact test, where `(st_dev, st_ino)` is shared by all
+/// anon-inode files (eventfd, timerfd, …) and all pty masters. `None` where the kernel
+/// refuses `kcmp` (built without it, or a seccomp filter).
+pub(crate) fn same_open_file(a: RawFd, b: RawFd) -> Option<bool> {
+    /// `enum kcmp_type` in include/uapi/linux/kcmp.h.
+    const KCMP_FILE: libc::c_long = 0;
+    let pid = libc::c_long::from(std::process::id() as libc::pid_t);
+    let res = syscall!(libc::syscall(
+        libc::SYS_kcmp,
+        pid,
+        pid,
+        KCMP_FILE,
+        libc::c_long::from(a),
+        libc::c_long::from(b)
+    ));
+    res.ok().map(|order| order == 0)
+}
+
 /// `fstat(fd)`: `(st_mode & S_IFMT, st_dev, st_ino)`.
 pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -34,6 +34,7 @@ use io_uring::squeue;
 use super::Backend;
 use super::ops::INTERNAL_TAG;
 use crate::context::{AioContext, RawCallback, Remote};
+use crate::sync::atomic::Ordering;
 use crate::sync::lock;
 
 /// An entry whose memory obligations are met (rule 4): every buffer, descriptor array
@@ -307,6 +308,15 @@ impl AioContext {
         // `on_complete`) is freed only after the one CQE.
         let sqe = unsafe { Sqe::new(entry) };
         if self.is_home_thread() {
+            // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
+            if self.remote.closed.load(Ordering::Relaxed) {
+                drop(on_complete);
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "submit_raw: the AioContext was shut down (dropped, or its IoThread \
+                     stopped); nothing will reap the operation",
+                ));
+            }
             self.home().driver.push_raw(sqe, on_complete);
             self.publish_counters();
             Ok(())

@@ -38,12 +38,13 @@
 //!    operation whose syscall never ran completes with `ECANCELED` (a dropped context
 //!    drops its table and its queued bottom halves).
 //! 6. An entry belongs to the file it was opened for, not to a descriptor number: a
-//!    number finds its entry only while `fstat` of the number reports the `(st_dev,
-//!    st_ino)` of the entry's duplicate. Once the user closed the number and it was
-//!    reused for another file, operations on it get a new entry (on a duplicate of the
-//!    new file), while those already waiting keep their own entry and file, as io_uring's
-//!    in-flight operations keep theirs. Entries are keyed by a never-reused number, which
-//!    is also what the table's epoll set reports.
+//!    number finds its entry only while it names the same open file description as the
+//!    entry's duplicate (`kcmp(KCMP_FILE)`; `(st_dev, st_ino)` would not do: every
+//!    eventfd, timerfd and pty master shares its pair with others). Once the user closed
+//!    the number and it was reused for another file, operations on it get a new entry
+//!    (on a duplicate of the new file), while those already waiting keep their own entry
+//!    and file, as io_uring's in-flight operations keep theirs. Entries are keyed by a
+//!    never-reused number, which is also what the table's epoll set reports.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -198,9 +199,6 @@ struct Queues {
     file: OwnedFd,
     /// The descriptor number the operations named when they were submitted.
     fd: RawFd,
-    /// `(st_dev, st_ino)` of `file`: the number names this file while `fstat` of the
-    /// number reports the same pair (rule 6).
-    ident: (u64, u64),
     reads: VecDeque<Box<dyn StreamIo>>,
     writes: VecDeque<Box<dyn StreamIo>>,
     /// The events registered for `file` (0: not registered).
@@ -325,13 +323,14 @@ impl StreamTable {
     fn entry(&mut self, fd: RawFd) -> io::Result<u64> {
         if let Some(&key) = self.by_fd.get(&fd) {
             let q = &self.queues[&key];
-            if sys::fstat(fd).is_ok_and(|(_, dev, ino)| (dev, ino) == q.ident) {
+            // Where `kcmp` is refused, every operation gets an entry of its own: never
+            // the wrong file, at the price of an fd's operations not sharing a queue.
+            if sys::same_open_file(fd, q.file.as_raw_fd()) == Some(true) {
                 return Ok(key);
             }
             self.by_fd.remove(&fd);
         }
         let file = sys::dup(fd)?;
-        let (_, dev, ino) = sys::fstat(file.as_raw_fd())?;
         let key = self.next_key;
         self.next_key += 1;
         // Not registered yet: `rearm` adds it.
@@ -340,7 +339,6 @@ impl StreamTable {
             Queues {
                 file,
                 fd,
-                ident: (dev, ino),
                 reads: VecDeque::new(),
                 writes: VecDeque::new(),
                 events: 0,

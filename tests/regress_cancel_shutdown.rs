@@ -1,6 +1,6 @@
-//! Second review's probes of cancel-on-drop, the shutdown path, timer rule 6 and task
-//! shutdown: each `probe_<what it tries>`; a probe that found a defect is ignored with
-//! the defect named.
+//! Adversarial probes of cancel-on-drop, the shutdown path, timer rule 6 and task
+//! shutdown, each named `probe_<what it tries>`, kept as regression tests once what they
+//! found was fixed.
 #![cfg(not(loom))]
 
 mod common;
@@ -530,7 +530,6 @@ fn resolves_without_waiting<F: Future + Unpin>(ctx: &AioContext, fut: &mut F) ->
 /// reused for another eventfd B, which already holds a count: a read on N must read B
 /// (io_uring does) and complete at once, not join A's stream-table entry.
 #[test]
-#[ignore = "defect: epoll stream table matches a reused fd number to a waiting entry by (st_dev, st_ino), which all anon-inode files share; the read on the new eventfd waits on the old one"]
 fn probe_stream_read_on_a_reused_number_of_another_eventfd() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("eventfd reuse", &ctx);
@@ -815,7 +814,6 @@ fn probe_submit_and_nested_poll_inside_a_completion_wake() {
 /// The same class with pty masters: every master opened from `/dev/ptmx` reports the
 /// ptmx `(st_dev, st_ino)`.
 #[test]
-#[ignore = "defect: epoll stream table matches a reused fd number to a waiting entry by (st_dev, st_ino), which all pty masters share; the read on the new master waits on the old one"]
 fn probe_stream_read_on_a_reused_number_of_another_pty_master() {
     fn open_master() -> (OwnedFd, OwnedFd) {
         // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on a master we own; the slave
@@ -1072,7 +1070,6 @@ impl Wake for SubmitOnCancel {
 /// must be refused (ECANCELED) — not queued on the shut-down ring, where it waits
 /// unseen until the context's last `Arc` goes.
 #[test]
-#[ignore = "defect: io_uring: a RingOp first polled on the home thread after close_for_good's driver shutdown (from a completion run by the shutdown) is pushed onto the shut-down ring and never resolves while the context lives"]
 fn probe_read_submitted_from_a_completion_run_by_the_shutdown() {
     let iot = IoThread::new("probe-late-submit").unwrap();
     let ctx = Arc::clone(iot.ctx());
