@@ -112,11 +112,11 @@ pub fn with_current<R>(f: impl FnOnce(Option<&AioContext>) -> R) -> R {
     match lent {
         Some(ctx) => {
             let _lending = Lending::enter();
-            // SAFETY: `ctx` points into the `Arc` the thread's CURRENT slot holds. While
-            // `f` runs, that `Arc` is never dropped: `make_current` (the one public way
-            // to overwrite the slot) panics while `LENDING > 0`, and `enter_current`'s
-            // guards keep the `Arc` they displace and put it back before the code that
-            // created them returns, so before `f` returns.
+            // `make_current` (the one public way to overwrite the slot) panics while
+            // `LENDING > 0`, and `enter_current`'s guards keep the `Arc` they displace
+            // and put it back before the code that created them (so `f`) returns.
+            // SAFETY: `ctx` points into the `Arc` the thread's CURRENT slot holds,
+            // which, as just said, is never dropped while `f` runs.
             f(Some(unsafe { &*ctx }))
         }
         None => f(MAIN.get().filter(|m| m.is_home_thread()).map(|m| &**m)),

@@ -202,10 +202,10 @@ impl<T: Send + 'static> InFlight<T> {
         let slot = Arc::clone(&self.slot);
         let entry = self.kind.entry();
         let complete: RawCallback = Box::new(move |res, _flags| self.complete(res));
-        // SAFETY: `submit_raw` obligation 1: the entry names only memory owned by
-        // `payload` (buffers and iovecs), which moves into the callback, which the driver
-        // keeps until the CQE; obligation 2: the descriptor is the caller's (module
-        // docs: a closed fd is EBADF). The entry is single-shot and unlinked.
+        // The entry is single-shot and unlinked; a closed fd completes with EBADF.
+        // SAFETY: `submit_raw`'s obligations: the entry names only memory owned by
+        // `payload` (buffers, iovecs), which moves into the callback the driver keeps
+        // until the CQE; the descriptor is the caller's (module docs).
         let sqe = unsafe { Sqe::new(entry) };
         let user_data = ctx.home().driver.push_raw(sqe, complete);
         ctx.publish_counters();

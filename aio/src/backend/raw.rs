@@ -79,10 +79,10 @@ struct View {
 
 fn view(e: &squeue::Entry) -> View {
     let p = (e as *const squeue::Entry).cast::<u8>();
-    // SAFETY: `squeue::Entry` is `repr(C)` around the kernel's 64-byte `io_uring_sqe`
-    // (size asserted above), whose field offsets are the kernel ABI used here; the
-    // io_uring crate builds every entry from a zeroed SQE, so all 64 bytes are
-    // initialized; the reads are unaligned and stay inside the entry.
+    // The entry is the kernel's 64-byte `io_uring_sqe` (size asserted above), built by
+    // the io_uring crate from a zeroed SQE, so all 64 bytes are initialized.
+    // SAFETY: `squeue::Entry` is `repr(C)` around that SQE; the offsets are the kernel
+    // ABI, and the reads are unaligned and stay inside the entry.
     unsafe {
         View {
             opcode: p.read(),
