@@ -12,77 +12,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
-use std::task::{Context, Poll};
 use std::thread;
 use std::time::Duration;
 
-use common::{Watchdog, new_ctx, wait_until};
+use common::{Rescue, Watchdog, new_ctx, pipe, poll_once, wait_until, write_fd};
 
 /// How long a test waits for data before it writes a rescue and fails.
 const GRACE: Duration = Duration::from_secs(5);
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two new descriptors that we own.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_fd(fd: RawFd, data: &[u8]) {
-    // SAFETY: `data` is valid for reads of its length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(n, data.len() as isize);
-}
-
-/// Polls `fut` once with a no-op waker.
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    Pin::new(fut).poll(&mut cx)
-}
-
-/// Writes `RESCUE` to `fd` after [`GRACE`] unless dropped first, so that a read that
-/// lost its data completes (with the wrong data) instead of hanging.
-struct Rescue {
-    tx: Option<mpsc::Sender<()>>,
-    fired: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Rescue {
-    fn new(fd: RawFd) -> Self {
-        let (tx, rx) = mpsc::channel::<()>();
-        let fired = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&fired);
-        let thread = thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(GRACE) {
-                f.store(true, Ordering::SeqCst);
-                write_fd(fd, b"RESCUE");
-            }
-        });
-        Self {
-            tx: Some(tx),
-            fired,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the rescue; whether it had to write.
-    fn finish(mut self) -> bool {
-        drop(self.tx.take());
-        self.thread.take().unwrap().join().unwrap();
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
 /// Reads once from `r` on `ctx` and checks that it got `want` without the rescue.
 fn read_expect(ctx: &aioctx::aio::AioContext, r: RawFd, w: RawFd, want: &[u8], what: &str) {
-    let rescue = Rescue::new(w);
+    let rescue = Rescue::after(GRACE, move || write_fd(w, b"RESCUE"));
     let (res, buf) = ctx.block_on(ctx.read_at(r, vec![0u8; 16], 0));
     let fired = rescue.finish();
     let n = res.unwrap();

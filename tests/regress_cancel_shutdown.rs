@@ -15,21 +15,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 
 use aioctx::aio::{AioContext, ClockType, IoThread, Timer};
-use common::{Watchdog, new_ctx};
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two new descriptors that we own.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_fd(fd: RawFd, data: &[u8]) {
-    // SAFETY: `data` is valid for reads of its length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(n, data.len() as isize);
-}
+use common::{Watchdog, new_ctx, pipe, write_fd};
 
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: plain fcntl on a descriptor we own.

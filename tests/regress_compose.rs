@@ -9,84 +9,25 @@
 mod common;
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
 use aioctx::aio::io_uring::{opcode, squeue, types};
 use aioctx::aio::{AioContext, ClockType, CoMutex, IoThread};
-use common::{Watchdog, new_ctx};
+use common::{Rescue, Watchdog, new_ctx, pipe, poll_once, write_fd};
 
 /// How long a probe waits before it declares a hang and runs its rescue.
 const GRACE: Duration = Duration::from_secs(8);
 
-/// Runs `rescue` after [`GRACE`] unless dropped first; `fired()` says whether it ran.
-struct Rescue {
-    tx: Option<mpsc::Sender<()>>,
-    fired: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Rescue {
-    fn new(rescue: impl FnOnce() + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel::<()>();
-        let fired = Arc::new(AtomicBool::new(false));
-        let f = Arc::clone(&fired);
-        let thread = thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(GRACE) {
-                f.store(true, Ordering::SeqCst);
-                rescue();
-            }
-        });
-        Self {
-            tx: Some(tx),
-            fired,
-            thread: Some(thread),
-        }
-    }
-
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Rescue {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two new descriptors that we own.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_fd(fd: RawFd, data: &[u8]) {
-    // SAFETY: `data` is valid for reads of its length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    assert_eq!(n, data.len() as isize);
-}
-
 fn is_epoll() -> bool {
     std::env::var(aioctx::aio::BACKEND_ENV).is_ok_and(|v| v == "epoll")
-}
-
-/// Polls `fut` once with a no-op waker.
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    Pin::new(fut).poll(&mut cx)
 }
 
 // ---------------------------------------------------------------------------------
@@ -121,7 +62,7 @@ fn probe_raw_io_drain_stalls_behind_the_loops_own_read() {
     let f = common::tempfile("drain");
     let read = ctx.read_at(f.file.as_raw_fd(), vec![0u8; 16], 0);
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let (r, _buf) = ctx.block_on(read);
     r.unwrap();
     while done.load(Ordering::SeqCst) == i32::MIN {
@@ -176,7 +117,7 @@ fn probe_raw_io_drain_loses_cross_thread_wakes() {
             });
         });
         let wfd = w.as_raw_fd();
-        let rescue = Rescue::new(move || write_fd(wfd, b"x"));
+        let rescue = Rescue::after(GRACE, move || write_fd(wfd, b"x"));
         while ran.load(Ordering::SeqCst) < round {
             ctx.poll(true);
         }
@@ -237,7 +178,7 @@ fn probe_raw_cancel_any_leaves_the_loop_working() {
     // The fd handler still fires.
     write_fd(w.as_raw_fd(), b"a");
     let wfd = w.as_raw_fd();
-    let rescue = Rescue::new(move || write_fd(wfd, b"b"));
+    let rescue = Rescue::after(GRACE, move || write_fd(wfd, b"b"));
     while hits.load(Ordering::SeqCst) == 0 {
         ctx.poll(true);
     }
@@ -256,7 +197,7 @@ fn probe_raw_cancel_any_leaves_the_loop_working() {
         c.schedule_oneshot(move || r3.store(true, Ordering::SeqCst));
     });
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     while !ran.load(Ordering::SeqCst) {
         ctx.poll(true);
     }
@@ -327,7 +268,7 @@ fn probe_stream_read_after_fd_number_reuse() {
     let rb2 = (ra, rb);
     write_fd(wb.as_raw_fd(), b"new");
     let wafd = wa.as_raw_fd();
-    let rescue = Rescue::new(move || write_fd(wafd, b"OLD"));
+    let rescue = Rescue::after(GRACE, move || write_fd(wafd, b"OLD"));
     let (res, buf) = ctx.block_on(ctx.read_at(num, vec![0u8; 8], 0));
     let n = res.unwrap();
     let fired = rescue.fired();
@@ -429,7 +370,7 @@ fn probe_join_handle_waiter_parked_when_other_context_drops() {
     a.poll(false);
     drop(a);
     let c = Arc::clone(&b);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let r = b.block_on(waiter).unwrap();
     assert!(r, "the handle of a cancelled task resolved Ok");
     assert!(
@@ -464,7 +405,7 @@ fn probe_comutex_holder_cancelled_by_iothread_drop() {
     main.poll(false);
     drop(iot);
     let c = Arc::clone(&main);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let v = main.block_on(waiter).unwrap();
     assert_eq!(v, 1);
     assert!(!rescue.fired(), "the waiter was not woken by the hand-off");
@@ -501,7 +442,7 @@ fn probe_sleep_outliving_its_context_never_completes() {
     let gave_up = Arc::new(AtomicBool::new(false));
     let waker: Arc<Mutex<Option<std::task::Waker>>> = Arc::new(Mutex::new(None));
     let (g, w) = (Arc::clone(&gave_up), Arc::clone(&waker));
-    let rescue = Rescue::new(move || {
+    let rescue = Rescue::after(GRACE, move || {
         g.store(true, Ordering::SeqCst);
         if let Some(w) = w.lock().unwrap().take() {
             w.wake();
@@ -547,7 +488,7 @@ fn probe_block_on_in_bh_in_task() {
         }
     });
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     ctx.block_on(h).unwrap();
     assert_eq!(out.load(Ordering::SeqCst), 7);
     assert!(!rescue.fired());
@@ -603,7 +544,7 @@ fn probe_panics_in_every_callback_kind_then_poll() {
     assert!(r.is_err() || n.load(Ordering::SeqCst) >= 1);
     timer.modify(ClockType::Realtime.now_ns());
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     while n.load(Ordering::SeqCst) < 2 {
         let _ = catch_unwind(AssertUnwindSafe(|| ctx.poll(true)));
     }
@@ -637,7 +578,7 @@ fn probe_panics_in_every_callback_kind_then_poll() {
     }
     write_fd(w.as_raw_fd(), b"2");
     let wfd = w.as_raw_fd();
-    let rescue = Rescue::new(move || write_fd(wfd, b"3"));
+    let rescue = Rescue::after(GRACE, move || write_fd(wfd, b"3"));
     while hits.load(Ordering::SeqCst) < 2 {
         let _ = catch_unwind(AssertUnwindSafe(|| ctx.poll(true)));
     }
@@ -666,7 +607,7 @@ fn probe_panics_in_every_callback_kind_then_poll() {
         c.block_on(c.spawn(async { 9 })).unwrap()
     });
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let r = catch_unwind(AssertUnwindSafe(|| ctx.block_on(h)));
     assert!(
         !rescue.fired(),
@@ -984,7 +925,7 @@ fn probe_fd_handler_on_a_reused_fd_number() {
     .unwrap();
     write_fd(wb.as_raw_fd(), b"x");
     let wfd = wb.as_raw_fd();
-    let rescue = Rescue::new(move || write_fd(wfd, b"y"));
+    let rescue = Rescue::after(GRACE, move || write_fd(wfd, b"y"));
     while hits.load(Ordering::SeqCst) == 0 {
         ctx.poll(true);
     }
@@ -1152,7 +1093,7 @@ fn probe_ring_op_on_a_stopped_iothread_context() {
     let gave_up = Arc::new(AtomicBool::new(false));
     let waker: Arc<Mutex<Option<std::task::Waker>>> = Arc::new(Mutex::new(None));
     let (g, wk) = (Arc::clone(&gave_up), Arc::clone(&waker));
-    let rescue = Rescue::new(move || {
+    let rescue = Rescue::after(GRACE, move || {
         g.store(true, Ordering::SeqCst);
         if let Some(w) = wk.lock().unwrap().take() {
             w.wake();
@@ -1207,7 +1148,7 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
     drop(a);
     assert!(q.wake_one(), "wake_one found no waiter");
     let c = Arc::clone(&b);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let got = b.block_on(hb).unwrap();
     assert_eq!(got, 7);
     assert!(!rescue.fired());
@@ -1280,7 +1221,7 @@ fn probe_dropped_read_future_loses_later_data() {
     ctx.poll(false);
     write_fd(w.as_raw_fd(), b"hello");
     let wfd = w.as_raw_fd();
-    let rescue = Rescue::new(move || write_fd(wfd, b"RESCUE"));
+    let rescue = Rescue::after(GRACE, move || write_fd(wfd, b"RESCUE"));
     let (res, buf) = ctx.block_on(ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0));
     let n = res.unwrap();
     let fired = rescue.fired();
@@ -1318,7 +1259,7 @@ fn probe_timer_rearmed_in_its_callback_survives_a_nested_poll() {
     t.modify(0);
     *slot.lock().unwrap() = Some(t);
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     while runs.load(Ordering::SeqCst) < 2 && !rescue.fired() {
         ctx.poll(true);
     }
@@ -1352,7 +1293,7 @@ fn probe_bh_rescheduled_in_its_callback_survives_a_nested_poll() {
     bh.schedule();
     *slot.lock().unwrap() = Some(bh);
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     while runs.load(Ordering::SeqCst) < 2 && !rescue.fired() {
         ctx.poll(true);
     }
@@ -1383,7 +1324,7 @@ fn probe_task_self_wake_survives_a_nested_poll() {
         }
     }));
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     let mut h = Box::pin(h);
     while !h.is_finished() && !rescue.fired() {
         ctx.poll(true);
@@ -1420,7 +1361,7 @@ fn probe_fd_handler_nested_poll_keeps_it_armed() {
     .unwrap();
     write_fd(w.as_raw_fd(), b"x");
     let c = Arc::clone(&ctx);
-    let rescue = Rescue::new(move || c.notify());
+    let rescue = Rescue::after(GRACE, move || c.notify());
     while runs.load(Ordering::SeqCst) < 2 && !rescue.fired() {
         ctx.poll(true);
     }

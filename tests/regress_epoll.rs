@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use aioctx::aio::IoThread;
-use common::{HANG_LIMIT, Watchdog, new_ctx};
+use common::{HANG_LIMIT, Watchdog, new_ctx, pipe};
 
 #[test]
 fn regress_ring_entries_does_not_bind_the_calling_thread() {
@@ -59,16 +59,6 @@ fn regress_iothread_new_returns_once_its_thread_is_home() {
         );
         drop(it); // joins the thread, which must not have panicked
     }
-}
-
-/// A blocking pipe (no `O_NONBLOCK`): (read end, write end).
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(res, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 just returned these two descriptors; nobody else owns them.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// A pty pair (blocking): (master, slave).

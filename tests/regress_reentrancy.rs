@@ -7,7 +7,7 @@
 mod common;
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak, mpsc};
 use std::task::{Context, Waker};
 
 use aioctx::aio::{AioContext, ContextLocal, IoBuf, IoBufMut};
-use common::{HANG_LIMIT, Watchdog, new_ctx};
+use common::{HANG_LIMIT, Watchdog, new_ctx, pipe};
 
 /// Set in the child process of the thread-local test.
 const TLS_CHILD: &str = "AIOCTX_REGRESS_TLS_CHILD";
@@ -123,16 +123,6 @@ impl Drop for PollingBuf {
         }
         self.dropped.fetch_add(1, Ordering::SeqCst);
     }
-}
-
-/// A blocking pipe (no `O_NONBLOCK`): (read end, write end).
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(res, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// A read of an empty pipe whose future is dropped while it waits; then the pipe gets

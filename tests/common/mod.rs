@@ -182,3 +182,93 @@ pub fn uring_ctx(
         Err(e) => panic!("{test}: cannot set up io_uring: {e}"),
     }
 }
+
+/// A new pipe, `(read end, write end)`, both close-on-exec.
+pub fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(res, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 just returned these two descriptors; nothing else owns them.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// Writes all of `data` to `fd` in one `write(2)`, or fails the test.
+pub fn write_fd(fd: std::os::fd::RawFd, data: &[u8]) {
+    // SAFETY: `data` is valid for reads of its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    assert_eq!(
+        n,
+        data.len() as isize,
+        "write: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Polls `fut` once with a no-op waker.
+pub fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(fut).poll(&mut cx)
+}
+
+/// Runs `rescue` on its own thread after `grace` unless dropped (or finished) first:
+/// a test that would hang unblocks its wait from outside and then fails with a
+/// diagnosis, instead of leaving the watchdog to abort the whole binary.
+pub struct Rescue {
+    tx: Option<mpsc::Sender<()>>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Rescue {
+    /// Arms `rescue` to run after `grace`.
+    pub fn after(grace: Duration, rescue: impl FnOnce() + Send + 'static) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tx, rx) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&fired);
+        let thread = thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(grace) {
+                // SeqCst: read by `fired` on the test's thread (no other pairing).
+                f.store(true, Ordering::SeqCst);
+                rescue();
+            }
+        });
+        Self {
+            tx: Some(tx),
+            fired,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether the rescue ran (so far).
+    pub fn fired(&self) -> bool {
+        // SeqCst: pairs with the store in `after`'s thread.
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops the rescue, waiting for it if it is running; whether it ran.
+    pub fn finish(mut self) -> bool {
+        self.stop();
+        self.fired()
+    }
+
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Rescue {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
