@@ -18,7 +18,7 @@ use aioctx_aio::main_context;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 #[allow(dead_code)]
-#[path = "../src/thread_probe.rs"]
+#[path = "../cli/src/thread_probe.rs"]
 mod thread_probe;
 use thread_probe::ThreadProbe;
 

@@ -8,6 +8,7 @@
 //! test `child_runs_without_io_uring` only does its work when `AIOCTX_NO_URING_CHILD` is
 //! set, which only the parent does.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::os::fd::AsRawFd;

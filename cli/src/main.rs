@@ -1,16 +1,13 @@
 //! `aioctx`: the command-line face of the project. With no arguments it runs
 //! `aioctx kickstat`, the kick-cost report (`cargo run --release`).
 
-mod cli;
-mod kickstat;
-mod stress;
-mod sys;
-mod thread_probe;
-
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use aioctx::aio::AioContext;
-use cli::Command;
+use aioctx_cli::cli::{Cli, EXIT_USAGE, Run};
+use aioctx_cli::{kickstat, stress};
 
 /// Builds, and drops, a context made the way `main_context()` makes the main one, so
 /// that what would make it fail — an invalid `AIOCTX_BACKEND`, io_uring denied while
@@ -26,26 +23,22 @@ fn check_main_context() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Help) => {
-            print!("{}", cli::USAGE);
-            ExitCode::SUCCESS
-        }
-        Ok(Command::Kickstat(_) | Command::Stress(_)) if let Err(e) = check_main_context() => {
-            eprintln!("aioctx: {e}");
-            ExitCode::from(2)
-        }
-        Ok(Command::Kickstat(opts)) => match kickstat::run(&opts) {
+    // Usage errors exit with clap's code 2; --help and --version with 0.
+    let cli = Cli::parse();
+    let json = cli.json;
+    let run = cli.run();
+    if let Err(e) = check_main_context() {
+        eprintln!("aioctx: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match run {
+        Run::Kickstat(opts) => match kickstat::run(&opts, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("aioctx kickstat: {e}");
                 ExitCode::FAILURE
             }
         },
-        Ok(Command::Stress(opts)) => ExitCode::from(stress::run(&opts)),
-        Err(e) => {
-            eprintln!("aioctx: {e}\n(run `aioctx --help` for the options)");
-            ExitCode::from(2)
-        }
+        Run::Stress(opts) => ExitCode::from(stress::run(&opts, json)),
     }
 }

@@ -10,48 +10,22 @@
 //! `--unlock-kick when-writer-seen` the unlock sees `has_writer == 0` (the writer zeroes
 //! it while polling), skips the kick, and the writer sleeps forever.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aioctx::aio::{IoThread, main_context, sleep};
-use aioctx::graph::{UnlockKick, graph_lock};
+use aioctx::graph::graph_lock;
+
+use crate::cli::{EXIT_HANG, EXIT_USAGE, Policy, StressOptions};
+use crate::progress::Progress;
+use crate::schema::{Meta, StressOutcome, StressReport};
 
 /// How long a reader or the writer naps between looks at the other side: sleeping, not
 /// spinning, so the pressure threads alone make the CPU pressure and hand-offs do not
 /// queue behind spinning waiters.
 const NAP: Duration = Duration::from_micros(20);
-
-/// The parsed flags of `aioctx stress`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StressOptions {
-    /// Reader iothreads.
-    pub iothreads: usize,
-    /// Write-lock cycles.
-    pub iterations: u64,
-    /// The rdunlock policy.
-    pub unlock_kick: UnlockKick,
-    /// Busy threads making CPU pressure.
-    pub pressure: usize,
-    /// Seconds without a completed cycle before the watchdog fires.
-    pub watchdog_secs: u64,
-    /// JSON output instead of text.
-    pub json: bool,
-}
-
-impl Default for StressOptions {
-    fn default() -> Self {
-        Self {
-            iothreads: 4,
-            iterations: 10_000,
-            unlock_kick: UnlockKick::Always,
-            pressure: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            watchdog_secs: 10,
-            json: false,
-        }
-    }
-}
 
 /// What the watchdog saw when the writer stopped making progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,20 +38,15 @@ pub struct Diagnosis {
     pub cycles_done: u64,
 }
 
-fn policy_name(p: UnlockKick) -> &'static str {
-    match p {
-        UnlockKick::Always => "always",
-        UnlockKick::WhenWriterSeen => "when-writer-seen",
-    }
-}
-
-/// Runs the stress; returns the process exit code (0 done, 2 the iothreads could not be
-/// created, 3 writer stuck).
-pub fn run(o: &StressOptions) -> u8 {
+/// Runs the stress and prints its result (text, or with `json` the [`StressReport`]
+/// schema); returns the process exit code (0 done, 2 the iothreads could not be created,
+/// 3 writer stuck).
+pub fn run(o: &StressOptions, json: bool) -> u8 {
     let main = main_context();
     main.make_current();
     let lock = graph_lock();
-    lock.set_unlock_kick(o.unlock_kick);
+    lock.set_unlock_kick(o.unlock_kick.into());
+    let pressure_threads = o.pressure();
 
     let stop = Arc::new(AtomicBool::new(false));
     let cycles = Arc::new(AtomicU64::new(0));
@@ -91,11 +60,11 @@ pub fn run(o: &StressOptions) -> u8 {
         Ok(threads) => threads,
         Err(e) => {
             eprintln!("aioctx stress: cannot create the reader iothreads: {e}");
-            return 2;
+            return EXIT_USAGE;
         }
     };
     // CPU pressure, like `stress-ng --cpu N`.
-    let pressure: Vec<_> = (0..o.pressure)
+    let pressure: Vec<_> = (0..pressure_threads)
         .map(|i| {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
@@ -151,7 +120,7 @@ pub fn run(o: &StressOptions) -> u8 {
     // The watchdog: no finished cycle for `watchdog_secs` means the writer is stuck.
     let watchdog = {
         let (stop, cycles) = (Arc::clone(&stop), Arc::clone(&cycles));
-        let (json, secs, policy) = (o.json, o.watchdog_secs, o.unlock_kick);
+        let (secs, shape) = (o.watchdog_secs, Shape::of(o, pressure_threads));
         std::thread::Builder::new()
             .name("watchdog".into())
             .spawn(move || {
@@ -171,8 +140,8 @@ pub fn run(o: &StressOptions) -> u8 {
                             seconds_stuck: since.elapsed().as_secs(),
                             cycles_done: now,
                         };
-                        report_stuck(&d, policy, json);
-                        std::process::exit(3);
+                        report_stuck(&d, &shape, json);
+                        std::process::exit(EXIT_HANG.into());
                     }
                 }
             })
@@ -181,7 +150,7 @@ pub fn run(o: &StressOptions) -> u8 {
 
     // Start writing only once every reader is at work.
     let started = Instant::now();
-    while reader_ops.load(Ordering::Relaxed) < o.iothreads as u64 {
+    while reader_ops.load(Ordering::Relaxed) < o.iothreads {
         assert!(
             started.elapsed() < Duration::from_secs(o.watchdog_secs),
             "stress: the reader tasks did not start within {} s",
@@ -190,7 +159,7 @@ pub fn run(o: &StressOptions) -> u8 {
         std::thread::yield_now();
     }
 
-    let tty = std::io::stderr().is_terminal() && !o.json;
+    let progress = Progress::new(!json);
     let sleeps_before = main.stats().sleeps;
     let start = Instant::now();
     for i in 0..o.iterations {
@@ -202,21 +171,11 @@ pub fn run(o: &StressOptions) -> u8 {
         let w = lock.wrlock_drained();
         drop(w);
         cycles.store(i + 1, Ordering::Relaxed);
-        if tty && (i % 100 == 0 || i + 1 == o.iterations) {
-            let done = i + 1;
-            let width = 30;
-            let filled = (done * width / o.iterations.max(1)) as usize;
-            eprint!(
-                "\r[{}{}] {done}/{} write-lock cycles",
-                "#".repeat(filled),
-                "-".repeat(width as usize - filled),
-                o.iterations
-            );
+        if progress.is_on() && (i % 100 == 0 || i + 1 == o.iterations) {
+            progress.bar(i + 1, o.iterations, "write-lock cycles");
         }
     }
-    if tty {
-        eprintln!();
-    }
+    progress.clear();
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     watchdog.join().expect("the watchdog thread");
@@ -228,68 +187,93 @@ pub fn run(o: &StressOptions) -> u8 {
     // How often the writer slept waiting for readers: each is one run of the seed
     // commit's window, survived.
     let writer_sleeps = main.stats().sleeps - sleeps_before;
-    if o.json {
-        println!(
-            "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"iothreads\":{},\"pressure\":{},\
-             \"cycles\":{},\"reader_cycles\":{reads},\"writer_sleeps\":{writer_sleeps},\
-             \"seconds\":{:.3}}}",
-            policy_name(o.unlock_kick),
-            o.iothreads,
-            o.pressure,
-            o.iterations,
-            elapsed.as_secs_f64()
-        );
+    let shape = Shape::of(o, pressure_threads);
+    if json {
+        shape.print_json(StressOutcome::Completed {
+            cycles: o.iterations,
+            reader_cycles: reads,
+            writer_sleeps,
+            seconds: elapsed.as_secs_f64(),
+        });
     } else {
         println!(
             "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
              threads) in {:.2} s; readers took and dropped the lock {reads} times; the writer \
              slept waiting for readers {writer_sleeps} times",
             o.iterations,
-            policy_name(o.unlock_kick),
-            o.iothreads,
-            o.pressure,
+            shape.policy.name(),
+            shape.iothreads,
+            shape.pressure,
             elapsed.as_secs_f64()
         );
     }
     0
 }
 
-fn report_stuck(d: &Diagnosis, policy: UnlockKick, json: bool) {
-    let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(
-            out,
-            "{{\"result\":\"writer-stuck\",\"unlock_kick\":\"{}\",\"has_writer\":{},\
-             \"num_waiters\":{},\"readers\":{},\"main_loop_asleep\":{},\"seconds_stuck\":{},\
-             \"cycles_done\":{}}}",
-            policy_name(policy),
-            d.has_writer,
-            d.num_waiters,
-            d.readers,
-            d.main_loop_asleep,
-            d.seconds_stuck,
-            d.cycles_done
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
-             num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
-             stuck for        = {} s\n{}",
-            d.cycles_done,
-            policy_name(policy),
-            d.has_writer,
-            d.num_waiters,
-            d.readers,
-            d.main_loop_asleep,
-            d.seconds_stuck,
-            if d.readers == 0 && d.num_waiters > 0 && !d.has_writer {
-                "  no reader holds the lock and the writer waits asleep with has_writer = 0: \
-                 the last reader skipped its kick — the missed wake-up of QEMU e3082ab3b3."
-            } else {
-                "  (not the e3082ab3b3 state: readers still hold the lock or no writer waits)"
-            }
-        );
+/// What a run was asked to do, for its report.
+struct Shape {
+    policy: Policy,
+    iothreads: u64,
+    pressure: usize,
+}
+
+impl Shape {
+    fn of(o: &StressOptions, pressure: usize) -> Self {
+        Self {
+            policy: o.unlock_kick,
+            iothreads: o.iothreads,
+            pressure,
+        }
     }
+
+    fn print_json(&self, outcome: StressOutcome) {
+        let report = StressReport {
+            meta: Meta::collect("stress", main_context()),
+            unlock_kick: self.policy.name().to_owned(),
+            iothreads: self.iothreads,
+            pressure: self.pressure,
+            outcome,
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &report);
+        let _ = writeln!(out);
+        let _ = out.flush();
+    }
+}
+
+fn report_stuck(d: &Diagnosis, shape: &Shape, json: bool) {
+    let missed_wakeup = d.readers == 0 && d.num_waiters > 0 && !d.has_writer;
+    if json {
+        shape.print_json(StressOutcome::WriterStuck {
+            cycles_done: d.cycles_done,
+            has_writer: d.has_writer,
+            num_waiters: d.num_waiters,
+            readers: d.readers,
+            main_loop_asleep: d.main_loop_asleep,
+            seconds_stuck: d.seconds_stuck,
+            missed_wakeup,
+        });
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
+         num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
+         stuck for        = {} s\n{}",
+        d.cycles_done,
+        shape.policy.name(),
+        d.has_writer,
+        d.num_waiters,
+        d.readers,
+        d.main_loop_asleep,
+        d.seconds_stuck,
+        if missed_wakeup {
+            "  no reader holds the lock and the writer waits asleep with has_writer = 0: \
+             the last reader skipped its kick — the missed wake-up of QEMU e3082ab3b3."
+        } else {
+            "  (not the e3082ab3b3 state: readers still hold the lock or no writer waits)"
+        }
+    );
     let _ = out.flush();
 }

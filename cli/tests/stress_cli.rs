@@ -63,24 +63,3 @@ fn when_writer_seen_policy_hangs_and_the_watchdog_exits_3() {
         assert!(out.contains(needle), "missing `{needle}`:\n{}", text(&o));
     }
 }
-
-#[test]
-fn bad_flags_exit_2_with_a_message() {
-    for (args, needle) in [
-        (
-            &["--unlock-kick", "sometimes"][..],
-            "always or when-writer-seen",
-        ),
-        (&["--iterations", "many"][..], "positive integer"),
-        (&["--iothreads", "0"][..], "positive integer"),
-        (&["--bogus"][..], "unknown stress option"),
-    ] {
-        let o = stress(args);
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(needle),
-            "{}",
-            text(&o)
-        );
-    }
-}

@@ -2,7 +2,9 @@
 
 use std::io::{self, Write};
 
-use aioctx::aio::Stats;
+use aioctx::aio::{AioContext, Stats};
+
+use crate::schema::{KickstatReport, KickstatRow, LoopStats, Meta, NsPerOp, SyscallSource, finite};
 
 use super::Source;
 use super::scenarios::{Sample, Scenario};
@@ -80,7 +82,7 @@ fn fmt_sys(s: Option<f64>) -> String {
     s.map_or_else(|| "n/a".to_owned(), |s| format!("{s:.3}"))
 }
 
-/// Prints the table, the "must show" checks, and the loop section.
+/// Prints the table, the checks of what the numbers must show, and the loop section.
 pub fn write_table(
     out: &mut impl Write,
     rows: &[Row],
@@ -161,7 +163,8 @@ pub fn write_table(
     )
 }
 
-/// The issue's "must show" points that this report can check.
+/// The claims this report can check: syscall counts per kick, the sleeper really
+/// sleeping, the cost next to its floor.
 fn write_checks(
     out: &mut impl Write,
     rows: &[Row],
@@ -257,36 +260,40 @@ fn write_checks(
     Ok(())
 }
 
-/// Prints the rows as a JSON array, one object per scenario.
-pub fn write_json(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
-    let num = |x: f64| {
-        if x.is_finite() {
-            format!("{x:.3}")
-        } else {
-            "null".to_owned()
-        }
+/// Prints the report as one JSON object: [`KickstatReport`].
+pub fn write_json(
+    out: &mut impl Write,
+    rows: &[Row],
+    source: &Source,
+    runs: u32,
+    main: &AioContext,
+) -> io::Result<()> {
+    let report = KickstatReport {
+        meta: Meta::collect("kickstat", main),
+        syscall_source: SyscallSource {
+            name: source.name.to_owned(),
+            detail: source.detail.clone(),
+        },
+        runs,
+        rows: rows
+            .iter()
+            .map(|r| KickstatRow {
+                scenario: r.scenario.name().to_owned(),
+                unit: r.scenario.unit().to_owned(),
+                ns_per_op: NsPerOp {
+                    median: finite(r.ns.0),
+                    min: finite(r.ns.1),
+                    max: finite(r.ns.2),
+                },
+                syscalls_per_op: r.syscalls_per_op.and_then(finite),
+                slept_per_op: r.slept_per_op.and_then(finite),
+                syscall_source: r.source.to_owned(),
+                iterations: r.iterations,
+                runs: r.runs,
+            })
+            .collect(),
+        loop_stats: LoopStats::from(&main.stats()),
     };
-    writeln!(out, "[")?;
-    for (i, r) in rows.iter().enumerate() {
-        writeln!(
-            out,
-            "  {{\"scenario\": \"{}\", \"unit\": \"{}\", \"ns_per_op\": {{\"median\": {}, \
-             \"min\": {}, \"max\": {}}}, \"syscalls_per_op\": {}, \"slept_per_op\": {}, \
-             \"syscall_source\": \"{}\", \"iterations\": {}, \"runs\": {}}}{}",
-            r.scenario.name(),
-            r.scenario.unit(),
-            num(r.ns.0),
-            num(r.ns.1),
-            num(r.ns.2),
-            r.syscalls_per_op
-                .map_or_else(|| "null".to_owned(), |x| format!("{x:?}")),
-            r.slept_per_op
-                .map_or_else(|| "null".to_owned(), |x| format!("{x:?}")),
-            r.source,
-            r.iterations,
-            r.runs,
-            if i + 1 < rows.len() { "," } else { "" }
-        )?;
-    }
-    writeln!(out, "]")
+    serde_json::to_writer_pretty(&mut *out, &report)?;
+    writeln!(out)
 }

@@ -13,12 +13,13 @@ mod harness;
 mod peers;
 mod report;
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use aioctx::aio::{AioContext, main_context};
 
 use crate::cli::{KickstatOptions, SourceChoice};
+use crate::progress::Progress;
 use crate::sys::SyscallCounter;
 use crate::thread_probe::ThreadProbe;
 use report::{LoopInfo, Row};
@@ -43,11 +44,13 @@ pub struct Source {
     pub detail: String,
 }
 
-/// Runs the report and prints it to stdout.
+/// Runs the report and prints it to stdout: a table, or with `json` the
+/// [`KickstatReport`](crate::schema::KickstatReport) schema.
 ///
 /// # Errors
 /// `--syscall-source kernel` when the kernel cannot count; a write error on stdout.
-pub fn run(opts: &KickstatOptions) -> io::Result<()> {
+pub fn run(opts: &KickstatOptions, json: bool) -> io::Result<()> {
+    let scenarios = opts.scenarios();
     // First, while this is the only thread: the counter must be opened before any
     // other thread exists to count them all.
     let (counter, source) = open_counter(opts.source)?;
@@ -60,44 +63,37 @@ pub fn run(opts: &KickstatOptions) -> io::Result<()> {
         main_probe,
     };
 
-    let progress = io::stderr().is_terminal();
+    let progress = Progress::new(true);
     let iterations = |s: Scenario| opts.iterations.unwrap_or_else(|| s.default_iterations());
     // Warm-up: first-use allocations and page faults stay out of the runs.
-    for (i, &scenario) in opts.scenarios.iter().enumerate() {
-        if progress {
-            show_progress(&format!(
-                "warm-up {}/{}: {}",
-                i + 1,
-                opts.scenarios.len(),
-                scenario.name()
-            ));
-        }
+    for (i, &scenario) in scenarios.iter().enumerate() {
+        progress.show(&format!(
+            "warm-up {}/{}: {}",
+            i + 1,
+            scenarios.len(),
+            scenario.name()
+        ));
         scenario.run(&env, (iterations(scenario) / 10).max(1));
     }
     // Runs go round the scenarios, so that a burst of noise from the rest of the
     // machine spreads over all of them instead of skewing one.
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); opts.scenarios.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); scenarios.len()];
     for r in 0..opts.runs {
-        for (i, &scenario) in opts.scenarios.iter().enumerate() {
-            if progress {
-                show_progress(&format!("run {}/{}: {}", r + 1, opts.runs, scenario.name()));
-            }
+        for (i, &scenario) in scenarios.iter().enumerate() {
+            progress.show(&format!("run {}/{}: {}", r + 1, opts.runs, scenario.name()));
             samples[i].push(scenario.run(&env, iterations(scenario)));
         }
     }
-    let rows: Vec<Row> = opts
-        .scenarios
+    let rows: Vec<Row> = scenarios
         .iter()
         .zip(&samples)
         .map(|(&s, samples)| Row::new(s, iterations(s), samples, source.name))
         .collect();
-    if progress {
-        eprint!("\r\x1b[2K");
-    }
+    progress.clear();
 
     let mut out = io::stdout().lock();
-    if opts.json {
-        report::write_json(&mut out, &rows)?;
+    if json {
+        report::write_json(&mut out, &rows, &source, opts.runs, main)?;
     } else {
         let (sq, cq) = main.ring_entries();
         let info = LoopInfo {
@@ -109,11 +105,6 @@ pub fn run(opts: &KickstatOptions) -> io::Result<()> {
         report::write_table(&mut out, &rows, &source, opts.runs, &info)?;
     }
     out.flush()
-}
-
-fn show_progress(what: &str) {
-    eprint!("\r\x1b[2K{what}");
-    let _ = io::stderr().flush();
 }
 
 fn open_counter(choice: SourceChoice) -> io::Result<(Option<SyscallCounter>, Source)> {
