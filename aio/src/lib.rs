@@ -117,7 +117,7 @@ pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
 pub use task::in_task;
-pub use timer::{ClockType, Sleep, Timer, sleep};
+pub use timer::{ClockType, Sleep, Timer, TimerRef, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
 pub use io_uring;

@@ -34,6 +34,10 @@
 //!    on it; when the callback returns (or unwinds), the outer pass puts it back, and it
 //!    runs at the next `poll`. A `delete` or `modify` meanwhile wins, as always.
 
+mod deadline;
+
+pub use deadline::TimerRef;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -352,12 +356,7 @@ impl Timer {
     }
 
     fn modify_inner(&self, expire_ns: i64, anticipate: bool) -> Result<(), ContextGone> {
-        let list = self.remote.timers(self.clock);
-        if list.modify(&self.inner, expire_ns, anticipate)? {
-            // Rule 1: the earliest deadline changed; a sleeping loop must recompute.
-            self.remote.notify();
-        }
-        Ok(())
+        modify(&self.remote, &self.inner, self.clock, expire_ns, anticipate)
     }
 
     /// Disarms the timer (QEMU: `timer_del`): once this returns, the callback does not
@@ -388,6 +387,21 @@ impl Timer {
     pub fn clock(&self) -> ClockType {
         self.clock
     }
+}
+
+/// Arms `timer` of `remote`'s `clock` list; the one path of `Timer` and `TimerRef`.
+fn modify(
+    remote: &Remote,
+    timer: &Arc<TimerInner>,
+    clock: ClockType,
+    expire_ns: i64,
+    anticipate: bool,
+) -> Result<(), ContextGone> {
+    if remote.timers(clock).modify(timer, expire_ns, anticipate)? {
+        // Rule 1: the earliest deadline changed; a sleeping loop must recompute.
+        remote.notify();
+    }
+    Ok(())
 }
 
 impl Drop for Timer {
