@@ -70,7 +70,7 @@ fn iothread_runs_its_context_and_drop_joins_it() {
     let iot = IoThread::new("iot-test").unwrap();
     assert_eq!(iot.name(), "iot-test");
     let ctx = Arc::clone(iot.ctx());
-    let _dog = Watchdog::for_ctx("iothread", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let exited = Arc::new(AtomicBool::new(false));
 
     let (tx, rx) = mpsc::channel();

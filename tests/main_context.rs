@@ -28,7 +28,7 @@ fn main_context_is_current_on_its_home_thread_only() {
     let main = main_context();
     assert!(Arc::ptr_eq(main, main_context()), "two main contexts");
     assert_eq!(main.name(), "main");
-    let _dog = Watchdog::for_ctx("main_context", main);
+    let _dog = Watchdog::on_ctx(main);
 
     // This thread becomes its home by polling it.
     main.poll(false);
