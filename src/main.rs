@@ -26,14 +26,17 @@ fn check_main_context() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match cli::parse(std::env::args().skip(1)) {
+    let command = cli::parse(std::env::args().skip(1));
+    if matches!(command, Ok(Command::Kickstat(_) | Command::Stress(_)))
+        && let Err(e) = check_main_context()
+    {
+        eprintln!("aioctx: {e}");
+        return ExitCode::from(2);
+    }
+    match command {
         Ok(Command::Help) => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
-        }
-        Ok(Command::Kickstat(_) | Command::Stress(_)) if let Err(e) = check_main_context() => {
-            eprintln!("aioctx: {e}");
-            ExitCode::from(2)
         }
         Ok(Command::Kickstat(opts)) => match kickstat::run(&opts) {
             Ok(()) => ExitCode::SUCCESS,
