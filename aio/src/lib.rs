@@ -66,6 +66,11 @@
 //! explicitly; [`AioContext::backend`] says which runs. Everything but
 //! [`AioContext::submit_raw`] (raw SQEs: `Unsupported` on epoll) behaves the same; on
 //! epoll a wake-up costs the woken loop one `read(2)` of the eventfd more.
+//!
+//! # Testing
+//! The main context belongs to the first thread that polls it, and libtest runs each
+//! test on a thread of its own: [`testing`] gives the pattern every test of the main
+//! loop needs (`wait_while(None)`, `bh_oneshot`, the graph writer).
 #![deny(missing_docs)]
 
 mod backend;
@@ -91,6 +96,8 @@ mod sync;
 mod sys;
 mod task;
 mod timer;
+
+pub mod testing;
 
 #[cfg(all(loom, test))]
 mod loom_loop;
