@@ -218,13 +218,7 @@ fn poll_from_a_foreign_thread_panics_naming_both_threads() {
             .spawn_scoped(s, || {
                 let err = catch_unwind(AssertUnwindSafe(|| ctx.poll(false)))
                     .expect_err("poll from a foreign thread did not panic");
-                match err.downcast::<String>() {
-                    Ok(s) => *s,
-                    Err(err) => err
-                        .downcast::<&str>()
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|_| "<non-string panic>".into()),
-                }
+                common::panic_message(&*err)
             })
             .unwrap()
             .join()

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::any::Any;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -19,15 +18,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use aioctx::aio::{AioContext, ClockType, EventNotifier, IoThread};
-use common::{Rng, Watchdog, new_ctx};
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<non-string panic>".into())
-}
+use common::{Rng, Watchdog, new_ctx, panic_message as message};
 
 /// Polls without blocking until `ctx.poll` panics; returns the panic message.
 fn poll_until_panic(ctx: &AioContext) -> String {

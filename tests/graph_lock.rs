@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::wait_until as watch_until;
+
 use std::future::Future;
 use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -31,18 +33,6 @@ fn on_main<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
         let _restore = Restore;
         f()
     })
-}
-
-/// Polls `cond` from a plain thread until it holds, panicking with `what` after 10 s.
-fn watch_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "watchdog: still waiting after 10 s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// A read lock taken by a task on `iothread` and held in a slot until released from

@@ -14,13 +14,7 @@ use aioctx::aio::{current, main_context, try_current};
 use common::{Watchdog, wait_asleep};
 
 fn panic_message(err: Box<dyn std::any::Any + Send>) -> String {
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(err) => err
-            .downcast::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "<non-string panic>".into()),
-    }
+    common::panic_message(&*err)
 }
 
 #[test]

@@ -15,10 +15,10 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aioctx_aio::{AioContext, IoThread, main_context};
-use aioctx_testkit::{allocs, panic_message as message};
+use aioctx_testkit::{allocs, panic_message as message, wait_until as spin_until};
 use aioctx_wait::{bh_oneshot, kick, num_waiters, wait_while};
 
 #[global_allocator]
@@ -31,17 +31,6 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 /// `num_waiters()`.
 fn on_main<R: Send + 'static>(_test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
     aioctx_testkit::on_main_with(|| format!("num_waiters = {}", num_waiters()), f)
-}
-
-fn spin_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < WATCHDOG,
-            "watchdog: waited too long for {what}"
-        );
-        std::thread::yield_now();
-    }
 }
 
 #[test]
