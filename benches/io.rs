@@ -60,19 +60,16 @@ fn open_bench_file() -> File {
     File::open(&path).unwrap()
 }
 
-/// A xorshift stream of 4 KiB-aligned offsets inside the file.
-struct Offsets(u64);
+/// A seeded stream of 4 KiB-aligned offsets inside the file (the test kit's generator).
+struct Offsets(aioctx_testkit::Rng);
 
 impl Offsets {
     fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        Self(aioctx_testkit::Rng::new(seed))
     }
 
     fn next_offset(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % BLOCKS) * BLOCK as u64
+        (self.0.next_u64() % BLOCKS) * BLOCK as u64
     }
 }
 

@@ -48,7 +48,7 @@ fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
         .poll_params(MAX_GROW, 0, 0)
         .build()
         .unwrap();
-    let _dog = Watchdog::for_ctx("adaptive_poll", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     ctx.poll(false);
     assert!(ctx.is_home_thread());
     assert_eq!(ctx.poll_ns(), 0);
@@ -93,7 +93,7 @@ fn busy_polling_sees_a_bh_without_sleeping() {
         .poll_params(MAX_GROW, 0, 0)
         .build()
         .unwrap();
-    let _dog = Watchdog::for_ctx("busy_poll_bh", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     ctx.poll(false);
     // Grow to a long polling time: 4 µs, then × 1,000,000 = 4 s (under max 10 s).
     assert_eq!(wait_once(&ctx, SHORT), 4000);

@@ -124,7 +124,7 @@ fn assert_quiet(ctx: &AioContext) {
 fn fd_closed_before_the_loop_armed_it_is_removed() {
     let _g = fd_lock();
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_closed_before_armed", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let runs = Arc::new(AtomicUsize::new(0));
     let (r, w) = pipe();
     let fd = r.as_raw_fd();
@@ -148,7 +148,7 @@ fn fd_closed_by_its_own_handler_is_removed() {
     // loop's re-arm finds the fd closed, removes the handler and does not spin.
     let _g = fd_lock();
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_closed_by_handler", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let fd = r.as_raw_fd();
     let runs = Arc::new(AtomicUsize::new(0));
@@ -185,7 +185,7 @@ fn fd_closed_while_its_poll_is_armed_is_removed_when_it_fires() {
     // the re-arm finds the fd closed and removes the handler.
     let _g = fd_lock();
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_closed_while_armed", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let runs = Arc::new(AtomicUsize::new(0));
     let (r, w) = pipe();
     let fd = r.as_raw_fd();
@@ -218,13 +218,7 @@ fn poll_from_a_foreign_thread_panics_naming_both_threads() {
             .spawn_scoped(s, || {
                 let err = catch_unwind(AssertUnwindSafe(|| ctx.poll(false)))
                     .expect_err("poll from a foreign thread did not panic");
-                match err.downcast::<String>() {
-                    Ok(s) => *s,
-                    Err(err) => err
-                        .downcast::<&str>()
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|_| "<non-string panic>".into()),
-                }
+                common::panic_message(&*err)
             })
             .unwrap()
             .join()

@@ -17,13 +17,7 @@ use aioctx::aio::{AioContext, IoThread, current, try_current};
 use common::{HANG_LIMIT, Watchdog, new_ctx, wait_asleep};
 
 fn panic_message(err: Box<dyn std::any::Any + Send>) -> String {
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(err) => err
-            .downcast::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "<non-string panic>".into()),
-    }
+    common::panic_message(&*err)
 }
 
 #[test]
@@ -70,7 +64,7 @@ fn iothread_runs_its_context_and_drop_joins_it() {
     let iot = IoThread::new("iot-test").unwrap();
     assert_eq!(iot.name(), "iot-test");
     let ctx = Arc::clone(iot.ctx());
-    let _dog = Watchdog::for_ctx("iothread", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let exited = Arc::new(AtomicBool::new(false));
 
     let (tx, rx) = mpsc::channel();

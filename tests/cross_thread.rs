@@ -39,7 +39,7 @@ fn four_threads_schedule_a_million_oneshots() {
     });
     let diag_state = Arc::clone(&state);
     let diag_ctx = Arc::downgrade(&ctx);
-    let _dog = Watchdog::new("a_million_oneshots", HANG_LIMIT, move || {
+    let _dog = Watchdog::arm_with(HANG_LIMIT, move || {
         format!(
             "scheduled {} ran {} doubles {}; {:?}",
             diag_state.scheduled.load(Ordering::Relaxed),
@@ -126,7 +126,7 @@ fn four_threads_reschedule_owned_bhs_a_million_times() {
     );
     let total_runs = Arc::new(AtomicUsize::new(0));
     let diag = (Arc::clone(&total_runs), Arc::downgrade(&ctx));
-    let _dog = Watchdog::new("owned_bhs", HANG_LIMIT, move || {
+    let _dog = Watchdog::arm_with(HANG_LIMIT, move || {
         format!(
             "runs {}; {:?}",
             diag.0.load(Ordering::Relaxed),

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::any::Any;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -19,15 +18,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use aioctx::aio::{AioContext, ClockType, EventNotifier, IoThread};
-use common::{Rng, Watchdog, new_ctx};
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "<non-string panic>".into())
-}
+use common::{Rng, Watchdog, new_ctx, panic_message as message};
 
 /// Polls without blocking until `ctx.poll` panics; returns the panic message.
 fn poll_until_panic(ctx: &AioContext) -> String {
@@ -70,7 +61,7 @@ fn eintr_storm_loses_and_duplicates_nothing() {
     const ONESHOTS: usize = 3000;
     const TIMERS: usize = 200;
     const IOS: usize = 200;
-    let _dog = common::watchdog("eintr_storm", 60);
+    let _dog = common::Watchdog::arm_secs(60);
     install_sigusr1();
     let io = IoThread::new("eintr-loop").unwrap();
     let ctx = Arc::clone(io.ctx());
@@ -177,7 +168,7 @@ fn typed_io_on_a_tiny_ring_under_load_completes_each_op_once() {
     // 512 reads in flight on a 2-entry SQ (4-entry CQ): the SQ fills at every third
     // push and the CQ overflows; every read completes exactly once with its data.
     const OPS: usize = 512;
-    let _dog = common::watchdog("typed_io_tiny_ring", 60);
+    let _dog = common::Watchdog::arm_secs(60);
     let ctx = AioContext::builder().ring_entries(2).build().unwrap();
     let tmp = common::tempfile("tiny-ring");
     let data: Vec<u8> = (0..OPS * 64).map(|i| (i / 64) as u8).collect();
@@ -206,7 +197,7 @@ fn typed_io_on_a_tiny_ring_under_load_completes_each_op_once() {
 #[test]
 fn panicking_bh_propagates_and_the_context_stays_usable() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("panicking_bh", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let runs = Arc::new(AtomicU32::new(0));
     let mk = |n: u32| {
         let r = Arc::clone(&runs);
@@ -251,7 +242,7 @@ fn panicking_bh_propagates_and_the_context_stays_usable() {
 #[test]
 fn detached_task_panic_propagates_and_the_run_queue_keeps_draining() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("detached_task_panic", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let ran = Arc::new(AtomicU32::new(0));
     ctx.spawn(async { panic!("task boom") }).detach();
     for _ in 0..5 {
@@ -279,7 +270,7 @@ fn detached_task_panic_propagates_and_the_run_queue_keeps_draining() {
 #[test]
 fn panicking_fd_handler_and_timer_stay_registered() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("panicking_handler", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let e = Arc::new(EventNotifier::new().unwrap());
     let calls = Arc::new(AtomicU32::new(0));
     let (e2, c) = (Arc::clone(&e), Arc::clone(&calls));
@@ -331,7 +322,7 @@ const MEMLOCK_CHILD: &str = "AIOCTX_MEMLOCK_CHILD";
 #[test]
 fn rlimit_memlock_64k_works_or_fails_clearly() {
     // In a child process: the limit is process-wide and cannot be raised back.
-    let _dog = common::watchdog("rlimit_memlock", 60);
+    let _dog = common::Watchdog::arm_secs(60);
     let me = std::env::current_exe().unwrap();
     let out = std::process::Command::new(me)
         .env(MEMLOCK_CHILD, "1")

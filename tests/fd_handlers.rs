@@ -69,7 +69,7 @@ fn drain(r: &mut impl Read) {
 #[test]
 fn write_handler_is_level_triggered_on_a_pipe() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("write_level", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (mut r, mut w) = pipe();
     let writes = counter();
     ctx.set_fd_handler(w.as_raw_fd(), None, Some(count_cb(&writes)))
@@ -110,7 +110,7 @@ fn write_handler_is_level_triggered_on_a_pipe() {
 #[test]
 fn read_handler_is_level_triggered_on_a_pipe() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("read_level", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (mut r, mut w) = pipe();
     let reads = counter();
     ctx.set_fd_handler(r.as_raw_fd(), Some(count_cb(&reads)), None)
@@ -181,7 +181,7 @@ fn read_and_write_handlers_on_one_socket() {
 #[test]
 fn handler_replaced_and_removed_from_another_thread() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("replace_from_thread", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let e = EventNotifier::new().unwrap();
     e.set().unwrap(); // stays readable: level-triggered handlers keep firing
     let (old, new) = (counter(), counter());
@@ -229,7 +229,7 @@ fn handler_replaced_and_removed_from_another_thread() {
 #[test]
 fn handler_added_from_another_thread_wakes_a_sleeping_loop() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("add_wakes_sleeper", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let e = Arc::new(EventNotifier::new().unwrap());
     e.set().unwrap();
     let runs = counter();
@@ -306,7 +306,7 @@ fn handler_churn_from_other_threads() {
     const FDS: usize = 8;
     const OPS: usize = 3000;
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("handler_churn", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let notifiers: Vec<EventNotifier> = (0..FDS)
         .map(|_| {
             let e = EventNotifier::new().unwrap();
@@ -389,7 +389,7 @@ fn regress_handler_on_a_regular_file_runs_every_poll() {
     // once on it; epoll refuses it (EPERM). Both back ends must run its handlers every
     // poll, and a blocking poll must not sleep while it is ready.
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("regular_file_handler", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let file = regular_file("handler");
     let (reads, writes) = (counter(), counter());
     ctx.set_fd_handler(
@@ -419,7 +419,7 @@ fn regress_handler_on_a_regular_file_runs_every_poll() {
 #[test]
 fn regress_handler_on_a_closed_regular_file_is_removed() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("closed_regular_file", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let file = regular_file("closed");
     let fd = file.as_raw_fd();
     let reads = counter();

@@ -5,58 +5,34 @@
 //! body runs on one "main loop" thread of this binary, one at a time (`on_main`).
 #![cfg(not(loom))]
 
+mod common;
+
+use common::wait_until as watch_until;
+
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::panic::catch_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aioctx::aio::{IoThread, main_context};
 use aioctx::graph::{Quiesce, ReadGuard, UnlockKick, graph_lock};
 use aioctx::wait::{bh_oneshot, kick, num_waiters, wait_while};
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `f` on this binary's one main-loop thread and returns its result (or panic).
+/// Runs `f` on the test kit's one main-loop thread and returns its result (or panic);
+/// the unlock policy goes back to `Always` after each body, also after a panic.
 fn on_main<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    static MAIN: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    let tx = MAIN.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        std::thread::Builder::new()
-            .name("main-loop".into())
-            .spawn(move || {
-                main_context().make_current();
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("spawn the main-loop thread");
-        Mutex::new(tx)
-    });
-    let (rtx, rrx) = channel();
-    let job: Job = Box::new(move || {
-        let r = catch_unwind(AssertUnwindSafe(f));
-        graph_lock().set_unlock_kick(UnlockKick::Always);
-        let _ = rtx.send(r);
-    });
-    tx.lock().unwrap().send(job).unwrap();
-    match rrx.recv().expect("the main-loop thread died") {
-        Ok(r) => r,
-        Err(panic) => resume_unwind(panic),
-    }
-}
-
-/// Polls `cond` from a plain thread until it holds, panicking with `what` after 10 s.
-fn watch_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "watchdog: still waiting after 10 s for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::on_main(move || {
+        /// Restores the default policy on return and on unwind.
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                graph_lock().set_unlock_kick(UnlockKick::Always);
+            }
+        }
+        let _restore = Restore;
+        f()
+    })
 }
 
 /// A read lock taken by a task on `iothread` and held in a slot until released from

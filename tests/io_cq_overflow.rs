@@ -28,7 +28,7 @@ fn small_ring(test: &str) -> Option<Arc<AioContext>> {
 /// them at once: 64 CQEs land on an 8-entry CQ.
 #[test]
 fn cq_overflow_pipe_reads_each_complete_exactly_once() {
-    let _wd = common::watchdog("cq_overflow_pipe_reads", 60);
+    let _wd = common::Watchdog::arm_secs(60);
     const N: usize = 64;
     let Some(ctx) = small_ring("cq_overflow_pipe_reads_each_complete_exactly_once") else {
         return;
@@ -83,7 +83,7 @@ fn cq_overflow_pipe_reads_each_complete_exactly_once() {
 /// 8-entry CQ; half come from another thread. Every callback runs exactly once.
 #[test]
 fn cq_overflow_nops_each_complete_exactly_once() {
-    let _wd = common::watchdog("cq_overflow_nops", 60);
+    let _wd = common::Watchdog::arm_secs(60);
     const N: usize = 10_000;
     let Some(ctx) = small_ring("cq_overflow_nops_each_complete_exactly_once") else {
         return;

@@ -14,13 +14,7 @@ use aioctx::aio::{current, main_context, try_current};
 use common::{Watchdog, wait_asleep};
 
 fn panic_message(err: Box<dyn std::any::Any + Send>) -> String {
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(err) => err
-            .downcast::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "<non-string panic>".into()),
-    }
+    common::panic_message(&*err)
 }
 
 #[test]
@@ -28,7 +22,7 @@ fn main_context_is_current_on_its_home_thread_only() {
     let main = main_context();
     assert!(Arc::ptr_eq(main, main_context()), "two main contexts");
     assert_eq!(main.name(), "main");
-    let _dog = Watchdog::for_ctx("main_context", main);
+    let _dog = Watchdog::on_ctx(main);
 
     // This thread becomes its home by polling it.
     main.poll(false);

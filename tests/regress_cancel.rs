@@ -41,7 +41,7 @@ fn read_expect(ctx: &aioctx::aio::AioContext, r: RawFd, w: RawFd, want: &[u8], w
 #[test]
 fn dropping_a_pending_read_cancels_it_before_later_data() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop_cancels", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     for round in 0..20 {
         let mut read = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
@@ -64,7 +64,7 @@ fn dropping_a_pending_read_cancels_it_before_later_data() {
 #[test]
 fn dropping_a_pending_read_on_another_thread_cancels_it() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop_cancels_remote", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     ctx.poll(false); // binds the home thread
     for round in 0..20 {
@@ -89,7 +89,7 @@ fn dropping_a_pending_read_on_another_thread_cancels_it() {
 #[test]
 fn a_dropped_read_lets_a_closed_socket_reach_eof() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop_closes", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let mut sv = [0; 2];
     // SAFETY: `sv` is a valid array of two ints.
     let rc = unsafe {
@@ -130,7 +130,7 @@ fn a_dropped_read_lets_a_closed_socket_reach_eof() {
 #[test]
 fn a_read_on_a_reused_descriptor_number_reads_the_new_file() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_reuse", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (ra, wa) = pipe();
     let num = ra.as_raw_fd();
     let mut old = ctx.read_at(num, vec![0u8; 16], 0);
@@ -165,7 +165,7 @@ fn a_read_on_a_reused_descriptor_number_reads_the_new_file() {
 #[test]
 fn dropping_a_pending_write_cancels_it() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop_cancels_write", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     // SAFETY: fcntl on descriptors we own.
     let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };

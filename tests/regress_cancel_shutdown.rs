@@ -63,7 +63,7 @@ fn next_reader_gets(ctx: &Arc<AioContext>, r: RawFd, w: RawFd, what: &str) {
 #[test]
 fn probe_read_dropped_off_home_then_next_reader_gets_data() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop off home", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     for _ in 0..50 {
         let (r, w) = pipe();
         let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
@@ -91,7 +91,7 @@ impl Wake for DropOnWake {
 #[test]
 fn probe_read_dropped_inside_another_completion() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop in completion", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     for _ in 0..50 {
         let (r1, w1) = pipe();
         let (r2, w2) = pipe();
@@ -118,7 +118,7 @@ fn probe_read_dropped_inside_another_completion() {
 #[test]
 fn probe_read_dropped_inside_a_nested_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("drop in nested poll", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     for _ in 0..20 {
         let (r, w) = pipe();
         let mut op = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
@@ -147,7 +147,7 @@ fn probe_read_dropped_inside_a_nested_poll() {
 #[test]
 fn probe_readv_writev_fsync_dropped() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("vectored drops", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let mut rv = ctx.readv_at(r.as_raw_fd(), vec![vec![0u8; 4], vec![0u8; 4]], 0);
     assert!(poll_once(&mut rv, Waker::noop()).is_pending());
@@ -191,7 +191,7 @@ fn probe_readv_writev_fsync_dropped() {
 /// another, both orders.
 #[test]
 fn probe_op_drop_racing_context_drop() {
-    let _dog = common::watchdog("op drop vs ctx drop", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     for i in 0..200 {
         let ctx = new_ctx();
         let (r, _w) = pipe();
@@ -261,7 +261,7 @@ fn probe_deferred_timer_deleted_from_another_thread() {
             });
         }
     });
-    let _dog = Watchdog::for_ctx("deferred delete", &d.ctx);
+    let _dog = Watchdog::on_ctx(&d.ctx);
     d.ctx.poll(false);
     assert_eq!(d.runs.load(Ordering::SeqCst), 1);
     assert!(
@@ -284,7 +284,7 @@ fn probe_deferred_timer_modified_from_another_thread() {
             });
         }
     });
-    let _dog = Watchdog::for_ctx("deferred modify", &d.ctx);
+    let _dog = Watchdog::on_ctx(&d.ctx);
     d.ctx.poll(false);
     let t = d.timer.get().unwrap();
     assert!(t.pending());
@@ -309,7 +309,7 @@ fn probe_deferred_timer_callback_panics() {
             panic!("probe: panic while deferred");
         }
     });
-    let _dog = Watchdog::for_ctx("deferred panic", &d.ctx);
+    let _dog = Watchdog::on_ctx(&d.ctx);
     let r = catch_unwind(AssertUnwindSafe(|| d.ctx.poll(false)));
     assert!(
         r.is_err(),
@@ -327,7 +327,7 @@ fn probe_deferred_timer_callback_panics() {
 /// deferred inside its own callback: nothing runs afterwards, nothing hangs.
 #[test]
 fn probe_iothread_dropped_while_timer_deferred() {
-    let _dog = common::watchdog("iothread drop while deferred", 60);
+    let _dog = common::Watchdog::arm_secs(60);
     for _ in 0..20 {
         let iot = IoThread::new("probe-deferred").unwrap();
         let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
@@ -386,7 +386,7 @@ fn probe_iothread_dropped_while_timer_deferred() {
 #[test]
 fn probe_shutdown_tasks_from_a_task_and_from_a_bh() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("shutdown from inside", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let parked = ctx.spawn(std::future::pending::<u32>());
     let c = Arc::clone(&ctx);
     let n = Arc::new(AtomicUsize::new(usize::MAX));
@@ -423,7 +423,7 @@ fn probe_shutdown_tasks_from_a_task_and_from_a_bh() {
 /// `shutdown_tasks` from another thread racing wakes of a parked task.
 #[test]
 fn probe_shutdown_tasks_racing_wakes() {
-    let _dog = common::watchdog("shutdown vs wake", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     let other = new_ctx();
     for _ in 0..100 {
         let iot = IoThread::new("probe-wake").unwrap();
@@ -455,7 +455,7 @@ fn probe_shutdown_tasks_racing_wakes() {
 /// submit reads on it: nothing hangs or crashes, and every read future resolves.
 #[test]
 fn probe_iothread_drop_racing_every_kind_of_work() {
-    let _dog = common::watchdog("drop vs everything", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     let home = new_ctx();
     for _ in 0..20 {
         let iot = IoThread::new("probe-race").unwrap();
@@ -518,7 +518,7 @@ fn resolves_without_waiting<F: Future + Unpin>(ctx: &AioContext, fut: &mut F) ->
 #[test]
 fn probe_stream_read_on_a_reused_number_of_another_eventfd() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("eventfd reuse", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     // SAFETY: plain eventfd creation; we own the results.
     let (a, b) = unsafe {
         (
@@ -553,7 +553,7 @@ fn probe_stream_read_on_a_reused_number_of_another_eventfd() {
 #[test]
 fn probe_first_of_two_reads_dropped_second_gets_data() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("two reads", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     for _ in 0..20 {
         let (r, w) = pipe();
         let mut first = ctx.read_at(r.as_raw_fd(), vec![0u8; 16], 0);
@@ -574,7 +574,7 @@ fn probe_first_of_two_reads_dropped_second_gets_data() {
 #[test]
 fn probe_first_of_two_writes_dropped_only_second_lands() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("two writes", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     set_nonblocking(w.as_raw_fd());
     set_nonblocking(r.as_raw_fd());
@@ -627,7 +627,7 @@ fn probe_first_of_two_writes_dropped_only_second_lands() {
 #[test]
 fn probe_shutdown_tasks_reentered_from_a_cancelled_futures_drop() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("reentrant shutdown", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let other = new_ctx();
     let c = Arc::clone(&ctx);
     let ready = ctx.spawn(async move {
@@ -672,7 +672,7 @@ fn probe_shutdown_tasks_reentered_from_a_cancelled_futures_drop() {
 #[test]
 fn probe_deferred_timer_handle_dropped_in_its_callback() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("deferred handle drop", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let slot: Arc<Mutex<Option<Timer>>> = Arc::new(Mutex::new(None));
     let runs = Arc::new(AtomicUsize::new(0));
     let (c, s, n) = (Arc::downgrade(&ctx), Arc::clone(&slot), Arc::clone(&runs));
@@ -698,7 +698,7 @@ fn probe_deferred_timer_handle_dropped_in_its_callback() {
 #[test]
 fn probe_deferred_timer_modified_again_then_nested_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("deferred twice", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let timer: Arc<OnceLock<Timer>> = Arc::new(OnceLock::new());
     let depth = Arc::new(AtomicUsize::new(0));
     let reentered = Arc::new(AtomicBool::new(false));
@@ -774,7 +774,7 @@ impl Wake for SubmitOnWake {
 #[test]
 fn probe_submit_and_nested_poll_inside_a_completion_wake() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("submit in completion", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r1, w1) = pipe();
     let (r2, w2) = pipe();
     let hook = Arc::new(SubmitOnWake {
@@ -819,7 +819,7 @@ fn probe_stream_read_on_a_reused_number_of_another_pty_master() {
         }
     }
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("pty reuse", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (ma, _sa) = open_master();
     let (mb, sb) = open_master();
     let n = ma.as_raw_fd();
@@ -864,7 +864,7 @@ fn probe_stream_read_on_a_reused_number_of_another_pty_master() {
 #[test]
 fn probe_stream_read_on_an_eventfd_with_a_count() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("eventfd control", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     // SAFETY: plain eventfd creation; we own the results.
     let (a, b) = unsafe {
         (
@@ -893,7 +893,7 @@ fn probe_deferred_timer_deleted_then_callback_panics() {
             panic!("probe: panic after a delete while deferred");
         }
     });
-    let _dog = Watchdog::for_ctx("deferred delete panic", &d.ctx);
+    let _dog = Watchdog::on_ctx(&d.ctx);
     assert!(catch_unwind(AssertUnwindSafe(|| d.ctx.poll(false))).is_err());
     assert!(
         !d.timer.get().unwrap().pending(),
@@ -909,7 +909,7 @@ fn probe_deferred_timer_deleted_then_callback_panics() {
 #[test]
 fn probe_read_dropped_off_home_while_it_retries_eagain() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("retry drop", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     for i in 0..100 {
         let (r, w) = pipe();
         set_nonblocking(r.as_raw_fd());
@@ -945,7 +945,7 @@ fn probe_read_dropped_off_home_while_it_retries_eagain() {
 fn probe_work_after_iothread_stop_is_refused_and_freed() {
     let iot = IoThread::new("probe-stopped").unwrap();
     let ctx = Arc::clone(iot.ctx());
-    let _dog = Watchdog::for_ctx("after stop", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let bh = ctx.bh_new(|| {});
     let timer = ctx.timer_new(ClockType::Realtime, || {});
     drop(iot);
@@ -1003,7 +1003,7 @@ fn probe_work_after_iothread_stop_is_refused_and_freed() {
 /// thread stops, closes its context, and the other tasks end cancelled.
 #[test]
 fn probe_iothread_dropped_from_its_own_task() {
-    let _dog = common::watchdog("iothread drop in task", 60);
+    let _dog = common::Watchdog::arm_secs(60);
     let other = new_ctx();
     for _ in 0..20 {
         let iot = IoThread::new("probe-selfdrop").unwrap();
@@ -1059,7 +1059,7 @@ impl Wake for SubmitOnCancel {
 fn probe_read_submitted_from_a_completion_run_by_the_shutdown() {
     let iot = IoThread::new("probe-late-submit").unwrap();
     let ctx = Arc::clone(iot.ctx());
-    let _dog = Watchdog::for_ctx("late submit", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r1, _w1) = pipe();
     let (r2, w2) = pipe();
     let hook = Arc::new(SubmitOnCancel {

@@ -43,7 +43,7 @@ fn probe_raw_io_drain_stalls_behind_the_loops_own_read() {
     let Some(ctx) = common::uring_ctx("probe_raw_io_drain", AioContext::builder()) else {
         return;
     };
-    let _dog = Watchdog::for_ctx("io_drain", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let done = Arc::new(AtomicI32::new(i32::MIN));
     let d = Arc::clone(&done);
     // SAFETY: a NOP names no memory.
@@ -82,7 +82,7 @@ fn probe_raw_io_drain_loses_cross_thread_wakes() {
     let Some(ctx) = common::uring_ctx("probe_raw_io_drain_wakes", AioContext::builder()) else {
         return;
     };
-    let _dog = Watchdog::for_ctx("io_drain_wakes", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let polled = Arc::new(AtomicBool::new(false));
     let p = Arc::clone(&polled);
@@ -140,7 +140,7 @@ fn probe_raw_cancel_any_leaves_the_loop_working() {
     let Some(ctx) = common::uring_ctx("probe_raw_cancel_any", AioContext::builder()) else {
         return;
     };
-    let _dog = Watchdog::for_ctx("cancel_any", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let hits = Arc::new(AtomicUsize::new(0));
     let h = Arc::clone(&hits);
@@ -215,7 +215,7 @@ fn probe_raw_cancel_of_a_safe_read_gives_the_buffer_back() {
     let Some(ctx) = common::uring_ctx("probe_raw_cancel_safe", AioContext::builder()) else {
         return;
     };
-    let _dog = Watchdog::for_ctx("cancel_safe", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let mut read = ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0);
     assert!(poll_once(&mut read).is_pending());
@@ -250,7 +250,7 @@ fn probe_raw_cancel_of_a_safe_read_gives_the_buffer_back() {
 #[test]
 fn probe_stream_read_after_fd_number_reuse() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_reuse", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (ra, wa) = pipe();
     let num = ra.as_raw_fd();
     {
@@ -288,7 +288,7 @@ fn probe_stream_read_after_fd_number_reuse() {
 fn probe_stream_many_ops_one_fd_then_drop_context() {
     for round in 0..20 {
         let ctx = new_ctx();
-        let _dog = Watchdog::for_ctx("many_ops", &ctx);
+        let _dog = Watchdog::on_ctx(&ctx);
         let (r, w) = pipe();
         let mut futs: Vec<_> = (0..16)
             .map(|_| Box::pin(ctx.read_at(r.as_raw_fd(), vec![0u8; 4], 0)))
@@ -346,7 +346,7 @@ fn probe_stream_many_ops_one_fd_then_drop_context() {
 fn probe_join_handle_awaited_on_another_context_after_drop() {
     let a = new_ctx();
     let b = new_ctx();
-    let _dog = Watchdog::for_ctx("join_other", &b);
+    let _dog = Watchdog::on_ctx(&b);
     let h = a.spawn(std::future::pending::<u32>());
     a.poll(false);
     drop(a);
@@ -363,7 +363,7 @@ fn probe_join_handle_awaited_on_another_context_after_drop() {
 fn probe_join_handle_waiter_parked_when_other_context_drops() {
     let a = new_ctx();
     let b = new_ctx();
-    let _dog = Watchdog::for_ctx("join_parked", &b);
+    let _dog = Watchdog::on_ctx(&b);
     let h = a.spawn(std::future::pending::<u32>());
     let waiter = b.spawn(async move { h.await.is_err() });
     b.poll(false);
@@ -386,7 +386,7 @@ fn probe_join_handle_waiter_parked_when_other_context_drops() {
 fn probe_comutex_holder_cancelled_by_iothread_drop() {
     let iot = IoThread::new("probe-comutex").unwrap();
     let main = new_ctx();
-    let _dog = Watchdog::for_ctx("comutex", &main);
+    let _dog = Watchdog::on_ctx(&main);
     let m = Arc::new(CoMutex::new(0u32));
     let held = Arc::new(AtomicBool::new(false));
     let (m1, h1) = (Arc::clone(&m), Arc::clone(&held));
@@ -432,7 +432,7 @@ fn probe_sleep_in_task_cancelled_by_drop() {
 fn probe_sleep_outliving_its_context_never_completes() {
     let b = new_ctx();
     let c = new_ctx();
-    let _dog = Watchdog::for_ctx("sleep_move", &c);
+    let _dog = Watchdog::on_ctx(&c);
     let mut s = Box::pin(aioctx::aio::sleep(Duration::from_millis(1)));
     b.block_on(std::future::poll_fn(|cx| {
         assert!(s.as_mut().poll(cx).is_pending());
@@ -474,7 +474,7 @@ fn probe_sleep_outliving_its_context_never_completes() {
 #[test]
 fn probe_block_on_in_bh_in_task() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_in_task", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let out = Arc::new(AtomicUsize::new(0));
     let (c, o) = (Arc::clone(&ctx), Arc::clone(&out));
     let h = ctx.spawn(async move {
@@ -499,7 +499,7 @@ fn probe_block_on_in_bh_in_task() {
 fn probe_shutdown_tasks_racing_remote_spawn() {
     for _ in 0..20 {
         let ctx = new_ctx();
-        let _dog = Watchdog::for_ctx("shutdown_race", &ctx);
+        let _dog = Watchdog::on_ctx(&ctx);
         let c = Arc::clone(&ctx);
         let t = thread::spawn(move || {
             (0..200)
@@ -526,7 +526,7 @@ fn probe_shutdown_tasks_racing_remote_spawn() {
 #[test]
 fn probe_panics_in_every_callback_kind_then_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("panics", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     // Timer callback panics once, then fires normally.
     let n = Arc::new(AtomicUsize::new(0));
     let n1 = Arc::clone(&n);
@@ -676,7 +676,7 @@ fn probe_graph_reader_task_on_dropped_iothread_releases_writer() {
     use aioctx::graph::graph_lock;
     let main = aioctx::aio::main_context();
     main.make_current();
-    let _dog = common::watchdog("graph_iothread", 30);
+    let _dog = common::Watchdog::arm_secs(30);
     let iot = IoThread::new("probe-graph").unwrap();
     let held = Arc::new(AtomicBool::new(false));
     let h1 = Arc::clone(&held);
@@ -800,7 +800,7 @@ fn probe_iothread_dropped_with_read_in_flight_from_another_iothread() {
 /// with a message that says why, never hang.
 #[test]
 fn probe_iothread_dropped_from_its_own_bh() {
-    let _dog = common::watchdog("iothread_self_drop", 30);
+    let _dog = common::Watchdog::arm_secs(30);
     let iot = IoThread::new("probe-self").unwrap();
     let ctx = Arc::clone(iot.ctx());
     let slot = Arc::new(Mutex::new(Some(iot)));
@@ -834,7 +834,7 @@ fn probe_iothread_dropped_from_its_own_bh() {
 #[test]
 fn probe_timer_callbacks_drop_and_delete_timers() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("timer_self", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let slot_a: Arc<Mutex<Option<aioctx::aio::Timer>>> = Arc::new(Mutex::new(None));
     let slot_b: Arc<Mutex<Option<aioctx::aio::Timer>>> = Arc::new(Mutex::new(None));
     let ran_b = Arc::new(AtomicUsize::new(0));
@@ -893,7 +893,7 @@ fn probe_timer_callbacks_drop_and_delete_timers() {
 #[test]
 fn probe_fd_handler_on_a_reused_fd_number() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_reuse_handler", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (ra, wa) = pipe();
     let num = ra.as_raw_fd();
     ctx.set_fd_handler(num, Some(Box::new(|| {})), None)
@@ -944,7 +944,7 @@ fn probe_fd_handler_on_a_reused_fd_number() {
 #[test]
 fn probe_wait_while_inside_a_task() {
     let iot = IoThread::new("probe-wait").unwrap();
-    let _dog = Watchdog::for_ctx("wait_in_task", iot.ctx());
+    let _dog = Watchdog::on_ctx(iot.ctx());
     let flag = Arc::new(AtomicBool::new(false));
     let other = Arc::new(AtomicBool::new(false));
     let (f, o) = (Arc::clone(&flag), Arc::clone(&other));
@@ -1057,7 +1057,7 @@ fn probe_file_reads_dropped_then_context_dropped() {
 #[test]
 fn probe_ring_op_awaited_off_its_home_thread() {
     let iot = IoThread::new("probe-offhome").unwrap();
-    let _dog = Watchdog::for_ctx("offhome", iot.ctx());
+    let _dog = Watchdog::on_ctx(iot.ctx());
     let (r, w) = pipe();
     let f = common::tempfile("offhome");
     std::io::Write::write_all(&mut &f.file, b"file-data").unwrap();
@@ -1089,7 +1089,7 @@ fn probe_ring_op_on_a_stopped_iothread_context() {
     let op = a.read_at(f.file.as_raw_fd(), vec![0u8; 3], 0);
     drop(iot);
     let b = new_ctx();
-    let _dog = Watchdog::for_ctx("stopped", &b);
+    let _dog = Watchdog::on_ctx(&b);
     let gave_up = Arc::new(AtomicBool::new(false));
     let waker: Arc<Mutex<Option<std::task::Waker>>> = Arc::new(Mutex::new(None));
     let (g, wk) = (Arc::clone(&gave_up), Arc::clone(&waker));
@@ -1135,7 +1135,7 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
     let q = Arc::new(aioctx::aio::CoQueue::new());
     let a = new_ctx();
     let b = new_ctx();
-    let _dog = Watchdog::for_ctx("coqueue", &b);
+    let _dog = Watchdog::on_ctx(&b);
     let q1 = Arc::clone(&q);
     let _ha = a.spawn(async move { q1.wait_unlocked().await });
     a.poll(false);
@@ -1162,7 +1162,7 @@ fn probe_coqueue_waiter_cancelled_by_drop_passes_the_wake_on() {
 #[test]
 fn probe_stream_abandoned_read_keeps_the_socket_open() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("abandoned_socket", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let mut sv = [0; 2];
     // SAFETY: `sv` is a valid array of two ints.
     let rc = unsafe {
@@ -1211,7 +1211,7 @@ fn probe_stream_abandoned_read_keeps_the_socket_open() {
 #[test]
 fn probe_dropped_read_future_loses_later_data() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("dropped_read_data", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     {
         let mut read = ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0);
@@ -1242,7 +1242,7 @@ fn probe_dropped_read_future_loses_later_data() {
 #[test]
 fn probe_timer_rearmed_in_its_callback_survives_a_nested_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("timer_nested", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let slot: Arc<Mutex<Option<aioctx::aio::Timer>>> = Arc::new(Mutex::new(None));
     let runs = Arc::new(AtomicUsize::new(0));
     let (s, r, c) = (Arc::clone(&slot), Arc::clone(&runs), Arc::clone(&ctx));
@@ -1277,7 +1277,7 @@ fn probe_timer_rearmed_in_its_callback_survives_a_nested_poll() {
 #[test]
 fn probe_bh_rescheduled_in_its_callback_survives_a_nested_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_nested", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let slot: Arc<Mutex<Option<aioctx::aio::Bh>>> = Arc::new(Mutex::new(None));
     let runs = Arc::new(AtomicUsize::new(0));
     let (s, r, c) = (Arc::clone(&slot), Arc::clone(&runs), Arc::clone(&ctx));
@@ -1310,7 +1310,7 @@ fn probe_bh_rescheduled_in_its_callback_survives_a_nested_poll() {
 #[test]
 fn probe_task_self_wake_survives_a_nested_poll() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("task_nested", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let polls = Arc::new(AtomicUsize::new(0));
     let (p, c) = (Arc::clone(&polls), Arc::clone(&ctx));
     let h = ctx.spawn(std::future::poll_fn(move |cx| {
@@ -1338,7 +1338,7 @@ fn probe_task_self_wake_survives_a_nested_poll() {
 #[test]
 fn probe_fd_handler_nested_poll_keeps_it_armed() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("fd_nested", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let rfd = r.as_raw_fd();
     let runs = Arc::new(AtomicUsize::new(0));
@@ -1380,7 +1380,7 @@ fn probe_fd_handler_nested_poll_keeps_it_armed() {
 #[test]
 fn probe_read_at_on_a_nonblocking_pipe_same_on_both_backends() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("nonblocking_pipe", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     // SAFETY: setting a status flag on our own descriptor.
     unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
@@ -1413,7 +1413,7 @@ fn probe_read_at_on_a_nonblocking_pipe_same_on_both_backends() {
 #[test]
 fn probe_shutdown_tasks_while_the_task_is_mid_poll_and_self_woken() {
     let iot = IoThread::new("probe-midpoll").unwrap();
-    let _dog = Watchdog::for_ctx("midpoll", iot.ctx());
+    let _dog = Watchdog::on_ctx(iot.ctx());
     let inside = Arc::new(AtomicBool::new(false));
     let go = Arc::new(AtomicBool::new(false));
     let polls = Arc::new(AtomicUsize::new(0));

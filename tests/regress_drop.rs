@@ -88,7 +88,7 @@ fn regress_timer_modify_after_context_drop_is_refused_and_leaves_it_disarmed() {
 
 #[test]
 fn regress_timer_modify_racing_context_drop_never_lands_on_a_dead_list() {
-    let _w = Watchdog::new("timer modify racing drop", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     for round in 0..300 {
         let ctx = new_ctx();
         let (t, freed) = tracker();
@@ -119,11 +119,7 @@ fn regress_timer_modify_racing_context_drop_never_lands_on_a_dead_list() {
 
 #[test]
 fn regress_self_owning_timer_modified_racing_drop_is_freed() {
-    let _w = Watchdog::new(
-        "self-owning timer racing drop",
-        common::HANG_LIMIT,
-        String::new,
-    );
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     for round in 0..300 {
         let ctx = new_ctx();
         let (t, freed) = tracker();
@@ -168,7 +164,7 @@ fn scheduled_bh_owning_its_own_bh_is_freed_at_context_drop() {
 
 #[test]
 fn regress_bh_scheduled_racing_context_drop_frees_its_callback() {
-    let _w = Watchdog::new("bh schedule racing drop", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     for round in 0..300 {
         let ctx = new_ctx();
         let (t, freed) = tracker();
@@ -264,7 +260,7 @@ fn run_on(thread: &IoThread, f: impl FnOnce(&Arc<AioContext>) + Send + 'static) 
 
 #[test]
 fn regress_iothread_drop_frees_a_context_held_by_its_own_timer() {
-    let _w = Watchdog::new("iothread timer cycle", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-timer").unwrap();
     let weak = Arc::downgrade(thread.ctx());
     run_on(&thread, |ctx| {
@@ -286,7 +282,7 @@ fn regress_iothread_drop_frees_a_context_held_by_its_own_timer() {
 
 #[test]
 fn regress_iothread_drop_frees_a_context_held_by_its_own_fd_handler() {
-    let _w = Watchdog::new("iothread fd cycle", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-fd").unwrap();
     let weak = Arc::downgrade(thread.ctx());
     let e = EventNotifier::new().unwrap();
@@ -312,7 +308,7 @@ fn regress_iothread_drop_frees_a_context_held_by_its_own_fd_handler() {
 
 #[test]
 fn regress_iothread_drop_frees_a_context_held_by_its_own_bh() {
-    let _w = Watchdog::new("iothread bh cycle", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-bh").unwrap();
     let weak = Arc::downgrade(thread.ctx());
     run_on(&thread, |ctx| {
@@ -381,7 +377,7 @@ fn regress_stopped_iothread_context_refuses_new_work() {
 
 #[test]
 fn regress_iothread_drop_frees_a_context_held_by_its_own_raw_operation() {
-    let _w = Watchdog::new("iothread raw op cycle", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     // Needs io_uring: check that this run may use it, then put it on an IoThread.
     if common::uring_ctx(
         "regress_iothread_drop_frees_a_context_held_by_its_own_raw_operation",
@@ -431,7 +427,7 @@ fn regress_iothread_drop_frees_a_context_held_by_its_own_raw_operation() {
 
 #[test]
 fn regress_iothread_dropped_on_its_own_thread_does_not_hang_or_panic() {
-    let _w = Watchdog::new("iothread self drop", common::HANG_LIMIT, String::new);
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-self").unwrap();
     let weak = Arc::downgrade(thread.ctx());
     let ctx = Arc::clone(thread.ctx());
@@ -466,11 +462,7 @@ impl std::task::Wake for CountWaker {
 #[test]
 fn regress_sleep_armed_on_a_context_that_shut_down_rearms_on_the_current_one() {
     use std::future::Future;
-    let _w = Watchdog::new(
-        "sleep outliving its context",
-        common::HANG_LIMIT,
-        String::new,
-    );
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-sleep").unwrap();
     let woken = Arc::new(CountWaker(std::sync::atomic::AtomicUsize::new(0)));
     let waker = std::task::Waker::from(Arc::clone(&woken));
@@ -503,11 +495,7 @@ fn regress_sleep_armed_on_a_context_that_shut_down_rearms_on_the_current_one() {
 #[test]
 fn regress_read_waiting_on_a_context_that_shut_down_completes_cancelled() {
     use std::future::Future;
-    let _w = Watchdog::new(
-        "read outliving its context",
-        common::HANG_LIMIT,
-        String::new,
-    );
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-read").unwrap();
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -549,11 +537,7 @@ fn regress_read_waiting_on_a_context_that_shut_down_completes_cancelled() {
 fn regress_read_first_polled_after_its_context_shut_down_completes_cancelled() {
     use std::future::Future;
     use std::os::fd::AsRawFd;
-    let _w = Watchdog::new(
-        "read submitted to a stopped context",
-        common::HANG_LIMIT,
-        String::new,
-    );
+    let _w = Watchdog::arm(common::HANG_LIMIT);
     let thread = IoThread::new("drop-late-read").unwrap();
     let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
     // Made while the loop runs, first polled (and so submitted) after it stopped, while

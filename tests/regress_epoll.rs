@@ -124,7 +124,7 @@ fn regress_stream_reads_beyond_the_pool_starve_neither_files_nor_writes() {
     // contexts: a regular-file read on each and a write into pipe 0 must still finish,
     // and every read then completes once its pipe has data.
     const PER_CTX: usize = 100;
-    let _dog = Watchdog::new("stream_reads_beyond_the_pool", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     let ctxs = [new_ctx(), new_ctx()];
     let file = regular_file("starve", b"file data");
     let pipes: Vec<Vec<(OwnedFd, OwnedFd)>> = (0..2)
@@ -194,7 +194,7 @@ fn regress_pty_read_is_cancelled_by_dropping_it_and_its_context() {
     // A read on a tty can block forever. Dropping its future, and dropping its context
     // while another one waits, must both return, and the waiting one must resolve with
     // an error: nothing may stay parked on the tty.
-    let _dog = Watchdog::new("pty_read_cancel", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     let (master, _slave) = pty();
     let ctx = new_ctx();
     let file = regular_file("pty", b"still works");
@@ -224,7 +224,7 @@ fn regress_pty_read_is_cancelled_by_dropping_it_and_its_context() {
 fn regress_read_that_took_data_reports_it_when_its_context_drops() {
     // A pipe read that consumed bytes must report them, whatever happens to its context
     // after; only a read that took nothing may report ECANCELED.
-    let _dog = Watchdog::new("read_then_context_drop", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     for round in 0..20 {
         let (r, w) = pipe();
         let ctx = new_ctx();
@@ -270,7 +270,7 @@ fn regress_file_write_that_ran_reports_it_when_its_context_drops() {
     // The worker-pool side of the same rule: a write that reached the file must report
     // its byte count, whatever happens to its context after; ECANCELED means the file
     // was not touched.
-    let _dog = Watchdog::new("file_write_then_context_drop", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     for round in 0..20 {
         let file = regular_file(&format!("write-drop-{round}"), b"");
         let ctx = new_ctx();
@@ -307,7 +307,7 @@ fn regress_file_write_that_ran_reports_it_when_its_context_drops() {
 fn stream_ops_on_one_descriptor_each_complete_once() {
     // Reads queued on one pipe each take one write's data; a write into a full
     // pipe waits for room; a socket pair carries typed reads and writes both ways.
-    let _dog = Watchdog::new("stream_ops_in_order", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     let ctx = new_ctx();
     let (r, w) = pipe();
     let mut first = ctx.read_at(r.as_raw_fd(), vec![0u8; 3], 0);
@@ -383,7 +383,7 @@ fn stream_ops_on_one_descriptor_each_complete_once() {
 #[test]
 fn pty_reads_and_writes_complete() {
     // A tty has no RWF_NOWAIT: its syscalls run once poll says they cannot block.
-    let _dog = Watchdog::new("pty_read_write", HANG_LIMIT, String::new);
+    let _dog = Watchdog::arm(HANG_LIMIT);
     let (master, slave) = pty();
     let ctx = new_ctx();
     let mut read = ctx.read_at(master.as_raw_fd(), vec![0u8; 64], 0);

@@ -131,7 +131,7 @@ impl Drop for PollingBuf {
 #[test]
 fn regress_abandoned_read_buffer_dropped_by_the_loop_may_poll_its_context() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("abandoned read buffer polls", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let dropped = Arc::new(AtomicUsize::new(0));
     let buf = PollingBuf {
@@ -246,7 +246,7 @@ impl Drop for PollOnDrop {
 #[test]
 fn closures_deleted_from_a_callback_may_poll_in_their_destructor() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("closures polling in drop", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let dropped = Arc::new(AtomicUsize::new(0));
     let probe = || PollOnDrop {
         ctx: Arc::downgrade(&ctx),

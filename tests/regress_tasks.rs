@@ -18,7 +18,7 @@ use aioctx::aio::{
     AioContext, CoQueue, IoThread, JoinError, current, reschedule_to, sleep, try_current,
     with_current, yield_now,
 };
-use common::{Watchdog, new_ctx, watchdog};
+use common::{Watchdog, new_ctx};
 
 /// Counts how many times it was dropped.
 struct DropCount(Arc<AtomicUsize>);
@@ -35,22 +35,7 @@ fn counter() -> (Arc<AtomicUsize>, DropCount) {
 }
 
 /// Parks on its first poll, publishing its waker to `slot`; ready when polled again.
-struct Park {
-    slot: Arc<Mutex<Option<Waker>>>,
-    parked: bool,
-}
-
-impl Future for Park {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.parked {
-            return Poll::Ready(());
-        }
-        *self.slot.lock().unwrap() = Some(cx.waker().clone());
-        self.parked = true;
-        Poll::Pending
-    }
-}
+type Park = common::ParkOnce<Arc<Mutex<Option<Waker>>>>;
 
 fn assert_cancelled<T: std::fmt::Debug>(r: Result<T, JoinError>) {
     let e = r.expect_err("the task was cancelled, so its JoinHandle yields an error");
@@ -62,7 +47,7 @@ fn assert_cancelled<T: std::fmt::Debug>(r: Result<T, JoinError>) {
 
 #[test]
 fn regress_join_handle_resolves_cancelled_after_context_drop() {
-    let _w = watchdog("join after context drop", 30);
+    let _w = Watchdog::arm_secs(30);
     let (drops, guard) = counter();
     let b = new_ctx();
     let handle = b.spawn(async move {
@@ -128,7 +113,7 @@ fn regress_detached_task_future_dropped_with_context_and_waker_after_is_noop() {
 
 #[test]
 fn regress_iothread_drop_cancels_task_that_holds_current() {
-    let _w = watchdog("iothread drop with a task holding current()", 30);
+    let _w = Watchdog::arm_secs(30);
     let (drops, guard) = counter();
     let io = IoThread::new("regress-cur").unwrap();
     let weak_ctx = Arc::downgrade(io.ctx());
@@ -176,7 +161,7 @@ fn regress_reschedule_to_held_in_queued_task_does_not_leak() {
 
 #[test]
 fn regress_task_moved_to_iothread_cancelled_when_it_drops() {
-    let _w = watchdog("moved task cancelled with its new context", 30);
+    let _w = Watchdog::arm_secs(30);
     let (drops, guard) = counter();
     let a = new_ctx();
     let io = IoThread::new("regress-move").unwrap();
@@ -207,7 +192,7 @@ fn regress_task_moved_to_iothread_cancelled_when_it_drops() {
 
 #[test]
 fn regress_reschedule_to_a_gone_or_shut_down_context_cancels_the_task() {
-    let _w = watchdog("reschedule_to a gone context", 30);
+    let _w = Watchdog::arm_secs(30);
     let a = new_ctx();
     for shut_down in [false, true] {
         let (drops, guard) = counter();
@@ -236,7 +221,7 @@ fn regress_reschedule_to_a_gone_or_shut_down_context_cancels_the_task() {
 
 #[test]
 fn regress_nested_block_on_ends_when_the_awaited_tasks_iothread_drops() {
-    let _w = watchdog("nested block_on on a task of a dropped IoThread", 30);
+    let _w = Watchdog::arm_secs(30);
     let io1 = IoThread::new("regress-nest1").unwrap();
     let io2 = IoThread::new("regress-nest2").unwrap();
     let remote_task = io2.ctx().spawn(pending::<()>());
@@ -292,7 +277,7 @@ fn regress_shutdown_tasks_inside_a_task_cancels_it_after_its_poll() {
 
 #[test]
 fn regress_future_destructor_runs_once_when_wakes_race_context_drop() {
-    let _w = watchdog("wakes racing a context drop", 60);
+    let _w = Watchdog::arm_secs(60);
     for round in 0..200 {
         let (drops, guard) = counter();
         let slot = Arc::new(Mutex::new(None));
@@ -360,7 +345,7 @@ fn regress_co_queue_waiter_cancelled_with_its_context() {
 #[test]
 fn regress_block_on_nested_in_task_runs_the_spawned_task() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("block_on nested in a task", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let c = Arc::clone(&ctx);
     let outer = ctx.spawn(async move { c.block_on(c.spawn(async { 7 })) });
     assert_eq!(ctx.block_on(outer).unwrap().unwrap(), 7);
@@ -369,7 +354,7 @@ fn regress_block_on_nested_in_task_runs_the_spawned_task() {
 #[test]
 fn regress_block_on_nested_in_task_waits_for_another_thread() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("block_on in a task, woken by another thread", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let c = Arc::clone(&ctx);
     let slot = Arc::new(Mutex::new(None));
     let s = Arc::clone(&slot);
@@ -400,7 +385,7 @@ fn regress_block_on_nested_in_task_waits_for_another_thread() {
 #[test]
 fn regress_poll_loop_nested_in_task_runs_tasks_it_woke() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("poll loop nested in a task", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let c = Arc::clone(&ctx);
     let done = Arc::new(AtomicBool::new(false));
     let d = Arc::clone(&done);
@@ -422,7 +407,7 @@ fn regress_poll_loop_nested_in_task_runs_tasks_it_woke() {
 #[test]
 fn regress_block_on_nested_in_task_of_task_runs_the_innermost() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("block_on nested two tasks deep", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let c = Arc::clone(&ctx);
     let outer = ctx.spawn(async move {
         let c2 = Arc::clone(&c);
@@ -435,7 +420,7 @@ fn regress_block_on_nested_in_task_of_task_runs_the_innermost() {
 #[test]
 fn regress_block_on_nested_in_bh_callback_runs_tasks() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("block_on nested in a BH", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let c = Arc::clone(&ctx);
     let got = Arc::new(AtomicUsize::new(0));
     let g = Arc::clone(&got);
@@ -451,7 +436,7 @@ fn regress_block_on_nested_in_bh_callback_runs_tasks() {
 
 #[test]
 fn regress_block_on_nested_in_task_racing_shutdown() {
-    let _w = watchdog("nested block_on racing a shutdown", 30);
+    let _w = Watchdog::arm_secs(30);
     let ctx = new_ctx();
     let c = Arc::clone(&ctx);
     let (tx, rx) = mpsc::channel();
@@ -512,7 +497,7 @@ impl Future for ReadyThenPanic {
 #[test]
 fn regress_destructor_panic_after_ready_completes_the_task() {
     let ctx = new_ctx();
-    let _w = Watchdog::for_ctx("destructor panic after Ready", &ctx);
+    let _w = Watchdog::on_ctx(&ctx);
     let joined = ctx.spawn(ReadyThenPanic { _p: PanicOnDrop });
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.block_on(joined)))
         .expect_err("the destructor's panic reaches the awaiter");
@@ -624,7 +609,7 @@ fn regress_iothread_drop_cancels_task_holding_current_with_a_read_in_flight() {
             return;
         }
     };
-    let _w = watchdog("iothread drop with a read in flight", 30);
+    let _w = Watchdog::arm_secs(30);
     let (rd, wr) = std::io::pipe().unwrap();
     let (buf_drops, buf_guard) = counter();
     let (drops, guard) = counter();
@@ -726,7 +711,7 @@ struct Tracked {
 /// future is dropped exactly once, and every handle ends `Ok(its id)` or cancelled.
 #[test]
 fn regress_random_task_lifecycles_drop_each_future_once_and_resolve() {
-    let _w = watchdog("random task lifecycles", 120);
+    let _w = Watchdog::arm_secs(120);
     let (mut finished, mut cancelled) = (0, 0);
     let mut finished_single_threaded = 0;
     for seed in 0..60 {

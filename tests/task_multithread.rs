@@ -84,22 +84,7 @@ fn lifecycle() {
 
 /// Parks the task with its waker in `slot` (QEMU: `atomic_set_mb(&to_schedule[id],
 /// self)` + `qemu_coroutine_yield`); ready on the next poll.
-struct ParkIn<'a> {
-    slot: &'a Mutex<Option<Waker>>,
-    parked: bool,
-}
-
-impl Future for ParkIn<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.parked {
-            return Poll::Ready(());
-        }
-        self.parked = true;
-        *self.slot.lock().unwrap() = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
+type ParkIn<'a> = common::ParkOnce<&'a Mutex<Option<Waker>>>;
 
 struct ScheduleState {
     to_schedule: [Mutex<Option<Waker>>; NUM_CONTEXTS],

@@ -158,7 +158,7 @@ fn clear_event_notifier(ctx: &AioContext, e: &EventNotifier) {
 
 /// QEMU's `wait_until_inactive`.
 fn wait_until_inactive(ctx: &Arc<AioContext>, d: &EventTestData) {
-    let _dog = Watchdog::for_ctx("wait_until_inactive", ctx);
+    let _dog = Watchdog::on_ctx(ctx);
     while d.active() > 0 {
         ctx.poll(true);
     }
@@ -170,7 +170,7 @@ fn wait_until_inactive(ctx: &Arc<AioContext>, d: &EventTestData) {
 #[test]
 fn bh_schedule() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_schedule", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data = BhTestData::new(&ctx, 0, bh_test_cb);
 
     data.schedule();
@@ -187,7 +187,7 @@ fn bh_schedule() {
 #[test]
 fn bh_schedule10() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_schedule10", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data = BhTestData::new(&ctx, 10, bh_test_cb);
 
     data.schedule();
@@ -243,7 +243,7 @@ fn bh_delete() {
 #[test]
 fn bh_callback_delete_one() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_callback_delete_one", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data1 = BhTestData::new(&ctx, 1, bh_delete_cb);
 
     data1.schedule();
@@ -261,7 +261,7 @@ fn bh_callback_delete_one() {
 #[test]
 fn bh_callback_delete_many() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_callback_delete_many", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data1 = BhTestData::new(&ctx, 1, bh_delete_cb);
     let data2 = BhTestData::new(&ctx, 3, bh_delete_cb);
     let data3 = BhTestData::new(&ctx, 2, bh_delete_cb);
@@ -293,7 +293,7 @@ fn bh_callback_delete_many() {
 #[test]
 fn bh_flush() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("bh_flush", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data = BhTestData::new(&ctx, 0, bh_test_cb);
 
     data.schedule();
@@ -349,7 +349,7 @@ fn event_wait() {
 #[test]
 fn event_wait_no_flush_cb() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("event_wait_no_flush_cb", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data = EventTestData::new(0, false);
     let dummy = EventTestData::new(1, false);
 
@@ -450,7 +450,7 @@ fn timer_schedule() {
     const SLEEP: Duration = Duration::from_millis(300);
 
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("timer_schedule", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let data = Arc::new(TimerTestData {
         n: AtomicU32::new(0),
         max: 2,

@@ -66,7 +66,7 @@ fn modify_anticipate_only_moves_the_deadline_earlier() {
 #[test]
 fn callback_rearms_its_own_timer() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("callback_rearms", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let fired = Arc::new(AtomicUsize::new(0));
     let slot: Arc<Mutex<Option<Timer>>> = Arc::default();
     let (f, s) = (Arc::clone(&fired), Arc::clone(&slot));
@@ -158,7 +158,7 @@ fn expired_timers_run_in_deadline_order() {
 #[test]
 fn timer_made_earliest_from_another_thread_wakes_a_sleeping_loop() {
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("timer_wakes_sleeper", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let fired = Arc::new(AtomicUsize::new(0));
     let f = Arc::clone(&fired);
     // The loop sleeps with this one's deadline, 100 s away, as its kernel timeout.
@@ -206,7 +206,7 @@ fn timers_armed_from_many_threads_all_fire_once() {
     const THREADS: usize = 4;
     const PER: usize = 500;
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("timers_many_threads", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     ctx.poll(false);
     let counts: Arc<Vec<AtomicUsize>> =
         Arc::new((0..THREADS * PER).map(|_| AtomicUsize::new(0)).collect());
@@ -249,7 +249,7 @@ fn regress_timer_rearmed_into_the_past_runs_once_per_poll() {
     // `poll`: the re-armed timer is due at the next poll, after BHs and fd handlers.
     const LIMIT: usize = 1000;
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("rearm_into_past", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let fired = Arc::new(AtomicUsize::new(0));
     let slot: Arc<Mutex<Option<Timer>>> = Arc::default();
     let (f, s) = (Arc::clone(&fired), Arc::clone(&slot));
@@ -318,7 +318,7 @@ fn sleep_wakes_the_waker_of_its_last_poll() {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let ctx = new_ctx();
-    let _dog = Watchdog::for_ctx("sleep_last_waker", &ctx);
+    let _dog = Watchdog::on_ctx(&ctx);
     let prev = ctx.make_current();
     let (first, second) = (
         Arc::new(CountWaker(AtomicUsize::new(0))),

@@ -66,6 +66,16 @@
 //! explicitly; [`AioContext::backend`] says which runs. Everything but
 //! [`AioContext::submit_raw`] (raw SQEs: `Unsupported` on epoll) behaves the same; on
 //! epoll a wake-up costs the woken loop one `read(2)` of the eventfd more.
+//!
+//! The layers, the protocols and where their proofs live, the invariants every change
+//! keeps and how the tests, loom models, fuzz targets and sanitizers are organised:
+//! [`ARCHITECTURE.md`](https://github.com/aioctx/aioctx/blob/main/ARCHITECTURE.md) in
+//! the repository.
+//!
+//! # Testing
+//! The main context belongs to the first thread that polls it, and libtest runs each
+//! test on a thread of its own: [`testing`] gives the pattern every test of the main
+//! loop needs (`wait_while(None)`, `bh_oneshot`, the graph writer).
 #![deny(missing_docs)]
 
 mod backend;
@@ -91,6 +101,8 @@ mod sync;
 mod sys;
 mod task;
 mod timer;
+
+pub mod testing;
 
 #[cfg(all(loom, test))]
 mod loom_loop;

@@ -7,6 +7,7 @@ use crate::sync::atomic::{AtomicU64, Ordering};
 ///
 /// [`AioContext::stats`]: crate::AioContext::stats
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Calls to `notify` (from BH schedules, timer changes, fd changes, or directly).
     pub notifies: u64,

@@ -10,7 +10,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Runs a libc call that returns -1 on error, retrying on `EINTR`.
+/// Runs a libc call that returns -1 on error, retrying on `EINTR`: `io::Result` of the
+/// call's value. The one copy for the workspace: the `aioctx` CLI's `sys.rs` uses it too
+/// (hidden from the docs; not a public API).
+#[doc(hidden)]
+#[macro_export]
 macro_rules! syscall {
     ($call:expr) => {{
         loop {
@@ -18,8 +22,8 @@ macro_rules! syscall {
             // macro only adds the errno check.
             let res = unsafe { $call };
             if res == -1 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
+                let err = ::std::io::Error::last_os_error();
+                if err.kind() == ::std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 break Err(err);

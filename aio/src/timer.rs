@@ -50,6 +50,7 @@ use crate::sys;
 
 /// The clock a timer follows (QEMU: `QEMUClockType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ClockType {
     /// `CLOCK_MONOTONIC`, in nanoseconds: never jumps, runs while the process runs
     /// (QEMU: `QEMU_CLOCK_REALTIME`, which is monotonic despite its name).

@@ -7,24 +7,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-/// Runs a libc call that returns -1 on error, retrying on `EINTR`.
-macro_rules! syscall {
-    ($call:expr) => {{
-        loop {
-            // SAFETY: each caller passes valid arguments for the named libc function; the
-            // macro only adds the errno check.
-            let res = unsafe { $call };
-            if res == -1 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                break Err(err);
-            }
-            break Ok(res);
-        }
-    }};
-}
+// The workspace's one `syscall!` (a libc call returning -1 on error, retried on EINTR).
+use aioctx::aio::syscall;
 
 /// `struct perf_event_attr` up to `PERF_ATTR_SIZE_VER0` (64 bytes), all we need.
 #[repr(C)]

@@ -8,8 +8,7 @@
 //! test `child_runs_without_io_uring` only does its work when `AIOCTX_NO_URING_CHILD` is
 //! set, which only the parent does.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use aioctx_testkit as common;
 
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
@@ -37,7 +36,7 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn aioctx_falls_back_to_epoll_with_one_log_line() {
-    let _dog = common::watchdog("aioctx_under_no_uring", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     let out = no_uring(env!("CARGO_BIN_EXE_aioctx"))
         .args([
             "--scenario",
@@ -78,7 +77,7 @@ fn aioctx_falls_back_to_epoll_with_one_log_line() {
 
 #[test]
 fn forcing_io_uring_under_no_uring_is_a_clear_error() {
-    let _dog = common::watchdog("forced_io_uring_under_no_uring", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     let out = no_uring(env!("CARGO_BIN_EXE_aioctx"))
         .env("AIOCTX_BACKEND", "io_uring")
         .args([
@@ -134,7 +133,7 @@ fn invalid_backend_variable_is_a_clear_error() {
 
 #[test]
 fn test_binary_runs_under_no_uring() {
-    let _dog = common::watchdog("test_binary_under_no_uring", 120);
+    let _dog = common::Watchdog::arm_secs(120);
     let me = std::env::current_exe().unwrap();
     let out = no_uring(me.to_str().unwrap())
         .env(CHILD, "1")

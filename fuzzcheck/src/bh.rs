@@ -430,7 +430,7 @@ pub fn run(ops: &[Op]) {
     let ctx = CTX.with(Arc::clone);
     // Leftovers of an earlier run that panicked halfway.
     while poll_outermost(&ctx, false) != Outcome::Progress(false) {}
-    let watchdog = crate::Watchdog::start("bh_schedule", Duration::from_secs(20));
+    let watchdog = aioctx_testkit::Watchdog::named("bh_schedule", Duration::from_secs(20));
     let shared = Arc::new(Shared {
         ctx: Arc::clone(&ctx),
         slots: Mutex::new(Default::default()),

@@ -37,14 +37,13 @@
 //! anyone's wake-up. Moving a task to the dropped context, or spawning one on it,
 //! cancels that task too; a later `NewIoThread` makes a new one.
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aioctx_aio::{AioContext, IoThread, JoinHandle, main_context};
 use aioctx_graph::{MainLoopGuard, WriteGuard, graph_lock};
+use aioctx_testkit::on_main;
 use aioctx_wait::wait_while;
 use arbitrary::Arbitrary;
 
@@ -156,38 +155,6 @@ fn contexts() -> &'static [Arc<AioContext>; LASTING] {
     })
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `f` on the process's one main-loop thread and returns its result (or panic).
-fn on_main<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    static MAIN: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    let tx = MAIN.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        std::thread::Builder::new()
-            .name("fuzz-main-loop".into())
-            .spawn(move || {
-                main_context().make_current();
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("spawn the fuzz main-loop thread");
-        Mutex::new(tx)
-    });
-    let (rtx, rrx) = channel();
-    let job: Job = Box::new(move || {
-        let _ = rtx.send(catch_unwind(AssertUnwindSafe(f)));
-    });
-    tx.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job)
-        .expect("the fuzz main-loop thread died");
-    match rrx.recv().expect("the fuzz main-loop thread died") {
-        Ok(r) => r,
-        Err(panic) => resume_unwind(panic),
-    }
-}
-
 struct Slot {
     mb: Arc<Mailbox>,
     join: JoinHandle<()>,
@@ -212,7 +179,7 @@ pub fn run(ops: &[Op]) {
 
 fn run_on_main(ops: &[Op]) {
     let ctxs = contexts();
-    let watchdog = crate::Watchdog::start("graph_lock", Duration::from_secs(20));
+    let watchdog = aioctx_testkit::Watchdog::named("graph_lock", Duration::from_secs(20));
     let mut model = Model::default();
     let mut slots: [Option<Slot>; TASKS] = Default::default();
     let mut writer: Option<WriteGuard<'static>> = None;

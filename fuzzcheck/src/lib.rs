@@ -16,7 +16,6 @@
 
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 
@@ -102,76 +101,4 @@ pub(crate) fn on_remote_thread(f: impl FnOnce() + Send + 'static) {
         .send((Box::new(f), dtx))
         .expect("the fuzz-remote thread died");
     drx.recv().expect("the fuzz-remote job panicked");
-}
-
-/// Turns a hang into a failure: while the guard lives, a helper thread aborts the
-/// process with `what` and the last step noted if `limit` passes.
-pub(crate) struct Watchdog {
-    slot: usize,
-}
-
-struct WatchState {
-    deadline: Option<Instant>,
-    what: &'static str,
-    note: String,
-}
-
-static WATCH: Mutex<Vec<WatchState>> = Mutex::new(Vec::new());
-
-impl Watchdog {
-    pub(crate) fn start(what: &'static str, limit: Duration) -> Self {
-        static THREAD: OnceLock<()> = OnceLock::new();
-        THREAD.get_or_init(|| {
-            std::thread::Builder::new()
-                .name("fuzz-watchdog".into())
-                .spawn(|| {
-                    loop {
-                        std::thread::sleep(Duration::from_millis(200));
-                        let watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
-                        for w in watch.iter() {
-                            if w.deadline.is_some_and(|d| Instant::now() > d) {
-                                eprintln!(
-                                    "watchdog: {} hung (no end after its time limit); last \
-                                     step: {}",
-                                    w.what, w.note
-                                );
-                                std::process::abort();
-                            }
-                        }
-                    }
-                })
-                .expect("spawn the fuzz-watchdog thread");
-        });
-        let mut watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
-        let state = WatchState {
-            deadline: Some(Instant::now() + limit),
-            what,
-            note: String::new(),
-        };
-        let slot = match watch.iter().position(|w| w.deadline.is_none()) {
-            Some(i) => {
-                watch[i] = state;
-                i
-            }
-            None => {
-                watch.push(state);
-                watch.len() - 1
-            }
-        };
-        Self { slot }
-    }
-
-    /// Records what the run is doing, for the abort message.
-    pub(crate) fn note(&self, note: impl FnOnce(&mut String)) {
-        let mut watch = WATCH.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &mut watch[self.slot].note;
-        s.clear();
-        note(s);
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        WATCH.lock().unwrap_or_else(|e| e.into_inner())[self.slot].deadline = None;
-    }
 }

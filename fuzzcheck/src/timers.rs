@@ -270,7 +270,7 @@ pub fn run_bytes(data: &[u8]) {
 pub fn run(ops: &[Op]) {
     let ctx = CTX.with(Arc::clone);
     while ctx.poll(false) {}
-    let watchdog = crate::Watchdog::start("timers", Duration::from_secs(20));
+    let watchdog = aioctx_testkit::Watchdog::named("timers", Duration::from_secs(20));
     let start = now();
     let shared = Arc::new(Shared {
         ctx: Arc::clone(&ctx),

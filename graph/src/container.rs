@@ -76,6 +76,7 @@ pub struct NodeId(usize, u64);
 
 /// Why an edge operation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GraphError {
     /// The node does not exist (removed, or from another graph).
     NoSuchNode(NodeId),

@@ -9,63 +9,30 @@
 //! lives outside its `on_main` body: each is dropped before the body returns.
 #![cfg(not(loom))]
 
-use std::any::Any;
 use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
 
 use aioctx_aio::{IoThread, main_context};
 use aioctx_graph::{Graph, MainLoopGuard, Quiesce, ReadGuard, WriteGuard, graph_lock};
+use aioctx_testkit::{HANG_LIMIT as WATCHDOG, panic_message as message};
 
-type Job = Box<dyn FnOnce() + Send>;
-
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// Runs `f` on this binary's one main-loop thread and returns its result (or panic);
-/// a body that does not finish within [`WATCHDOG`] fails the test with `test`'s name.
-fn on_main<R: Send + 'static>(test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    static MAIN: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    let tx = MAIN.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        std::thread::Builder::new()
-            .name("main-loop".into())
-            .spawn(move || {
-                main_context().make_current();
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("spawn the main-loop thread");
-        Mutex::new(tx)
-    });
-    let (rtx, rrx) = channel();
-    let job: Job = Box::new(move || {
-        let _ = rtx.send(catch_unwind(AssertUnwindSafe(f)));
-    });
-    tx.lock().unwrap().send(job).unwrap();
-    match rrx.recv_timeout(WATCHDOG) {
-        Ok(Ok(r)) => r,
-        // The message again: the main-loop thread's own report is captured elsewhere.
-        Ok(Err(panic)) => panic!("`{test}` failed: {}", message(&*panic)),
-        Err(_) => panic!(
-            "watchdog: `{test}` still runs after {WATCHDOG:?} on the main loop (readers() = \
-             {}, has_writer() = {}): a hang",
-            graph_lock().readers(),
-            graph_lock().has_writer()
-        ),
-    }
-}
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default()
+/// Runs `f` on the test kit's one main-loop thread and returns its result (or panic); a
+/// body that does not finish within the kit's hang limit fails the test with its name.
+fn on_main<R: Send + 'static>(_test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    aioctx_testkit::on_main_with(
+        || {
+            format!(
+                "readers() = {}, has_writer() = {}",
+                graph_lock().readers(),
+                graph_lock().has_writer()
+            )
+        },
+        f,
+    )
 }
 
 /// Runs `f`, which must panic; returns the message.

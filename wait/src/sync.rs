@@ -1,4 +1,5 @@
-//! The one place this crate takes its atomics from.
+//! The one place this crate takes its atomics and locks from: the aioctx crates' one
+//! loom shim (`aioctx_aio`'s `sync.rs` says why it is a macro).
 //!
 //! Under `cfg(loom)` with `test` (the crate's own unit tests) or the `loom-model`
 //! feature (which the graph crate's loom models turn on, to run the real protocol) they
@@ -8,20 +9,4 @@
 //!
 //! [loom]: https://docs.rs/loom
 
-#[cfg(all(loom, any(test, feature = "loom-model")))]
-pub(crate) use loom::sync::{Mutex, MutexGuard, atomic};
-
-#[cfg(not(all(loom, any(test, feature = "loom-model"))))]
-pub(crate) use std::sync::{Mutex, MutexGuard, atomic};
-
-/// Locks `m`, ignoring poisoning: the protocol's lists are consistent at every unlock.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    #[cfg(all(loom, any(test, feature = "loom-model")))]
-    {
-        m.lock().unwrap()
-    }
-    #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
-    {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
+aioctx_aio::loom_sync_shim!(any(test, feature = "loom-model"));

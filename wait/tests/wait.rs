@@ -12,99 +12,25 @@
 //! kicks in the process are its own. Checks of what a panicking wait leaves behind run
 //! in a binary of their own (`wait_misuse.rs`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::any::Any;
-use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use aioctx_aio::{AioContext, IoThread, main_context};
+use aioctx_testkit::{allocs, panic_message as message, wait_until as spin_until};
 use aioctx_wait::{bh_oneshot, kick, num_waiters, wait_while};
 
-/// Counts the calling thread's allocations, to check the "no allocation" claims.
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// const-initialized thread-local that never allocates itself.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: forwarded with the caller's layout, as GlobalAlloc requires.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with `layout` (see `alloc`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
+static ALLOC: aioctx_testkit::CountingAlloc = aioctx_testkit::CountingAlloc;
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs `f` on the main context's home thread and returns its value (or its panic).
-fn on_main<R: Send + 'static>(test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
-    static MAIN: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = MAIN.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("main".into())
-            .spawn(move || {
-                main_context().make_current();
-                for job in rx {
-                    job();
-                }
-            })
-            .unwrap();
-        Mutex::new(tx)
-    });
-    let (tx, rx) = mpsc::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(panic::catch_unwind(AssertUnwindSafe(f)));
-    });
-    sender.lock().unwrap().send(job).unwrap();
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(Ok(value)) => value,
-        // The message again: the main-loop thread's own report is captured elsewhere.
-        Ok(Err(payload)) => panic!("`{test}` failed: {}", message(&*payload)),
-        Err(_) => panic!(
-            "watchdog: `{test}` did not finish within {WATCHDOG:?} on the main loop thread \
-             (num_waiters = {}): a lost kick leaves the main loop asleep",
-            num_waiters()
-        ),
-    }
-}
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "<non-string panic payload>".to_owned())
-}
-
-fn spin_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < WATCHDOG,
-            "watchdog: waited too long for {what}"
-        );
-        std::thread::yield_now();
-    }
+/// Runs `f` on the main context's home thread (the test kit's one main-loop thread) and
+/// returns its value (or its panic); a hang fails the test with its name and
+/// `num_waiters()`.
+fn on_main<R: Send + 'static>(_test: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    aioctx_testkit::on_main_with(|| format!("num_waiters = {}", num_waiters()), f)
 }
 
 #[test]
@@ -333,7 +259,7 @@ fn bh_oneshot_on_main_context_runs_on_main_loop() {
             std::thread::current().name().map(str::to_owned)
         })
     });
-    assert_eq!(name.as_deref(), Some("main"));
+    assert_eq!(name.as_deref(), Some("main-loop"));
 }
 
 #[test]

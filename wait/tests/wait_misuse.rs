@@ -3,21 +3,13 @@
 //! `num_waiters()`, so they live in a binary of their own, in one test, where no other
 //! waiter exists.
 
-use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use aioctx_aio::IoThread;
+use aioctx_testkit::panic_message as message;
 use aioctx_wait::{num_waiters, wait_while};
-
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "<non-string panic payload>".to_owned())
-}
 
 /// The one test of this binary (see the module docs).
 #[test]

@@ -34,6 +34,7 @@ pub const BACKEND_ENV: &str = "AIOCTX_BACKEND";
 ///
 /// [`AioContext::backend`]: crate::AioContext::backend
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// io_uring, falling back to epoll when `io_uring_setup` fails with `EPERM`,
     /// `ENOSYS` or `EINVAL` (seccomp, `kernel.io_uring_disabled`, an old kernel), with
