@@ -6,10 +6,11 @@
 //! - `has_writer`: set while a writer holds the lock, and also between the writer's
 //!   waits — but **zeroed while the writer polls**, so callbacks its own poll runs can
 //!   take the read fast path.
-//! - one [`ReaderCounter`] per context, written only by that context's home thread,
-//!   cache-padded so two contexts never share a line; the registry of counters with
-//!   `orphaned`, the sum of the counters of dead contexts (a task may lock on A and
-//!   unlock on B, so single counters wrap; only the sum means anything).
+//! - one [`ReaderCounter`] per thread that takes read locks (a context's home thread),
+//!   written only by that thread, cache-padded so two threads (two contexts) never share
+//!   a line; the registry of counters with `orphaned`, the sum of the counters of exited
+//!   threads (a task may lock on A and unlock on B, so single counters wrap; only the
+//!   sum means anything).
 //! - the reader queue, under the registry mutex.
 //!
 //! Rules:
@@ -33,6 +34,18 @@
 //!    no read lock exist then; what the counters show are readers backing off), else the
 //!    sum, which counts a reader from its increment on — also one that is about to back
 //!    off because a writer between its waits set `has_writer`.
+//! 6. The fences are asymmetric (aioctx-wait's `FenceMode`): [R1] and [U1] run on every
+//!    read lock and are `light_fence`s; their partners — the writer's [W1] and the
+//!    fence after `num_waiters += 1` in the writer's `wait_while` — run once per wait
+//!    and are `heavy_fence`s. In asymmetric mode the hot sides are compiler fences and
+//!    each rare side calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which makes
+//!    every running thread of the process — every reader between its store and its
+//!    load — execute a full barrier before the writer's load (the kernel's
+//!    membarrier(2) guarantee; a thread not running is past a full barrier of the
+//!    scheduler already). The proof of rule 1 then goes through with that barrier in
+//!    place of [R1] (aioctx-wait's `fence.rs` states it once for every pair); in
+//!    symmetric mode all four are SeqCst fences. The loom models run them as SeqCst
+//!    fences: loom cannot model `membarrier`.
 //!
 //! Rule 3 is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
 //! set, and lost this wake-up:
@@ -55,7 +68,9 @@
 use std::mem;
 use std::task::Waker;
 
-use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
+use aioctx_wait::{heavy_fence, light_fence};
+
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// What `rdunlock` does about a waiting writer.
@@ -79,7 +94,9 @@ pub(crate) trait AioWaiter {
     fn wait_while(&self, cond: &mut dyn FnMut() -> bool);
 }
 
-/// One context's reader count (rule 1), alone on its cache lines.
+/// One thread's reader count (rule 1), alone on its cache lines: 128-byte aligned and
+/// sized, so neither another counter nor the `Arc`'s reference counts (in the line
+/// before it) share its line, also where the CPU fetches lines in pairs.
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub struct ReaderCounter {
@@ -266,8 +283,9 @@ impl LockState {
         waker: &Waker,
     ) -> bool {
         counter.add(1, Ordering::Relaxed);
-        // [R1] pairs with [W1] in `wrlock` (rule 1).
-        fence(Ordering::SeqCst);
+        // [R1] pairs with [W1] in `wrlock` (rule 1): the hot side, a compiler fence in
+        // asymmetric mode (rule 6).
+        light_fence();
         // Acquire: pairs with the Release clear in `wrunlock`: the writer's changes are
         // visible to the reader.
         if !self.has_writer.load(Ordering::Acquire) {
@@ -312,8 +330,8 @@ impl LockState {
             UnlockKick::Always => waiter.kick(),
             UnlockKick::WhenWriterSeen => {
                 // [U1] pairs with [W1]: the decrement is ordered before the
-                // `has_writer` load (the pre-fix code's only fence).
-                fence(Ordering::SeqCst);
+                // `has_writer` load (the pre-fix code's only fence); hot side (rule 6).
+                light_fence();
                 if self.has_writer.load(Ordering::Relaxed) {
                     waiter.kick();
                 }
@@ -337,8 +355,9 @@ impl LockState {
             // main-loop read access and kept it; neither may outlive our wait.
             self.assert_no_main_loop_access("wrlock (after a callback run by its wait)");
             self.has_writer.store(true, Ordering::Relaxed);
-            // [W1] pairs with [R1] in `try_rdlock` (rule 1).
-            fence(Ordering::SeqCst);
+            // [W1] pairs with [R1] in `try_rdlock` (rule 1): the rare side, a
+            // membarrier in asymmetric mode (rule 6).
+            heavy_fence();
             if self.sum() == 0 {
                 self.writer_held.store(true, Ordering::Relaxed);
                 return;

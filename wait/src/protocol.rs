@@ -42,6 +42,15 @@
 //! load of the condition after `[W1]` sees the kicker's store before `[K1]`, and it does
 //! not sleep. Both cannot miss.
 //!
+//! The pair is asymmetric: `[K1]` runs on every kick, `[W1]` once per `wait_while`. So
+//! `[K1]` is a [`light_fence`] and `[W1]` a [`heavy_fence`]: in the process's
+//! [`FenceMode::Asymmetric`](crate::FenceMode) the kick issues only a compiler fence and
+//! the waiter's registration calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which
+//! acts as a full fence on every running thread — every kicker — at a point between the
+//! increment and the condition load; `fence.rs` proves that the argument above holds
+//! with that barrier in place of `[K1]`. In symmetric mode both are SeqCst fences. The
+//! loom models run both as SeqCst fences (loom cannot model `membarrier`).
+//!
 //! Two weaker versions lose the wake-up, and the loom model keeps both as mutations that
 //! it must find deadlocking (`loom_tests.rs`): a kick without `[K1]` (QEMU before commit
 //! 7455ff1a "aio_wait_kick: add missing memory barrier"), and a waiter that relies on its
@@ -50,7 +59,8 @@
 //! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
 //! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
-use crate::sync::atomic::{AtomicU32, Ordering, fence};
+use crate::fence::{heavy_fence, light_fence};
+use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::{Mutex, lock};
 
 /// The event loop a waiter sleeps in, as the protocol sees it: the kernel sleep behind a
@@ -177,16 +187,18 @@ impl<L: EventLoop> AioWait<L> {
     fn raise(&self) {
         // Relaxed: the ordering against the condition load is [W1]'s job.
         self.num_waiters.fetch_add(1, Ordering::Relaxed);
-        // [W1] pairs with [K1] in `must_kick`.
-        fence(Ordering::SeqCst);
+        // [W1] pairs with [K1] in `must_kick`: the rare side (a membarrier in
+        // asymmetric mode, `fence.rs`).
+        heavy_fence();
     }
 
     /// Kicker side, after changing the condition (rule 2): whether a waiter may be
     /// polling, so the main loop must be woken.
     #[inline]
     pub fn must_kick(&self) -> bool {
-        // [K1] pairs with [W1] in `raise`.
-        fence(Ordering::SeqCst);
+        // [K1] pairs with [W1] in `raise`: the hot side (a compiler fence in asymmetric
+        // mode, `fence.rs`).
+        light_fence();
         self.num_waiters.load(Ordering::Relaxed) != 0
     }
 
