@@ -4,6 +4,7 @@
 use std::fmt;
 
 use aioctx::graph::UnlockKick;
+use aioctx::wait::FenceMode;
 
 use crate::kickstat::scenarios::Scenario;
 use crate::stress::StressOptions;
@@ -43,6 +44,8 @@ pub struct KickstatOptions {
     pub json: bool,
     /// Where syscall counts come from.
     pub source: SourceChoice,
+    /// The process's fence mode (`Auto`: as `AIOCTX_FENCES` says, else the kernel).
+    pub fences: FenceMode,
 }
 
 impl Default for KickstatOptions {
@@ -53,6 +56,7 @@ impl Default for KickstatOptions {
             runs: 11,
             json: false,
             source: SourceChoice::Auto,
+            fences: FenceMode::Auto,
         }
     }
 }
@@ -84,6 +88,8 @@ kickstat options:
   --json                 print a JSON array instead of the table
   --syscall-source SRC   auto (default), kernel (perf_event_open, or fail), or self
                          (the library's stats() counters)
+  --fences MODE          auto (default: AIOCTX_FENCES, else asymmetric where membarrier
+                         works), symmetric or asymmetric; one mode per process
   -h, --help             this text
 
 stress options:
@@ -93,6 +99,7 @@ stress options:
                          (the pre-fix code: reproduces the hang)
   --pressure T           busy threads making CPU pressure (default: one per core)
   --watchdog-secs S      seconds without a finished cycle before exit 3 (default 10)
+  --fences MODE          auto (default), symmetric or asymmetric, as for kickstat
   --json                 print the result as JSON
 ";
 
@@ -158,6 +165,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, UsageErr
                     }
                 }
             }
+            "--fences" => opts.fences = fences(&value("--fences")?)?,
             _ => return Err(UsageError(format!("unknown option `{arg}`"))),
         }
     }
@@ -227,10 +235,20 @@ fn parse_stress(args: impl Iterator<Item = String>) -> Result<Command, UsageErro
                     }
                 }
             }
+            "--fences" => opts.fences = fences(&value("--fences")?)?,
             _ => return Err(UsageError(format!("unknown stress option `{arg}`"))),
         }
     }
     Ok(Command::Stress(opts))
+}
+
+/// A `--fences` value.
+fn fences(text: &str) -> Result<FenceMode, UsageError> {
+    text.parse().map_err(|_| {
+        UsageError(format!(
+            "--fences takes auto, symmetric or asymmetric, not `{text}`"
+        ))
+    })
 }
 
 /// A positive count that fits a `usize`.
@@ -268,7 +286,7 @@ mod tests {
     fn flags_are_parsed_in_both_forms() {
         let Ok(Command::Kickstat(o)) = parse_str(
             "kickstat --scenario kick-idle --scenario=peer-fence-load --scenario kick-idle \
-             --iterations=10 --runs 2 --json --syscall-source self",
+             --iterations=10 --runs 2 --json --syscall-source self --fences symmetric",
         ) else {
             panic!("did not parse");
         };
@@ -280,6 +298,7 @@ mod tests {
         assert_eq!(o.runs, 2);
         assert!(o.json);
         assert_eq!(o.source, SourceChoice::SelfCount);
+        assert_eq!(o.fences, FenceMode::Symmetric);
     }
 
     #[test]
@@ -300,6 +319,10 @@ mod tests {
             "unknown command `frobnicate`; the commands are: kickstat, stress"
         );
         assert!(err("--syscall-source maybe").contains("auto, kernel or self"));
+        assert_eq!(
+            err("stress --fences half"),
+            "--fences takes auto, symmetric or asymmetric, not `half`"
+        );
         assert_eq!(parse_str("--help"), Ok(Command::Help));
     }
 }

@@ -10,7 +10,9 @@ mod thread_probe;
 use std::process::ExitCode;
 
 use aioctx::aio::AioContext;
-use cli::Command;
+use aioctx::wait::{FenceMode, set_fence_mode};
+use cli::{Command, KickstatOptions};
+use stress::StressOptions;
 
 /// Builds, and drops, a context made the way `main_context()` makes the main one, so
 /// that what would make it fail — an invalid `AIOCTX_BACKEND`, io_uring denied while
@@ -25,6 +27,16 @@ fn check_main_context() -> Result<(), String> {
         .map_err(|e| format!("cannot create the main AioContext: {e}"))
 }
 
+/// Chooses the process's fence mode before anything kicks or locks (`Auto`: as
+/// `AIOCTX_FENCES` says, else asymmetric where `membarrier` works), so that an invalid
+/// `AIOCTX_FENCES` or a refused `--fences asymmetric` is a one-line error. Spawns no
+/// thread.
+fn choose_fences(mode: FenceMode) -> Result<(), String> {
+    set_fence_mode(mode)
+        .map(drop)
+        .map_err(|e| format!("cannot choose the fence mode: {e}"))
+}
+
 fn main() -> ExitCode {
     match cli::parse(std::env::args().skip(1)) {
         Ok(Command::Help) => {
@@ -32,6 +44,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Kickstat(_) | Command::Stress(_)) if let Err(e) = check_main_context() => {
+            eprintln!("aioctx: {e}");
+            ExitCode::from(2)
+        }
+        Ok(
+            Command::Kickstat(KickstatOptions { fences, .. })
+            | Command::Stress(StressOptions { fences, .. }),
+        ) if let Err(e) = choose_fences(fences) => {
             eprintln!("aioctx: {e}");
             ExitCode::from(2)
         }

@@ -36,6 +36,9 @@ pub struct StressOptions {
     pub pressure: usize,
     /// Seconds without a completed cycle before the watchdog fires.
     pub watchdog_secs: u64,
+    /// The process's fence mode (`Auto`: as `AIOCTX_FENCES` says, else the kernel);
+    /// applied by `main` before anything runs.
+    pub fences: aioctx::wait::FenceMode,
     /// JSON output instead of text.
     pub json: bool,
 }
@@ -48,6 +51,7 @@ impl Default for StressOptions {
             unlock_kick: UnlockKick::Always,
             pressure: std::thread::available_parallelism().map_or(2, |n| n.get()),
             watchdog_secs: 10,
+            fences: aioctx::wait::FenceMode::Auto,
             json: false,
         }
     }
@@ -230,10 +234,12 @@ pub fn run(o: &StressOptions) -> u8 {
     let writer_sleeps = main.stats().sleeps - sleeps_before;
     if o.json {
         println!(
-            "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"iothreads\":{},\"pressure\":{},\
+            "{{\"result\":\"completed\",\"unlock_kick\":\"{}\",\"fences\":\"{}\",\
+             \"iothreads\":{},\"pressure\":{},\
              \"cycles\":{},\"reader_cycles\":{reads},\"writer_sleeps\":{writer_sleeps},\
              \"seconds\":{:.3}}}",
             policy_name(o.unlock_kick),
+            aioctx::wait::fence_mode(),
             o.iothreads,
             o.pressure,
             o.iterations,
@@ -241,11 +247,12 @@ pub fn run(o: &StressOptions) -> u8 {
         );
     } else {
         println!(
-            "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
+            "stress: completed {} write-lock cycles (unlock-kick {}, {} fences, {} iothreads, {} pressure \
              threads) in {:.2} s; readers took and dropped the lock {reads} times; the writer \
              slept waiting for readers {writer_sleeps} times",
             o.iterations,
             policy_name(o.unlock_kick),
+            aioctx::wait::fence_mode(),
             o.iothreads,
             o.pressure,
             elapsed.as_secs_f64()
@@ -259,10 +266,12 @@ fn report_stuck(d: &Diagnosis, policy: UnlockKick, json: bool) {
     if json {
         let _ = writeln!(
             out,
-            "{{\"result\":\"writer-stuck\",\"unlock_kick\":\"{}\",\"has_writer\":{},\
+            "{{\"result\":\"writer-stuck\",\"unlock_kick\":\"{}\",\"fences\":\"{}\",\
+             \"has_writer\":{},\
              \"num_waiters\":{},\"readers\":{},\"main_loop_asleep\":{},\"seconds_stuck\":{},\
              \"cycles_done\":{}}}",
             policy_name(policy),
+            aioctx::wait::fence_mode(),
             d.has_writer,
             d.num_waiters,
             d.readers,
@@ -273,11 +282,12 @@ fn report_stuck(d: &Diagnosis, policy: UnlockKick, json: bool) {
     } else {
         let _ = writeln!(
             out,
-            "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
+            "\nstress: WRITER STUCK after {} cycles (unlock-kick {}, {} fences):\n  has_writer       = {}\n  \
              num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
              stuck for        = {} s\n{}",
             d.cycles_done,
             policy_name(policy),
+            aioctx::wait::fence_mode(),
             d.has_writer,
             d.num_waiters,
             d.readers,

@@ -9,6 +9,8 @@
 
 pub mod scenarios;
 
+mod fence_checks;
+mod fences;
 mod harness;
 mod peers;
 mod report;
@@ -17,6 +19,7 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::Arc;
 
 use aioctx::aio::{AioContext, main_context};
+use aioctx::wait::fence_mode;
 
 use crate::cli::{KickstatOptions, SourceChoice};
 use crate::sys::SyscallCounter;
@@ -96,11 +99,14 @@ pub fn run(opts: &KickstatOptions) -> io::Result<()> {
     }
 
     let mut out = io::stdout().lock();
+    // Chosen by `main` before anything ran (the `--fences` flag or the environment).
+    let fences = fence_mode();
     if opts.json {
-        report::write_json(&mut out, &rows)?;
+        report::write_json(&mut out, &rows, fences)?;
     } else {
         let (sq, cq) = main.ring_entries();
         let info = LoopInfo {
+            fences,
             backend: main.backend(),
             sq_entries: sq,
             cq_entries: cq,
