@@ -17,6 +17,7 @@ use crate::sync::Arc;
 struct MainLoopWait;
 
 impl AioWaiter for MainLoopWait {
+    #[inline]
     fn kick(&self) {
         aioctx_wait::kick();
     }
@@ -214,6 +215,7 @@ impl GraphLock {
     /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`]. On a thread
     /// that runs no context (a task's future dropped after its context died), the
     /// decrement goes to the orphaned sum, so it never panics and never leaks the count.
+    #[inline]
     fn rdunlock(&self) {
         let counted = with_thread_counter(runs_a_context, |c| {
             self.state.rdunlock(c, &MainLoopWait);
@@ -352,6 +354,7 @@ pub struct RdLock<'a> {
 impl<'a> Future for RdLock<'a> {
     type Output = ReadGuard<'a>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadGuard<'a>> {
         let lock = self.lock;
         if with_counter("rdlock", |c| {
@@ -374,6 +377,7 @@ pub struct ReadGuard<'a> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.rdunlock();
     }

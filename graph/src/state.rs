@@ -109,8 +109,9 @@ impl ReaderCounter {
         Self::default()
     }
 
-    /// Adds `delta` (wrapping). Only the owning context's thread writes, so a load and a
-    /// store suffice; `order` orders the store.
+    /// Adds `delta` (wrapping). Only the owning thread writes, so a load and a store
+    /// suffice; `order` orders the store.
+    #[inline]
     fn add(&self, delta: u32, order: Ordering) {
         let c = self.count.load(Ordering::Relaxed);
         self.count.store(c.wrapping_add(delta), order);
@@ -176,6 +177,7 @@ impl LockState {
         self.unlock_kick.store(v, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn unlock_kick(&self) -> UnlockKick {
         match self.unlock_kick.load(Ordering::Relaxed) {
             0 => UnlockKick::Always,
@@ -274,8 +276,9 @@ impl LockState {
         self.main_loop_readers.store(n - 1, Ordering::Relaxed);
     }
 
-    /// One attempt to take the read lock on `counter`'s context. On `false`, `waker` is
-    /// queued and will be woken by `wrunlock`; try again then.
+    /// One attempt to take the read lock, counted on `counter` (the calling thread's).
+    /// On `false`, `waker` is queued and will be woken by `wrunlock`; try again then.
+    #[inline]
     pub(crate) fn try_rdlock(
         &self,
         counter: &ReaderCounter,
@@ -291,6 +294,13 @@ impl LockState {
         if !self.has_writer.load(Ordering::Acquire) {
             return true;
         }
+        self.back_off(counter, waiter, waker)
+    }
+
+    /// The slow path of `try_rdlock`: a writer was seen (rule 2).
+    #[cold]
+    #[inline(never)]
+    fn back_off(&self, counter: &ReaderCounter, waiter: &impl AioWaiter, waker: &Waker) -> bool {
         let mut reg = lock(&self.registry);
         if !self.has_writer.load(Ordering::Acquire) {
             return true;
@@ -303,6 +313,7 @@ impl LockState {
     }
 
     /// Drops a read lock taken on any context, decrementing `counter` (rule 3).
+    #[inline]
     pub(crate) fn rdunlock(&self, counter: &ReaderCounter, waiter: &impl AioWaiter) {
         // Release: pairs with `ReaderCounter::get` in the writer's `sum()`.
         counter.add(1u32.wrapping_neg(), Ordering::Release);
@@ -321,6 +332,7 @@ impl LockState {
     }
 
     /// The kick of rule 3, per the [`UnlockKick`] policy, after a decrement.
+    #[inline]
     fn kick_after_unlock(&self, waiter: &impl AioWaiter) {
         match self.unlock_kick() {
             // [U1] is the kick's own leading fence ([K1] in aioctx_wait): it orders the
