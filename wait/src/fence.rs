@@ -190,8 +190,8 @@ pub fn try_fence_mode() -> io::Result<FenceMode> {
     }
 }
 
-/// Chooses the process's fence mode explicitly, before any kick, `wait_while` or graph
-/// lock ran (`Auto` chooses as [`fence_mode`] would, from `AIOCTX_FENCES`); returns the
+/// Chooses the process's fence mode explicitly (QEMU: `smp_mb_global_init`, which only
+/// checks that the call exists), before any kick, `wait_while` or graph lock ran (`Auto` chooses as [`fence_mode`] would, from `AIOCTX_FENCES`); returns the
 /// mode chosen. Calling it again with the mode already chosen, or with `Auto`, is
 /// harmless.
 ///
@@ -340,8 +340,18 @@ fn register_membarrier() -> io::Result<()> {
 }
 
 /// The hot side's fence of an asymmetric pair: a compiler fence in asymmetric mode, a
-/// SeqCst fence in symmetric mode. Pairs only with [`heavy_fence`] (see the module
-/// docs); chooses the mode on the first call.
+/// SeqCst fence in symmetric mode (QEMU: `smp_mb_placeholder`). Pairs only with
+/// [`heavy_fence`] (see the module docs); chooses the mode on the first call.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// static MINE: AtomicBool = AtomicBool::new(false);
+/// static THEIRS: AtomicBool = AtomicBool::new(false);
+/// // Hot side: store, light fence, load (the rare side does store, heavy fence, load).
+/// MINE.store(true, Ordering::Relaxed);
+/// aioctx_wait::light_fence();
+/// let _ = THEIRS.load(Ordering::Relaxed);
+/// ```
 ///
 /// Under loom it is a SeqCst fence of the model (loom cannot model `membarrier`).
 #[inline(always)]
@@ -366,6 +376,7 @@ pub fn light_fence() {
 
 /// The first hot-side fence of the process: choose the mode, then fence fully (right
 /// in either mode).
+#[cfg(not(all(loom, any(test, feature = "loom-model"))))]
 #[cold]
 #[inline(never)]
 fn light_fence_first() {
@@ -376,8 +387,8 @@ fn light_fence_first() {
 
 /// The rare side's fence of an asymmetric pair: a SeqCst fence, then, in asymmetric
 /// mode, `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which makes every running
-/// thread of the process execute a full barrier. Pairs with [`light_fence`]; chooses
-/// the mode on the first call.
+/// thread of the process execute a full barrier (QEMU: `smp_mb_global`). Pairs with
+/// [`light_fence`]; chooses the mode on the first call.
 ///
 /// Under loom it is a SeqCst fence of the model.
 ///
