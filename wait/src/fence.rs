@@ -374,6 +374,27 @@ pub fn light_fence() {
     }
 }
 
+/// The hot side's fence, as `light_fence`, returning whether the process runs
+/// asymmetric fences (never under loom, whose fences are symmetric).
+#[inline(always)]
+pub(crate) fn light_fence_is_asymmetric() -> bool {
+    light_fence();
+    #[cfg(all(loom, any(test, feature = "loom-model")))]
+    return false;
+    #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
+    return MODE.load(Ordering::Relaxed) == ASYMMETRIC;
+}
+
+/// A compiler fence: the whole hot side in asymmetric mode, for a caller that knows the
+/// mode is asymmetric only after its load (`AioWait::must_kick`). Nothing under loom,
+/// whose fences are SeqCst (the caller then fences after all).
+#[inline(always)]
+pub(crate) fn compiler_fence() {
+    // Pairs with the membarrier in `heavy_fence`, in asymmetric mode.
+    #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
+    sync::compiler_fence(Ordering::SeqCst);
+}
+
 /// The first hot-side fence of the process: choose the mode, then fence fully (right
 /// in either mode).
 #[cfg(not(all(loom, any(test, feature = "loom-model"))))]

@@ -5,7 +5,8 @@
 //! `aio_wait_kick` (util/aio-wait.c, include/block/aio-wait.h).
 //!
 //! State: `num_waiters`, the number of `wait_while` calls in progress. Waiters change it
-//! with atomic RMWs; kickers only read it.
+//! with atomic RMWs; kickers only read it (and clear its `MUST_FENCE` bit once, which is
+//! the fence mode's, not a count).
 //!
 //! Rules:
 //! 1. A waiter raises `num_waiters` and fences ([W1]) *before* it first evaluates its
@@ -59,7 +60,7 @@
 //! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
 //! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
-use crate::fence::{heavy_fence, light_fence};
+use crate::fence::{compiler_fence, heavy_fence, light_fence_is_asymmetric};
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::{Mutex, lock};
 
@@ -80,6 +81,13 @@ struct Others<L> {
     list: Vec<(u64, L)>,
 }
 
+/// The top bit of `num_waiters`'s word: set while a kick must issue a full fence before
+/// its real load of the count — until a kick notices that the process runs asymmetric
+/// fences and clears it for good. So the asymmetric kick reads one word, and the
+/// symmetric one reads it, fences, and reads the count again. Registrations' RMWs leave
+/// the bit alone.
+const MUST_FENCE: u32 = 1 << 31;
+
 /// The waiter count of the wait/kick protocol. See the module docs.
 pub struct AioWait<L> {
     num_waiters: AtomicU32,
@@ -99,7 +107,7 @@ impl<L: EventLoop> AioWait<L> {
     #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
     pub const fn new() -> Self {
         Self {
-            num_waiters: AtomicU32::new(0),
+            num_waiters: AtomicU32::new(MUST_FENCE),
             others: Mutex::new(Others {
                 next_id: 0,
                 list: Vec::new(),
@@ -111,7 +119,7 @@ impl<L: EventLoop> AioWait<L> {
     #[cfg(all(loom, any(test, feature = "loom-model")))]
     pub fn new() -> Self {
         Self {
-            num_waiters: AtomicU32::new(0),
+            num_waiters: AtomicU32::new(MUST_FENCE),
             others: Mutex::new(Others {
                 next_id: 0,
                 list: Vec::new(),
@@ -194,24 +202,44 @@ impl<L: EventLoop> AioWait<L> {
 
     /// Kicker side, after changing the condition (rule 2): whether a waiter may be
     /// polling, so the main loop must be woken.
+    ///
+    /// The word read first also says whether a full fence is needed ([`MUST_FENCE`]):
+    /// with asymmetric fences, a kick with no waiter is a compiler fence and this one
+    /// load.
     #[inline]
     pub fn must_kick(&self) -> bool {
-        // [K1] pairs with [W1] in `raise`: the hot side (a compiler fence in asymmetric
-        // mode, `fence.rs`).
-        light_fence();
-        self.num_waiters.load(Ordering::Relaxed) != 0
+        // [K1] pairs with [W1] in `raise`, when MUST_FENCE is clear: the asymmetric
+        // mode's hot side (`fence.rs`).
+        compiler_fence();
+        let word = self.num_waiters.load(Ordering::Relaxed);
+        if word & MUST_FENCE == 0 {
+            return word != 0;
+        }
+        self.must_kick_fenced()
+    }
+
+    /// `must_kick` while [`MUST_FENCE`] is set: the mode is not chosen yet, or symmetric,
+    /// or asymmetric and not noticed yet here.
+    #[inline]
+    fn must_kick_fenced(&self) -> bool {
+        // [K1] pairs with [W1] in `raise`: a SeqCst fence in symmetric mode.
+        if light_fence_is_asymmetric() {
+            // For good: the mode never changes once chosen.
+            self.num_waiters.fetch_and(!MUST_FENCE, Ordering::Relaxed);
+        }
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE != 0
     }
 
     /// How many waiters are registered now (a snapshot).
     pub fn num_waiters(&self) -> u32 {
-        self.num_waiters.load(Ordering::Relaxed)
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE
     }
 
     /// Mutation kept for the loom models: the kick of QEMU before commit 7455ff1a, which
     /// read the count with no barrier of its own. Must be found losing a wake-up.
     #[cfg(all(loom, any(test, feature = "loom-model")))]
     pub fn must_kick_without_fence(&self) -> bool {
-        self.num_waiters.load(Ordering::Relaxed) != 0
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE != 0
     }
 
     /// Mutation kept for the loom model: a waiter that raises the count with a SeqCst
@@ -240,7 +268,7 @@ impl<L> Drop for Registration<'_, L> {
         }
         // Relaxed: a kicker that still sees the old count only schedules one harmless
         // dummy BH; nothing is published through the decrement.
-        let old = self.wait.num_waiters.fetch_sub(1, Ordering::Relaxed);
+        let old = self.wait.num_waiters.fetch_sub(1, Ordering::Relaxed) & !MUST_FENCE;
         assert!(old != 0, "aio_wait: num_waiters underflow (was {old})");
     }
 }
