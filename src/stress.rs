@@ -9,6 +9,10 @@
 //! `--unlock-kick always` the unlock kicks and the writer wakes; with
 //! `--unlock-kick when-writer-seen` the unlock sees `has_writer == 0` (the writer zeroes
 //! it while polling), skips the kick, and the writer sleeps forever.
+//!
+//! `--fences symmetric|asymmetric` picks the process's fence mode (default: as
+//! `AIOCTX_FENCES` says, else asymmetric where `membarrier` works): both modes must
+//! complete with the fix and hang without it.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;

@@ -6,6 +6,11 @@
 //! on the main thread before any other thread exists and is inherited by every thread
 //! spawned later — and otherwise by the library's own `stats()` counters
 //! (`syscall_source: "self"`).
+//!
+//! The process's fence mode (aioctx-wait's `FenceMode`, chosen once by `main` from
+//! `--fences` or `AIOCTX_FENCES`) is in the header and in every JSON row; the rare
+//! sides' `membarrier` calls are counted apart from the syscalls (`membar/op`). The other
+//! mode needs another process: `aioctx kickstat --fences MODE`.
 
 pub mod scenarios;
 

@@ -37,8 +37,9 @@
 //! models, which cannot model `membarrier` (an inter-processor interrupt is outside
 //! loom's memory model), run [`light_fence`] and [`heavy_fence`] as SeqCst fences: the
 //! symmetric protocol the asymmetric one reduces to. This is the technique of liburcu's
-//! `urcu-memb` flavour and of QEMU's RCU (`smp_mb_placeholder()` in `rcu_read_lock`
-//! against `smp_mb_global()` in `synchronize_rcu`; include/qemu/sys_membarrier.h,
+//! `urcu-memb` flavour and of QEMU's RCU (`smp_mb_placeholder()` in `rcu_read_lock` and
+//! `rcu_read_unlock`, include/qemu/rcu.h, against `smp_mb_global()` in the grace
+//! period's `wait_for_readers`, util/rcu.c; include/qemu/sys_membarrier.h and
 //! util/sys_membarrier.c — QEMU uses the older, slower `MEMBARRIER_CMD_SHARED`), and the
 //! `asymmetric_thread_fence_light`/`_heavy` pair proposed for C++ (P1202), whose names
 //! these functions borrow.
