@@ -1,8 +1,10 @@
 //! Graph lock read side: an rdlock + rdunlock pair in a task with no writer, under both
 //! unlock-kick policies, against std's and parking_lot's `RwLock::read`; and two threads
 //! reading at once, each on its own context, against two threads sharing a std
-//! `RwLock` (the per-context counters must not bounce a cache line). One iteration is
-//! one lock + unlock pair (per thread, in the two-thread cases).
+//! `RwLock` (the per-thread counters must not bounce a cache line). One iteration is
+//! one lock + unlock pair (per thread, in the two-thread cases). The rows run in the
+//! process's fence mode (`AIOCTX_FENCES`, else asymmetric where membarrier works);
+//! `aioctx kickstat --fences MODE` has the same rows in either mode.
 
 use std::hint::black_box;
 use std::sync::{Barrier, RwLock};
@@ -71,7 +73,7 @@ fn bench(c: &mut Criterion) {
             two_threads(iters, |n| {
                 let ctx = AioContext::new().unwrap();
                 ctx.make_current();
-                // Registers this context's counter before the clock starts.
+                // Registers this thread's counter before the clock starts.
                 rdlock_pairs(&ctx, 1);
                 ready.wait();
                 rdlock_pairs(&ctx, n)

@@ -30,10 +30,25 @@ done
 echo "== benches/fio.sh" >&2
 fio_out=$(bash benches/fio.sh)
 echo "$fio_out" >&2
+# The fence rows: `aioctx kickstat` once per fence mode (the mode is chosen once per
+# process); an unavailable asymmetric mode leaves an empty list and a note.
+fence_rows=(peer-fence-load kick-idle kick-busy kick-sleeping rdlock-pair-always
+    rdlock-pair-when-writer-seen peer-std-rwlock-read peer-parking-lot-read
+    rdlock-pair-1-context rdlock-pair-2-contexts wait-while-register wrlock-pair-0-busy
+    wrlock-pair-1-busy wrlock-pair-3-busy)
+fence_cmd="target/release/aioctx kickstat --json --runs 5 --fences MODE$(printf ' --scenario %s' "${fence_rows[@]}")"
+cargo build -q --release --bin aioctx >&2
+for mode in symmetric asymmetric; do
+    echo "== aioctx kickstat --fences $mode (fence rows)" >&2
+    "$CARGO_TARGET_DIR/release/aioctx" kickstat --json --runs 5 --fences "$mode" \
+        $(printf -- ' --scenario %s' "${fence_rows[@]}") >"$CARGO_TARGET_DIR/kickstat-$mode.json" \
+        || echo '{"rows": []}' >"$CARGO_TARGET_DIR/kickstat-$mode.json"
+done
 elapsed=$(( $(date +%s) - t0 ))
 
 export REPORT_CRIT="$crit" REPORT_FIO="$fio_out" REPORT_CMD="$cmd" REPORT_BENCH_CMD="$bench_cmd"
 export REPORT_DATE="$started" REPORT_ELAPSED="$elapsed"
+export REPORT_FENCES_DIR="$CARGO_TARGET_DIR" REPORT_FENCES_CMD="$fence_cmd"
 export REPORT_CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 export REPORT_CORES="$(nproc)"
 export REPORT_KERNEL="$(uname -r)"
@@ -259,8 +274,10 @@ graph2 = table("graph: two threads reading at once", "graph", "aioctx_rdlock_alw
      ("std_rwlock_read_two_threads", "std `RwLock::read`, two threads, one lock")],
     [("std_rwlock_read_two_threads", "std 2 threads")],
     extra={"aioctx_rdlock_always": graph["aioctx_rdlock_always"]},
-    note="Per-thread time per pair (the slower thread's). Each context has its own reader "
-         "counter on its own cache lines; std's lock shares one.")
+    note="Per-thread time per pair (the slower thread's). Each thread (each context's home "
+         "thread) has its own reader counter on its own cache lines; std's lock shares one. "
+         "Criterion's rows run in the process's fence mode (asymmetric where membarrier "
+         "works); the fences table below has both modes.")
 
 w("## Targets")
 w("")
@@ -354,6 +371,85 @@ w(f"| (no numeric target) two readers on two contexts: per-thread cost vs one th
   f"aioctx two threads vs aioctx one thread (the same pair per thread) | "
   f"{fmt_ratio(r)}; std RwLock with two readers is {r2:.2f}× the aioctx time | — |")
 w("")
+def kickstat_rows(mode):
+    path = os.path.join(os.environ["REPORT_FENCES_DIR"], f"kickstat-{mode}.json")
+    try:
+        with open(path) as f:
+            return {r["scenario"]: r for r in json.load(f)["rows"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+fsym, fasym = kickstat_rows("symmetric"), kickstat_rows("asymmetric")
+w("")
+w("## fences: the hot and the rare sides in both fence modes")
+w("")
+w(f"From `aioctx kickstat` once per mode (`{os.environ['REPORT_FENCES_CMD']}`, MODE = "
+  "symmetric, then asymmetric: the mode is chosen once per process). Symmetric: a SeqCst "
+  "fence on both sides of each Dekker pair. Asymmetric: the hot sides (a kick, a graph "
+  "read-lock pair) issue a compiler fence, and the rare sides (a `wait_while` "
+  "registration; a `wrlock`, which registers a wait and issues its own [W1]) call "
+  "`membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which interrupts every CPU that runs a "
+  "thread of the process. `membarrier/op` is counted apart from `syscalls/op`.")
+w("")
+if not fsym or not fasym:
+    w("(One mode did not run here — no membarrier, or kickstat failed; see the run's stderr.)")
+    w("")
+else:
+    w("| Row | symmetric ns/op | asymmetric ns/op | asym ÷ sym | syscalls/op (sym, asym) | membarrier/op (sym, asym) |")
+    w("|---|---|---|---|---|---|")
+    for name in fsym:
+        if name not in fasym:
+            continue
+        a, b = fsym[name], fasym[name]
+        na, nb = a["ns_per_op"]["median"], b["ns_per_op"]["median"]
+        sa = "n/a" if a["syscalls_per_op"] is None else f"{a['syscalls_per_op']:.3f}"
+        sb = "n/a" if b["syscalls_per_op"] is None else f"{b['syscalls_per_op']:.3f}"
+        w(f"| `{name}` | {fmt_ns(na)} | {fmt_ns(nb)} | {fmt_ratio(nb / na)} | {sa}, {sb} | "
+          f"{a['membarriers_per_op']:.3f}, {b['membarriers_per_op']:.3f} |")
+    w("")
+    w("| Target | Rows compared | symmetric | asymmetric | Verdict |")
+    w("|---|---|---|---|---|")
+    def med(rows, name):
+        return rows[name]["ns_per_op"]["median"]
+    def fence_target(desc, rows, num, den, lim_sym, lim_asym):
+        rs, ra = med(fsym, num) / med(fsym, den), med(fasym, num) / med(fasym, den)
+        ok = rs <= lim_sym and ra <= lim_asym
+        w(f"| {desc} | {rows} | {fmt_ratio(rs)} (≤ {lim_sym}×) | {fmt_ratio(ra)} (≤ {lim_asym}×) "
+          f"| {'**met**' if ok else '**missed**'} |")
+    fence_target("kick with no waiter vs a SeqCst fence + load", "`kick-idle` / `peer-fence-load`",
+                 "kick-idle", "peer-fence-load", 1.5, 0.4)
+    fence_target("read-lock pair vs std's", "`rdlock-pair-always` / `peer-std-rwlock-read`",
+                 "rdlock-pair-always", "peer-std-rwlock-read", 1.2, 0.5)
+    fence_target("read-lock pair vs parking_lot's", "`rdlock-pair-always` / `peer-parking-lot-read`",
+                 "rdlock-pair-always", "peer-parking-lot-read", 1.2, 0.5)
+    fence_target("the e3082ab3b3 fix stays free", "`rdlock-pair-always` / `rdlock-pair-when-writer-seen`",
+                 "rdlock-pair-always", "rdlock-pair-when-writer-seen", 1.05, 1.05)
+    fence_target("two readers on two contexts vs one (per thread)",
+                 "`rdlock-pair-2-contexts` / `rdlock-pair-1-context`",
+                 "rdlock-pair-2-contexts", "rdlock-pair-1-context", 1.1, 1.1)
+    w("")
+    saved_kick = med(fsym, "kick-idle") - med(fasym, "kick-idle")
+    saved_read = med(fsym, "rdlock-pair-always") - med(fasym, "rdlock-pair-always")
+    extra_wait = med(fasym, "wait-while-register") - med(fsym, "wait-while-register")
+    extra_wr = {k: med(fasym, f"wrlock-pair-{k}-busy") - med(fsym, f"wrlock-pair-{k}-busy")
+                for k in (0, 1, 3)}
+    def per(extra, saved):
+        return f"{extra / saved:,.0f}" if saved > 0 else "∞ (nothing saved in this run)"
+    w("**The trade-off.** Asymmetric mode saves "
+      f"{saved_kick:.1f} ns per kick with no waiter and {saved_read:.1f} ns per read-lock pair, "
+      f"and costs {extra_wait:,.0f} ns more per `wait_while` registration and "
+      f"{extra_wr[0]:,.0f} / {extra_wr[1]:,.0f} / {extra_wr[3]:,.0f} ns more per write-lock "
+      "pair with 0 / 1 / 3 busy iothreads (the membarrier interrupts the CPUs that run "
+      f"them). It pays off when a process makes more than {per(extra_wait, saved_kick)} "
+      "kicks per `wait_while`, or more than "
+      f"{per(extra_wr[1], saved_read)} read-lock pairs per write lock (one busy iothread) — "
+      "true of a storage process that takes the read lock per request and changes the graph "
+      "rarely. Choose `AIOCTX_FENCES=symmetric` for a writer that locks in a tight loop, for "
+      "latency-critical `wait_while` loops, or for processes with many busy threads that "
+      "the interrupts would disturb. The event loop's notify protocol stays symmetric: its "
+      "rare side is the loop going to sleep, which happens on nearly every idle iteration.")
+    w("")
+
 w("`benches/closing-notes.md`, appended below, holds "
   "the profile-based analysis of each missed target; it is written by hand and is not "
   "regenerated by this run.")

@@ -8,6 +8,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use aioctx::graph::UnlockKick;
+use aioctx::wait::FenceMode;
 
 use crate::kickstat::scenarios::Scenario;
 
@@ -31,6 +32,11 @@ pub struct Cli {
     /// Print JSON (one object with a `meta` section) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The process's fence mode, chosen once before anything runs: auto (as
+    /// AIOCTX_FENCES says, else asymmetric where membarrier works), symmetric or
+    /// asymmetric.
+    #[arg(long, global = true, value_name = "MODE", value_enum, default_value_t)]
+    pub fences: Fences,
     /// The command; `kickstat` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -110,6 +116,29 @@ impl KickstatOptions {
             }
         }
         out
+    }
+}
+
+/// The fence mode, as the command line names it (aioctx-wait's `FenceMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Fences {
+    /// `AIOCTX_FENCES` if set, else asymmetric where `membarrier` works, else symmetric.
+    #[default]
+    Auto,
+    /// SeqCst fences on both sides of each Dekker pair.
+    Symmetric,
+    /// A compiler fence on the hot side, `membarrier(2)` on the rare side (an error where
+    /// the kernel refuses it).
+    Asymmetric,
+}
+
+impl From<Fences> for FenceMode {
+    fn from(f: Fences) -> Self {
+        match f {
+            Fences::Auto => FenceMode::Auto,
+            Fences::Symmetric => FenceMode::Symmetric,
+            Fences::Asymmetric => FenceMode::Asymmetric,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use aioctx::aio::AioContext;
+use aioctx::wait::{FenceMode, set_fence_mode};
 use aioctx_cli::cli::{Cli, EXIT_USAGE, Run};
 use aioctx_cli::{kickstat, stress};
 
@@ -22,12 +23,23 @@ fn check_main_context() -> Result<(), String> {
         .map_err(|e| format!("cannot create the main AioContext: {e}"))
 }
 
+/// Chooses the process's fence mode before anything kicks or locks (`Auto`: as
+/// `AIOCTX_FENCES` says, else asymmetric where `membarrier` works), so that an invalid
+/// `AIOCTX_FENCES` or a refused `--fences asymmetric` is a one-line error. Spawns no
+/// thread.
+fn choose_fences(mode: FenceMode) -> Result<(), String> {
+    set_fence_mode(mode)
+        .map(drop)
+        .map_err(|e| format!("cannot choose the fence mode: {e}"))
+}
+
 fn main() -> ExitCode {
     // Usage errors exit with clap's code 2; --help and --version with 0.
     let cli = Cli::parse();
     let json = cli.json;
+    let fences = cli.fences.into();
     let run = cli.run();
-    if let Err(e) = check_main_context() {
+    if let Err(e) = check_main_context().and_then(|()| choose_fences(fences)) {
         eprintln!("aioctx: {e}");
         return ExitCode::from(EXIT_USAGE);
     }

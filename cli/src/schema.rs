@@ -37,7 +37,8 @@ pub struct Meta {
     pub backend: String,
     /// The main context's ring, on io_uring.
     pub ring: Option<RingMeta>,
-    /// The process's fence mode, where the library has one.
+    /// The process's fence mode (`"symmetric"` or `"asymmetric"`); `null` when it
+    /// could not be chosen.
     pub fence_mode: Option<String>,
     /// When the report was made, RFC 3339 in UTC, to the second.
     pub utc_time: String,
@@ -79,7 +80,7 @@ impl Meta {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             backend: backend.to_string(),
             ring,
-            fence_mode: None,
+            fence_mode: aioctx::wait::try_fence_mode().ok().map(|m| m.to_string()),
             utc_time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         }
     }
@@ -147,6 +148,11 @@ pub struct KickstatRow {
     /// Voluntary context switches of the waiting thread per operation (`null`: the
     /// scenario has no waiting thread).
     pub slept_per_op: Option<f64>,
+    /// The fences' rare sides' `membarrier(2)` calls per operation, counted apart from
+    /// `syscalls_per_op`.
+    pub membarriers_per_op: Option<f64>,
+    /// The process's fence mode: `"symmetric"` or `"asymmetric"`.
+    pub fence_mode: String,
     /// `"kernel"` or `"self"`.
     pub syscall_source: String,
     /// Iterations per run.

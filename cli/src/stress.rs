@@ -9,6 +9,10 @@
 //! `--unlock-kick always` the unlock kicks and the writer wakes; with
 //! `--unlock-kick when-writer-seen` the unlock sees `has_writer == 0` (the writer zeroes
 //! it while polling), skips the kick, and the writer sleeps forever.
+//!
+//! `--fences symmetric|asymmetric` picks the process's fence mode (default: as
+//! `AIOCTX_FENCES` says, else asymmetric where `membarrier` works): both modes must
+//! complete with the fix and hang without it.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -197,11 +201,12 @@ pub fn run(o: &StressOptions, json: bool) -> u8 {
         });
     } else {
         println!(
-            "stress: completed {} write-lock cycles (unlock-kick {}, {} iothreads, {} pressure \
+            "stress: completed {} write-lock cycles (unlock-kick {}, {} fences, {} iothreads, {} pressure \
              threads) in {:.2} s; readers took and dropped the lock {reads} times; the writer \
              slept waiting for readers {writer_sleeps} times",
             o.iterations,
             shape.policy.name(),
+            aioctx::wait::fence_mode(),
             shape.iothreads,
             shape.pressure,
             elapsed.as_secs_f64()
@@ -258,11 +263,12 @@ fn report_stuck(d: &Diagnosis, shape: &Shape, json: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nstress: WRITER STUCK after {} cycles (unlock-kick {}):\n  has_writer       = {}\n  \
+        "\nstress: WRITER STUCK after {} cycles (unlock-kick {}, {} fences):\n  has_writer       = {}\n  \
          num_waiters      = {}\n  readers()        = {}\n  main loop asleep = {}\n  \
          stuck for        = {} s\n{}",
         d.cycles_done,
         shape.policy.name(),
+        aioctx::wait::fence_mode(),
         d.has_writer,
         d.num_waiters,
         d.readers,

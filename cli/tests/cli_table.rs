@@ -64,6 +64,7 @@ const CASES: &[Case] = &[
             "--runs",
             "--json",
             "--syscall-source",
+            "--fences",
             "Exit codes: 0 done, 2 usage error",
         ],
     },
@@ -142,6 +143,12 @@ const CASES: &[Case] = &[
         code: 2,
         stream: Stream::Err,
         contains: &["possible values: always, when-writer-seen"],
+    },
+    Case {
+        args: &["stress", "--fences", "half"],
+        code: 2,
+        stream: Stream::Err,
+        contains: &["possible values: auto, symmetric, asymmetric"],
     },
     Case {
         args: &["stress", "--iothreads", "0"],

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const ALL: [&str; 15] = [
+const ALL: [&str; 21] = [
     "kick-idle",
     "kick-busy",
     "kick-sleeping",
@@ -25,6 +25,12 @@ const ALL: [&str; 15] = [
     "rdlock-pair-when-writer-seen",
     "peer-std-rwlock-read",
     "peer-parking-lot-read",
+    "rdlock-pair-1-context",
+    "rdlock-pair-2-contexts",
+    "wait-while-register",
+    "wrlock-pair-0-busy",
+    "wrlock-pair-1-busy",
+    "wrlock-pair-3-busy",
 ];
 
 /// Runs the binary; a watchdog turns a hang into a failure instead of a stuck CI.
@@ -275,6 +281,7 @@ fn table_names_source_scenarios_and_loop() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("syscall source: "), "{text}");
+    assert!(text.contains("fence mode: "), "{text}");
     for name in ALL {
         assert!(text.contains(name), "no {name} in:\n{text}");
     }
@@ -321,4 +328,106 @@ fn invalid_backend_env_is_a_one_line_error_not_a_panic() {
         );
         assert!(out.stdout.is_empty(), "aioctx {args:?} printed a report");
     }
+}
+
+fn membarriers(rows: &[Value], name: &str) -> f64 {
+    row(rows, name)["membarriers_per_op"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name}: membarriers_per_op is not a number"))
+}
+
+/// Both fence modes: the JSON names the mode; the rare sides' membarrier calls are
+/// counted apart (1 per `wait_while` registration, 2 per write-lock pair in asymmetric
+/// mode, none in symmetric mode), and the kick's syscall claims do not move.
+#[test]
+fn fence_modes_count_membarrier_apart_from_the_kick() {
+    for mode in ["symmetric", "asymmetric"] {
+        let out = aioctx(&[
+            "--json",
+            "--fences",
+            mode,
+            "--scenario",
+            "kick-idle",
+            "--scenario",
+            "kick-busy",
+            "--scenario",
+            "kick-sleeping",
+            "--scenario",
+            "rdlock-pair-always",
+            "--scenario",
+            "wait-while-register",
+            "--scenario",
+            "wrlock-pair-1-busy",
+            "--iterations",
+            "300",
+            "--runs",
+            "2",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if mode == "asymmetric" && out.status.code() == Some(2) && err.contains("membarrier") {
+            eprintln!(
+                "skipped fence_modes_count_membarrier_apart_from_the_kick: the asymmetric \
+                 pass needs membarrier(PRIVATE_EXPEDITED), unavailable here"
+            );
+            continue;
+        }
+        assert!(out.status.success(), "--fences {mode}: {err}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+        assert_eq!(report["meta"]["fence_mode"], mode, "{report}");
+        let rows: Vec<Value> = match &report["rows"] {
+            Value::Array(rows) => rows.clone(),
+            other => panic!("--json has no rows array ({other:?})"),
+        };
+        for r in &rows {
+            assert_eq!(r["fence_mode"], mode, "{r}");
+        }
+        let per_rare = if mode == "asymmetric" { 1.0 } else { 0.0 };
+        assert_eq!(
+            membarriers(&rows, "wait-while-register"),
+            per_rare,
+            "{mode}"
+        );
+        assert_eq!(
+            membarriers(&rows, "wrlock-pair-1-busy"),
+            2.0 * per_rare,
+            "{mode}"
+        );
+        for hot in ["kick-idle", "kick-busy", "rdlock-pair-always"] {
+            assert_eq!(syscalls(&rows, hot), 0.0, "{mode} {hot}");
+        }
+        assert_eq!(membarriers(&rows, "kick-idle"), 0.0, "{mode}");
+        assert_eq!(membarriers(&rows, "rdlock-pair-always"), 0.0, "{mode}");
+        // kick-busy's waiter registers once per run of 300 kicks; the kicks pay none.
+        assert_eq!(membarriers(&rows, "kick-busy"), per_rare / 300.0, "{mode}");
+        // The waiter's one registration per run is the only membarrier of kick-sleeping,
+        // and it is not among its syscalls.
+        assert!(
+            syscalls(&rows, "kick-sleeping") <= sleeping_cycle_limit(),
+            "{mode}: kick-sleeping"
+        );
+        assert_eq!(syscalls(&rows, "wait-while-register"), 0.0, "{mode}");
+    }
+}
+
+#[test]
+fn invalid_fences_are_a_one_line_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aioctx"))
+        .args(["kickstat", "--iterations", "10"])
+        .env("AIOCTX_FENCES", "sometimes")
+        .output()
+        .expect("running aioctx");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // One line of ours (where io_uring is denied, the fallback's own line comes first).
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("io_uring is unavailable"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{err:?}");
+    assert!(
+        ours[0].contains("AIOCTX_FENCES=\"sometimes\" is invalid") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    // A bad `--fences` value is clap's usage error (cli_table.rs).
 }

@@ -1,8 +1,11 @@
 //! QEMU's block-graph reader/writer lock on aioctx (QEMU: block/graph-lock.c), with the
 //! e3082ab3b3 fix, and a graph container whose lock rules are compile errors.
 //!
-//! Readers are tasks on any [`AioContext`](aioctx_aio::AioContext): each context counts
-//! its own readers, so two contexts reading at once never share a cache line. The
+//! Readers are tasks on any [`AioContext`](aioctx_aio::AioContext): each thread that
+//! runs contexts counts its own readers, found through a thread-local pointer, so two
+//! contexts reading at once never share a cache line. The read side's fence is a
+//! compiler fence where the kernel grants `membarrier` (the writer pays with one
+//! `membarrier` per wait; see [`FenceMode`](aioctx_wait::FenceMode)). The
 //! writer runs on the main loop and waits with `aio_wait` until the sum is zero.
 //! `rdunlock` always kicks the writer — free when nobody waits — because the writer
 //! zeroes `has_writer` while it polls: see `state.rs` for the protocol and the

@@ -1,12 +1,13 @@
 //! The process-wide graph lock: the protocol of `state.rs` wired to the real contexts,
 //! `aio_wait` and tasks (QEMU: `bdrv_graph_*`, block/graph-lock.c).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use aioctx_aio::{ContextLocal, main_context};
+use aioctx_aio::main_context;
 
 use crate::quiesce::{Quiesced, Quiescers};
 use crate::state::{AioWaiter, LockState, ReaderCounter, UnlockKick};
@@ -16,6 +17,7 @@ use crate::sync::Arc;
 struct MainLoopWait;
 
 impl AioWaiter for MainLoopWait {
+    #[inline]
     fn kick(&self) {
         aioctx_wait::kick();
     }
@@ -25,17 +27,71 @@ impl AioWaiter for MainLoopWait {
     }
 }
 
-/// A context's registered reader counter; dropping it with the context moves its count
-/// to the orphaned sum (QEMU: `unregister_aiocontext`).
-struct ContextCounter(Arc<ReaderCounter>);
+/// A thread's registered reader counter; dropped when the thread exits, it moves the
+/// count to the orphaned sum (QEMU: `unregister_aiocontext`, for the thread's context).
+struct ThreadCounter(Arc<ReaderCounter>);
 
-impl Drop for ContextCounter {
+impl ThreadCounter {
+    fn register() -> Self {
+        let c = Arc::new(ReaderCounter::new());
+        GRAPH_LOCK.state.register(Arc::clone(&c));
+        Self(c)
+    }
+}
+
+impl Drop for ThreadCounter {
     fn drop(&mut self) {
+        // First, so that nothing reaches the counter through the cache once it is gone.
+        CACHED.set(std::ptr::null());
         GRAPH_LOCK.state.unregister(&self.0);
     }
 }
 
-static COUNTER: ContextLocal<ContextCounter> = ContextLocal::new();
+thread_local! {
+    /// This thread's counter (inside `OWNER`'s `Arc`), or null before the thread's
+    /// first read lock and after its exit dropped `OWNER`: the read lock's fast path is
+    /// one load of this — no `Arc` count, no `RefCell`, no registry lock. `const` and
+    /// without a destructor, so it stays readable in every thread-local destructor.
+    static CACHED: Cell<*const ReaderCounter> = const { Cell::new(std::ptr::null()) };
+    /// Owns this thread's counter and registers it, on the thread's first read lock.
+    static OWNER: ThreadCounter = ThreadCounter::register();
+}
+
+/// Calls `f` with the calling thread's reader counter. A thread gets one on its first
+/// read lock (or unlock), if `may_register()` allows; returns `None` when it has none —
+/// not allowed, or the thread is exiting and its counter is gone.
+#[inline]
+fn with_thread_counter<R>(
+    may_register: impl FnOnce() -> bool,
+    f: impl FnOnce(&ReaderCounter) -> R,
+) -> Option<R> {
+    let mut p = CACHED.get();
+    if p.is_null() {
+        p = first_counter(may_register)?;
+    }
+    // SAFETY: `p` is non-null, so it points at the counter inside the `Arc` that this
+    // thread's `OWNER` holds (set by `first_counter` from `OWNER` itself), and `OWNER`
+    // is alive: its `Drop`, which runs only at this thread's exit and not inside `f`,
+    // nulls `CACHED` before releasing the `Arc`. Only this thread reads `CACHED`.
+    Some(f(unsafe { &*p }))
+}
+
+#[cold]
+#[inline(never)]
+fn first_counter(may_register: impl FnOnce() -> bool) -> Option<*const ReaderCounter> {
+    if !may_register() {
+        return None;
+    }
+    let p = OWNER.try_with(|o| Arc::as_ptr(&o.0)).ok()?;
+    CACHED.set(p);
+    Some(p)
+}
+
+/// Whether the calling thread runs a context now.
+fn runs_a_context() -> bool {
+    aioctx_aio::with_current(|ctx| ctx.is_some())
+}
+
 static GRAPH_LOCK: GraphLock = GraphLock {
     state: LockState::new(),
     quiescers: Quiescers::new(),
@@ -44,8 +100,11 @@ static GRAPH_LOCK: GraphLock = GraphLock {
 /// The block-graph reader/writer lock: any number of readers, in tasks on any context,
 /// or one writer on the main loop. There is one per process: [`graph_lock`].
 ///
-/// Readers are cheap: a counter on their own context, a fence and a load. The writer
-/// pays: it waits in the main loop until every context's count is zero.
+/// Readers are cheap: a counter of their own thread (found through a thread-local
+/// pointer, alone on its cache line), a compiler fence (a SeqCst fence in symmetric
+/// [`FenceMode`](aioctx_wait::FenceMode)) and a load. The writer pays: a `membarrier`
+/// per wait in asymmetric mode, and it waits in the main loop until every thread's
+/// count is zero.
 ///
 /// ```
 /// use aioctx_graph::graph_lock;
@@ -71,27 +130,32 @@ pub fn graph_lock() -> &'static GraphLock {
     &GRAPH_LOCK
 }
 
-/// Calls `f` with the reader counter of the calling thread's context, registering it
-/// on first use.
+/// Calls `f` with the calling thread's reader counter, registering it on the thread's
+/// first read lock — which must come from a thread that runs a context.
+#[inline]
 fn with_counter<R>(what: &str, f: impl FnOnce(&ReaderCounter) -> R) -> R {
-    aioctx_aio::with_current(|ctx| {
-        let ctx = ctx.unwrap_or_else(|| {
-            panic!(
-                "GraphLock::{what} called on thread `{}`, which runs no AioContext: take the \
-                 read lock from a task, or use rdlock_main_loop on the main loop",
-                std::thread::current().name().unwrap_or("<unnamed>")
-            )
-        });
-        let counter = ctx.local(&COUNTER, register_counter);
-        f(&counter.0)
+    let thread = || {
+        std::thread::current()
+            .name()
+            .unwrap_or("<unnamed>")
+            .to_owned()
+    };
+    let may_register = || {
+        assert!(
+            runs_a_context(),
+            "GraphLock::{what} called on thread `{}`, which runs no AioContext: take the \
+             read lock from a task, or use rdlock_main_loop on the main loop",
+            thread()
+        );
+        true
+    };
+    with_thread_counter(may_register, f).unwrap_or_else(|| {
+        panic!(
+            "GraphLock::{what} called on thread `{}` while it exits (from a thread-local \
+             destructor), after its reader counter was dropped",
+            thread()
+        )
     })
-}
-
-/// A new counter for a context, registered with the lock.
-fn register_counter() -> ContextCounter {
-    let c = Arc::new(ReaderCounter::new());
-    GRAPH_LOCK.state.register(Arc::clone(&c));
-    ContextCounter(c)
 }
 
 fn assert_main_loop(what: &str) {
@@ -140,7 +204,9 @@ impl GraphLock {
     /// writer, and sleeps until `wrunlock`.
     ///
     /// # Panics
-    /// When polled on a thread that runs no context.
+    /// When a thread's first read lock is polled on a thread that runs no context (the
+    /// check runs when the thread's counter is registered, off the fast path); when
+    /// polled in a thread-local destructor after the thread's counter was dropped.
     pub fn rdlock(&self) -> RdLock<'_> {
         RdLock { lock: self }
     }
@@ -149,16 +215,12 @@ impl GraphLock {
     /// [`UnlockKick`] policy). Normally called by dropping the [`ReadGuard`]. On a thread
     /// that runs no context (a task's future dropped after its context died), the
     /// decrement goes to the orphaned sum, so it never panics and never leaks the count.
+    #[inline]
     fn rdunlock(&self) {
-        let counted = aioctx_aio::with_current(|ctx| match ctx {
-            Some(ctx) => {
-                let counter = ctx.local(&COUNTER, register_counter);
-                self.state.rdunlock(&counter.0, &MainLoopWait);
-                true
-            }
-            None => false,
+        let counted = with_thread_counter(runs_a_context, |c| {
+            self.state.rdunlock(c, &MainLoopWait);
         });
-        if !counted {
+        if counted.is_none() {
             self.state.rdunlock_orphaned(&MainLoopWait);
         }
     }
@@ -292,6 +354,7 @@ pub struct RdLock<'a> {
 impl<'a> Future for RdLock<'a> {
     type Output = ReadGuard<'a>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadGuard<'a>> {
         let lock = self.lock;
         if with_counter("rdlock", |c| {
@@ -314,6 +377,7 @@ pub struct ReadGuard<'a> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.rdunlock();
     }

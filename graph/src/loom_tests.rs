@@ -7,6 +7,14 @@
 //! only the main loop's sleep is a model, a `loom::sync::Notify` standing in for "a BH
 //! was scheduled on the main context" (like a pending BH, a notify that arrives before
 //! the sleep is kept). loom reports a deadlock when the writer sleeps forever.
+//!
+//! loom cannot model `membarrier(2)`, the rare side of the asymmetric fences (an
+//! inter-processor interrupt is outside its memory model): under loom, aioctx-wait's
+//! `light_fence` ([R1], [U1]) and `heavy_fence` ([W1], the waiter's registration) are
+//! both SeqCst fences — the symmetric protocol, which is what the membarrier guarantee
+//! reduces to (aioctx-wait's `fence.rs`). The asymmetric mode itself runs in the
+//! integration tests, `aioctx stress` and the fuzz target under
+//! `AIOCTX_FENCES=asymmetric`.
 
 use std::sync::Arc;
 use std::task::{Wake, Waker};

@@ -6,10 +6,11 @@
 //! - `has_writer`: set while a writer holds the lock, and also between the writer's
 //!   waits — but **zeroed while the writer polls**, so callbacks its own poll runs can
 //!   take the read fast path.
-//! - one [`ReaderCounter`] per context, written only by that context's home thread,
-//!   cache-padded so two contexts never share a line; the registry of counters with
-//!   `orphaned`, the sum of the counters of dead contexts (a task may lock on A and
-//!   unlock on B, so single counters wrap; only the sum means anything).
+//! - one [`ReaderCounter`] per thread that takes read locks (a context's home thread),
+//!   written only by that thread, cache-padded so two threads (two contexts) never share
+//!   a line; the registry of counters with `orphaned`, the sum of the counters of exited
+//!   threads (a task may lock on A and unlock on B, so single counters wrap; only the
+//!   sum means anything).
 //! - the reader queue, under the registry mutex.
 //!
 //! Rules:
@@ -33,6 +34,18 @@
 //!    no read lock exist then; what the counters show are readers backing off), else the
 //!    sum, which counts a reader from its increment on — also one that is about to back
 //!    off because a writer between its waits set `has_writer`.
+//! 6. The fences are asymmetric (aioctx-wait's `FenceMode`): [R1] and [U1] run on every
+//!    read lock and are `light_fence`s; their partners — the writer's [W1] and the
+//!    fence after `num_waiters += 1` in the writer's `wait_while` — run once per wait
+//!    and are `heavy_fence`s. In asymmetric mode the hot sides are compiler fences and
+//!    each rare side calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which makes
+//!    every running thread of the process — every reader between its store and its
+//!    load — execute a full barrier before the writer's load (the kernel's
+//!    membarrier(2) guarantee; a thread not running is past a full barrier of the
+//!    scheduler already). The proof of rule 1 then goes through with that barrier in
+//!    place of [R1] (aioctx-wait's `fence.rs` states it once for every pair); in
+//!    symmetric mode all four are SeqCst fences. The loom models run them as SeqCst
+//!    fences: loom cannot model `membarrier`.
 //!
 //! Rule 3 is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
 //! set, and lost this wake-up:
@@ -55,7 +68,9 @@
 use std::mem;
 use std::task::Waker;
 
-use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
+use aioctx_wait::{heavy_fence, light_fence};
+
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
 /// What `rdunlock` does about a waiting writer.
@@ -79,7 +94,9 @@ pub(crate) trait AioWaiter {
     fn wait_while(&self, cond: &mut dyn FnMut() -> bool);
 }
 
-/// One context's reader count (rule 1), alone on its cache lines.
+/// One thread's reader count (rule 1), alone on its cache lines: 128-byte aligned and
+/// sized, so neither another counter nor the `Arc`'s reference counts (in the line
+/// before it) share its line, also where the CPU fetches lines in pairs.
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub struct ReaderCounter {
@@ -92,8 +109,9 @@ impl ReaderCounter {
         Self::default()
     }
 
-    /// Adds `delta` (wrapping). Only the owning context's thread writes, so a load and a
-    /// store suffice; `order` orders the store.
+    /// Adds `delta` (wrapping). Only the owning thread writes, so a load and a store
+    /// suffice; `order` orders the store.
+    #[inline]
     fn add(&self, delta: u32, order: Ordering) {
         let c = self.count.load(Ordering::Relaxed);
         self.count.store(c.wrapping_add(delta), order);
@@ -159,6 +177,7 @@ impl LockState {
         self.unlock_kick.store(v, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn unlock_kick(&self) -> UnlockKick {
         match self.unlock_kick.load(Ordering::Relaxed) {
             0 => UnlockKick::Always,
@@ -257,8 +276,9 @@ impl LockState {
         self.main_loop_readers.store(n - 1, Ordering::Relaxed);
     }
 
-    /// One attempt to take the read lock on `counter`'s context. On `false`, `waker` is
-    /// queued and will be woken by `wrunlock`; try again then.
+    /// One attempt to take the read lock, counted on `counter` (the calling thread's).
+    /// On `false`, `waker` is queued and will be woken by `wrunlock`; try again then.
+    #[inline]
     pub(crate) fn try_rdlock(
         &self,
         counter: &ReaderCounter,
@@ -266,13 +286,21 @@ impl LockState {
         waker: &Waker,
     ) -> bool {
         counter.add(1, Ordering::Relaxed);
-        // [R1] pairs with [W1] in `wrlock` (rule 1).
-        fence(Ordering::SeqCst);
+        // [R1] pairs with [W1] in `wrlock` (rule 1): the hot side, a compiler fence in
+        // asymmetric mode (rule 6).
+        light_fence();
         // Acquire: pairs with the Release clear in `wrunlock`: the writer's changes are
         // visible to the reader.
         if !self.has_writer.load(Ordering::Acquire) {
             return true;
         }
+        self.back_off(counter, waiter, waker)
+    }
+
+    /// The slow path of `try_rdlock`: a writer was seen (rule 2).
+    #[cold]
+    #[inline(never)]
+    fn back_off(&self, counter: &ReaderCounter, waiter: &impl AioWaiter, waker: &Waker) -> bool {
         let mut reg = lock(&self.registry);
         if !self.has_writer.load(Ordering::Acquire) {
             return true;
@@ -285,6 +313,7 @@ impl LockState {
     }
 
     /// Drops a read lock taken on any context, decrementing `counter` (rule 3).
+    #[inline]
     pub(crate) fn rdunlock(&self, counter: &ReaderCounter, waiter: &impl AioWaiter) {
         // Release: pairs with `ReaderCounter::get` in the writer's `sum()`.
         counter.add(1u32.wrapping_neg(), Ordering::Release);
@@ -303,6 +332,7 @@ impl LockState {
     }
 
     /// The kick of rule 3, per the [`UnlockKick`] policy, after a decrement.
+    #[inline]
     fn kick_after_unlock(&self, waiter: &impl AioWaiter) {
         match self.unlock_kick() {
             // [U1] is the kick's own leading fence ([K1] in aioctx_wait): it orders the
@@ -312,8 +342,8 @@ impl LockState {
             UnlockKick::Always => waiter.kick(),
             UnlockKick::WhenWriterSeen => {
                 // [U1] pairs with [W1]: the decrement is ordered before the
-                // `has_writer` load (the pre-fix code's only fence).
-                fence(Ordering::SeqCst);
+                // `has_writer` load (the pre-fix code's only fence); hot side (rule 6).
+                light_fence();
                 if self.has_writer.load(Ordering::Relaxed) {
                     waiter.kick();
                 }
@@ -337,8 +367,9 @@ impl LockState {
             // main-loop read access and kept it; neither may outlive our wait.
             self.assert_no_main_loop_access("wrlock (after a callback run by its wait)");
             self.has_writer.store(true, Ordering::Relaxed);
-            // [W1] pairs with [R1] in `try_rdlock` (rule 1).
-            fence(Ordering::SeqCst);
+            // [W1] pairs with [R1] in `try_rdlock` (rule 1): the rare side, a
+            // membarrier in asymmetric mode (rule 6).
+            heavy_fence();
             if self.sum() == 0 {
                 self.writer_held.store(true, Ordering::Relaxed);
                 return;

@@ -30,12 +30,16 @@
 //! The protocol and its proof are in `protocol.rs`: the waiter raises a count and
 //! fences before it reads the condition; the kicker fences after it changed the
 //! condition and reads the count; a waiter on an iothread's own context also leaves a
-//! handle to it for the kicks. A loom model of the protocol, and of three broken
+//! handle to it for the kicks. The two fences are asymmetric ([`FenceMode`]): where the
+//! kernel grants `membarrier`, the kick's is a compiler fence and the waiter's a
+//! `membarrier` call that stands for a full fence on every running thread (`fence.rs`,
+//! which the graph lock's read side uses as well). A loom model of the protocol, and of three broken
 //! variants that it must find deadlocking, is in `loom_tests.rs`
 //! (`RUSTFLAGS="--cfg loom" cargo test -p aioctx-wait --release --lib`); the graph
 //! lock's models run the same code (the `loom-model` feature).
 #![deny(missing_docs)]
 
+mod fence;
 mod oneshot;
 mod protocol;
 mod sync;
@@ -49,6 +53,10 @@ use std::sync::Arc;
 
 use aioctx_aio::{AioContext, Bh, main_context, try_current};
 
+pub use fence::{
+    FENCES_ENV, FenceMode, fence_mode, heavy_fence, light_fence, membarrier_calls, set_fence_mode,
+    try_fence_mode,
+};
 pub use oneshot::bh_oneshot;
 use protocol::AioWait;
 use protocol::EventLoop;
@@ -101,7 +109,10 @@ static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 /// waiter may sleep on, never seeing the change; with it, the wake-up cannot be lost
 /// (the fence in `kick` pairs with the one `wait_while` issues after registering).
 ///
-/// With no waiter, `kick` is a SeqCst fence and one load: no allocation, no syscall.
+/// With no waiter, `kick` is a fence and one load: no allocation, no syscall. The fence
+/// is a compiler fence in [`FenceMode::Asymmetric`] (the waiter's registration pays
+/// with a `membarrier` instead) and a SeqCst fence in [`FenceMode::Symmetric`]; the
+/// first kick of the process chooses the mode if nothing did (see [`fence_mode`]).
 /// With a waiter it schedules the main context's one pre-allocated dummy bottom half,
 /// which makes the main loop's `poll` return so that the waiter re-checks; that costs
 /// an eventfd write only if the main loop sleeps, and allocates nothing. It also
@@ -110,7 +121,9 @@ static DUMMY_BH: OnceLock<Bh> = OnceLock::new();
 /// Callable from any thread, also from inside bottom halves and with no waiter at all.
 ///
 /// # Panics
-/// When a waiter exists and the main context cannot be created (io_uring denied).
+/// When a waiter exists and the main context cannot be created (io_uring denied); when
+/// this first kick must choose the fence mode and `AIOCTX_FENCES` is invalid or
+/// refused (see [`fence_mode`]).
 #[inline]
 pub fn kick() {
     global().kick(kick_main_loop);

@@ -11,6 +11,14 @@
 //! then kick. loom reports a deadlock if the waiter sleeps on with the condition already
 //! changed. The mutations replace one step of the protocol by its broken version.
 //!
+//! loom cannot model `membarrier(2)` — an inter-processor interrupt that makes other
+//! threads fence is outside its memory model — so under loom `light_fence` ([K1]) and
+//! `heavy_fence` ([W1]) are both SeqCst fences: the symmetric protocol, which is what
+//! the membarrier guarantee reduces to (the proof is in `fence.rs`). The asymmetric
+//! mode itself is exercised by the integration tests under `AIOCTX_FENCES=asymmetric`.
+//! So under loom the `MUST_FENCE` bit of the count stays set, and every kick reads the
+//! word, fences and reads the count again: the symmetric kick, as shipped.
+//!
 //! The mutations share their state through `Box::leak`, not `Arc`: a `should_panic`
 //! test unwinds out of the model, and dropping loom objects during that unwinding would
 //! abort the run.

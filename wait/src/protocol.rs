@@ -5,7 +5,8 @@
 //! `aio_wait_kick` (util/aio-wait.c, include/block/aio-wait.h).
 //!
 //! State: `num_waiters`, the number of `wait_while` calls in progress. Waiters change it
-//! with atomic RMWs; kickers only read it.
+//! with atomic RMWs; kickers only read it (and clear its `MUST_FENCE` bit once, which is
+//! the fence mode's, not a count).
 //!
 //! Rules:
 //! 1. A waiter raises `num_waiters` and fences ([W1]) *before* it first evaluates its
@@ -42,6 +43,15 @@
 //! load of the condition after `[W1]` sees the kicker's store before `[K1]`, and it does
 //! not sleep. Both cannot miss.
 //!
+//! The pair is asymmetric: `[K1]` runs on every kick, `[W1]` once per `wait_while`. So
+//! `[K1]` is a [`light_fence`] and `[W1]` a [`heavy_fence`]: in the process's
+//! [`FenceMode::Asymmetric`](crate::FenceMode) the kick issues only a compiler fence and
+//! the waiter's registration calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which
+//! acts as a full fence on every running thread — every kicker — at a point between the
+//! increment and the condition load; `fence.rs` proves that the argument above holds
+//! with that barrier in place of `[K1]`. In symmetric mode both are SeqCst fences. The
+//! loom models run both as SeqCst fences (loom cannot model `membarrier`).
+//!
 //! Two weaker versions lose the wake-up, and the loom model keeps both as mutations that
 //! it must find deadlocking (`loom_tests.rs`): a kick without `[K1]` (QEMU before commit
 //! 7455ff1a "aio_wait_kick: add missing memory barrier"), and a waiter that relies on its
@@ -50,7 +60,8 @@
 //! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
 //! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
-use crate::sync::atomic::{AtomicU32, Ordering, fence};
+use crate::fence::{compiler_fence, heavy_fence, light_fence_is_asymmetric};
+use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::sync::{Mutex, lock};
 
 /// The event loop a waiter sleeps in, as the protocol sees it: the kernel sleep behind a
@@ -69,6 +80,13 @@ struct Others<L> {
     next_id: u64,
     list: Vec<(u64, L)>,
 }
+
+/// The top bit of `num_waiters`'s word: set while a kick must issue a full fence before
+/// its real load of the count — until a kick notices that the process runs asymmetric
+/// fences and clears it for good. So the asymmetric kick reads one word, and the
+/// symmetric one reads it, fences, and reads the count again. Registrations' RMWs leave
+/// the bit alone.
+const MUST_FENCE: u32 = 1 << 31;
 
 /// The waiter count of the wait/kick protocol. See the module docs.
 pub struct AioWait<L> {
@@ -89,7 +107,7 @@ impl<L: EventLoop> AioWait<L> {
     #[cfg(not(all(loom, any(test, feature = "loom-model"))))]
     pub const fn new() -> Self {
         Self {
-            num_waiters: AtomicU32::new(0),
+            num_waiters: AtomicU32::new(MUST_FENCE),
             others: Mutex::new(Others {
                 next_id: 0,
                 list: Vec::new(),
@@ -101,7 +119,7 @@ impl<L: EventLoop> AioWait<L> {
     #[cfg(all(loom, any(test, feature = "loom-model")))]
     pub fn new() -> Self {
         Self {
-            num_waiters: AtomicU32::new(0),
+            num_waiters: AtomicU32::new(MUST_FENCE),
             others: Mutex::new(Others {
                 next_id: 0,
                 list: Vec::new(),
@@ -177,29 +195,51 @@ impl<L: EventLoop> AioWait<L> {
     fn raise(&self) {
         // Relaxed: the ordering against the condition load is [W1]'s job.
         self.num_waiters.fetch_add(1, Ordering::Relaxed);
-        // [W1] pairs with [K1] in `must_kick`.
-        fence(Ordering::SeqCst);
+        // [W1] pairs with [K1] in `must_kick`: the rare side (a membarrier in
+        // asymmetric mode, `fence.rs`).
+        heavy_fence();
     }
 
     /// Kicker side, after changing the condition (rule 2): whether a waiter may be
     /// polling, so the main loop must be woken.
+    ///
+    /// The word read first also says whether a full fence is needed ([`MUST_FENCE`]):
+    /// with asymmetric fences, a kick with no waiter is a compiler fence and this one
+    /// load.
     #[inline]
     pub fn must_kick(&self) -> bool {
-        // [K1] pairs with [W1] in `raise`.
-        fence(Ordering::SeqCst);
-        self.num_waiters.load(Ordering::Relaxed) != 0
+        // [K1] pairs with [W1] in `raise`, when MUST_FENCE is clear: the asymmetric
+        // mode's hot side (`fence.rs`).
+        compiler_fence();
+        let word = self.num_waiters.load(Ordering::Relaxed);
+        if word & MUST_FENCE == 0 {
+            return word != 0;
+        }
+        self.must_kick_fenced()
+    }
+
+    /// `must_kick` while [`MUST_FENCE`] is set: the mode is not chosen yet, or symmetric,
+    /// or asymmetric and not noticed yet here.
+    #[inline]
+    fn must_kick_fenced(&self) -> bool {
+        // [K1] pairs with [W1] in `raise`: a SeqCst fence in symmetric mode.
+        if light_fence_is_asymmetric() {
+            // For good: the mode never changes once chosen.
+            self.num_waiters.fetch_and(!MUST_FENCE, Ordering::Relaxed);
+        }
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE != 0
     }
 
     /// How many waiters are registered now (a snapshot).
     pub fn num_waiters(&self) -> u32 {
-        self.num_waiters.load(Ordering::Relaxed)
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE
     }
 
     /// Mutation kept for the loom models: the kick of QEMU before commit 7455ff1a, which
     /// read the count with no barrier of its own. Must be found losing a wake-up.
     #[cfg(all(loom, any(test, feature = "loom-model")))]
     pub fn must_kick_without_fence(&self) -> bool {
-        self.num_waiters.load(Ordering::Relaxed) != 0
+        self.num_waiters.load(Ordering::Relaxed) & !MUST_FENCE != 0
     }
 
     /// Mutation kept for the loom model: a waiter that raises the count with a SeqCst
@@ -228,7 +268,7 @@ impl<L> Drop for Registration<'_, L> {
         }
         // Relaxed: a kicker that still sees the old count only schedules one harmless
         // dummy BH; nothing is published through the decrement.
-        let old = self.wait.num_waiters.fetch_sub(1, Ordering::Relaxed);
+        let old = self.wait.num_waiters.fetch_sub(1, Ordering::Relaxed) & !MUST_FENCE;
         assert!(old != 0, "aio_wait: num_waiters underflow (was {old})");
     }
 }

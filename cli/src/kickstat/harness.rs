@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aioctx::aio::AioContext;
+use aioctx::wait::membarrier_calls;
 
 use super::Env;
 use crate::sys;
@@ -34,13 +35,18 @@ pub(super) struct Closed {
     pub(super) switches: u64,
     /// `pread(2)` calls of the main thread's probe during the window.
     probe_reads: u64,
+    /// `membarrier` calls of the asymmetric fences' rare sides during the window.
+    pub(super) membarriers: u64,
 }
 
 impl Closed {
     /// Syscalls of the scenario, less the procfs reads that only checked that the
-    /// sleeper was asleep (each one `pread(2)`, counted exactly by the probe).
+    /// sleeper was asleep (each one `pread(2)`, counted exactly by the probe) and less
+    /// the rare sides' `membarrier` calls (counted exactly by aioctx-wait), which the
+    /// report shows in a column of their own: a `wait_while` registration is not a kick.
     pub(super) fn kernel(&self) -> Option<u64> {
-        self.kernel.map(|k| k.saturating_sub(self.probe_reads))
+        self.kernel
+            .map(|k| k.saturating_sub(self.probe_reads + self.membarriers))
     }
 }
 
@@ -51,6 +57,7 @@ pub(super) struct Window<'a> {
     library: u64,
     switches: u64,
     probe_reads: u64,
+    membarriers: u64,
     start: Instant,
 }
 
@@ -74,6 +81,7 @@ impl<'a> Window<'a> {
         let switches = main_switches(env);
         let probe_reads = env.main_probe.reads();
         let library = library_syscalls(env.main);
+        let membarriers = membarrier_calls();
         let count = env
             .counter
             .as_ref()
@@ -84,6 +92,7 @@ impl<'a> Window<'a> {
             library,
             switches,
             probe_reads,
+            membarriers,
             start: Instant::now(),
         }
     }
@@ -102,12 +111,14 @@ impl<'a> Window<'a> {
         // The waker made its reads before its last wake-up, which the main thread saw
         // before it closed the window: all of them are in.
         let probe_reads = self.env.main_probe.reads() - self.probe_reads;
+        let membarriers = membarrier_calls() - self.membarriers;
         Closed {
             elapsed,
             kernel,
             library,
             switches,
             probe_reads,
+            membarriers,
         }
     }
 }

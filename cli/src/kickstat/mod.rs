@@ -6,9 +6,16 @@
 //! on the main thread before any other thread exists and is inherited by every thread
 //! spawned later — and otherwise by the library's own `stats()` counters
 //! (`syscall_source: "self"`).
+//!
+//! The process's fence mode (aioctx-wait's `FenceMode`, chosen once by `main` from
+//! `--fences` or `AIOCTX_FENCES`) is in the header and in every JSON row; the rare
+//! sides' `membarrier` calls are counted apart from the syscalls (`membar/op`). The other
+//! mode needs another process: `aioctx kickstat --fences MODE`.
 
 pub mod scenarios;
 
+mod fence_checks;
+mod fences;
 mod harness;
 mod peers;
 mod report;
@@ -17,6 +24,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use aioctx::aio::{AioContext, main_context};
+use aioctx::wait::fence_mode;
 
 use crate::cli::{KickstatOptions, SourceChoice};
 use crate::progress::Progress;
@@ -92,11 +100,14 @@ pub fn run(opts: &KickstatOptions, json: bool) -> io::Result<()> {
     progress.clear();
 
     let mut out = io::stdout().lock();
+    // Chosen by `main` before anything ran (the `--fences` flag or the environment).
+    let fences = fence_mode();
     if json {
-        report::write_json(&mut out, &rows, &source, opts.runs, main)?;
+        report::write_json(&mut out, &rows, &source, opts.runs, main, fences)?;
     } else {
         let (sq, cq) = main.ring_entries();
         let info = LoopInfo {
+            fences,
             backend: main.backend(),
             sq_entries: sq,
             cq_entries: cq,

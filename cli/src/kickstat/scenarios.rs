@@ -12,6 +12,7 @@ use aioctx::graph::{UnlockKick, graph_lock};
 use aioctx::wait::{kick, num_waiters, wait_while};
 
 use super::Env;
+use super::fences::{rdlock_pair_contexts, wait_while_register, wrlock_pair};
 use super::harness::{Cycles, Helper, Measured, Pinned, Window, single, spin_until};
 use super::peers::{
     peer_eventfd_pingpong, peer_eventfd_write, peer_fence_load, peer_futex_wake,
@@ -53,11 +54,23 @@ pub enum Scenario {
     PeerStdRwlockRead,
     /// `parking_lot::RwLock::read` + drop, uncontended.
     PeerParkingLotRead,
+    /// Graph rdlock pairs in a task on one thread running its own context.
+    RdlockPair1Context,
+    /// The same on two threads with two contexts at once: per-thread time per pair.
+    RdlockPair2Contexts,
+    /// `wait_while(None, || false)`: the kick's rare side (registration + drop).
+    WaitWhileRegister,
+    /// `wrlock()` + drop, no reader, no busy iothread: the read lock's rare side.
+    WrlockPair0Busy,
+    /// The same with one iothread spinning on a CPU.
+    WrlockPair1Busy,
+    /// The same with three iothreads spinning.
+    WrlockPair3Busy,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::KickIdle,
         Scenario::KickBusy,
         Scenario::KickSleeping,
@@ -73,6 +86,12 @@ impl Scenario {
         Scenario::RdlockPairWhenWriterSeen,
         Scenario::PeerStdRwlockRead,
         Scenario::PeerParkingLotRead,
+        Scenario::RdlockPair1Context,
+        Scenario::RdlockPair2Contexts,
+        Scenario::WaitWhileRegister,
+        Scenario::WrlockPair0Busy,
+        Scenario::WrlockPair1Busy,
+        Scenario::WrlockPair3Busy,
     ];
 
     /// The scenario's name on the command line and in the report.
@@ -93,6 +112,12 @@ impl Scenario {
             Scenario::RdlockPairWhenWriterSeen => "rdlock-pair-when-writer-seen",
             Scenario::PeerStdRwlockRead => "peer-std-rwlock-read",
             Scenario::PeerParkingLotRead => "peer-parking-lot-read",
+            Scenario::RdlockPair1Context => "rdlock-pair-1-context",
+            Scenario::RdlockPair2Contexts => "rdlock-pair-2-contexts",
+            Scenario::WaitWhileRegister => "wait-while-register",
+            Scenario::WrlockPair0Busy => "wrlock-pair-0-busy",
+            Scenario::WrlockPair1Busy => "wrlock-pair-1-busy",
+            Scenario::WrlockPair3Busy => "wrlock-pair-3-busy",
         }
     }
 
@@ -110,7 +135,12 @@ impl Scenario {
             Scenario::RdlockPairAlways
             | Scenario::RdlockPairWhenWriterSeen
             | Scenario::PeerStdRwlockRead
-            | Scenario::PeerParkingLotRead => "pair",
+            | Scenario::PeerParkingLotRead
+            | Scenario::RdlockPair1Context
+            | Scenario::RdlockPair2Contexts
+            | Scenario::WrlockPair0Busy
+            | Scenario::WrlockPair1Busy
+            | Scenario::WrlockPair3Busy => "pair",
             _ => "op",
         }
     }
@@ -122,7 +152,11 @@ impl Scenario {
             Scenario::KickSleeping | Scenario::NotifySleeping | Scenario::PeerEventfdPingpong => {
                 1_000
             }
-            Scenario::PeerEventfdWrite | Scenario::PeerFutexWake => 10_000,
+            Scenario::PeerEventfdWrite
+            | Scenario::PeerFutexWake
+            | Scenario::WaitWhileRegister
+            | Scenario::WrlockPair0Busy => 10_000,
+            Scenario::WrlockPair1Busy | Scenario::WrlockPair3Busy => 2_000,
             _ => 100_000,
         }
     }
@@ -163,6 +197,12 @@ impl Scenario {
             Scenario::RdlockPairWhenWriterSeen => rdlock_pair(env, n, UnlockKick::WhenWriterSeen),
             Scenario::PeerStdRwlockRead => peer_std_rwlock_read(env, n),
             Scenario::PeerParkingLotRead => peer_parking_lot_read(env, n),
+            Scenario::RdlockPair1Context => rdlock_pair_contexts(env, n, 1),
+            Scenario::RdlockPair2Contexts => rdlock_pair_contexts(env, n, 2),
+            Scenario::WaitWhileRegister => wait_while_register(env, n),
+            Scenario::WrlockPair0Busy => wrlock_pair(env, n, 0),
+            Scenario::WrlockPair1Busy => wrlock_pair(env, n, 1),
+            Scenario::WrlockPair3Busy => wrlock_pair(env, n, 3),
         };
         let syscalls = match (m.window.kernel(), self.is_library()) {
             (Some(k), _) => Some(k),
@@ -173,6 +213,7 @@ impl Scenario {
             ops: m.ops,
             ns: m.timed.as_nanos() as f64,
             syscalls,
+            membarriers: m.window.membarriers,
             slept: self.main_thread_waits().then_some(m.window.switches),
         }
     }
@@ -185,8 +226,11 @@ pub struct Sample {
     pub ops: u64,
     /// Nanoseconds the timed part took.
     pub ns: f64,
-    /// Syscalls made by the whole process during the window (`None`: not countable).
+    /// Syscalls made by the whole process during the window (`None`: not countable),
+    /// less the rare sides' `membarrier` calls, which are counted apart.
     pub syscalls: Option<u64>,
+    /// `membarrier` calls of the asymmetric fences' rare sides during the window.
+    pub membarriers: u64,
     /// Voluntary context switches of the main thread during the window, where the main
     /// thread is the one that may sleep (`None` elsewhere).
     pub slept: Option<u64>,
