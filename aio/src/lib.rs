@@ -102,6 +102,7 @@ mod loom_tests;
 mod loom_timer;
 
 pub use backend::uring::MAX_RING_ENTRIES;
+pub use backend::uring::setup::{RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
