@@ -407,3 +407,49 @@ fn features_display() {
         RingFeatures::NONE
     );
 }
+
+#[test]
+fn iothread_pinned_to_a_cpu_runs_there() {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    let it = aioctx::aio::IoThread::with_builder("pinned", AioContext::builder().iothread_cpu(cpu))
+        .unwrap();
+    assert_eq!(it.cpu(), Some(cpu));
+    let (tx, rx) = std::sync::mpsc::channel();
+    it.ctx().schedule_oneshot(move || {
+        // SAFETY: an all-zero cpu_set_t is valid; the call fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+        let res =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(res, 0);
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: in range of the set.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect();
+        // SAFETY: sched_getcpu has no preconditions.
+        tx.send((cpus, unsafe { libc::sched_getcpu() })).unwrap();
+    });
+    let (cpus, on) = rx
+        .recv_timeout(common::HANG_LIMIT)
+        .expect("the pinned IoThread ran the BH");
+    assert_eq!(cpus, vec![cpu]);
+    assert_eq!(usize::try_from(on).unwrap(), cpu);
+}
+
+#[test]
+fn iothread_pinned_to_a_missing_cpu_is_refused() {
+    for cpu in [4095, 1 << 20] {
+        let e = aioctx::aio::IoThread::with_builder(
+            "pinned-missing",
+            AioContext::builder().iothread_cpu(cpu),
+        )
+        .expect_err("no such CPU");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("CPU {cpu}")) && msg.contains("allowed"),
+            "{msg}"
+        );
+    }
+}

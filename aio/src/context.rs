@@ -174,6 +174,8 @@ pub struct AioContextBuilder {
     poll: (u64, u64, u64),
     name: Option<String>,
     backend: Backend,
+    /// The CPU an `IoThread` running this context pins its thread to.
+    pub(crate) iothread_cpu: Option<usize>,
 }
 
 impl Default for AioContextBuilder {
@@ -183,6 +185,7 @@ impl Default for AioContextBuilder {
             poll: (0, 0, 0),
             name: None,
             backend: Backend::Auto,
+            iothread_cpu: None,
         }
     }
 }
@@ -265,6 +268,13 @@ impl AioContextBuilder {
     /// `DEFER_TASKRUN` (the kernel refuses it alone). On by default.
     pub fn taskrun_flag(mut self, on: bool) -> Self {
         self.ring.set(RingFeatures::TASKRUN_FLAG, on);
+        self
+    }
+
+    /// Pins the thread of an [`IoThread`](crate::IoThread) started with this builder to
+    /// `cpu` (`sched_setaffinity`); contexts polled by the caller's own threads ignore it.
+    pub fn iothread_cpu(mut self, cpu: usize) -> Self {
+        self.iothread_cpu = Some(cpu);
         self
     }
 

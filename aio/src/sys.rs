@@ -5,7 +5,8 @@
 //! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`.
 //! The epoll back end (`backend::epoll`) and its worker pool (`pool.rs`) make every
 //! call through here: epoll, the eventfd read, and the pool's `preadv2`/`pwritev2`/
-//! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`.
+//! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`; `IoThread` pins its
+//! thread to a CPU through here.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -249,4 +250,34 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
     // SAFETY: fstat succeeded, so it filled the whole struct.
     let st = unsafe { st.assume_init() };
     Ok((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity(0)`), as CPU numbers.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    syscall!(libc::sched_getaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's size in bits.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity(0)`); `cpu` is below
+/// `CPU_SETSIZE` (the caller checked).
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (the caller's obligation), so in range.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    syscall!(libc::sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))
+    .map(drop)
 }
