@@ -90,6 +90,7 @@ mod stats;
 mod sync;
 mod sys;
 mod task;
+mod timeout;
 mod timer;
 
 #[cfg(all(loom, test))]
@@ -118,6 +119,7 @@ pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
 pub use task::in_task;
+pub use timeout::{Elapsed, Timeout, timeout};
 pub use timer::{ClockType, Sleep, Timer, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
