@@ -68,6 +68,7 @@
 //! epoll a wake-up costs the woken loop one `read(2)` of the eventfd more.
 #![deny(missing_docs)]
 
+mod aligned;
 mod backend;
 mod bh;
 mod callback;
@@ -102,6 +103,7 @@ mod loom_tests;
 #[cfg(all(loom, test))]
 mod loom_timer;
 
+pub use aligned::{AlignedBuf, FALLBACK_DIO_ALIGN, dio_alignment};
 pub use backend::uring::MAX_RING_ENTRIES;
 pub use backend::uring::setup::{RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};

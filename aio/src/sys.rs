@@ -2,11 +2,12 @@
 //!
 //! Each wrapper returns `io::Result`, retries `EINTR` where a retry is the right answer,
 //! and turns a new descriptor into an [`OwnedFd`] at once. Nothing outside this module
-//! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`.
+//! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`
+//! for a syscall (`aligned.rs` needs it for its allocation, `timeout.rs` for a pin).
 //! The epoll back end (`backend::epoll`) and its worker pool (`pool.rs`) make every
 //! call through here: epoll, the eventfd read, and the pool's `preadv2`/`pwritev2`/
 //! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`; `IoThread` pins its
-//! thread to a CPU through here.
+//! thread to a CPU and `AlignedBuf` asks for a file's O_DIRECT alignment through here.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -280,4 +281,25 @@ pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         &set
     ))
     .map(drop)
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`: the O_DIRECT alignment of the file
+/// `fd` names, `(dio_mem_align, dio_offset_align)`; `None` where the kernel or the
+/// file system does not report it (before Linux 6.1, or a file system without it), and
+/// `Some((0, 0))` for a file that does not support O_DIRECT.
+pub(crate) fn dio_align(fd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    syscall!(libc::statx(
+        fd.as_raw_fd(),
+        c"".as_ptr(),
+        libc::AT_EMPTY_PATH,
+        libc::STATX_DIOALIGN,
+        stx.as_mut_ptr()
+    ))?;
+    // SAFETY: statx succeeded and filled the struct; it was zeroed before anyway.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Ok(None);
+    }
+    Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
 }
