@@ -10,8 +10,10 @@
 //!   owns the buffer; it is freed only by its own drop, i.e. after the operation's final
 //!   completion gave it back or dropped it.
 //! - [A3] Alignment checks happen before the kernel sees a request: [`for_file`] takes
-//!   the file's `dio_mem_align`/`dio_offset_align` from `statx(STATX_DIOALIGN)` and
-//!   refuses a length that is not a multiple of the offset alignment;
+//!   the file's `dio_mem_align`/`dio_offset_align` from `statx(STATX_DIOALIGN)`, aligns
+//!   memory to the larger of the two (a device may report a memory alignment it does
+//!   not honour: see `for_file`), and refuses a length that is not a multiple of the
+//!   offset alignment;
 //!   [`check_offset`](AlignedBuf::check_offset) does the same for an offset.
 //!
 //! [`for_file`]: AlignedBuf::for_file
@@ -94,8 +96,12 @@ impl AlignedBuf {
         })
     }
 
-    /// A buffer of `len` bytes for `O_DIRECT` I/O on `file`: aligned to the file's
-    /// `dio_mem_align` ([`FALLBACK_DIO_ALIGN`] where the kernel does not report it).
+    /// A buffer of `len` bytes for `O_DIRECT` I/O on `file`: aligned to the larger of
+    /// the file's `dio_mem_align` and `dio_offset_align` ([`FALLBACK_DIO_ALIGN`] where
+    /// the kernel does not report them). Not to `dio_mem_align` alone: a zram device on
+    /// Linux 6.18 reports 512 for it, yet a read into a buffer that is 512- but not
+    /// 4096-aligned (its logical block size) writes whole pages around the buffer,
+    /// with `pread` and io_uring alike.
     ///
     /// # Errors
     /// `InvalidInput` when `len` is not a multiple of the file's `dio_offset_align`
@@ -109,7 +115,7 @@ impl AlignedBuf {
                  alignment {offset}"
             )));
         }
-        let mut buf = Self::new(len, mem)?;
+        let mut buf = Self::new(len, mem.max(offset))?;
         buf.offset_align = offset;
         Ok(buf)
     }
