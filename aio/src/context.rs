@@ -257,7 +257,7 @@ impl AioContextBuilder {
     }
 
     /// `IORING_SETUP_COOP_TASKRUN`: the kernel does not interrupt the home thread to post
-    /// a completion; implies `TASKRUN_FLAG` unless it is turned off. On by default.
+    /// a completion; implies `TASKRUN_FLAG` unless it is turned off.
     pub fn coop_taskrun(mut self, on: bool) -> Self {
         self.ring.set(RingFeatures::COOP_TASKRUN, on);
         self
@@ -265,7 +265,7 @@ impl AioContextBuilder {
 
     /// `IORING_SETUP_TASKRUN_FLAG`: the kernel flags completion work it holds, so that a
     /// non-blocking poll enters the kernel only then. Needs `COOP_TASKRUN` or
-    /// `DEFER_TASKRUN` (the kernel refuses it alone). On by default.
+    /// `DEFER_TASKRUN` (the kernel refuses it alone).
     pub fn taskrun_flag(mut self, on: bool) -> Self {
         self.ring.set(RingFeatures::TASKRUN_FLAG, on);
         self
