@@ -49,7 +49,9 @@
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
-//! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`).
+//! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`),
+//! ring setup flags (`backend/uring/setup.rs`), [`timeout`] (`timeout.rs`) and the
+//! O_DIRECT buffer [`AlignedBuf`] (`aligned.rs`).
 //!
 //! # Notify protocol
 //! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
