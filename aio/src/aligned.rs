@@ -33,7 +33,7 @@ use crate::sys;
 /// block device accepts.
 pub const FALLBACK_DIO_ALIGN: usize = 4096;
 
-/// A heap buffer aligned for `O_DIRECT` (rules [A1]-[A3] in `aligned.rs`): `len` bytes at
+/// A heap buffer aligned for `O_DIRECT` (rules A1-A3 in `aligned.rs`): `len` bytes at
 /// an address that is a multiple of `align`. A read fills it without zeroing it first;
 /// give it to [`AioContext::read_at`](crate::AioContext::read_at) and take it back from
 /// the result to read again.

@@ -74,7 +74,7 @@ impl RingFeatures {
     /// default beyond the noise: NOPs complete inline, so the task-run flags have nothing
     /// to defer, and a wake-up of the sleeping loop costs the same two syscalls under
     /// every setup. `SINGLE_ISSUER`/`DEFER_TASKRUN` also change what a drop on another
-    /// thread can do (setup rule [S3]), so they stay opt-in.
+    /// thread can do (setup rule S3), so they stay opt-in.
     pub const DEFAULT: Self = Self::NONE;
 
     const NAMES: [(Self, &'static str); 6] = [
@@ -141,7 +141,7 @@ impl fmt::Display for RingFeatures {
     }
 }
 
-/// The kernel refused a ring setup the caller asked for ([S1] in the module docs): the
+/// The kernel refused a ring setup the caller asked for (rule S1 of the ring setup): the
 /// flags and sizes asked for, and the `io_uring_setup` errno. Found in the `io::Error`
 /// that [`AioContextBuilder::build`](crate::AioContextBuilder::build) returns, through
 /// `get_ref()` and `downcast_ref`; the error's kind is the errno's.
