@@ -44,8 +44,12 @@ for mode in symmetric asymmetric; do
         $(printf -- ' --scenario %s' "${fence_rows[@]}") >"$CARGO_TARGET_DIR/kickstat-$mode.json" \
         || echo '{"rows": []}' >"$CARGO_TARGET_DIR/kickstat-$mode.json"
 done
+echo "== benches/dio.sh (O_DIRECT on a zram device and a root-disk file; needs root)" >&2
+dio_out=$(bash benches/dio.sh) || dio_out="dio_skipped=benches/dio.sh failed (exit $?)"
+echo "$dio_out" >&2
 elapsed=$(( $(date +%s) - t0 ))
 
+export REPORT_DIO="$dio_out"
 export REPORT_CRIT="$crit" REPORT_FIO="$fio_out" REPORT_CMD="$cmd" REPORT_BENCH_CMD="$bench_cmd"
 export REPORT_DATE="$started" REPORT_ELAPSED="$elapsed"
 export REPORT_FENCES_DIR="$CARGO_TARGET_DIR" REPORT_FENCES_CMD="$fence_cmd"
@@ -278,6 +282,30 @@ graph2 = table("graph: two threads reading at once", "graph", "aioctx_rdlock_alw
          "thread) has its own reader counter on its own cache lines; std's lock shares one. "
          "Criterion's rows run in the process's fence mode (asymmetric where membarrier "
          "works); the fences table below has both modes.")
+
+dio = dict(l.partition("=")[::2] for l in os.environ.get("REPORT_DIO", "").splitlines() if "=" in l)
+w("## dio: O_DIRECT 4 KiB random reads on block storage, one thread")
+w("")
+w("`benches/dio.sh`: a zram block device it sets up as root (filled with random data) and "
+  "a file on the root disk, each read with `O_DIRECT` by fio's io_uring engine "
+  "(`--direct=1`; the better of its defaults and its batched flags) and by "
+  "`examples/dio_randread.rs` (aioctx `read_at` into an `AlignedBuf` per in-flight read), "
+  "same depth and duration. Ratio above 1.00× means aioctx is faster.")
+w("")
+w("| Target | QD | fio IOPS | aioctx IOPS | aioctx p99 | aioctx / fio |")
+w("|---|---|---|---|---|---|")
+for tgt, label in (("zram", "zram block device"), ("disk", "file on the root disk")):
+    if f"dio_{tgt}_skipped" in dio or "dio_skipped" in dio:
+        w(f"| {label} | — | — | — | — | skipped: {dio.get(f'dio_{tgt}_skipped', dio.get('dio_skipped'))} |")
+        continue
+    for qd in (1, 32):
+        k = f"dio_{tgt}_qd{qd}"
+        if f"{k}_fio_iops" not in dio:
+            continue
+        w(f"| {label} | {qd} | {float(dio[f'{k}_fio_iops']):,.0f} ({dio[f'{k}_fio_best']}) | "
+          f"{float(dio[f'{k}_aioctx_iops']):,.0f} | {dio[f'{k}_aioctx_p99_us']} µs | "
+          f"{dio[f'{k}_ratio']}× |")
+w("")
 
 w("## Targets")
 w("")

@@ -73,3 +73,7 @@ for pkg in aioctx-aio aioctx-wait aioctx-graph; do
     run_pass "loom-$pkg" env RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
         CARGO_TARGET_DIR=target/loom cargo test -p "$pkg" --release --lib
 done
+
+echo "== examples on a tiny input (examples/run_small.sh), io_uring and epoll"
+run_pass examples-io_uring bash examples/run_small.sh
+run_pass examples-epoll env AIOCTX_BACKEND=epoll bash examples/run_small.sh

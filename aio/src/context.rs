@@ -17,6 +17,7 @@ use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
 use crate::backend::raw::Sqe;
+use crate::backend::uring::setup::{RingFeatures, RingSetup};
 use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
 use crate::fd::{FdCallback, FdNode};
@@ -139,6 +140,8 @@ pub struct AioContext {
     fallback: Option<String>,
     /// The ring's SQ and CQ sizes, fixed at creation (`(0, 0)` on epoll).
     entries: (u32, u32),
+    /// The ring's setup flags, fixed at creation (none on epoll).
+    features: RingFeatures,
     owner: AtomicU64,
     owner_label: OnceLock<String>,
     name: String,
@@ -147,21 +150,42 @@ pub struct AioContext {
 }
 
 /// Builds an [`AioContext`] (QEMU: `aio_context_new` plus the iothread properties).
+///
+/// The ring's setup flags: each one the caller turns on is required (a kernel that
+/// refuses the setup makes [`build`](Self::build) fail with a [`RingSetupError`] that
+/// names the flags and carries the errno); those of [`RingFeatures::DEFAULT`] are on
+/// unless turned off, and dropped again where the kernel refuses them.
+/// [`AioContext::ring_features`] says which are on.
+///
+/// ```
+/// use aioctx_aio::{AioContext, RingFeatures};
+/// let ctx = AioContext::builder().ring_entries(64).cq_entries(256).single_issuer(true).build()?;
+/// if ctx.backend() == aioctx_aio::Backend::IoUring {
+///     assert!(ctx.ring_features().contains(RingFeatures::SINGLE_ISSUER));
+///     assert_eq!(ctx.ring_entries(), (64, 256));
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// [`RingSetupError`]: crate::RingSetupError
 #[derive(Debug, Clone)]
 pub struct AioContextBuilder {
-    ring_entries: u32,
+    ring: RingSetup,
     poll: (u64, u64, u64),
     name: Option<String>,
     backend: Backend,
+    /// The CPU an `IoThread` running this context pins its thread to.
+    pub(crate) iothread_cpu: Option<usize>,
 }
 
 impl Default for AioContextBuilder {
     fn default() -> Self {
         Self {
-            ring_entries: DEFAULT_RING_ENTRIES,
+            ring: RingSetup::default(),
             poll: (0, 0, 0),
             name: None,
             backend: Backend::Auto,
+            iothread_cpu: None,
         }
     }
 }
@@ -178,7 +202,79 @@ impl AioContextBuilder {
     /// The ring's submission queue size, 1..=32768 (default 128). Checked on every
     /// back end; epoll has no ring and ignores the value.
     pub fn ring_entries(mut self, entries: u32) -> Self {
-        self.ring_entries = entries;
+        self.ring.sq = entries;
+        self
+    }
+
+    /// The ring's completion queue size, from the SQ size up to 65536 (default: twice
+    /// the SQ size; the kernel rounds up to a power of two). Checked on every back end.
+    pub fn cq_entries(mut self, entries: u32) -> Self {
+        self.ring.cq = Some(entries);
+        self
+    }
+
+    /// `IORING_SETUP_SQPOLL`: a kernel thread takes submissions off the ring and sleeps
+    /// after `idle` without any (then the next submit wakes it with one enter). Costs
+    /// a CPU while busy; `COOP_TASKRUN`, `TASKRUN_FLAG` and `DEFER_TASKRUN` do not apply.
+    pub fn sqpoll(mut self, idle: Duration) -> Self {
+        self.ring.sqpoll_idle = Some(idle);
+        self
+    }
+
+    /// Pins `SQPOLL`'s kernel thread to `cpu` (`IORING_SETUP_SQ_AFF`); needs
+    /// [`sqpoll`](Self::sqpoll). The kernel checks the CPU (`EINVAL` if offline or out
+    /// of the process's set).
+    pub fn sqpoll_cpu(mut self, cpu: u32) -> Self {
+        self.ring.sqpoll_cpu = Some(cpu);
+        self
+    }
+
+    /// `IORING_SETUP_IOPOLL`: refused when asked for. A polled ring cannot complete the
+    /// notify eventfd read and fd-handler polls this loop keeps on its ring, so the loop
+    /// could never be woken; `build` says so (`InvalidInput`). O_DIRECT reads run on
+    /// the default ring, completed by interrupt.
+    pub fn iopoll(mut self, on: bool) -> Self {
+        self.ring.set(RingFeatures::IOPOLL, on);
+        self
+    }
+
+    /// `IORING_SETUP_SINGLE_ISSUER`: only the home thread submits (it does anyway).
+    /// The ring is bound to the first thread that enters it — the home thread, or the
+    /// one that drops a never-polled context — and a context dropped on another thread
+    /// than that one leaks what it still has in flight instead of reaping it.
+    pub fn single_issuer(mut self, on: bool) -> Self {
+        self.ring.set(RingFeatures::SINGLE_ISSUER, on);
+        self
+    }
+
+    /// `IORING_SETUP_DEFER_TASKRUN`: completions are posted only when the home thread
+    /// enters the kernel to wait or look; implies `SINGLE_ISSUER` and `TASKRUN_FLAG`
+    /// unless they are turned off (without `TASKRUN_FLAG` every non-blocking poll costs
+    /// an `io_uring_enter`).
+    pub fn defer_taskrun(mut self, on: bool) -> Self {
+        self.ring.set(RingFeatures::DEFER_TASKRUN, on);
+        self
+    }
+
+    /// `IORING_SETUP_COOP_TASKRUN`: the kernel does not interrupt the home thread to post
+    /// a completion; implies `TASKRUN_FLAG` unless it is turned off.
+    pub fn coop_taskrun(mut self, on: bool) -> Self {
+        self.ring.set(RingFeatures::COOP_TASKRUN, on);
+        self
+    }
+
+    /// `IORING_SETUP_TASKRUN_FLAG`: the kernel flags completion work it holds, so that a
+    /// non-blocking poll enters the kernel only then. Needs `COOP_TASKRUN` or
+    /// `DEFER_TASKRUN` (the kernel refuses it alone).
+    pub fn taskrun_flag(mut self, on: bool) -> Self {
+        self.ring.set(RingFeatures::TASKRUN_FLAG, on);
+        self
+    }
+
+    /// Pins the thread of an [`IoThread`](crate::IoThread) started with this builder to
+    /// `cpu` (`sched_setaffinity`); contexts polled by the caller's own threads ignore it.
+    pub fn iothread_cpu(mut self, cpu: usize) -> Self {
+        self.iothread_cpu = Some(cpu);
         self
     }
 
@@ -197,7 +293,10 @@ impl AioContextBuilder {
     /// Creates the context.
     ///
     /// # Errors
-    /// An out-of-range ring size (`InvalidInput`); an invalid `AIOCTX_BACKEND`
+    /// An out-of-range ring or CQ size, `IOPOLL`, or an SQ thread CPU without `SQPOLL`
+    /// (`InvalidInput`, on every back end); setup flags asked for that the kernel
+    /// refuses (a [`RingSetupError`](crate::RingSetupError) inside the error, with the
+    /// errno's kind; `Auto` does not fall back to epoll for it); an invalid `AIOCTX_BACKEND`
     /// (`InvalidInput`, naming the value and the valid ones); io_uring unavailable while
     /// forced by [`Backend::IoUring`] or `AIOCTX_BACKEND=io_uring` (the
     /// `io_uring_setup` error, its likely cause and how to use epoll instead); any
@@ -205,13 +304,17 @@ impl AioContextBuilder {
     /// a hint); the `eventfd` / `epoll_create1` error.
     pub fn build(self) -> io::Result<Arc<AioContext>> {
         let event = sys::eventfd()?;
-        let (driver, fallback) = backend::open(self.backend, self.ring_entries, event.as_raw_fd())?;
+        let (driver, fallback) = backend::open(self.backend, &self.ring, event.as_raw_fd())?;
         let pool = match driver {
             Driver::Epoll(_) => Some(pool::Owner::new()?),
             Driver::Uring(_) => None,
         };
         let backend = driver.backend();
         let entries = driver.ring_entries();
+        let features = match &driver {
+            Driver::Uring(d) => d.ring().features(),
+            Driver::Epoll(_) => RingFeatures::NONE,
+        };
         let remote = Arc::new(Remote {
             notify: NotifyState::new(),
             event,
@@ -240,6 +343,7 @@ impl AioContextBuilder {
             backend,
             fallback,
             entries,
+            features,
             owner: AtomicU64::new(0),
             owner_label: OnceLock::new(),
             name,
@@ -526,6 +630,13 @@ impl AioContext {
     /// and what must run on the home thread do).
     pub fn ring_entries(&self) -> (u32, u32) {
         self.entries
+    }
+
+    /// The setup flags the ring runs with (see [`AioContextBuilder`]): those asked for,
+    /// and the defaults the kernel accepted; none on the epoll back end. Fixed at
+    /// creation; callable from any thread.
+    pub fn ring_features(&self) -> RingFeatures {
+        self.features
     }
 }
 

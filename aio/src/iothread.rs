@@ -43,6 +43,27 @@ pub struct IoThread {
     ctx: Arc<AioContext>,
     running: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    cpu: Option<usize>,
+}
+
+/// Checks that `cpu` exists and the calling thread may run on it.
+fn check_cpu(cpu: usize) -> io::Result<()> {
+    let allowed = crate::sys::allowed_cpus()?;
+    if allowed.contains(&cpu) {
+        return Ok(());
+    }
+    let list = allowed
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "IoThread: CPU {cpu} does not exist or is not in this process's allowed set \
+             (allowed: {list})"
+        ),
+    ))
 }
 
 impl IoThread {
@@ -62,14 +83,32 @@ impl IoThread {
     /// Starts a thread named `name` with a context made by `builder` (whose name is
     /// replaced by `name`). Returns once the thread is the context's home thread.
     ///
+    /// With [`AioContextBuilder::iothread_cpu`], the thread pins itself to that CPU
+    /// (`sched_setaffinity`) before it takes its context.
+    ///
+    /// ```
+    /// use aioctx_aio::{AioContext, IoThread};
+    /// match IoThread::with_builder("io-pinned", AioContext::builder().iothread_cpu(0)) {
+    ///     Ok(it) => assert_eq!(it.cpu(), Some(0)),
+    ///     // CPU 0 is outside this process's cpuset.
+    ///     Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+    /// }
+    /// ```
+    ///
     /// # Errors
     /// Creating the context or spawning the thread failed, or the thread died before it
-    /// took its context.
+    /// took its context. `InvalidInput` for a CPU that does not exist or is not in the
+    /// calling thread's allowed set (the message names the CPU and the allowed set), or
+    /// the error of `sched_setaffinity` on the new thread.
     pub fn with_builder(name: &str, builder: AioContextBuilder) -> io::Result<Self> {
+        let cpu = builder.iothread_cpu;
+        if let Some(cpu) = cpu {
+            check_cpu(cpu)?;
+        }
         let ctx = builder.name(name).build()?;
         let running = Arc::new(AtomicBool::new(true));
         let (thread_ctx, thread_running) = (Arc::clone(&ctx), Arc::clone(&running));
-        let (home_tx, home_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (home_tx, home_rx) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -81,15 +120,29 @@ impl IoThread {
                     }
                 }
                 let _close = CloseOnExit(&thread_ctx);
+                if let Some(cpu) = cpu
+                    && let Err(e) = crate::sys::pin_to_cpu(cpu)
+                {
+                    let _ = home_tx.send(Err(io::Error::new(
+                        e.kind(),
+                        format!("IoThread: pinning to CPU {cpu} failed: {e}"),
+                    )));
+                    return;
+                }
                 thread_ctx.make_current();
                 // The caller waits for this: from now on this thread is home.
-                let _ = home_tx.send(());
+                let _ = home_tx.send(Ok(()));
                 // Relaxed: `running` is written by the stop BH, which runs on this thread.
                 while thread_running.load(Ordering::Relaxed) {
                     thread_ctx.poll(true);
                 }
             })?;
-        if home_rx.recv().is_err() {
+        let started = home_rx.recv();
+        if let Ok(Err(e)) = started {
+            let _ = thread.join();
+            return Err(e);
+        }
+        if started.is_err() {
             let why = match thread.join() {
                 Err(panic) => panic
                     .downcast_ref::<&str>()
@@ -106,7 +159,13 @@ impl IoThread {
             ctx,
             running,
             thread: Some(thread),
+            cpu,
         })
+    }
+
+    /// The CPU the thread is pinned to, if any.
+    pub fn cpu(&self) -> Option<usize> {
+        self.cpu
     }
 
     /// The thread's context.

@@ -49,7 +49,9 @@
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
-//! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`).
+//! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`),
+//! ring setup flags (`backend/uring/setup.rs`), [`timeout`] (`timeout.rs`) and the
+//! O_DIRECT buffer [`AlignedBuf`] (`aligned.rs`).
 //!
 //! # Notify protocol
 //! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
@@ -78,6 +80,7 @@
 //! loop needs (`wait_while(None)`, `bh_oneshot`, the graph writer).
 #![deny(missing_docs)]
 
+mod aligned;
 mod backend;
 mod bh;
 mod callback;
@@ -100,6 +103,7 @@ mod stats;
 mod sync;
 mod sys;
 mod task;
+mod timeout;
 mod timer;
 
 pub mod testing;
@@ -113,7 +117,9 @@ mod loom_tests;
 #[cfg(all(loom, test))]
 mod loom_timer;
 
+pub use aligned::{AlignedBuf, FALLBACK_DIO_ALIGN, dio_alignment};
 pub use backend::uring::MAX_RING_ENTRIES;
+pub use backend::uring::setup::{RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
@@ -129,6 +135,7 @@ pub use local::{ContextLocal, MAX_CONTEXT_LOCALS};
 pub use run_queue::{DRAIN_BUDGET, RescheduleTo, YieldNow, reschedule_to, yield_now};
 pub use stats::Stats;
 pub use task::in_task;
+pub use timeout::{Elapsed, Timeout, timeout};
 pub use timer::{ClockType, Sleep, Timer, TimerRef, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.

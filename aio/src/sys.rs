@@ -2,10 +2,12 @@
 //!
 //! Each wrapper returns `io::Result`, retries `EINTR` where a retry is the right answer,
 //! and turns a new descriptor into an [`OwnedFd`] at once. Nothing outside this module
-//! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`.
+//! and the module that owns in-flight ring buffers (`backend::uring`) needs `unsafe`
+//! for a syscall (`aligned.rs` needs it for its allocation, `timeout.rs` for a pin).
 //! The epoll back end (`backend::epoll`) and its worker pool (`pool.rs`) make every
 //! call through here: epoll, the eventfd read, and the pool's `preadv2`/`pwritev2`/
-//! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`.
+//! `fsync`/`fdatasync`, and the stream I/O's `poll` and `fstat`; `IoThread` pins its
+//! thread to a CPU and `AlignedBuf` asks for a file's O_DIRECT alignment through here.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -253,4 +255,55 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
     // SAFETY: fstat succeeded, so it filled the whole struct.
     let st = unsafe { st.assume_init() };
     Ok((st.st_mode & libc::S_IFMT, st.st_dev, st.st_ino))
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity(0)`), as CPU numbers.
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    syscall!(libc::sched_getaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the set's size in bits.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity(0)`); `cpu` is below
+/// `CPU_SETSIZE` (the caller checked).
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE (the caller's obligation), so in range.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    syscall!(libc::sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))
+    .map(drop)
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`: the O_DIRECT alignment of the file
+/// `fd` names, `(dio_mem_align, dio_offset_align)`; `None` where the kernel or the
+/// file system does not report it (before Linux 6.1, or a file system without it), and
+/// `Some((0, 0))` for a file that does not support O_DIRECT.
+pub(crate) fn dio_align(fd: BorrowedFd<'_>) -> io::Result<Option<(u32, u32)>> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    syscall!(libc::statx(
+        fd.as_raw_fd(),
+        c"".as_ptr(),
+        libc::AT_EMPTY_PATH,
+        libc::STATX_DIOALIGN,
+        stx.as_mut_ptr()
+    ))?;
+    // SAFETY: statx succeeded and filled the struct; it was zeroed before anyway.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Ok(None);
+    }
+    Ok(Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align)))
 }

@@ -51,8 +51,11 @@ pub struct RingMeta {
     pub sq_entries: u32,
     /// Completion queue entries.
     pub cq_entries: u32,
-    /// The ring features the loop relies on or turned on.
+    /// The kernel features the loop relies on.
     pub features: Vec<String>,
+    /// The setup flags the ring was created with (`"none"`, or names joined by `+`,
+    /// e.g. `"SINGLE_ISSUER+DEFER_TASKRUN"`).
+    pub setup_flags: String,
 }
 
 impl Meta {
@@ -67,6 +70,7 @@ impl Meta {
                 // The loop refuses a ring without them, so they are on whenever the back
                 // end is io_uring.
                 features: vec!["EXT_ARG".to_owned(), "NODROP".to_owned()],
+                setup_flags: ctx.ring_features().to_string(),
             }
         });
         Self {
@@ -283,6 +287,7 @@ mod tests {
                 sq_entries: 128,
                 cq_entries: 256,
                 features: vec!["EXT_ARG".into()],
+                setup_flags: "none".into(),
             }),
             fence_mode: None,
             utc_time: "2026-01-01T00:00:00Z".into(),

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use self::epoll::EpollDriver;
 use self::raw::Sqe;
+use self::uring::setup::RingSetup;
 use self::uring::{Ring, UringDriver};
 use crate::context::RawCallback;
 use crate::fd::FdNode;
@@ -100,10 +101,10 @@ static FALLBACK_LOGGED: Once = Once::new();
 /// notify eventfd. Returns the driver and, when `Auto` fell back to epoll, why.
 pub(crate) fn open(
     requested: Backend,
-    entries: u32,
+    setup: &RingSetup,
     event: RawFd,
 ) -> io::Result<(Driver, Option<String>)> {
-    uring::check_entries(entries)?;
+    setup.check()?;
     let (choice, from_env) = match requested {
         Backend::Auto => match std::env::var(BACKEND_ENV) {
             Ok(v) => (
@@ -124,8 +125,9 @@ pub(crate) fn open(
     };
     match choice {
         Backend::Epoll => Ok((Driver::Epoll(EpollDriver::new(event)?), None)),
-        Backend::IoUring => match Ring::new(entries) {
+        Backend::IoUring => match Ring::with_setup(setup) {
             Ok(ring) => Ok((Driver::Uring(UringDriver::new(ring, event)), None)),
+            Err(e) if uring::setup::is_refusal(&e) => Err(e), // the caller's flags
             Err(e) => {
                 let how = if from_env {
                     format!(
@@ -141,7 +143,7 @@ pub(crate) fn open(
                 ))
             }
         },
-        Backend::Auto => match Ring::new(entries) {
+        Backend::Auto => match Ring::with_setup(setup) {
             Ok(ring) => Ok((Driver::Uring(UringDriver::new(ring, event)), None)),
             Err(e) if falls_back(&e) => {
                 let reason = e.to_string();
@@ -158,7 +160,8 @@ pub(crate) fn open(
 /// rejects our setup). `Ring::new` keeps the errno's kind in its message-carrying
 /// error, and has already ruled out an out-of-range size (also `InvalidInput`).
 fn falls_back(e: &io::Error) -> bool {
-    matches!(
+    !uring::setup::is_refusal(e) // flags the caller asked for: no fallback
+        && matches!(
         e.kind(),
         io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported | io::ErrorKind::InvalidInput
     )
@@ -276,11 +279,7 @@ impl Driver {
     /// Submits queued operations / looks for ready descriptors without sleeping.
     pub(crate) fn poll_nowait(&mut self) {
         match self {
-            Driver::Uring(d) => {
-                if d.ring_mut().has_unsubmitted() {
-                    d.ring_mut().submit();
-                }
-            }
+            Driver::Uring(d) => d.ring_mut().look(), // setup rule [S2]
             Driver::Epoll(d) => d.poll_nowait(),
         }
     }

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
+use self::setup::{RingFeatures, RingSetup};
 use super::Ready;
 use super::ops::{Op, OpTable};
 use super::raw::Sqe;
@@ -50,6 +51,8 @@ use crate::context::RawCallback;
 use crate::fd::FdNode;
 use crate::sync::Arc;
 use crate::sys;
+
+pub(crate) mod setup;
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).
 pub const MAX_RING_ENTRIES: u32 = 32768;
@@ -61,6 +64,10 @@ pub(crate) struct Ring {
     pending: VecDeque<Completion>,
     /// `io_uring_enter` calls made.
     pub(crate) enters: u64,
+    /// The setup flags the ring runs with (`setup.rs`).
+    features: RingFeatures,
+    /// The thread that enabled a single-issuer ring (setup rule [S3]).
+    issuer: Option<libc::pid_t>,
 }
 
 /// One completion.
@@ -86,10 +93,20 @@ pub(crate) fn check_entries(entries: u32) -> io::Result<()> {
 }
 
 impl Ring {
-    /// Sets up a ring of `entries` submission entries and probes `io_uring_enter` once,
-    /// so that a filter that allows the setup but denies the enter is found here.
+    /// A ring of `entries` submission entries with the default flags.
+    #[cfg(test)]
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
-        check_entries(entries)?;
+        Self::with_setup(&RingSetup {
+            sq: entries,
+            ..RingSetup::default()
+        })
+    }
+
+    /// Sets up a ring as `setup` asks (see `setup.rs`) and probes `io_uring_enter`
+    /// once, so that a filter that allows the setup but denies the enter is found here.
+    pub(crate) fn with_setup(setup: &RingSetup) -> io::Result<Self> {
+        setup.check()?;
+        let entries = setup.sq;
         let hint = |e: &io::Error| match e.raw_os_error() {
             Some(libc::ENOMEM) => {
                 " (the ring's memory could not be locked: raise RLIMIT_MEMLOCK or use a smaller ring)"
@@ -100,15 +117,16 @@ impl Ring {
             Some(libc::ENOSYS) => " (this kernel has no io_uring)",
             _ => "",
         };
-        let ring = IoUring::builder()
-            .setup_clamp()
-            .build(entries)
-            .map_err(|e| {
+        let (ring, features) = setup.open().map_err(|e| {
+            if setup::is_refusal(&e) {
+                e
+            } else {
                 io::Error::new(
                     e.kind(),
                     format!("io_uring_setup({entries}) failed: {e}{}", hint(&e)),
                 )
-            })?;
+            }
+        })?;
         let params = ring.params();
         if !params.is_feature_ext_arg() || !params.is_feature_nodrop() {
             return Err(io::Error::new(
@@ -116,16 +134,24 @@ impl Ring {
                 "io_uring lacks IORING_FEAT_EXT_ARG or IORING_FEAT_NODROP (Linux 5.11 or later is needed)",
             ));
         }
-        ring.submitter().submit().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("io_uring_enter failed on a new ring: {e}{}", hint(&e)),
-            )
-        })?;
+        match ring.submitter().submit() {
+            Ok(_) => {}
+            // A single-issuer ring is created disabled (setup rule [S3]): the enter was
+            // allowed, and the kernel answered for the ring.
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring_enter failed on a new ring: {e}{}", hint(&e)),
+                ));
+            }
+        }
         Ok(Self {
             ring,
             pending: VecDeque::new(),
             enters: 0,
+            features,
+            issuer: None,
         })
     }
 
@@ -162,7 +188,7 @@ impl Ring {
 
     /// Whether completions are waiting (a hint for busy polling).
     pub(crate) fn has_completions(&mut self) -> bool {
-        !self.pending.is_empty() || !self.ring.completion().is_empty()
+        !self.pending.is_empty() || !self.ring.completion().is_empty() || self.taskrun_pending()
     }
 
     /// One `io_uring_enter` that submits what is queued (rule 3).
@@ -176,6 +202,7 @@ impl Ring {
     }
 
     fn enter(&mut self, want: usize, timeout: Option<Duration>) {
+        self.enable(); // setup rule [S3]
         self.enters += 1;
         let submitter = self.ring.submitter();
         let res = match timeout {
@@ -483,6 +510,24 @@ impl UringDriver {
         // poll left them): final results.
         for c in mem::take(&mut self.completions) {
             self.finish(name, c, &mut done);
+        }
+        if !self.ops.is_empty() && !self.ring.can_enter_here() {
+            // Setup rule [S3]: only the thread the kernel bound may enter this ring.
+            let users = self
+                .ops
+                .user_data()
+                .filter(|(_, op)| matches!(op, Op::Raw(_)))
+                .count();
+            if users > 0 {
+                log::error!(
+                    "{name}: dropped on another thread than the one its single-issuer ring \
+                     is bound to, with {users} user operations in flight; leaking their \
+                     buffers and callbacks instead of freeing them under the kernel",
+                );
+            }
+            mem::forget(mem::take(&mut self.ops));
+            mem::forget(mem::replace(&mut self.notify_buf, Box::new(0)));
+            return done;
         }
         let targets: Vec<u64> = self
             .ops

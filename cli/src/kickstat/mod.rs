@@ -111,6 +111,7 @@ pub fn run(opts: &KickstatOptions, json: bool) -> io::Result<()> {
             backend: main.backend(),
             sq_entries: sq,
             cq_entries: cq,
+            ring_features: main.ring_features(),
             stats: main.stats(),
         };
         report::write_table(&mut out, &rows, &source, opts.runs, &info)?;

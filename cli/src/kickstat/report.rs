@@ -71,6 +71,7 @@ pub struct LoopInfo {
     pub backend: aioctx::aio::Backend,
     pub sq_entries: u32,
     pub cq_entries: u32,
+    pub ring_features: aioctx::aio::RingFeatures,
     pub stats: Stats,
 }
 
@@ -158,6 +159,7 @@ pub fn write_table(
              one io_uring_enter) + NODROP (no lost CQE)",
             info.sq_entries, info.cq_entries
         )?;
+        writeln!(out, "  ring setup flags: {}", info.ring_features)?;
     } else {
         writeln!(
             out,
