@@ -250,7 +250,9 @@ fn bench(c: &mut Criterion) {
         let waiter = main_loop();
         // Busy: the main loop spins for up to 1 s before it would sleep; only the
         // `kick()` call is timed, after the loop consumed the previous kick.
-        main_context().set_poll_params(1_000_000_000, 0, 0);
+        main_context().set_poll_params(aioctx_aio::PollParams::up_to(
+            std::time::Duration::from_secs(1),
+        ));
         g.bench_function("aioctx_busy_loop", |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -266,7 +268,7 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
-        main_context().set_poll_params(0, 0, 0);
+        main_context().set_poll_params(aioctx_aio::PollParams::OFF);
         g.bench_function("aioctx_sleeping_loop", |b| {
             b.iter_custom(|iters| waiter.time_wakes(iters, aioctx_wait::kick))
         });

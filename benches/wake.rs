@@ -19,7 +19,8 @@ fn aioctx_bh(
     name: &str,
     poll_max_ns: u64,
 ) {
-    let builder = || AioContext::builder().poll_params(poll_max_ns, 0, 0);
+    let builder =
+        || AioContext::builder().poll_params(aioctx_aio::PollParams::from_qemu(poll_max_ns, 0, 0));
     let a = IoThread::with_builder("ping", builder()).unwrap();
     let b = IoThread::with_builder("pong", builder()).unwrap();
     let bh_a: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());

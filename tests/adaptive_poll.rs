@@ -14,7 +14,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use aioctx::aio::AioContext;
+use aioctx::aio::{AioContext, PollParams};
 use common::{Watchdog, wait_asleep};
 
 const MAX_GROW: u64 = 10_000_000_000;
@@ -45,7 +45,7 @@ fn wait_once(ctx: &AioContext, wait: Duration) -> u64 {
 #[test]
 fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
     let ctx = AioContext::builder()
-        .poll_params(MAX_GROW, 0, 0)
+        .poll_params(PollParams::from_qemu(MAX_GROW, 0, 0))
         .build()
         .unwrap();
     let _dog = Watchdog::on_ctx(&ctx);
@@ -63,7 +63,7 @@ fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
     assert_eq!(wait_once(&ctx, SHORT), 4000);
     assert_eq!(wait_once(&ctx, SHORT), 8000);
     // grow = 3.
-    ctx.set_poll_params(MAX_GROW, 3, 0);
+    ctx.set_poll_params(PollParams::from_qemu(MAX_GROW, 3, 0));
     assert_eq!(wait_once(&ctx, SHORT), 24000);
 
     // Off elsewhere: the polling time is only read on the home thread.
@@ -72,15 +72,15 @@ fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
     });
 
     // Polling disabled (max 0): no adjustment at all.
-    ctx.set_poll_params(0, 3, 2);
+    ctx.set_poll_params(PollParams::from_qemu(0, 3, 2));
     assert_eq!(wait_once(&ctx, LONG), 24000);
 
     // Shrink: a wait above max_ns (1 ms) divides by shrink ...
-    ctx.set_poll_params(1_000_000, 3, 2);
+    ctx.set_poll_params(PollParams::from_qemu(1_000_000, 3, 2));
     assert_eq!(wait_once(&ctx, LONG), 12000);
     assert_eq!(wait_once(&ctx, LONG), 6000);
     // ... or resets to 0 when shrink is 0.
-    ctx.set_poll_params(1_000_000, 3, 0);
+    ctx.set_poll_params(PollParams::from_qemu(1_000_000, 3, 0));
     assert_eq!(wait_once(&ctx, LONG), 0);
 }
 
@@ -90,14 +90,14 @@ fn busy_polling_sees_a_bh_without_sleeping() {
     // sleep. The kicker only schedules once the loop has started spinning, which it
     // detects by the poll count; the spin is 10 s long, so the BH arrives within it.
     let ctx = AioContext::builder()
-        .poll_params(MAX_GROW, 0, 0)
+        .poll_params(PollParams::from_qemu(MAX_GROW, 0, 0))
         .build()
         .unwrap();
     let _dog = Watchdog::on_ctx(&ctx);
     ctx.poll(false);
     // Grow to a long polling time: 4 µs, then × 1,000,000 = 4 s (under max 10 s).
     assert_eq!(wait_once(&ctx, SHORT), 4000);
-    ctx.set_poll_params(MAX_GROW, 1_000_000, 0);
+    ctx.set_poll_params(PollParams::from_qemu(MAX_GROW, 1_000_000, 0));
     let ns = wait_once(&ctx, SHORT);
     assert_eq!(ns, 4_000_000_000);
 

@@ -22,6 +22,7 @@ use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
 use crate::fd::{FdCallback, FdNode};
 use crate::notify::NotifyState;
+use crate::poll_params::PollParams;
 use crate::pool;
 use crate::stats::{Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -171,7 +172,7 @@ pub struct AioContext {
 #[derive(Debug, Clone)]
 pub struct AioContextBuilder {
     ring: RingSetup,
-    poll: (u64, u64, u64),
+    poll: PollParams,
     name: Option<String>,
     backend: Backend,
     /// The CPU an `IoThread` running this context pins its thread to.
@@ -182,7 +183,7 @@ impl Default for AioContextBuilder {
     fn default() -> Self {
         Self {
             ring: RingSetup::default(),
-            poll: (0, 0, 0),
+            poll: PollParams::OFF,
             name: None,
             backend: Backend::Auto,
             iothread_cpu: None,
@@ -279,8 +280,8 @@ impl AioContextBuilder {
     }
 
     /// Adaptive busy polling, as [`AioContext::set_poll_params`] (default: off).
-    pub fn poll_params(mut self, max_ns: u64, grow: u64, shrink: u64) -> Self {
-        self.poll = (max_ns, grow, shrink);
+    pub fn poll_params(mut self, params: PollParams) -> Self {
+        self.poll = params;
         self
     }
 
@@ -325,9 +326,9 @@ impl AioContextBuilder {
             fd_changes: Mutex::new(Vec::new()),
             raw_queue: Mutex::new(Some(Vec::new())),
             has_requests: AtomicBool::new(false),
-            poll_max_ns: AtomicU64::new(self.poll.0),
-            poll_grow: AtomicU64::new(self.poll.1),
-            poll_shrink: AtomicU64::new(self.poll.2),
+            poll_max_ns: AtomicU64::new(self.poll.to_qemu().0),
+            poll_grow: AtomicU64::new(self.poll.to_qemu().1),
+            poll_shrink: AtomicU64::new(self.poll.to_qemu().2),
             pool,
             counters: Counters::default(),
         });
@@ -592,16 +593,23 @@ impl AioContext {
         self.fallback.as_deref()
     }
 
-    /// Sets adaptive busy polling (QEMU: `aio_context_set_poll_params`): before sleeping,
-    /// a blocking `poll` spins for up to the current polling time, which starts at 4 µs,
-    /// is multiplied by `grow` (0 means 2) while waits stay under `max_ns`, and divided
-    /// by `shrink` (0 means reset to 0) when a wait exceeds `max_ns`. `max_ns == 0`
-    /// turns polling off (the default).
-    pub fn set_poll_params(&self, max_ns: u64, grow: u64, shrink: u64) {
+    /// Sets adaptive busy polling (QEMU: `aio_context_set_poll_params`); see
+    /// [`PollParams`]. Callable from any thread; the loop uses them from its next poll.
+    pub fn set_poll_params(&self, params: PollParams) {
+        let (max_ns, grow, shrink) = params.to_qemu();
         self.remote.poll_max_ns.store(max_ns, Ordering::Relaxed);
         self.remote.poll_grow.store(grow, Ordering::Relaxed);
         self.remote.poll_shrink.store(shrink, Ordering::Relaxed);
         self.notify();
+    }
+
+    /// The busy-polling parameters in force.
+    pub fn poll_params(&self) -> PollParams {
+        PollParams::from_qemu(
+            self.remote.poll_max_ns.load(Ordering::Relaxed),
+            self.remote.poll_grow.load(Ordering::Relaxed),
+            self.remote.poll_shrink.load(Ordering::Relaxed),
+        )
     }
 
     /// The current busy-polling time in nanoseconds (home thread only; 0 elsewhere).

@@ -76,7 +76,11 @@ impl IoThread {
     pub fn new(name: &str) -> io::Result<Self> {
         Self::with_builder(
             name,
-            AioContext::builder().poll_params(IOTHREAD_POLL_MAX_NS, 0, 0),
+            AioContext::builder().poll_params(crate::PollParams::from_qemu(
+                IOTHREAD_POLL_MAX_NS,
+                0,
+                0,
+            )),
         )
     }
 
