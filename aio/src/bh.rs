@@ -106,10 +106,15 @@ impl BhInner {
         impl Drop for AfterRun<'_> {
             fn drop(&mut self) {
                 // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
-                let deferred = self
-                    .bh
-                    .flags
-                    .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
+                // Only this (home) thread raises `DEFERRED`, so its own plain load is
+                // exact when it finds it down, and the common run pays no RMW here.
+                let deferred = if self.bh.flags.load(Ordering::Relaxed) & DEFERRED != 0 {
+                    self.bh
+                        .flags
+                        .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed)
+                } else {
+                    0
+                };
                 if deferred & DEFERRED != 0 {
                     let idle = if deferred & DEFERRED_IDLE != 0 {
                         IDLE
@@ -227,7 +232,10 @@ impl BhList {
 
     /// Takes every pushed BH, appending them to `out` oldest first.
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
-        if self.head.load(Ordering::Relaxed) == closed() {
+        // No RMW on an empty list: a push this load misses was published after the
+        // last `accept`, whose notify keeps the loop from sleeping (notify rules 3-5).
+        let head = self.head.load(Ordering::Relaxed);
+        if head.is_null() || head == closed() {
             return;
         }
         // Acquire: pairs with the Release CAS in `push`.

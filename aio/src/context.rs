@@ -20,7 +20,7 @@ use crate::backend::raw::Sqe;
 use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
 use crate::fd::{FdCallback, FdNode};
-use crate::notify::NotifyState;
+use crate::notify::{Notified, NotifyState};
 use crate::pool;
 use crate::stats::{Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,11 +66,18 @@ pub(crate) struct Remote {
 impl Remote {
     /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). See `notify.rs` for the protocol and its proof.
     pub(crate) fn notify(&self) {
-        self.counters.notifies.fetch_add(1, Ordering::Relaxed);
-        if self.notify.notify() {
-            self.counters.eventfd_writes.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = sys::eventfd_write(self.event.as_fd()) {
-                panic!("AioContext notify: eventfd write failed: {e}");
+        match self.notify.notify() {
+            // The home thread notified itself: no RMW at all (notify rule 5).
+            Notified::Home => crate::stats::bump(&self.counters.home_notifies, 1),
+            Notified::Awake => {
+                self.counters.notifies.fetch_add(1, Ordering::Relaxed);
+            }
+            Notified::Asleep => {
+                self.counters.notifies.fetch_add(1, Ordering::Relaxed);
+                self.counters.eventfd_writes.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = sys::eventfd_write(self.event.as_fd()) {
+                    panic!("AioContext notify: eventfd write failed: {e}");
+                }
             }
         }
     }
@@ -139,7 +146,6 @@ pub struct AioContext {
     fallback: Option<String>,
     /// The ring's SQ and CQ sizes, fixed at creation (`(0, 0)` on epoll).
     entries: (u32, u32),
-    owner: AtomicU64,
     owner_label: OnceLock<String>,
     name: String,
     weak_self: Weak<AioContext>,
@@ -240,7 +246,6 @@ impl AioContextBuilder {
             backend,
             fallback,
             entries,
-            owner: AtomicU64::new(0),
             owner_label: OnceLock::new(),
             name,
             weak_self: weak_self.clone(),
@@ -249,15 +254,7 @@ impl AioContextBuilder {
     }
 }
 
-static NEXT_THREAD_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-thread_local! {
-    static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub(crate) fn thread_id() -> u64 {
-    THREAD_ID.with(|id| *id)
-}
+pub(crate) use crate::notify::thread_id;
 
 pub(crate) fn thread_label() -> String {
     let t = std::thread::current();
@@ -339,26 +336,19 @@ impl AioContext {
 
     /// Whether the calling thread is this context's home thread.
     pub fn is_home_thread(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) == thread_id()
+        self.remote.notify.is_home()
     }
 
     /// Binds the calling thread as home if no thread is, else panics unless it is the
     /// home thread. Only for what must run on the home thread (`poll`, `block_on`,
     /// `make_current`): a getter never binds.
     pub(crate) fn check_home(&self, what: &str) {
-        let me = thread_id();
-        // Relaxed: the owner id is only compared with the caller's own id; the context's
-        // construction was ordered before this call by handing over the `Arc`.
-        let owner = self.owner.load(Ordering::Relaxed);
-        if owner == me {
+        if self.remote.notify.is_home() {
             return;
         }
-        if owner == 0
-            && self
-                .owner
-                .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        // The home id lives in the notify state, which decides the home-thread fast
+        // path from it (notify rule 6).
+        if self.remote.notify.bind_home() == thread_id() {
             let _ = self.owner_label.set(thread_label());
             return;
         }

@@ -189,7 +189,7 @@ impl Loop {
 
     /// `Remote::notify`.
     pub(crate) fn notify(&self) {
-        if self.notify.notify() {
+        if self.notify.notify() == crate::notify::Notified::Asleep {
             self.kernel.eventfd_write();
         }
     }

@@ -157,8 +157,14 @@ impl AioContext {
 
     /// Applies fd-handler changes and raw operations queued by other threads.
     fn apply_requests(&self) {
-        // Acquire: pairs with the Release store in `Remote::request`.
-        if !self.remote.has_requests.swap(false, Ordering::Acquire) {
+        // A plain look first: no RMW on the common poll with no request. A request
+        // this load misses was published after the last `accept` synchronized with its
+        // notify, so `notified` is still up: this poll does not sleep, and the next one
+        // applies it (notify rules 3 and 4).
+        if !self.remote.has_requests.load(Ordering::Relaxed)
+            // Acquire: pairs with the Release store in `Remote::request`.
+            || !self.remote.has_requests.swap(false, Ordering::Acquire)
+        {
             return;
         }
         let changed = mem::take(&mut *lock(&self.remote.fd_changes));
