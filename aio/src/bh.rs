@@ -295,6 +295,26 @@ pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
     }
 }
 
+/// A new oneshot BH for `cb`, scheduled: two allocations (the `Arc` and the closure's
+/// box; `cb` is stored in the box, not boxed again). Nobody else can see the BH yet, so
+/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit (rule 1)
+/// without an RMW — and the list takes the creator's reference instead of a clone.
+/// Returns `false` when the list is closed (rule 8): the BH and its callback are freed
+/// unrun at once. The caller notifies the context afterwards.
+pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) -> bool {
+    let mut cb = Some(cb);
+    let bh = BhInner::new(
+        Box::new(move || {
+            if let Some(cb) = cb.take() {
+                cb();
+            }
+        }),
+        ONESHOT | PENDING | SCHEDULED,
+    );
+    // The push's Release CAS publishes the flags and the closure to `take_all`.
+    list.push(bh)
+}
+
 /// The head of a closed list (rule 8): an address no allocation has.
 fn closed() -> *mut BhInner {
     ptr::NonNull::<BhInner>::dangling().as_ptr()

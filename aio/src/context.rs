@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::backend::raw::Sqe;
 use crate::backend::{self, Backend, Driver};
-use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
+use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone};
 use crate::fd::{FdCallback, FdNode};
 use crate::notify::{Notified, NotifyState};
 use crate::pool;
@@ -97,17 +97,10 @@ impl Remote {
 
     /// Runs `cb` once on the home thread at the next `poll`; dropped unrun when the
     /// context is gone (QEMU: `aio_bh_schedule_oneshot`).
-    pub(crate) fn schedule_oneshot(&self, cb: Box<dyn FnOnce() + Send>) {
-        let mut cb = Some(cb);
-        let bh = BhInner::new(
-            Box::new(move || {
-                if let Some(cb) = cb.take() {
-                    cb();
-                }
-            }),
-            ONESHOT,
-        );
-        let _ = self.enqueue(&bh, SCHEDULED);
+    pub(crate) fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
+        if crate::bh::push_oneshot(&self.bhs, cb) {
+            self.notify();
+        }
     }
 
     pub(crate) fn timers(&self, clock: ClockType) -> &TimerList {
@@ -388,7 +381,7 @@ impl AioContext {
     /// Runs `cb` once on the home thread, at the next `poll`
     /// (QEMU: `aio_bh_schedule_oneshot`).
     pub fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
-        self.remote.schedule_oneshot(Box::new(cb));
+        self.remote.schedule_oneshot(cb);
     }
 
     /// A new, disarmed timer on `clock` (QEMU: `aio_timer_new`). See [`Timer`].
