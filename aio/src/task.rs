@@ -519,7 +519,14 @@ where
         if !self.header.state.start_run() {
             return; // claimed by a canceller while queued (rule 6)
         }
-        let waker = Waker::from(Arc::clone(&self));
+        // The poll's waker borrows `self`'s reference instead of taking one: no count
+        // RMW per poll. `ManuallyDrop` keeps it from ever giving back the reference it
+        // does not own; a clone the future keeps takes its own (std's `Wake` vtable).
+        // SAFETY: the pointer comes from a live `Arc<Self>` (`self`), which outlives
+        // the waker (dropped, without touching the count, at the end of this
+        // function); `Waker::from` only turns the `Arc` back into that raw pointer.
+        let waker =
+            std::mem::ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(&self)) }));
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let _current = CurrentTask::enter(&self.header);
