@@ -13,7 +13,7 @@ WARM_UP="${WARM_UP:-1}"
 MEASURE="${MEASURE:-2}"
 export FIO_RUNTIME="${FIO_RUNTIME:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-BENCHES=(kick wake bh uring io graph)
+BENCHES=(kick wake bh uring io graph tasks)
 crit="$CARGO_TARGET_DIR/criterion"
 cmd="WARM_UP=$WARM_UP MEASURE=$MEASURE FIO_RUNTIME=$FIO_RUNTIME bash benches/report.sh"
 bench_cmd="cargo bench --bench <name> -- --warm-up-time $WARM_UP --measurement-time $MEASURE --noplot"
@@ -227,6 +227,26 @@ for batch in (1, 32):
              "NOP future is `submit_raw` + a `Waker` (what `RingOp` does) awaited in "
              "`block_on`." if batch == 1 else None)
 
+tasks_spawn = table("tasks: spawn + run + join on one thread", "tasks", "tokio_spawn_local_join",
+    [("tokio_spawn_local_join", "tokio `LocalSet::spawn_local` + await in its `block_on` (floor: the peer)"),
+     ("aioctx_spawn_join", "aioctx `spawn` + await of the `JoinHandle` in `block_on`")],
+    [],
+    note="One operation spawns a task that returns a number and awaits its handle, from "
+         "inside the runtime's own `block_on` on the same thread.")
+tasks_wake = table("tasks: same-thread wake", "tasks", "tokio_wake_same_thread",
+    [("tokio_wake_same_thread", "tokio current_thread: a task wakes itself and returns `Pending` (floor: the peer)"),
+     ("aioctx_wake_same_thread", "aioctx: the same future spawned on a context, `block_on` its handle")],
+    [],
+    note="One operation is one `waker.wake_by_ref()` by the task itself plus the task's "
+         "next poll.")
+loop_event = table("loop overhead per event", "loop_event", "bare_event",
+    [("bare_event", "hand-written io-uring crate loop: a callback queue, a NOP, a timer heap (floor)"),
+     ("aioctx_event", "aioctx: a pre-allocated BH, a `submit_raw` NOP with its callback, a due `Timer`, `poll(true)`")],
+    [],
+    note="One operation is one iteration with three events (one BH, one NOP, one timer "
+         "armed already due), run by blocking polls until all three ran; the bare loop "
+         "does the same three things with one `submit_and_wait(1)` per pass.")
+
 fio_ns = {}
 for qd in (1, 32):
     for conf in ("default", "batched"):
@@ -348,6 +368,31 @@ target("BH ≥ 5× faster than tokio spawn_local (oneshot, 1024 per pass)",
        "1024 × `schedule_oneshot` + one `poll(false)` vs 1024 × `spawn_local` + the yields "
        "that run them (allocated callbacks, no scheduler pass per op)",
        speed(r), r >= 5, f"needs {5 / r:.1f}× more speed")
+r = bh["aioctx_prealloc"] / bh1["vecdeque_floor"]
+target("BH schedule+run ≤ 3× the boxed floor (pre-allocated BH)",
+       "aioctx pre-allocated BH + `poll(false)` vs `VecDeque<Box<dyn FnOnce()>>` push + pop "
+       "+ call (one callback queued, run and its queue emptied per op; the floor also "
+       "allocates)",
+       fmt_ratio(r), r <= 3, f"{r / 3:.1f}× over the bound")
+r = bh1["aioctx_oneshot"] / bh1["vecdeque_floor"]
+target("BH schedule+run ≤ 4× the boxed floor (oneshot)",
+       "aioctx `schedule_oneshot` + `poll(false)` vs `VecDeque<Box<dyn FnOnce()>>` (both "
+       "allocate per op, queue a callback and call it)",
+       fmt_ratio(r), r <= 4, f"{r / 4:.1f}× over the bound")
+r = tasks_spawn["aioctx_spawn_join"] / tasks_spawn["tokio_spawn_local_join"]
+target("Task spawn + run + join ≤ 0.5× tokio's time",
+       "aioctx `spawn` + await vs tokio `spawn_local` + await (one task created, run to "
+       "completion and joined per op, on one thread, inside each runtime's `block_on`)",
+       fmt_ratio(r) + " of tokio's time", r <= 0.5, f"{r / 0.5:.2f}× over the bound")
+r = tasks_wake["aioctx_wake_same_thread"] / tasks_wake["tokio_wake_same_thread"]
+target("Same-thread task wake ≤ 1.0× tokio's time",
+       "a task waking itself (`wake_by_ref` + `Pending`) on a context vs on tokio's "
+       "current_thread runtime (the same future; one wake and one poll per op)",
+       fmt_ratio(r) + " of tokio's time", r <= 1.0, f"{r:.2f}× tokio's time")
+r = loop_event["aioctx_event"] / loop_event["bare_event"]
+w(f"| (no numeric target) loop overhead per event | aioctx BH + NOP + due timer per "
+  f"iteration vs a hand-written io-uring loop doing the same three | {fmt_ratio(r)} of "
+  f"the bare loop's time | — |")
 blocking = "both threads block in the kernel each time they wait"
 r = wake["aioctx_bh_iothreads_no_busy_poll"] / wake["eventfd_pingpong"]
 target("Cross-thread BH ping-pong ≤ 1.2× raw eventfd ping-pong (blocking)",

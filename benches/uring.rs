@@ -1,6 +1,12 @@
 //! NOPs through the context's ring — the callback API (`submit_raw`) and the task API
 //! (a future awaiting each NOP in `block_on`) — at batch 1 and 32, against a bare
 //! io-uring crate loop doing the same. One iteration is one NOP.
+//!
+//! The `loop_event` group times the loop's overhead per event: each iteration is one
+//! bottom half, one NOP and one (already due) timer, run by blocking polls, against a
+//! hand-written io-uring crate loop that does the same three things: a queue of
+//! callbacks it runs, a NOP it submits and reaps with a callback, and a timer heap it
+//! checks against the clock.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use aioctx_aio::{AioContext, DEFAULT_RING_ENTRIES};
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use aioctx_aio::{AioContext, ClockType, DEFAULT_RING_ENTRIES};
 use criterion::{Criterion, criterion_group, criterion_main};
 use io_uring::{IoUring, opcode};
 
@@ -193,6 +203,92 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+    loop_event(c, &ctx);
+}
+
+/// See the module docs: one BH + one NOP + one due timer per iteration.
+fn loop_event(c: &mut Criterion, ctx: &Arc<AioContext>) {
+    let mut g = c.benchmark_group("loop_event");
+    let mut ring = IoUring::new(DEFAULT_RING_ENTRIES).unwrap();
+    g.bench_function("bare_event", |b| {
+        let events = Cell::new(0u64);
+        let bh = || events.set(events.get() + 1);
+        let timer_cb = || events.set(events.get() + 1);
+        let mut bhs: VecDeque<&dyn Fn()> = VecDeque::with_capacity(16);
+        let mut timers: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(16);
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let target = events.get() + 3;
+                bhs.push_back(&bh);
+                // SAFETY: a NOP names no memory.
+                unsafe {
+                    ring.submission()
+                        .push(&opcode::Nop::new().build().user_data(7))
+                }
+                .unwrap();
+                timers.push(Reverse(ClockType::Realtime.now_ns()));
+                while events.get() < target {
+                    while let Some(f) = bhs.pop_front() {
+                        f();
+                    }
+                    ring.submit_and_wait(1).unwrap();
+                    for cqe in ring.completion() {
+                        assert_eq!(cqe.user_data(), 7);
+                        events.set(events.get() + 1);
+                    }
+                    if !timers.is_empty() {
+                        let now = ClockType::Realtime.now_ns();
+                        while timers.peek().is_some_and(|Reverse(d)| *d <= now) {
+                            timers.pop();
+                            timer_cb();
+                        }
+                    }
+                }
+            }
+            t.elapsed()
+        })
+    });
+    g.bench_function("aioctx_event", |b| {
+        let events = Arc::new(AtomicU64::new(0));
+        let e = Arc::clone(&events);
+        let bh = ctx.bh_new(move || {
+            // Relaxed: read back on this thread.
+            e.fetch_add(1, Ordering::Relaxed);
+        });
+        let e = Arc::clone(&events);
+        let timer = ctx.timer_new(ClockType::Realtime, move || {
+            // Relaxed: read back on this thread.
+            e.fetch_add(1, Ordering::Relaxed);
+        });
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                // Relaxed: every event runs on this thread, inside `poll`.
+                let target = events.load(Ordering::Relaxed) + 3;
+                bh.schedule();
+                let e = Arc::clone(&events);
+                // SAFETY: a NOP names no memory.
+                unsafe {
+                    ctx.submit_raw(
+                        opcode::Nop::new().build(),
+                        Box::new(move |res, _| {
+                            debug_assert_eq!(res, 0);
+                            // Relaxed: read back on this thread.
+                            e.fetch_add(1, Ordering::Relaxed);
+                        }),
+                    )
+                }
+                .expect("the uring bench needs the io_uring backend");
+                timer.modify(ClockType::Realtime.now_ns());
+                while events.load(Ordering::Relaxed) < target {
+                    ctx.poll(true);
+                }
+            }
+            t.elapsed()
+        })
+    });
     g.finish();
 }
 

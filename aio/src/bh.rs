@@ -9,15 +9,17 @@
 //!    turned `PENDING` on pushes the BH (so it is on the list at most once), then every
 //!    caller notifies the context.
 //! 2. The list is a lock-free stack; `poll` takes the whole stack at once, reverses it
-//!    (FIFO by the moment each BH became pending) and appends it to a local queue. A
-//!    `poll` turns that queue into a *slice*, and runs only slices: a BH scheduled while
-//!    a slice runs — also by itself — lands on the list and waits for the next `poll`.
+//!    (FIFO by the moment each BH became pending) and appends it to the home thread's
+//!    queue: that is the poll's *slice*. A `poll` takes the list only at its start and
+//!    runs the queue from its front until it is empty: a BH scheduled while a slice
+//!    runs — also by itself — lands on the list and waits for the next `poll`.
 //! 3. Running a BH clears `PENDING | SCHEDULED | IDLE` with one `fetch_and` and calls the
 //!    callback only if `SCHEDULED` was set and `DELETED` was not.
 //! 4. `cancel` clears only `SCHEDULED`: the BH stays where it is, and scheduling it again
 //!    before the next `poll` keeps its old place, as in QEMU.
 //! 5. A nested `poll` (from inside a BH) runs the slices of its parents too, oldest
-//!    first, so a BH that waits for another BH of the same slice cannot deadlock.
+//!    first — they are ahead of its own in the one queue — so a BH that waits for
+//!    another BH of the same slice cannot deadlock.
 //! 6. Dropping the handle (`delete`) kills the callback: it never runs again, also when
 //!    the drop happens inside the callback itself (see `callback.rs`).
 //! 7. A callback never runs re-entrantly. A BH that is scheduled again while its callback
@@ -106,10 +108,15 @@ impl BhInner {
         impl Drop for AfterRun<'_> {
             fn drop(&mut self) {
                 // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
-                let deferred = self
-                    .bh
-                    .flags
-                    .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
+                // Only this (home) thread raises `DEFERRED`, so its own plain load is
+                // exact when it finds it down, and the common run pays no RMW here.
+                let deferred = if self.bh.flags.load(Ordering::Relaxed) & DEFERRED != 0 {
+                    self.bh
+                        .flags
+                        .fetch_and(!(DEFERRED | DEFERRED_IDLE), Ordering::Relaxed)
+                } else {
+                    0
+                };
                 if deferred & DEFERRED != 0 {
                     let idle = if deferred & DEFERRED_IDLE != 0 {
                         IDLE
@@ -227,7 +234,10 @@ impl BhList {
 
     /// Takes every pushed BH, appending them to `out` oldest first.
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
-        if self.head.load(Ordering::Relaxed) == closed() {
+        // No RMW on an empty list: a push this load misses was published after the
+        // last `accept`, whose notify keeps the loop from sleeping (notify rules 3-5).
+        let head = self.head.load(Ordering::Relaxed);
+        if head.is_null() || head == closed() {
             return;
         }
         // Acquire: pairs with the Release CAS in `push`.
@@ -287,38 +297,53 @@ pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
     }
 }
 
+/// A new oneshot BH for `cb`, scheduled: two allocations (the `Arc` and the closure's
+/// box; `cb` is stored in the box, not boxed again). Nobody else can see the BH yet, so
+/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit (rule 1)
+/// without an RMW — and the list takes the creator's reference instead of a clone.
+/// Returns `false` when the list is closed (rule 8): the BH and its callback are freed
+/// unrun at once. The caller notifies the context afterwards.
+pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) -> bool {
+    let mut cb = Some(cb);
+    let bh = BhInner::new(
+        Box::new(move || {
+            if let Some(cb) = cb.take() {
+                cb();
+            }
+        }),
+        ONESHOT | PENDING | SCHEDULED,
+    );
+    // The push's Release CAS publishes the flags and the closure to `take_all`.
+    list.push(bh)
+}
+
 /// The head of a closed list (rule 8): an address no allocation has.
 fn closed() -> *mut BhInner {
     ptr::NonNull::<BhInner>::dangling().as_ptr()
 }
 
-/// The home thread's side of the BH machinery: the queue of BHs taken off the list and
-/// the stack of slices being run (rules 2 and 5).
+/// The home thread's side of the BH machinery: the BHs taken off the list and not run
+/// yet, oldest first — the slices of every `poll` on the stack, concatenated (rules 2
+/// and 5). One buffer, reused, so a `poll` that runs BHs allocates nothing and moves no
+/// queue around.
 #[derive(Default)]
 pub(crate) struct BhQueue {
-    /// Taken off the list, not yet in a slice.
-    pub(crate) incoming: VecDeque<Arc<BhInner>>,
-    /// Slices being run, outermost `poll` first.
-    pub(crate) slices: VecDeque<VecDeque<Arc<BhInner>>>,
-    /// The buffer of the last slice that ran empty, reused as the next `incoming` so a
-    /// `poll` that runs BHs allocates nothing.
-    pub(crate) spare: VecDeque<Arc<BhInner>>,
+    /// Taken off the list, not run yet: the outermost `poll`'s slice first.
+    pub(crate) queued: VecDeque<Arc<BhInner>>,
 }
 
 impl BhQueue {
     /// Takes every BH the home thread took off the list and has not run: the context
     /// is being closed (BH rule 8).
     pub(crate) fn take_queued(&mut self) -> VecDeque<Arc<BhInner>> {
-        let mut queued: VecDeque<_> = self.incoming.drain(..).collect();
-        queued.extend(self.slices.drain(..).flatten());
-        queued
+        std::mem::take(&mut self.queued)
     }
 
     /// Timeout contribution of pending BHs: `Some(0)` when one must run now,
     /// `Some(10ms)` for idle ones only, `None` when none is scheduled.
     pub(crate) fn timeout_ns(&self) -> Option<i64> {
         let mut idle = false;
-        for bh in self.incoming.iter().chain(self.slices.iter().flatten()) {
+        for bh in &self.queued {
             match bh.wants_run() {
                 Some(false) => return Some(0),
                 Some(true) => idle = true,

@@ -19,9 +19,9 @@ use std::time::Duration;
 use crate::backend::raw::Sqe;
 use crate::backend::uring::setup::{RingFeatures, RingSetup};
 use crate::backend::{self, Backend, Driver};
-use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
+use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone};
 use crate::fd::{FdCallback, FdNode};
-use crate::notify::NotifyState;
+use crate::notify::{Notified, NotifyState};
 use crate::poll_params::PollParams;
 use crate::pool;
 use crate::stats::{Counters, Stats};
@@ -68,11 +68,18 @@ pub(crate) struct Remote {
 impl Remote {
     /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). See `notify.rs` for the protocol and its proof.
     pub(crate) fn notify(&self) {
-        self.counters.notifies.fetch_add(1, Ordering::Relaxed);
-        if self.notify.notify() {
-            self.counters.eventfd_writes.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = sys::eventfd_write(self.event.as_fd()) {
-                panic!("AioContext notify: eventfd write failed: {e}");
+        match self.notify.notify() {
+            // The home thread notified itself: no RMW at all (notify rule 5).
+            Notified::Home => crate::stats::bump(&self.counters.home_notifies, 1),
+            Notified::Awake => {
+                self.counters.notifies.fetch_add(1, Ordering::Relaxed);
+            }
+            Notified::Asleep => {
+                self.counters.notifies.fetch_add(1, Ordering::Relaxed);
+                self.counters.eventfd_writes.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = sys::eventfd_write(self.event.as_fd()) {
+                    panic!("AioContext notify: eventfd write failed: {e}");
+                }
             }
         }
     }
@@ -92,17 +99,10 @@ impl Remote {
 
     /// Runs `cb` once on the home thread at the next `poll`; dropped unrun when the
     /// context is gone (QEMU: `aio_bh_schedule_oneshot`).
-    pub(crate) fn schedule_oneshot(&self, cb: Box<dyn FnOnce() + Send>) {
-        let mut cb = Some(cb);
-        let bh = BhInner::new(
-            Box::new(move || {
-                if let Some(cb) = cb.take() {
-                    cb();
-                }
-            }),
-            ONESHOT,
-        );
-        let _ = self.enqueue(&bh, SCHEDULED);
+    pub(crate) fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
+        if crate::bh::push_oneshot(&self.bhs, cb) {
+            self.notify();
+        }
     }
 
     pub(crate) fn timers(&self, clock: ClockType) -> &TimerList {
@@ -143,7 +143,6 @@ pub struct AioContext {
     entries: (u32, u32),
     /// The ring's setup flags, fixed at creation (none on epoll).
     features: RingFeatures,
-    owner: AtomicU64,
     owner_label: OnceLock<String>,
     name: String,
     weak_self: Weak<AioContext>,
@@ -345,7 +344,6 @@ impl AioContextBuilder {
             fallback,
             entries,
             features,
-            owner: AtomicU64::new(0),
             owner_label: OnceLock::new(),
             name,
             weak_self: weak_self.clone(),
@@ -354,15 +352,7 @@ impl AioContextBuilder {
     }
 }
 
-static NEXT_THREAD_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-thread_local! {
-    static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub(crate) fn thread_id() -> u64 {
-    THREAD_ID.with(|id| *id)
-}
+pub(crate) use crate::notify::thread_id;
 
 pub(crate) fn thread_label() -> String {
     let t = std::thread::current();
@@ -444,26 +434,19 @@ impl AioContext {
 
     /// Whether the calling thread is this context's home thread.
     pub fn is_home_thread(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) == thread_id()
+        self.remote.notify.is_home()
     }
 
     /// Binds the calling thread as home if no thread is, else panics unless it is the
     /// home thread. Only for what must run on the home thread (`poll`, `block_on`,
     /// `make_current`): a getter never binds.
     pub(crate) fn check_home(&self, what: &str) {
-        let me = thread_id();
-        // Relaxed: the owner id is only compared with the caller's own id; the context's
-        // construction was ordered before this call by handing over the `Arc`.
-        let owner = self.owner.load(Ordering::Relaxed);
-        if owner == me {
+        if self.remote.notify.is_home() {
             return;
         }
-        if owner == 0
-            && self
-                .owner
-                .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        // The home id lives in the notify state, which decides the home-thread fast
+        // path from it (notify rule 6).
+        if self.remote.notify.bind_home() == thread_id() {
             let _ = self.owner_label.set(thread_label());
             return;
         }
@@ -503,7 +486,7 @@ impl AioContext {
     /// Runs `cb` once on the home thread, at the next `poll`
     /// (QEMU: `aio_bh_schedule_oneshot`).
     pub fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
-        self.remote.schedule_oneshot(Box::new(cb));
+        self.remote.schedule_oneshot(cb);
     }
 
     /// A new, disarmed timer on `clock` (QEMU: `aio_timer_new`). See [`Timer`].

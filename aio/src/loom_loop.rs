@@ -189,7 +189,7 @@ impl Loop {
 
     /// `Remote::notify`.
     pub(crate) fn notify(&self) {
-        if self.notify.notify() {
+        if self.notify.notify() == crate::notify::Notified::Asleep {
             self.kernel.eventfd_write();
         }
     }
@@ -242,9 +242,9 @@ impl Loop {
         let timeout = if blocking {
             self.bhs.take_all(incoming);
             let mut queue = BhQueue::default();
-            std::mem::swap(&mut queue.incoming, incoming);
+            std::mem::swap(&mut queue.queued, incoming);
             let bh_ns = queue.timeout_ns();
-            std::mem::swap(&mut queue.incoming, incoming);
+            std::mem::swap(&mut queue.queued, incoming);
             let ready = self.has_ready() && !self.mutation.ignore_collected;
             wait_bound(ready, bh_ns, None)
         } else {

@@ -100,3 +100,7 @@ fn schedule_racing_drop_is_refused_or_drained() {
 // the same batch as a user completion, and mutations of both rules.
 #[path = "loom_completions.rs"]
 mod completions;
+
+// The home-thread fast path of the notify protocol, next to the cross-thread path.
+#[path = "loom_home.rs"]
+mod home;

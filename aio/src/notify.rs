@@ -36,14 +36,58 @@
 //! A producer whose swap found `notified` already `true` skips the fence: the producer
 //! that set it is still bound by the same pair, and the home thread's clearing swap
 //! (rule 4) reads from the skipping producer's swap, so it sees its work.
+//!
+//! # Home-thread fast path
+//!
+//! 5. A notify made on the home thread while its `notify_me` is zero raises only
+//!    `home_notified`, a flag no other thread touches (plain Relaxed load and store):
+//!    no swap, no fence, no eventfd write. `prepare_sleep` refuses to sleep while it is
+//!    set, and `accept` lowers it, exactly as for `notified`.
+//! 6. Whether the caller is the home thread is decided by comparing its thread id with
+//!    `home`, written once (the home thread binds itself, [`NotifyState::bind_home`])
+//!    and never changed: a thread reading its own id there is the home thread, since
+//!    only the binder wrote it; any other thread reads `0` or another id and takes the
+//!    cross-thread path of rules 1-4, unchanged.
+//!
+//! Proof that rule 5 loses no wake-up. The only thread that can sleep on this state is
+//! the home thread, and it is the notifier: it cannot be asleep while it notifies. What
+//! must hold is that its *next* sleep does not happen while the notified work waits.
+//! `notify_me` has one writer, the home thread, so its own Relaxed read is exact: zero
+//! means it is outside `prepare_sleep` .. `finish_sleep`, i.e. it has not yet made the
+//! sleep decision of its next wait. That decision (`prepare_sleep`) comes later in the
+//! same thread's program order and reads `home_notified` — its own store — so it sees
+//! `true` and does not sleep; the flag stays up until `accept`, which comes after that
+//! decision. The work itself was published by the same thread, so program order makes
+//! it visible to the bottom-half pass, with no release/acquire pair needed. A home-thread
+//! notify made *inside* that window (`notify_me != 0`: possible only from code the
+//! wait itself runs, such as a destructor) takes the cross-thread path, which sees
+//! `notify_me != 0` after its fence and writes the eventfd, so the wait returns.
+//! The fast path never touches `notified`, so the Dekker pair of the cross-thread path
+//! and rule 2's election are exactly as before; both paths can run at once (the loom
+//! models in `loom_tests.rs` run a home-thread and a cross-thread producer together).
 
-use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
-/// The two flags of the notify protocol. See the module docs.
+/// The flags of the notify protocol and the home thread's id. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct NotifyState {
     notify_me: AtomicU32,
     notified: AtomicBool,
+    /// Rule 5: written and read by the home thread only.
+    home_notified: AtomicBool,
+    /// Rule 6: the home thread's [`thread_id`], `0` until one binds itself.
+    home: AtomicU64,
+}
+
+/// What [`NotifyState::notify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notified {
+    /// The home thread notified itself (rule 5): nothing shared was touched.
+    Home,
+    /// Another thread notified an awake loop, or found the notify already pending.
+    Awake,
+    /// The loop sleeps or is about to: the caller must write the eventfd.
+    Asleep,
 }
 
 impl NotifyState {
@@ -51,9 +95,45 @@ impl NotifyState {
         Self::default()
     }
 
-    /// Producer side, after publishing work: returns `true` when the caller must wake
-    /// the home thread (write the eventfd).
-    pub(crate) fn notify(&self) -> bool {
+    /// Binds the calling thread as home if none is (rule 6). Returns the home thread's
+    /// id: the caller's own when it is (or just became) home.
+    pub(crate) fn bind_home(&self) -> u64 {
+        let me = thread_id();
+        // Relaxed: the id is only ever compared with the reader's own id (rule 6); the
+        // state's construction was ordered before this call by handing over the `Arc`.
+        match self
+            .home
+            .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => me,
+            Err(owner) => owner,
+        }
+    }
+
+    /// Whether the calling thread is the home thread (rule 6).
+    pub(crate) fn is_home(&self) -> bool {
+        // Relaxed: see `bind_home`.
+        self.home.load(Ordering::Relaxed) == thread_id()
+    }
+
+    /// Producer side, after publishing work: says whether the caller must wake the home
+    /// thread (write the eventfd) — [`Notified::Asleep`].
+    pub(crate) fn notify(&self) -> Notified {
+        // Rule 5; `notify_me` is exact for its only writer, the home thread.
+        if self.notify_me.load(Ordering::Relaxed) == 0 && self.is_home() {
+            self.home_notified.store(true, Ordering::Relaxed);
+            return Notified::Home;
+        }
+        if self.notify_cross() {
+            Notified::Asleep
+        } else {
+            Notified::Awake
+        }
+    }
+
+    /// The cross-thread path of [`notify`](Self::notify) (rules 1-4): returns `true`
+    /// when the caller must write the eventfd.
+    fn notify_cross(&self) -> bool {
         // [P1] AcqRel: releases the published work to the home thread's clearing swap
         // ([C4]), and is the RMW that elects one producer per clear (rule 2).
         if self.notified.swap(true, Ordering::AcqRel) {
@@ -67,6 +147,10 @@ impl NotifyState {
     /// Home thread, before a blocking wait: raises `notify_me` and returns `true` when it
     /// may sleep (no notify arrived since the last [`accept`](Self::accept)).
     pub(crate) fn prepare_sleep(&self) -> bool {
+        // Rule 5: the home thread's own notify since the last `accept`.
+        if self.home_notified.load(Ordering::Relaxed) {
+            return false;
+        }
         self.notify_me.store(1, Ordering::Relaxed);
         // [C2] pairs with [P2] in `notify`.
         fence(Ordering::SeqCst);
@@ -82,6 +166,10 @@ impl NotifyState {
 
     /// Home thread, once per poll before running bottom halves: clears `notified`.
     pub(crate) fn accept(&self) {
+        // Rule 5: home thread only; a plain store.
+        if self.home_notified.load(Ordering::Relaxed) {
+            self.home_notified.store(false, Ordering::Relaxed);
+        }
         if self.notified.load(Ordering::Relaxed) {
             // [C4] Acquire: pairs with [P1]; makes the work of every producer that saw
             // `notified` set visible to the bottom-half pass that follows (rule 4).
@@ -97,6 +185,43 @@ impl NotifyState {
 
     /// Whether a notify is pending (for busy polling; a hint only).
     pub(crate) fn is_notified(&self) -> bool {
-        self.notified.load(Ordering::Relaxed)
+        self.notified.load(Ordering::Relaxed) || self.home_notified.load(Ordering::Relaxed)
     }
+}
+
+#[cfg(not(all(loom, test)))]
+static NEXT_THREAD_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+#[cfg(not(all(loom, test)))]
+thread_local! {
+    static THREAD_ID: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A process-unique, non-zero id of the calling thread (ids are never reused).
+#[cfg(not(all(loom, test)))]
+pub(crate) fn thread_id() -> u64 {
+    THREAD_ID.with(|id| match id.get() {
+        0 => {
+            // Relaxed: only uniqueness matters, which the RMW gives.
+            let new = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            id.set(new);
+            new
+        }
+        known => known,
+    })
+}
+
+// Under loom, model threads share one OS thread: the id is a loom thread-local.
+#[cfg(all(loom, test))]
+static NEXT_THREAD_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+#[cfg(all(loom, test))]
+loom::thread_local! {
+    static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A process-unique, non-zero id of the calling (loom) thread.
+#[cfg(all(loom, test))]
+pub(crate) fn thread_id() -> u64 {
+    THREAD_ID.with(|id| *id)
 }

@@ -157,8 +157,14 @@ impl AioContext {
 
     /// Applies fd-handler changes and raw operations queued by other threads.
     fn apply_requests(&self) {
-        // Acquire: pairs with the Release store in `Remote::request`.
-        if !self.remote.has_requests.swap(false, Ordering::Acquire) {
+        // A plain look first: no RMW on the common poll with no request. A request
+        // this load misses was published after the last `accept` synchronized with its
+        // notify, so `notified` is still up: this poll does not sleep, and the next one
+        // applies it (notify rules 3 and 4).
+        if !self.remote.has_requests.load(Ordering::Relaxed)
+            // Acquire: pairs with the Release store in `Remote::request`.
+            || !self.remote.has_requests.swap(false, Ordering::Acquire)
+        {
             return;
         }
         let changed = mem::take(&mut *lock(&self.remote.fd_changes));
@@ -184,7 +190,7 @@ impl AioContext {
     fn compute_timeout(&self) -> Option<Duration> {
         let (bh, ready) = {
             let mut home = self.home();
-            self.remote.bhs.take_all(&mut home.bhs.incoming);
+            self.remote.bhs.take_all(&mut home.bhs.queued);
             (home.bhs.timeout_ns(), home.driver.has_ready())
         };
         wait_bound(ready, bh, self.remote.timers.timeout_ns())
@@ -237,39 +243,14 @@ impl AioContext {
         };
     }
 
-    /// Runs one slice of bottom halves (BH rules 2, 3, 5; QEMU: `aio_bh_poll`).
+    /// Runs one slice of bottom halves (BH rules 2, 3, 5; QEMU: `aio_bh_poll`): takes
+    /// the list onto the back of the queue, then runs the queue from its front (the
+    /// slices of the polls further up the stack first) until it is empty.
     fn bh_poll(&self) -> bool {
-        {
-            let mut home = self.home();
-            let home = &mut *home;
-            self.remote.bhs.take_all(&mut home.bhs.incoming);
-            if !home.bhs.incoming.is_empty() {
-                let spare = mem::take(&mut home.bhs.spare);
-                let slice = mem::replace(&mut home.bhs.incoming, spare);
-                home.bhs.slices.push_back(slice);
-            }
-        }
+        self.remote.bhs.take_all(&mut self.home().bhs.queued);
         let mut progress = false;
         loop {
-            let bh = {
-                let mut home = self.home();
-                loop {
-                    let Some(slice) = home.bhs.slices.front_mut() else {
-                        break None;
-                    };
-                    match slice.pop_front() {
-                        Some(bh) => break Some(bh),
-                        None => {
-                            // Keep the emptied slice's buffer for the next `incoming`.
-                            if let Some(empty) = home.bhs.slices.pop_front()
-                                && empty.capacity() > home.bhs.spare.capacity()
-                            {
-                                home.bhs.spare = empty;
-                            }
-                        }
-                    }
-                }
-            };
+            let bh = self.home().bhs.queued.pop_front();
             let Some(bh) = bh else { break };
             let (did_run, counts) = bh.run(&self.remote.bhs);
             bump(&self.remote.counters.bhs_run, u64::from(did_run));

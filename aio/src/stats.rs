@@ -35,10 +35,15 @@ pub struct Stats {
 }
 
 /// The live counters. Producers' counters are RMWs; home-thread counters have a single
-/// writer, so a load and a store suffice.
+/// writer, so a load and a store suffice ([`bump`]): plain moves on every target, no
+/// locked instruction. A count both sides make is split in two, each side writing its
+/// own, and summed by [`snapshot`](Self::snapshot).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Notifies from other threads (RMW).
     pub(crate) notifies: AtomicU64,
+    /// Notifies the home thread made itself (notify rule 5); home thread only.
+    pub(crate) home_notifies: AtomicU64,
     pub(crate) eventfd_writes: AtomicU64,
     pub(crate) eventfd_reads: AtomicU64,
     pub(crate) enters: AtomicU64,
@@ -61,7 +66,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
-            notifies: get(&self.notifies),
+            notifies: get(&self.notifies) + get(&self.home_notifies),
             eventfd_writes: get(&self.eventfd_writes),
             eventfd_reads: get(&self.eventfd_reads),
             enters: get(&self.enters),

@@ -59,6 +59,22 @@
 //!    `Pending` (a `Ready` output wins). A claimed task still on a run queue is skipped
 //!    when popped. So the future is dropped exactly once, never while it is polled.
 //! 7. A cancelled task's `JoinHandle` yields `Err(JoinError)` with `is_cancelled()`.
+//!
+//! # Exclusive cells, no locks
+//!
+//! 8. The home and the stage (the future, then its output) are plain cells: the state
+//!    word already gives one thread at a time the right to touch them, so a lock would
+//!    only add two RMWs per access.
+//!    - The home is written only by the task itself while `RUNNING` (rule 4), and read
+//!      by the single pusher (rules 1 and 3: a pusher reads it before its queue push,
+//!      which happens before any runner's pop and so before the next `RUNNING`), by
+//!      the runner and by a claiming canceller (rule 6) — never while a writer runs.
+//!    - The stage is touched by whoever holds `RUNNING` (the poller; a canceller whose
+//!      CAS claimed the task) until `complete`; after `complete`, by exactly one of
+//!      the runner and the join side: the one the `JOIN_INTEREST` RMWs pick
+//!      (`complete` vs `drop_join_interest`), or the `JoinHandle` that saw `COMPLETE`
+//!      with its Acquire load. Each hand-over is a Release/Acquire pair on the state
+//!      word (`finish_pending`/`start_run`/`cancel`, `complete`/`load`).
 
 use std::any::Any;
 use std::cell::Cell;
@@ -70,202 +86,42 @@ use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
 use crate::join::{Join, JoinError, JoinHandle};
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
-/// Parked: not queued, not running.
-const IDLE: u32 = 0;
-/// On exactly one run queue (rule 1).
-const SCHEDULED: u32 = 1 << 0;
-/// Being polled (rule 2).
-const RUNNING: u32 = 1 << 1;
-/// Woken while running: requeue after the poll (rule 3).
-const NOTIFIED: u32 = 1 << 2;
-/// The future finished (or panicked); wakes are no-ops.
-const COMPLETE: u32 = 1 << 3;
-/// A [`JoinHandle`] exists and will take the output.
-const JOIN_INTEREST: u32 = 1 << 4;
-/// Cancelled (rule 6): the future is dropped instead of polled again.
-const CANCELLED: u32 = 1 << 5;
-/// The bits that make up the lifecycle value.
-const LIFECYCLE: u32 = SCHEDULED | RUNNING | NOTIFIED | COMPLETE;
+mod state;
 
-fn lifecycle(state: u32) -> u32 {
-    state & LIFECYCLE
-}
+use state::{AfterPoll, State};
+use state::{JOIN_INTEREST, SCHEDULED, has_join_interest, is_complete};
 
-fn is_complete(state: u32) -> bool {
-    lifecycle(state) == COMPLETE
-}
+/// A cell whose accesses the task state word makes exclusive (rule 8).
+struct Exclusive<T>(std::cell::UnsafeCell<T>);
 
-fn has_join_interest(state: u32) -> bool {
-    state & JOIN_INTEREST != 0
-}
+// SAFETY: rule 8: at most one thread touches the value at a time, each hand-over being
+// a Release/Acquire pair on the task's state word; the value moves between threads
+// only that way, so `T: Send` suffices.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
 
-#[cold]
-fn invalid(state: u32, what: &str) -> ! {
-    panic!("task state word {state:#07b} is impossible when {what} (a task bug)")
-}
-
-/// A task's state word. See the module docs.
-pub(crate) struct State(AtomicU32);
-
-impl State {
-    fn new(initial: u32) -> Self {
-        Self(AtomicU32::new(initial))
+impl<T> Exclusive<T> {
+    fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
     }
 
-    /// A wake: returns `true` when the caller moved the task to `SCHEDULED` and must
-    /// push it (rule 1); a wake of a running task sets `NOTIFIED` (rule 3).
-    pub(crate) fn wake(&self) -> bool {
-        let mut cur = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = match lifecycle(cur) {
-                IDLE => cur | SCHEDULED,
-                RUNNING => cur | NOTIFIED,
-                SCHEDULED | COMPLETE => return false,
-                l if l == RUNNING | NOTIFIED => return false,
-                _ => invalid(cur, "waking"),
-            };
-            // AcqRel: Release publishes what the waker wrote before waking to the next
-            // poll (read by the Acquire in `start_run` or `finish_pending`); Acquire
-            // pairs with the runner's Release in `finish_pending`, so the pusher sees
-            // the home the task last set (rule 4).
-            match self
-                .0
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return lifecycle(next) == SCHEDULED,
-                Err(actual) => cur = actual,
-            }
-        }
+    /// # Safety
+    /// The caller holds the right to touch the value (rule 8) for the borrow's life:
+    /// no other thread reads or writes it meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self) -> &mut T {
+        // SAFETY: exclusive per the caller's contract.
+        unsafe { &mut *self.0.get() }
     }
 
-    /// The runner took the task off a run queue: `SCHEDULED → RUNNING` (rule 2).
-    /// Returns `false` for a task a canceller claimed while it was queued (rule 6): the
-    /// runner skips it.
-    pub(crate) fn start_run(&self) -> bool {
-        let mut cur = self.0.load(Ordering::Relaxed);
-        loop {
-            if lifecycle(cur) != SCHEDULED {
-                if cur & CANCELLED != 0 {
-                    return false;
-                }
-                invalid(cur, "starting a run");
-            }
-            // Acquire: pairs with the Release of the wake (or of `finish_pending`) that
-            // scheduled the task.
-            match self.0.compare_exchange_weak(
-                cur,
-                cur ^ (SCHEDULED | RUNNING),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
-        }
+    /// # Safety
+    /// No thread writes the value for the borrow's life (readers may overlap).
+    unsafe fn read(&self) -> &T {
+        // SAFETY: no writer per the caller's contract.
+        unsafe { &*self.0.get() }
     }
-
-    /// The poll returned `Pending`: parks the task, or says the runner must push it
-    /// again (a wake came during the poll, rule 3) or cancel it (rule 6).
-    pub(crate) fn finish_pending(&self) -> AfterPoll {
-        // Acquire: pairs with the Release of the cancel that set CANCELLED.
-        let mut cur = self.0.load(Ordering::Acquire);
-        loop {
-            if cur & CANCELLED != 0 {
-                return AfterPoll::Cancel;
-            }
-            let (next, then) = match lifecycle(cur) {
-                RUNNING => (cur & !RUNNING, AfterPoll::Park),
-                l if l == RUNNING | NOTIFIED => (
-                    (cur & !(RUNNING | NOTIFIED)) | SCHEDULED,
-                    AfterPoll::Requeue,
-                ),
-                _ => invalid(cur, "finishing a poll"),
-            };
-            // AcqRel: Release publishes the future's state and home to the next
-            // pusher/runner/canceller; Acquire pairs with the Release of the wake that
-            // set NOTIFIED (and of a cancel that set CANCELLED, seen on failure).
-            match self
-                .0
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return then,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    /// A cancel (rule 6): returns whether the caller claimed the task and must drop its
-    /// future and complete it.
-    pub(crate) fn cancel(&self) -> bool {
-        let mut cur = self.0.load(Ordering::Relaxed);
-        loop {
-            let (next, claimed) = match lifecycle(cur) {
-                IDLE | SCHEDULED => ((cur & !SCHEDULED) | RUNNING | CANCELLED, true),
-                RUNNING if cur & CANCELLED != 0 => return false,
-                RUNNING => (cur | CANCELLED, false),
-                l if l == RUNNING | NOTIFIED && cur & CANCELLED != 0 => return false,
-                l if l == RUNNING | NOTIFIED => (cur | CANCELLED, false),
-                COMPLETE => return false,
-                _ => invalid(cur, "cancelling"),
-            };
-            // AcqRel: Acquire pairs with the Release in `finish_pending` (the parked
-            // future's state, dropped next by a claiming canceller); Release publishes
-            // CANCELLED to the runner's Acquire in `finish_pending`.
-            match self
-                .0
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return claimed,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    /// The future finished: `RUNNING[|NOTIFIED] → COMPLETE`. Returns the old word.
-    pub(crate) fn complete(&self) -> u32 {
-        let mut cur = self.0.load(Ordering::Relaxed);
-        loop {
-            if lifecycle(cur) & !NOTIFIED != RUNNING {
-                invalid(cur, "completing");
-            }
-            let next = (cur & !(RUNNING | NOTIFIED)) | COMPLETE;
-            // AcqRel: Release publishes the stored output to the JoinHandle's Acquire
-            // load; Acquire pairs with `drop_join_interest`.
-            match self
-                .0
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return cur,
-                Err(actual) => cur = actual,
-            }
-        }
-    }
-
-    /// The JoinHandle went away; returns whether the task had already completed.
-    fn drop_join_interest(&self) -> bool {
-        // AcqRel: pairs with `complete`; of the two RMWs exactly one sees the other, so
-        // exactly one side drops the output.
-        is_complete(self.0.fetch_and(!JOIN_INTEREST, Ordering::AcqRel))
-    }
-
-    fn load(&self) -> u32 {
-        // Acquire: pairs with the Release in `complete`, so the output is visible.
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// What the runner does after a poll that returned `Pending`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AfterPoll {
-    /// No wake came: the task waits for one.
-    Park,
-    /// A wake came during the poll: push the task again (rule 3).
-    Requeue,
-    /// A cancel came: drop the future and complete the task (rule 6).
-    Cancel,
 }
 
 /// Where a task is pushed when it is woken: a context's run queue. It also keeps the
@@ -305,7 +161,7 @@ pub(crate) trait Runnable: Send + Sync {
 /// The part of a task that does not depend on its future.
 pub(crate) struct Header {
     pub(crate) state: State,
-    home: Mutex<Weak<dyn Schedule>>,
+    home: Exclusive<Weak<dyn Schedule>>,
     join_waker: Mutex<Option<Waker>>,
     /// The task's key in its home's registry; read and written only under that
     /// registry's lock (rule 5), hence Relaxed.
@@ -339,7 +195,7 @@ enum Stage<F: Future> {
 /// A spawned future and its header.
 pub(crate) struct Task<F: Future> {
     header: Header,
-    stage: Mutex<Stage<F>>,
+    stage: Exclusive<Stage<F>>,
 }
 
 thread_local! {
@@ -379,18 +235,20 @@ where
         Arc::new(Self {
             header: Header {
                 state: State::new(SCHEDULED | JOIN_INTEREST),
-                home: Mutex::new(home),
+                home: Exclusive::new(home),
                 join_waker: Mutex::new(None),
                 key: AtomicUsize::new(usize::MAX),
             },
-            stage: Mutex::new(Stage::Running(future)),
+            stage: Exclusive::new(Stage::Running(future)),
         })
     }
 
     /// Pushes the task on its home queue. A home that is gone has cancelled the task
     /// already (rule 5), so this cancel only completes a claim nobody else can make.
     fn push(self: Arc<Self>) {
-        let home = lock(&self.header.home).upgrade();
+        // SAFETY: the caller is the single pusher (rules 1 and 3), reading before its
+        // queue push; the task is not `RUNNING`, so nobody writes the home (rule 8).
+        let home = unsafe { self.header.home.read() }.upgrade();
         match home {
             Some(home) => home.schedule(self),
             None => {
@@ -410,15 +268,20 @@ where
     /// is none. Returns a detached task's panic, for the caller to resume.
     fn finish(&self, result: Result<F::Output, Failure>) -> Option<Panic> {
         let stored = catch_unwind(AssertUnwindSafe(|| {
-            *lock(&self.stage) = Stage::Finished(result);
+            // SAFETY: the caller holds `RUNNING` (the runner, or a claiming canceller),
+            // and `complete` has not run yet (rule 8).
+            *unsafe { self.stage.get() } = Stage::Finished(result);
         }));
         if let Err(panic) = stored {
             // The future's destructor panicked (the assignment still stored `result`):
             // that panic is the task's outcome, and the task still completes.
-            *lock(&self.stage) = Stage::Finished(Err(Failure::Panic(panic)));
+            // SAFETY: as above.
+            *unsafe { self.stage.get() } = Stage::Finished(Err(Failure::Panic(panic)));
         }
         let prev = self.header.state.complete();
-        let home = lock(&self.header.home).upgrade();
+        // SAFETY: only a `RUNNING` task writes its home, and this one never runs again
+        // (rule 8); other readers may overlap, writers cannot.
+        let home = unsafe { self.header.home.read() }.upgrade();
         if let Some(home) = home {
             drop(home.unregister(&self.header));
         }
@@ -429,7 +292,10 @@ where
             }
             None
         } else {
-            let stage = std::mem::replace(&mut *lock(&self.stage), Stage::Consumed);
+            // SAFETY: no join interest at `complete`: the join side gave the stage up
+            // (its `drop_join_interest` saw the task unfinished), so it is this
+            // thread's alone (rule 8).
+            let stage = std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed);
             match stage {
                 // A detached task's panic is not swallowed: it unwinds the loop.
                 Stage::Finished(Err(Failure::Panic(panic))) => Some(panic),
@@ -463,12 +329,21 @@ where
         if !self.header.state.start_run() {
             return; // claimed by a canceller while queued (rule 6)
         }
-        let waker = Waker::from(Arc::clone(&self));
+        // The poll's waker borrows `self`'s reference instead of taking one: no count
+        // RMW per poll. `ManuallyDrop` keeps it from ever giving back the reference it
+        // does not own; a clone the future keeps takes its own (std's `Wake` vtable).
+        // SAFETY: the pointer comes from a live `Arc<Self>` (`self`), which outlives
+        // the waker (dropped, without touching the count, at the end of this
+        // function); `Waker::from` only turns the `Arc` back into that raw pointer.
+        let waker =
+            std::mem::ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(&self)) }));
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let _current = CurrentTask::enter(&self.header);
-            let mut stage = lock(&self.stage);
-            let Stage::Running(future) = &mut *stage else {
+            // SAFETY: `start_run` gave this thread `RUNNING` (rule 8); nothing in the
+            // poll touches the stage (a `JoinHandle` of this task sees it unfinished).
+            let stage = unsafe { self.stage.get() };
+            let Stage::Running(future) = stage else {
                 unreachable!("a RUNNING task has its future")
             };
             // SAFETY: the future lives inside the task's `Arc` allocation, which never
@@ -545,7 +420,9 @@ where
                 return Poll::Pending;
             }
         }
-        match std::mem::replace(&mut *lock(&self.stage), Stage::Consumed) {
+        // SAFETY: the Acquire load saw `COMPLETE` with `JOIN_INTEREST` held by this
+        // handle: the runner no longer touches the stage (rule 8).
+        match std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed) {
             Stage::Finished(Ok(output)) => Poll::Ready(Ok(output)),
             Stage::Finished(Err(Failure::Cancelled)) => Poll::Ready(Err(JoinError(()))),
             Stage::Finished(Err(Failure::Panic(panic))) => resume_unwind(panic),
@@ -559,7 +436,9 @@ where
 
     fn drop_handle(&self) {
         if self.header.state.drop_join_interest() {
-            let stage = std::mem::replace(&mut *lock(&self.stage), Stage::Consumed);
+            // SAFETY: `drop_join_interest` saw the task complete while it still had join
+            // interest, so the runner left the stage to this side (rule 8).
+            let stage = std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed);
             if let Stage::Finished(Err(Failure::Panic(panic))) = stage {
                 log::error!(
                     "a task panicked and its JoinHandle was dropped without awaiting it: {}",
@@ -593,12 +472,14 @@ pub(crate) fn move_current_task(target: Weak<dyn Schedule>) -> Option<bool> {
     // holds an `Arc` to the task, and our caller runs inside that poll.
     let header = unsafe { header.as_ref() };
     let old = {
-        let mut home = lock(&header.home);
-        if Weak::ptr_eq(&home, &target) {
+        // SAFETY: the task is `RUNNING` on this thread (we are inside its poll): only
+        // it writes its home, and no pusher reads it now (rule 8).
+        let home = unsafe { header.home.get() };
+        if Weak::ptr_eq(home, &target) {
             return Some(false);
         }
         // Rule 4: only the running task writes its home.
-        std::mem::replace(&mut *home, target.clone())
+        std::mem::replace(home, target.clone())
     };
     // Rule 5: the registry entry follows the home. No lock is held across the two.
     let me = old.upgrade().and_then(|q| q.unregister(header));
