@@ -39,6 +39,10 @@
 //!    adds one, its drop removes it), and a refused schedule kills the callback too:
 //!    none can ever run again, and a callback that owns its own `Bh` (a cycle) is freed.
 
+mod bh_ref;
+
+pub use bh_ref::BhRef;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ptr;
@@ -427,16 +431,21 @@ impl Bh {
     /// scheduling it again before the next `poll` keeps its old position in the FIFO
     /// order (QEMU: `qemu_bh_cancel`).
     pub fn cancel(&self) {
-        // Also drops a schedule deferred by rule 7.
-        self.inner
-            .flags
-            .fetch_and(!(SCHEDULED | DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
+        self.inner.cancel();
     }
 
     /// Whether the BH is scheduled and has not run yet.
     pub fn is_scheduled(&self) -> bool {
         let deferred = self.inner.flags.load(Ordering::Relaxed) & (DEFERRED | DELETED) == DEFERRED;
         self.inner.wants_run().is_some() || deferred
+    }
+}
+
+impl BhInner {
+    /// Rule 4 (also drops a schedule deferred by rule 7).
+    fn cancel(&self) {
+        self.flags
+            .fetch_and(!(SCHEDULED | DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);
     }
 }
 

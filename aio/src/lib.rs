@@ -122,7 +122,7 @@ pub use aligned::{AlignedBuf, FALLBACK_DIO_ALIGN, dio_alignment};
 pub use backend::uring::MAX_RING_ENTRIES;
 pub use backend::uring::setup::{RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};
-pub use bh::{Bh, ContextGone};
+pub use bh::{Bh, BhRef, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
 pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback};
 pub use current::{current, main_context, try_current, with_current};
