@@ -16,20 +16,18 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
-use crate::backend::raw::Sqe;
 use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone, ONESHOT, SCHEDULED};
+use crate::completion::RawCallback;
 use crate::fd::{FdCallback, FdNode};
 use crate::notify::NotifyState;
+use crate::op::Sqe;
 use crate::pool;
 use crate::stats::{Counters, Stats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 use crate::sys;
 use crate::timer::{ClockType, Timer, TimerList};
-
-/// A completion callback for a raw ring operation: `(cqe.res, cqe.flags)`.
-pub type RawCallback = Box<dyn FnOnce(i32, u32) + Send>;
 
 /// The default ring size.
 pub const DEFAULT_RING_ENTRIES: u32 = 128;

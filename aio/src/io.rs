@@ -5,10 +5,13 @@
 //! Each operation is a future that owns its buffer and gives it back with the result:
 //! `(io::Result<usize>, buf)`. The rules that make this safe:
 //!
-//! 1. At the first poll the buffer moves into the completion callback handed to
-//!    [`AioContext::submit_raw`]; from then on only the callback owns it, and the
-//!    context drops the callback only after the operation's CQE was reaped. So the
-//!    kernel never writes into freed memory, whatever happens to the future.
+//! 1. Each operation is a type of the op layer (`op/`), which owns every byte its entry
+//!    or syscall names. The future creates its in-flight state (`InFlight`: the op,
+//!    boxed once, with its result slot) when it is built; at the first poll that box
+//!    goes to the back end — on io_uring the driver's table slot keeps it, and drops
+//!    it only after the operation's final CQE was reaped, as for
+//!    [`AioContext::submit_raw`]'s callbacks. So the kernel never writes into freed
+//!    memory, whatever happens to the future.
 //! 2. The callback hands the buffer back through a small shared slot. A future dropped
 //!    before completion marks the slot abandoned; the callback then frees the buffer
 //!    when the CQE arrives.
@@ -21,7 +24,7 @@
 //!    bottom half that carries it home is dropped unrun (rule 5).
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times.
-//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of a ring callback:
+//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
 //!    regular files and block devices run on the worker pool, streams (pipes, sockets,
 //!    ttys) by readiness on the loop; either way the buffers stay owned until the
 //!    syscall returned or was never started, and a finished syscall reports its real
@@ -63,11 +66,11 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
-use io_uring::{opcode, squeue, types};
-
-use crate::backend::raw::Sqe;
-use crate::context::{AioContext, RawCallback};
-use crate::io_buf::{IoBuf, IoBufMut, IoVecs, iovecs, iovecs_mut};
+use crate::backend::streams::StreamIo;
+use crate::completion::{Callback, Complete};
+use crate::context::AioContext;
+use crate::io_buf::{IoBuf, IoBufMut};
+use crate::op::{Fsync, OpCode, ReadAt, ReadvAt, Target, WriteAt, WritevAt};
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
@@ -79,82 +82,23 @@ use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
 
-/// One operation, as raw pointers into the buffers its `InFlight` owns.
-#[derive(Clone, Copy)]
-pub(crate) enum IoKind {
-    Read {
-        fd: RawFd,
-        ptr: *mut u8,
-        len: u32,
-        off: u64,
-    },
-    Write {
-        fd: RawFd,
-        ptr: *const u8,
-        len: u32,
-        off: u64,
-    },
-    Readv {
-        fd: RawFd,
-        iov: *const libc::iovec,
-        cnt: u32,
-        off: u64,
-    },
-    Writev {
-        fd: RawFd,
-        iov: *const libc::iovec,
-        cnt: u32,
-        off: u64,
-    },
-    Fsync {
-        fd: RawFd,
-        data_only: bool,
-    },
-}
-
-// SAFETY: the pointers point into buffers (and iovec arrays) owned by the same
-// `InFlight`, which moves between threads with them (the buffers are `Send`).
-unsafe impl Send for IoKind {}
-
-impl IoKind {
-    /// The ring entry for this operation.
-    fn entry(self) -> squeue::Entry {
-        match self {
-            IoKind::Read { fd, ptr, len, off } => opcode::Read::new(types::Fd(fd), ptr, len)
-                .offset(off)
-                .build(),
-            IoKind::Write { fd, ptr, len, off } => opcode::Write::new(types::Fd(fd), ptr, len)
-                .offset(off)
-                .build(),
-            IoKind::Readv { fd, iov, cnt, off } => opcode::Readv::new(types::Fd(fd), iov, cnt)
-                .offset(off)
-                .build(),
-            IoKind::Writev { fd, iov, cnt, off } => opcode::Writev::new(types::Fd(fd), iov, cnt)
-                .offset(off)
-                .build(),
-            IoKind::Fsync { fd, data_only } => {
-                let flags = if data_only {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                };
-                opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
-            }
-        }
-    }
-}
-
-/// What the callback (or the pool job) owns until the operation is done (rule 1).
-struct InFlight<T: Send + 'static> {
-    payload: Option<(T, Option<IoVecs>)>,
-    slot: Arc<Mutex<Shared<T>>>,
-    kind: IoKind,
+/// What the back end owns until the operation is done (rule 1): the op (which owns
+/// the buffers) and the slot its result goes to. Always boxed, and never moved out of
+/// its box before the final completion, so the op stays pinned.
+struct InFlight<O: OpCode + Unpin> {
+    op: Option<O>,
+    slot: Arc<Mutex<Shared<O::Output>>>,
     ctx: Weak<AioContext>,
     retries: u32,
 }
 
-impl<T: Send + 'static> InFlight<T> {
-    fn submit(self, ctx: &AioContext) {
+/// An `InFlight` whose op type is erased, for the future that has not submitted it.
+trait Submit: Send {
+    fn submit(self: Box<Self>, ctx: &AioContext);
+}
+
+impl<O: OpCode + Unpin> Submit for InFlight<O> {
+    fn submit(self: Box<Self>, ctx: &AioContext) {
         let Some(owner) = ctx.remote.pool.clone() else {
             if ctx.is_home_thread() {
                 self.push_ring(ctx);
@@ -177,20 +121,20 @@ impl<T: Send + 'static> InFlight<T> {
         };
         stream::submit(self, ctx, &owner);
     }
+}
 
+impl<O: OpCode + Unpin> InFlight<O> {
     /// Whether the future was dropped (rule 6).
     fn abandoned(&self) -> bool {
         matches!(lock(&self.slot).slot, Slot::Abandoned)
     }
 
-    /// Records `id` as the operation's name in its back end unless the future was
-    /// dropped meanwhile; returns whether it was (the caller cancels then, rule 6).
-    fn set_id(&self, id: u64) -> bool {
-        record_id(&self.slot, id)
+    fn op(&mut self) -> Pin<&mut O> {
+        Pin::new(self.op.as_mut().expect("an operation in flight has its op"))
     }
 
     /// Queues the operation on the ring (home thread only).
-    fn push_ring(self, ctx: &AioContext) {
+    fn push_ring(mut self: Box<Self>, ctx: &AioContext) {
         // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
         if self.abandoned() || ctx.remote.closed.load(Ordering::Relaxed) {
             // Rule 6: the future is gone and nothing ran; or the context was shut
@@ -200,21 +144,18 @@ impl<T: Send + 'static> InFlight<T> {
             return;
         }
         let slot = Arc::clone(&self.slot);
-        let entry = self.kind.entry();
-        let complete: RawCallback = Box::new(move |res, _flags| self.complete(res));
-        // The entry is single-shot and unlinked; a closed fd completes with EBADF.
-        // SAFETY: `submit_raw`'s obligations: the entry names only memory owned by
-        // `payload` (buffers, iovecs), which moves into the callback the driver keeps
-        // until the CQE; the descriptor is the caller's (module docs).
-        let sqe = unsafe { Sqe::new(entry) };
-        let user_data = ctx.home().driver.push_raw(sqe, complete);
+        // SAFETY: `OpCode::sqe`'s contract: the op stays in this box, which moves into
+        // the driver's table slot below and is dropped (or taken apart) only after the
+        // entry's final CQE was reaped; nothing else touches it meanwhile.
+        let sqe = unsafe { self.op().sqe() };
+        let user_data = ctx.home().driver.push_raw(sqe, Callback::Op(self));
         ctx.publish_counters();
         if record_id(&slot, user_data) {
             ctx.home().driver.cancel(user_data);
         }
     }
 
-    fn complete(mut self, res: i32) {
+    fn complete_boxed(mut self: Box<Self>, res: i32) {
         if (res == -libc::EINTR || res == -libc::EAGAIN)
             && self.retries < MAX_RETRIES
             && !self.abandoned()
@@ -228,21 +169,21 @@ impl<T: Send + 'static> InFlight<T> {
     }
 
     fn deliver(&mut self, res: i32) {
-        let Some((buf, iovs)) = self.payload.take() else {
+        let Some(op) = self.op.take() else {
             return;
         };
-        drop(iovs);
+        let out = op.into_output(res);
         let waker = {
             let mut shared = lock(&self.slot);
             let slot = &mut shared.slot;
             match std::mem::replace(slot, Slot::Taken) {
                 Slot::Waiting(waker) => {
-                    *slot = Slot::Done(res, buf);
+                    *slot = Slot::Done(res, out);
                     waker
                 }
                 Slot::Abandoned => {
                     drop(shared);
-                    drop(buf);
+                    drop(out);
                     None
                 }
                 Slot::Done(..) | Slot::Taken => unreachable!("an operation completed twice"),
@@ -254,7 +195,39 @@ impl<T: Send + 'static> InFlight<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for InFlight<T> {
+impl<O: OpCode + Unpin> Complete for InFlight<O> {
+    fn complete(self: Box<Self>, res: i32, _flags: u32) {
+        self.complete_boxed(res);
+    }
+}
+
+impl<O: OpCode + Unpin> StreamIo for InFlight<O> {
+    fn target(&self) -> Option<(RawFd, bool)> {
+        self.op.as_ref().and_then(OpCode::stream)
+    }
+
+    fn run_blocking(&mut self) -> i32 {
+        self.op().run_blocking()
+    }
+
+    fn run_stream(&mut self, file: RawFd, flags: libc::c_int) -> io::Result<usize> {
+        self.op().run_stream(file, flags)
+    }
+
+    fn abandoned(&self) -> bool {
+        InFlight::abandoned(self)
+    }
+
+    fn set_entry(&self, key: u64) -> bool {
+        record_id(&self.slot, key)
+    }
+
+    fn finish(self: Box<Self>, res: i32) {
+        self.complete_boxed(res);
+    }
+}
+
+impl<O: OpCode + Unpin> Drop for InFlight<O> {
     /// Dropped without a result: the operation never ran (refused, or handed over to
     /// a context that was dropped before submitting it), or a worker-pool job was
     /// cancelled unstarted (rule 3).
@@ -263,9 +236,9 @@ impl<T: Send + 'static> Drop for InFlight<T> {
     }
 }
 
-enum OpState<T: Send + 'static> {
-    Unsubmitted(Arc<AioContext>, InFlight<T>),
-    Submitted(Arc<Mutex<Shared<T>>>, Weak<AioContext>),
+enum OpState {
+    Unsubmitted(Arc<AioContext>, Box<dyn Submit>),
+    Submitted(Weak<AioContext>),
     Finished,
 }
 
@@ -275,32 +248,35 @@ enum OpState<T: Send + 'static> {
 /// when it was dropped is lost with it.
 #[must_use = "futures do nothing unless awaited"]
 pub struct RingOp<T: Send + 'static> {
-    state: OpState<T>,
+    shared: Arc<Mutex<Shared<T>>>,
+    state: OpState,
 }
 
 // The buffer is never pinned: it is only moved around by value.
 impl<T: Send + 'static> Unpin for RingOp<T> {}
 
 impl<T: Send + 'static> RingOp<T> {
-    fn new(ctx: &AioContext, kind: IoKind, buf: T, iovs: Option<IoVecs>) -> Self {
-        let slot = Arc::new(Mutex::new(Shared {
+    /// A future for `op` on `ctx` (the op layer's entry point, `op/mod.rs`).
+    pub(crate) fn new<O: OpCode<Output = T> + Unpin>(ctx: &AioContext, op: O) -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
             slot: Slot::Waiting(None),
             id: None,
         }));
-        let inflight = InFlight {
-            payload: Some((buf, iovs)),
-            slot,
-            kind,
+        let inflight = Box::new(InFlight {
+            op: Some(op),
+            slot: Arc::clone(&shared),
             ctx: ctx.weak(),
             retries: 0,
-        };
+        });
         Self {
+            shared,
             state: OpState::Unsubmitted(ctx.arc(), inflight),
         }
     }
 }
 
-fn to_result(res: i32) -> io::Result<usize> {
+/// A CQE's `res` as an `io::Result`.
+pub(crate) fn to_result(res: i32) -> io::Result<usize> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
@@ -318,15 +294,15 @@ impl<T: Send + 'static> Future for RingOp<T> {
             else {
                 unreachable!()
             };
-            lock(&inflight.slot).slot = Slot::Waiting(Some(cx.waker().clone()));
-            self.state = OpState::Submitted(Arc::clone(&inflight.slot), ctx.weak());
+            lock(&self.shared).slot = Slot::Waiting(Some(cx.waker().clone()));
+            self.state = OpState::Submitted(ctx.weak());
             inflight.submit(&ctx);
             return Poll::Pending;
         }
-        let OpState::Submitted(shared, _) = &self.state else {
+        let OpState::Submitted(_) = &self.state else {
             panic!("RingOp polled after completion");
         };
-        let mut guard = lock(shared);
+        let mut guard = lock(&self.shared);
         match std::mem::replace(&mut guard.slot, Slot::Taken) {
             Slot::Done(res, buf) => {
                 drop(guard);
@@ -348,9 +324,9 @@ impl<T: Send + 'static> Future for RingOp<T> {
 
 impl<T: Send + 'static> Drop for RingOp<T> {
     fn drop(&mut self) {
-        if let OpState::Submitted(shared, ctx) = &self.state {
-            match abandon(shared) {
-                // Rule 2: the callback frees the buffer when the CQE arrives. Rule 6:
+        if let OpState::Submitted(ctx) = &self.state {
+            match abandon(&self.shared) {
+                // Rule 2: the back end frees the buffer when the CQE arrives. Rule 6:
                 // cancel the operation if the back end has it already (else it sees
                 // `Abandoned` when it gets it).
                 Dropped::Waiting(Some(id)) => cancel(ctx, id),
@@ -375,10 +351,12 @@ impl<T: Send + 'static> fmt::Debug for RingOp<T> {
 }
 
 impl AioContext {
-    /// Reads up to `buf.len()` bytes from `fd` at `offset` into `buf` (`pread`); the
-    /// buffer's length is not changed, the result says how many bytes were read (fewer
-    /// at end of file, 0 past it). Callable from any thread; completes on this
-    /// context's home thread.
+    /// Reads from `fd` at `offset` into `buf` (`pread`), up to the buffer's
+    /// [`bytes_total`](IoBufMut::bytes_total) — for a `Vec`, its capacity: spare
+    /// capacity is filled without being zeroed first, and the `Vec`'s length grows to the
+    /// bytes read if it was shorter (never shrinks). The result says how many bytes were
+    /// read (fewer at end of file, 0 past it). Callable from any thread; completes on
+    /// this context's home thread.
     ///
     /// ```
     /// use std::io::Write;
@@ -400,15 +378,15 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
     /// back either way.
-    pub fn read_at<B: IoBufMut>(&self, fd: RawFd, mut buf: B, offset: u64) -> RingOp<B> {
-        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let kind = IoKind::Read {
-            fd,
-            ptr: buf.stable_mut_ptr(),
-            len,
-            off: offset,
-        };
-        RingOp::new(self, kind, buf, None)
+    pub fn read_at<B: IoBufMut>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
+        RingOp::new(
+            self,
+            ReadAt {
+                fd: Target::Raw(fd),
+                buf,
+                off: offset,
+            },
+        )
     }
 
     /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes
@@ -433,17 +411,19 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the write.
     pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
-        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let kind = IoKind::Write {
-            fd,
-            ptr: buf.stable_ptr(),
-            len,
-            off: offset,
-        };
-        RingOp::new(self, kind, buf, None)
+        RingOp::new(
+            self,
+            WriteAt {
+                fd: Target::Raw(fd),
+                buf,
+                off: offset,
+            },
+        )
     }
 
-    /// Reads into several buffers in order (`preadv`), each up to its length.
+    /// Reads into several buffers in order (`preadv`), each up to its
+    /// [`bytes_total`](IoBufMut::bytes_total) (a `Vec`'s capacity; lengths grow to what
+    /// was read, as for [`read_at`](Self::read_at)).
     ///
     /// ```
     /// use std::io::Write;
@@ -464,20 +444,8 @@ impl AioContext {
     ///
     /// # Errors
     /// The kernel's error for the read.
-    pub fn readv_at<B: IoBufMut>(
-        &self,
-        fd: RawFd,
-        mut bufs: Vec<B>,
-        offset: u64,
-    ) -> RingOp<Vec<B>> {
-        let iovs = iovecs_mut(&mut bufs);
-        let kind = IoKind::Readv {
-            fd,
-            iov: iovs.0.as_ptr(),
-            cnt: iovs.0.len() as u32,
-            off: offset,
-        };
-        RingOp::new(self, kind, bufs, Some(iovs))
+    pub fn readv_at<B: IoBufMut>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
+        RingOp::new(self, ReadvAt::new(Target::Raw(fd), bufs, offset))
     }
 
     /// Writes several buffers in order (`pwritev`).
@@ -500,14 +468,7 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the write.
     pub fn writev_at<B: IoBuf>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
-        let iovs = iovecs(&bufs);
-        let kind = IoKind::Writev {
-            fd,
-            iov: iovs.0.as_ptr(),
-            cnt: iovs.0.len() as u32,
-            off: offset,
-        };
-        RingOp::new(self, kind, bufs, Some(iovs))
+        RingOp::new(self, WritevAt::new(Target::Raw(fd), bufs, offset))
     }
 
     /// Flushes `fd`'s data and metadata to stable storage (`fsync`).
@@ -515,11 +476,13 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the sync.
     pub fn fsync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let kind = IoKind::Fsync {
-            fd,
-            data_only: false,
-        };
-        let op = RingOp::new(self, kind, (), None);
+        let op = RingOp::new(
+            self,
+            Fsync {
+                fd: Target::Raw(fd),
+                data_only: false,
+            },
+        );
         async move { op.await.0.map(|_| ()) }
     }
 
@@ -540,11 +503,13 @@ impl AioContext {
     /// # Errors
     /// The kernel's error for the sync.
     pub fn fdatasync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let kind = IoKind::Fsync {
-            fd,
-            data_only: true,
-        };
-        let op = RingOp::new(self, kind, (), None);
+        let op = RingOp::new(
+            self,
+            Fsync {
+                fd: Target::Raw(fd),
+                data_only: true,
+            },
+        );
         async move { op.await.0.map(|_| ()) }
     }
 }

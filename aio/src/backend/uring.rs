@@ -45,9 +45,9 @@ use io_uring::{IoUring, cqueue, opcode, types};
 
 use super::Ready;
 use super::ops::{Op, OpTable};
-use super::raw::Sqe;
-use crate::context::RawCallback;
+use crate::completion::Callback;
 use crate::fd::FdNode;
+use crate::op::Sqe;
 use crate::sync::Arc;
 use crate::sys;
 
@@ -284,7 +284,7 @@ impl UringDriver {
     }
 
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: Callback) -> u64 {
         self.push(&sqe, Op::Raw(cb))
     }
 
@@ -477,7 +477,7 @@ impl UringDriver {
     /// by the caller now that the kernel is done with their memory. If the kernel does
     /// not answer within `limit`, the operations left are leaked on purpose rather than
     /// freed under it (their callbacks never run).
-    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(Callback, i32, u32)> {
         let mut done = Vec::new();
         // Completions reaped but not dispatched (a panic unwound the loop, or a nested
         // poll left them): final results.
@@ -521,7 +521,7 @@ impl UringDriver {
 
     /// Drop path: frees the operation a final CQE names, keeping a user callback and
     /// its CQE in `done`.
-    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(RawCallback, i32, u32)>) {
+    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(Callback, i32, u32)>) {
         if cqueue::more(c.flags) {
             return;
         }
