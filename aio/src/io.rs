@@ -54,9 +54,11 @@
 //! not return again. Where that matters, keep the future and poll it again instead of
 //! dropping it. The same holds for a write: dropped, it may have written or not.
 //!
-//! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
-//! or the kernel may apply it to whatever file next gets that number (a logic error,
-//! not a memory-safety one). A closed fd completes with `EBADF`.
+//! Descriptors of the raw-fd methods here are plain [`RawFd`]s: keep the fd open until
+//! the operation completes, or the kernel may apply it to whatever file next gets that
+//! number (a logic error, not a memory-safety one). A closed fd completes with `EBADF`.
+//! A [`File`](crate::File)'s operations instead hold a share of its descriptor until
+//! their final completion, so it cannot be closed under them (`fs/file.rs` rule 2).
 
 use std::fmt;
 use std::future::Future;
@@ -71,6 +73,7 @@ use crate::completion::{Callback, Complete};
 use crate::context::AioContext;
 use crate::io_buf::{IoBuf, IoBufMut};
 use crate::op::{Fsync, OpCode, ReadAt, ReadvAt, Target, WriteAt, WritevAt};
+use crate::pool;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
@@ -143,6 +146,13 @@ impl<O: OpCode + Unpin> InFlight<O> {
             // ECANCELED.
             return;
         }
+        if !ctx.home().driver.supports(O::OPCODE) {
+            // This kernel's ring lacks the opcode (its probe says so): the blocking
+            // lowering on the worker pool, with an owner of its own (a ring context has
+            // no pool share; the job owns everything its syscall touches, pool rule 1).
+            stream::to_pool(self, ctx, &pool::Owner::fresh());
+            return;
+        }
         let slot = Arc::clone(&self.slot);
         // SAFETY: `OpCode::sqe`'s contract: the op stays in this box, which moves into
         // the driver's table slot below and is dropped (or taken apart) only after the
@@ -156,7 +166,8 @@ impl<O: OpCode + Unpin> InFlight<O> {
     }
 
     fn complete_boxed(mut self: Box<Self>, res: i32) {
-        if (res == -libc::EINTR || res == -libc::EAGAIN)
+        if O::RETRY
+            && (res == -libc::EINTR || res == -libc::EAGAIN)
             && self.retries < MAX_RETRIES
             && !self.abandoned()
             && let Some(ctx) = self.ctx.upgrade()
@@ -271,6 +282,18 @@ impl<T: Send + 'static> RingOp<T> {
         Self {
             shared,
             state: OpState::Unsubmitted(ctx.arc(), inflight),
+        }
+    }
+}
+
+impl<T: Send + 'static> RingOp<T> {
+    /// Submits the operation with nobody waiting for it: its result and what it hands
+    /// back are dropped at its final completion (a `File` closed by its drop).
+    pub(crate) fn detach(mut self) {
+        if let OpState::Unsubmitted(ctx, inflight) =
+            std::mem::replace(&mut self.state, OpState::Finished)
+        {
+            inflight.submit(&ctx);
         }
     }
 }

@@ -47,6 +47,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! Files opened through the ring are [`File`]s ([`OpenOptions`], with `O_DIRECT`
+//! alignment checked before anything reaches the kernel); they own their descriptor and
+//! close it exactly once, never while one of their operations is in flight. Paths are
+//! removed, renamed and created with [`AioContext::unlink`], [`AioContext::rename`] and
+//! [`AioContext::mkdir`].
+//!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
 //! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`).
@@ -101,6 +107,7 @@ mod context;
 mod current;
 mod event_notifier;
 mod fd;
+mod fs;
 mod io;
 mod io_buf;
 mod iothread;
@@ -139,6 +146,7 @@ pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES};
 pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
+pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
 pub use io::{MAX_RETRIES, RingOp};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};

@@ -54,10 +54,15 @@ pub(crate) struct Owner {
 impl Owner {
     /// A new owner.
     pub(crate) fn new() -> io::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
+        Ok(Self::fresh())
+    }
+
+    /// A new owner (infallible form of [`new`](Self::new)).
+    pub(crate) fn fresh() -> Arc<Self> {
+        Arc::new(Self {
             outstanding: Mutex::new(0),
             done: Condvar::new(),
-        }))
+        })
     }
 
     fn finish(&self, n: usize) {

@@ -257,6 +257,15 @@ impl Driver {
         }
     }
 
+    /// Whether the ring runs `opcode` (the kernel's probe, taken once per ring); always
+    /// true on epoll, whose operations run their blocking lowering anyway.
+    pub(crate) fn supports(&mut self, opcode: u8) -> bool {
+        match self {
+            Driver::Uring(d) => d.supports(opcode),
+            Driver::Epoll(_) => true,
+        }
+    }
+
     /// Cancels what a dropped I/O future left behind, named by `id` (`io.rs` rule 6):
     /// io_uring: the user operation `id` (its `user_data`) if it is still in flight,
     /// submitted at once; epoll: the dropped operations waiting in stream table entry

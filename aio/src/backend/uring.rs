@@ -34,6 +34,10 @@
 //!     later operation in a reused slot, are out of reach). The cancel is submitted at
 //!     once; the cancelled operation's slot, and the buffer its callback owns, stay
 //!     until its final CQE.
+//! 11. A typed operation whose opcode this kernel's ring lacks (the ring's probe,
+//!     `IORING_REGISTER_PROBE`, taken once: e.g. `FTRUNCATE` before Linux 6.9,
+//!     `MKDIRAT` before 5.15) runs its blocking lowering on the worker pool instead,
+//!     and completes on the home thread as a bottom half, as on epoll.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -240,6 +244,9 @@ pub(crate) struct UringDriver {
     reaped: VecDeque<Completion>,
     /// Completions collected for dispatch.
     pub(crate) cqes: u64,
+    /// The kernel's supported opcodes (`IORING_REGISTER_PROBE`), taken at first need;
+    /// `None` inside when the kernel has no probe (every opcode is then assumed).
+    probe: Option<Option<io_uring::Probe>>,
 }
 
 /// What happens to one CQE (rules 6 to 8).
@@ -262,6 +269,7 @@ impl UringDriver {
             completions: VecDeque::new(),
             reaped: VecDeque::new(),
             cqes: 0,
+            probe: None,
         };
         d.arm_notify_read();
         d
@@ -281,6 +289,19 @@ impl UringDriver {
         let user_data = self.ops.insert(op);
         self.ring.push(sqe, user_data);
         user_data
+    }
+
+    /// Whether this kernel's ring runs `opcode` (rule 11).
+    pub(crate) fn supports(&mut self, opcode: u8) -> bool {
+        let ring = &self.ring.ring;
+        let probe = self.probe.get_or_insert_with(|| {
+            let mut probe = io_uring::Probe::new();
+            ring.submitter()
+                .register_probe(&mut probe)
+                .ok()
+                .map(|()| probe)
+        });
+        probe.as_ref().is_none_or(|p| p.is_supported(opcode))
     }
 
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.

@@ -96,7 +96,7 @@ fn goes_to_pool(op: &dyn StreamIo) -> bool {
 
 /// Runs `op` on a pool worker; its completion comes back as a oneshot BH that delivers
 /// the real result whether it runs or is dropped with the context (rule 5).
-fn to_pool(mut op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
+pub(super) fn to_pool(mut op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
     let remote = Arc::clone(&ctx.remote);
     let job = move |_: &pool::Owner| {
         // Rule 4: a job whose future was dropped before it started is not run.

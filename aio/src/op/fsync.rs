@@ -15,6 +15,7 @@ pub(crate) struct Fsync {
 
 impl OpCode for Fsync {
     type Output = ();
+    const OPCODE: u8 = opcode::Fsync::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let flags = if self.data_only {

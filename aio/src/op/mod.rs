@@ -21,20 +21,40 @@
 //! it and hands it to `RingOp::new`.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 
+use crate::sync::Arc;
+
+mod close;
+mod fallocate;
 mod fsync;
+mod ftruncate;
+mod mkdir;
+mod open;
 mod read;
 mod readv;
+mod rename;
 mod sqe;
+mod statx;
+mod sync_range;
+mod unlink;
 mod write;
 mod writev;
 
+pub(crate) use self::close::Close;
+pub(crate) use self::fallocate::Fallocate;
 pub(crate) use self::fsync::Fsync;
+pub(crate) use self::ftruncate::Ftruncate;
+pub(crate) use self::mkdir::Mkdir;
+pub(crate) use self::open::OpenAt;
 pub(crate) use self::read::ReadAt;
 pub(crate) use self::readv::ReadvAt;
+pub(crate) use self::rename::Rename;
 pub(crate) use self::sqe::Sqe;
+pub(crate) use self::statx::Statx;
+pub(crate) use self::sync_range::SyncFileRange;
+pub(crate) use self::unlink::Unlink;
 pub(crate) use self::write::WriteAt;
 pub(crate) use self::writev::WritevAt;
 
@@ -48,6 +68,15 @@ pub(crate) use self::writev::WritevAt;
 pub(crate) trait OpCode: Send + 'static {
     /// What the operation hands back with its result (its buffers, its descriptor…).
     type Output: Send + 'static;
+
+    /// Its io_uring opcode. A ring whose kernel does not support it (the ring's probe,
+    /// `IORING_REGISTER_PROBE`) runs the operation's blocking lowering on the worker
+    /// pool instead.
+    const OPCODE: u8;
+
+    /// Whether a result of `-EINTR`/`-EAGAIN` resubmits the operation (`io.rs` rule 4).
+    /// `false` for an operation that must not run twice (`close`).
+    const RETRY: bool = true;
 
     /// The io_uring entry. Called on the home thread, again for each resubmission
     /// (`EINTR`/`EAGAIN`).
@@ -80,10 +109,16 @@ pub(crate) trait OpCode: Send + 'static {
 }
 
 /// The descriptor an operation acts on: a caller's raw number (the raw-fd methods of
-/// `AioContext`, whose caller keeps it open).
+/// `AioContext`, whose caller keeps it open), or a share of a [`File`]'s descriptor,
+/// which keeps it open until the operation's final completion (the `File` closes only
+/// once no operation holds a share; `fs/file.rs` rule 2).
+///
+/// [`File`]: crate::File
 pub(crate) enum Target {
     /// A caller-owned descriptor.
     Raw(RawFd),
+    /// A share of an owned descriptor.
+    Shared(Arc<OwnedFd>),
 }
 
 impl Target {
@@ -91,6 +126,7 @@ impl Target {
     pub(crate) fn raw(&self) -> RawFd {
         match self {
             Target::Raw(fd) => *fd,
+            Target::Shared(fd) => fd.as_raw_fd(),
         }
     }
 }
@@ -135,4 +171,15 @@ pub(crate) unsafe fn rw(
 /// An offset for `preadv2`/`pwritev2`.
 pub(crate) fn file_off(off: u64) -> i64 {
     off.min(i64::MAX as u64) as i64
+}
+
+/// A libc call's return value (`-1` and `errno` on failure) as a CQE's `res`.
+pub(crate) fn libc_res(ret: libc::c_long) -> i32 {
+    if ret < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        ret.min(i32::MAX as libc::c_long) as i32
+    }
 }

@@ -26,6 +26,7 @@ impl<B: IoBufMut> ReadAt<B> {
 
 impl<B: IoBufMut> OpCode for ReadAt<B> {
     type Output = B;
+    const OPCODE: u8 = opcode::Read::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let this = self.get_mut();

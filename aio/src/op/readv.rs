@@ -32,6 +32,7 @@ impl<B: IoBufMut> ReadvAt<B> {
 
 impl<B: IoBufMut> OpCode for ReadvAt<B> {
     type Output = Vec<B>;
+    const OPCODE: u8 = opcode::Readv::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let iov = &self.iovs.0;

@@ -27,6 +27,7 @@ impl<B: IoBuf> WriteAt<B> {
 
 impl<B: IoBuf> OpCode for WriteAt<B> {
     type Output = B;
+    const OPCODE: u8 = opcode::Write::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let (ptr, len) = self.target();

@@ -32,6 +32,7 @@ impl<B: IoBuf> WritevAt<B> {
 
 impl<B: IoBuf> OpCode for WritevAt<B> {
     type Output = Vec<B>;
+    const OPCODE: u8 = opcode::Writev::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let iov = &self.iovs.0;
