@@ -42,6 +42,8 @@ pub struct Aligned {
     len: usize,
     cap: usize,
     align: usize,
+    /// Bytes skipped at the start (to make a misaligned buffer on purpose).
+    shift: usize,
 }
 
 // SAFETY: the buffer owns its allocation exclusively.
@@ -58,12 +60,21 @@ impl Aligned {
             len,
             cap: len,
             align,
+            shift: 0,
         }
+    }
+
+    /// The same buffer starting `shift` bytes later (misaligned when `shift` is not a
+    /// multiple of the alignment).
+    pub fn shifted(mut self, shift: usize) -> Self {
+        assert!(shift <= self.len);
+        self.shift = shift;
+        self
     }
 
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `len` bytes are initialized (zeroed, or written by a read).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        unsafe { std::slice::from_raw_parts(self.ptr.add(self.shift), self.len - self.shift) }
     }
 
     pub fn fill(&mut self, byte: u8) {
@@ -83,20 +94,20 @@ impl Drop for Aligned {
 // SAFETY: the allocation does not move with the value, and `len` bytes are initialized.
 unsafe impl IoBuf for Aligned {
     fn stable_ptr(&self) -> *const u8 {
-        self.ptr
+        self.ptr.wrapping_add(self.shift)
     }
     fn bytes_init(&self) -> usize {
-        self.len
+        self.len - self.shift
     }
 }
 
 // SAFETY: as above; `cap` bytes are writable.
 unsafe impl IoBufMut for Aligned {
     fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr
+        self.ptr.wrapping_add(self.shift)
     }
     fn bytes_total(&mut self) -> usize {
-        self.cap
+        self.cap - self.shift
     }
 }
 
@@ -164,4 +175,47 @@ impl Drop for TmpfsMount {
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// Installs a canary file (`path`, created) on `fd`'s number — which must be free: a
+/// `File`'s, already closed — and returns the canary's identity, so that a later,
+/// wrong `close` of that number is seen.
+pub fn install_canary(fd: RawFd, path: &Path) -> (u64, u64) {
+    assert!(!is_open(fd), "the number {fd} is still open");
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; the new descriptor is this function's.
+    let n = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    assert!(n >= 0, "open canary: {}", std::io::Error::last_os_error());
+    if n != fd {
+        // SAFETY: dup2 onto the free number `fd` (checked above, under the test's
+        // descriptor lock), then the temporary number is closed.
+        unsafe {
+            assert_eq!(
+                libc::dup2(n, fd),
+                fd,
+                "dup2: {}",
+                std::io::Error::last_os_error()
+            );
+            libc::close(n);
+        }
+    }
+    ident(fd).expect("the canary is open")
+}
+
+/// Checks that the canary on `fd` is still there (nobody closed the number twice) and
+/// closes it.
+pub fn remove_canary(fd: RawFd, id: (u64, u64)) {
+    assert_eq!(
+        ident(fd),
+        Some(id),
+        "descriptor {fd} was closed a second time (the canary on its number is gone)"
+    );
+    // SAFETY: the canary is ours (installed by `install_canary`).
+    unsafe { libc::close(fd) };
 }
