@@ -304,8 +304,28 @@ impl UringDriver {
         probe.as_ref().is_none_or(|p| p.is_supported(opcode))
     }
 
+    /// Makes the probe say that no opcode is supported (tests of rule 11's fallback).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn pretend_no_opcodes(&mut self) {
+        self.probe = Some(Some(io_uring::Probe::new()));
+    }
+
+    /// Whether the probe was made to say no (tests).
+    #[cfg(all(test, not(loom)))]
+    fn pretends(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| {
+            p.as_ref()
+                .is_some_and(|p| !p.is_supported(io_uring::opcode::Nop::CODE))
+        })
+    }
+
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
     pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: Callback) -> u64 {
+        #[cfg(all(test, not(loom)))]
+        assert!(
+            !(matches!(cb, Callback::Op(_)) && self.pretends()),
+            "a typed operation reached a ring whose probe refuses its opcode"
+        );
         self.push(&sqe, Op::Raw(cb))
     }
 

@@ -22,6 +22,8 @@ use crate::io::RingOp;
 use crate::op::{Mkdir, Rename, Unlink};
 
 mod dio;
+#[cfg(all(test, not(loom)))]
+mod fallback_tests;
 mod file;
 mod meta;
 mod options;
