@@ -78,6 +78,7 @@ use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
 mod cancel;
+mod link;
 pub(crate) mod stream;
 
 use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
@@ -93,14 +94,52 @@ struct InFlight<O: OpCode + Unpin> {
     slot: Arc<Mutex<Shared<O::Output>>>,
     ctx: Weak<AioContext>,
     retries: u32,
+    /// The rest of a linked chain (`io/link.rs`), while it is not yet on its way:
+    /// pushed with this one on io_uring, or submitted when this one succeeds where the
+    /// chain is run one step at a time; dropped (`ECANCELED`) when it fails.
+    next: Option<Box<dyn Submit>>,
+    /// A step of a chain: never resubmitted on `EINTR`/`EAGAIN` (the kernel cancelled
+    /// the steps after it already).
+    linked: bool,
 }
 
 /// An `InFlight` whose op type is erased, for the future that has not submitted it.
 trait Submit: Send {
     fn submit(self: Box<Self>, ctx: &AioContext);
+    /// How many steps the chain from here has, and whether the ring runs all of them.
+    fn chain(&self, driver: &mut crate::backend::Driver) -> (usize, bool);
+    /// Pushes this step, and with `whole` the rest of its chain back to back, each
+    /// linked to the next; without, the rest stays with this step (pushed at its
+    /// completion). Ids whose futures were dropped meanwhile go to `cancels`.
+    fn push_chain(self: Box<Self>, ctx: &AioContext, cancels: &mut Vec<u64>, whole: bool);
 }
 
 impl<O: OpCode + Unpin> Submit for InFlight<O> {
+    fn chain(&self, driver: &mut crate::backend::Driver) -> (usize, bool) {
+        let (n, ok) = match &self.next {
+            Some(next) => next.chain(driver),
+            None => (0, true),
+        };
+        (n + 1, ok && driver.supports(O::OPCODE))
+    }
+
+    fn push_chain(mut self: Box<Self>, ctx: &AioContext, cancels: &mut Vec<u64>, whole: bool) {
+        let next = if whole { self.next.take() } else { None };
+        let slot = Arc::clone(&self.slot);
+        // SAFETY: `OpCode::sqe`'s contract: the op stays in this box, which moves into
+        // the driver's table slot below and is dropped (or taken apart) only after the
+        // entry's final CQE was reaped; nothing else touches it meanwhile.
+        let sqe = unsafe { self.op().sqe() };
+        let sqe = if next.is_some() { sqe.linked() } else { sqe };
+        let user_data = ctx.home().driver.push_raw(sqe, Callback::Op(self));
+        if record_id(&slot, user_data) {
+            cancels.push(user_data);
+        }
+        if let Some(next) = next {
+            next.push_chain(ctx, cancels, true);
+        }
+    }
+
     fn submit(self: Box<Self>, ctx: &AioContext) {
         let Some(owner) = ctx.remote.pool.clone() else {
             if ctx.is_home_thread() {
@@ -137,7 +176,7 @@ impl<O: OpCode + Unpin> InFlight<O> {
     }
 
     /// Queues the operation on the ring (home thread only).
-    fn push_ring(mut self: Box<Self>, ctx: &AioContext) {
+    fn push_ring(self: Box<Self>, ctx: &AioContext) {
         // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
         if self.abandoned() || ctx.remote.closed.load(Ordering::Relaxed) {
             // Rule 6: the future is gone and nothing ran; or the context was shut
@@ -146,27 +185,32 @@ impl<O: OpCode + Unpin> InFlight<O> {
             // ECANCELED.
             return;
         }
-        if !ctx.home().driver.supports(O::OPCODE) {
+        let whole = {
+            let driver = &mut ctx.home().driver;
+            let (steps, supported) = self.chain(driver);
+            // A chain's entries go back to back: room for all of them first, so that no
+            // submit in between cuts the chain (and no cancel lands inside it).
+            steps > 1 && supported && driver.reserve(steps)
+        };
+        if !whole && !ctx.home().driver.supports(O::OPCODE) {
             // This kernel's ring lacks the opcode (its probe says so): the blocking
             // lowering on the worker pool, with an owner of its own (a ring context has
             // no pool share; the job owns everything its syscall touches, pool rule 1).
+            // The rest of a chain follows at its completion (`io/link.rs` rule 3).
             stream::to_pool(self, ctx, &pool::Owner::fresh());
             return;
         }
-        let slot = Arc::clone(&self.slot);
-        // SAFETY: `OpCode::sqe`'s contract: the op stays in this box, which moves into
-        // the driver's table slot below and is dropped (or taken apart) only after the
-        // entry's final CQE was reaped; nothing else touches it meanwhile.
-        let sqe = unsafe { self.op().sqe() };
-        let user_data = ctx.home().driver.push_raw(sqe, Callback::Op(self));
+        let mut cancels = Vec::new();
+        self.push_chain(ctx, &mut cancels, whole);
         ctx.publish_counters();
-        if record_id(&slot, user_data) {
+        for user_data in cancels {
             ctx.home().driver.cancel(user_data);
         }
     }
 
     fn complete_boxed(mut self: Box<Self>, res: i32) {
         if O::RETRY
+            && !self.linked
             && (res == -libc::EINTR || res == -libc::EAGAIN)
             && self.retries < MAX_RETRIES
             && !self.abandoned()
@@ -176,7 +220,20 @@ impl<O: OpCode + Unpin> InFlight<O> {
             self.submit(&ctx);
             return;
         }
+        // A chain run one step at a time (epoll, or a ring that lacks an opcode):
+        // the next step goes when this one succeeded in full, as the kernel's link
+        // rule says; otherwise it is dropped unrun (`ECANCELED`).
+        let go_on = self.op.as_ref().is_some_and(|op| op.link_ok(res));
+        let next = self.next.take();
+        let ctx = self.ctx.upgrade();
         self.deliver(res);
+        drop(self);
+        if let Some(next) = next
+            && go_on
+            && let Some(ctx) = ctx
+        {
+            next.submit(&ctx);
+        }
     }
 
     fn deliver(&mut self, res: i32) {
@@ -278,6 +335,8 @@ impl<T: Send + 'static> RingOp<T> {
             slot: Arc::clone(&shared),
             ctx: ctx.weak(),
             retries: 0,
+            next: None,
+            linked: false,
         });
         Self {
             shared,
@@ -402,14 +461,7 @@ impl AioContext {
     /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
     /// back either way.
     pub fn read_at<B: IoBufMut>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
-        RingOp::new(
-            self,
-            ReadAt {
-                fd: Target::Raw(fd),
-                buf,
-                off: offset,
-            },
-        )
+        RingOp::new(self, ReadAt::new(Target::Raw(fd), buf, offset))
     }
 
     /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes

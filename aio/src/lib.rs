@@ -51,7 +51,9 @@
 //! alignment checked before anything reaches the kernel); they own their descriptor and
 //! close it exactly once, never while one of their operations is in flight. Paths are
 //! removed, renamed and created with [`AioContext::unlink`], [`AioContext::rename`] and
-//! [`AioContext::mkdir`].
+//! [`AioContext::mkdir`]. [`AioContext::write_at_then_fsync`] (and
+//! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
+//! (`IOSQE_IO_LINK`), with a result per step.
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),

@@ -257,6 +257,16 @@ impl Driver {
         }
     }
 
+    /// Makes room for `n` entries in the submission queue (submitting what is queued
+    /// if needed), so that the next `n` pushes go in back to back (a linked chain);
+    /// false when `n` exceeds the queue (or on epoll, which has none).
+    pub(crate) fn reserve(&mut self, n: usize) -> bool {
+        match self {
+            Driver::Uring(d) => d.ring_mut().reserve(n),
+            Driver::Epoll(_) => false,
+        }
+    }
+
     /// Whether the ring runs `opcode` (the kernel's probe, taken once per ring); always
     /// true on epoll, whose operations run their blocking lowering anyway.
     pub(crate) fn supports(&mut self, opcode: u8) -> bool {

@@ -7,7 +7,8 @@
 //!    cannot act on the loop's own operations by `user_data`. [`check`] refuses every
 //!    other entry at submit with an `InvalidInput` error that names the reason.
 //! 2. Refused outright: `IOSQE_IO_LINK`/`IO_HARDLINK` (the loop pushes its own entries
-//!    between the user's, so a chain would swallow them), `IOSQE_IO_DRAIN` (the drain
+//!    between the user's, so a chain would swallow them; safe chains are the loop's
+//!    own, `io/link.rs`), `IOSQE_IO_DRAIN` (the drain
 //!    waits for the loop's always-armed eventfd read too, and holds back every entry
 //!    after it, the read's re-arm included: wake-ups would be lost), `IOSQE_CQE_SKIP_SUCCESS` (no
 //!    CQE: the operation would never leave the table), `IOSQE_BUFFER_SELECT`, unknown

@@ -159,6 +159,24 @@ impl Ring {
         }
     }
 
+    /// Makes room for `n` entries (rule 1's loop, until `n` fit): a linked chain's
+    /// entries are then pushed without a submit between them. False when `n` exceeds
+    /// the submission queue.
+    pub(crate) fn reserve(&mut self, n: usize) -> bool {
+        if n > self.sq_entries() as usize {
+            return false;
+        }
+        loop {
+            let sq = self.ring.submission();
+            if sq.capacity() - sq.len() >= n {
+                return true;
+            }
+            drop(sq);
+            self.enter(0, None);
+            self.drain_cq();
+        }
+    }
+
     /// Whether entries are queued and not yet submitted.
     pub(crate) fn has_unsubmitted(&mut self) -> bool {
         !self.ring.submission().is_empty()
@@ -308,6 +326,15 @@ impl UringDriver {
     #[cfg(all(test, not(loom)))]
     pub(crate) fn pretend_no_opcodes(&mut self) {
         self.probe = Some(Some(io_uring::Probe::new()));
+    }
+
+    /// User operations in the table (tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn user_ops(&self) -> usize {
+        self.ops
+            .user_data()
+            .filter(|(_, op)| matches!(op, Op::Raw(_)))
+            .count()
     }
 
     /// Whether the probe was made to say no (tests).

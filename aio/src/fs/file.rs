@@ -259,14 +259,7 @@ impl File {
             Ok(ctx) => ctx,
             Err(e) => return (Err(e), buf),
         };
-        let fut = RingOp::new(
-            &ctx,
-            ReadAt {
-                fd: self.share(),
-                buf,
-                off: offset,
-            },
-        );
+        let fut = RingOp::new(&ctx, ReadAt::new(self.share(), buf, offset));
         drop(ctx);
         fut.await
     }
@@ -403,6 +396,37 @@ impl File {
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Writes `buf` at `offset`, then — linked, only if all of it was written — flushes
+    /// the file (`fdatasync` when `data_only`, else `fsync`), as
+    /// [`AioContext::write_at_then_fsync`]: one submission, the kernel's ordering.
+    ///
+    /// # Errors
+    /// Each step's own (a failed or short write leaves the flush unrun: `ECANCELED`);
+    /// `InvalidInput` for a misaligned O_DIRECT write and `BrokenPipe` when the context
+    /// is gone, for both steps.
+    pub async fn write_at_then_fsync<B: IoBuf>(
+        &self,
+        buf: B,
+        offset: u64,
+        data_only: bool,
+    ) -> (io::Result<usize>, io::Result<()>, B) {
+        // The same error for both steps.
+        let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        if let Some(dio) = &self.dio {
+            let (ptr, len) = (buf.stable_ptr() as usize, buf.bytes_init());
+            if let Err(e) = dio.check("write_at_then_fsync", ptr, len, offset) {
+                return (Err(copy(&e)), Err(e), buf);
+            }
+        }
+        let ctx = match self.context() {
+            Ok(ctx) => ctx,
+            Err(e) => return (Err(copy(&e)), Err(e), buf),
+        };
+        let fut = ctx.write_then_fsync_on(self.share(), self.share(), buf, offset, data_only);
+        drop(ctx);
+        fut.await
     }
 
     /// Flushes data and metadata (`fsync`).

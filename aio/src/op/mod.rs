@@ -104,6 +104,12 @@ pub(crate) trait OpCode: Send + 'static {
         unreachable!("run_stream on an operation that names no stream")
     }
 
+    /// Whether a result lets a linked chain go on (`io/link.rs`): the kernel's rule —
+    /// a failure breaks the chain, and so does a short read or write. Default: `res >= 0`.
+    fn link_ok(&self, res: i32) -> bool {
+        res >= 0
+    }
+
     /// Takes the operation apart after its final completion, with its result.
     fn into_output(self, res: i32) -> Self::Output;
 }

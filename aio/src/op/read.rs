@@ -15,11 +15,24 @@ pub(crate) struct ReadAt<B> {
     pub(crate) fd: Target,
     pub(crate) buf: B,
     pub(crate) off: u64,
+    /// The length last asked of the kernel (for `link_ok`).
+    pub(crate) asked: u32,
 }
 
 impl<B: IoBufMut> ReadAt<B> {
+    /// A read of `buf` at `off`.
+    pub(crate) fn new(fd: Target, buf: B, off: u64) -> Self {
+        Self {
+            fd,
+            buf,
+            off,
+            asked: 0,
+        }
+    }
+
     fn target(&mut self) -> (*mut u8, usize) {
         let len = self.buf.bytes_total().min(u32::MAX as usize);
+        self.asked = len as u32;
         (self.buf.stable_mut_ptr(), len)
     }
 }
@@ -57,6 +70,12 @@ impl<B: IoBufMut> OpCode for ReadAt<B> {
         let (ptr, len) = this.target();
         // SAFETY: as in `run_blocking`.
         unsafe { rw(file, &[iovec(ptr, len)], -1, flags, true) }
+    }
+
+    fn link_ok(&self, res: i32) -> bool {
+        // The length the entry asked for: `bytes_total()` needs `&mut`, so it is kept
+        // by `sqe`/`run_blocking` (a short read breaks a chain).
+        res >= 0 && res as u32 == self.asked
     }
 
     fn into_output(mut self, res: i32) -> B {

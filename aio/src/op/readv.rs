@@ -59,6 +59,11 @@ impl<B: IoBufMut> OpCode for ReadvAt<B> {
         unsafe { rw(file, &self.iovs.0, -1, flags, true) }
     }
 
+    fn link_ok(&self, res: i32) -> bool {
+        let asked: usize = self.iovs.0.iter().map(|v| v.iov_len).sum();
+        res >= 0 && res as usize == asked
+    }
+
     fn into_output(mut self, res: i32) -> Vec<B> {
         drop(self.iovs);
         if res > 0 {

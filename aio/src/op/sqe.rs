@@ -19,6 +19,13 @@ impl Sqe {
         Self(entry)
     }
 
+    /// The same entry with `IOSQE_IO_LINK`: the next entry of the ring starts only once
+    /// this one completed in full. Only the loop links entries (`io/link.rs`), pushing a
+    /// chain's entries back to back; users' links are refused (`backend/raw.rs` rule 2).
+    pub(crate) fn linked(self) -> Self {
+        Self(self.0.flags(squeue::Flags::IO_LINK))
+    }
+
     /// The entry, with `user_data` set.
     pub(crate) fn with_user_data(&self, user_data: u64) -> squeue::Entry {
         self.0.clone().user_data(user_data)

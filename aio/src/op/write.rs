@@ -63,6 +63,10 @@ impl<B: IoBuf> OpCode for WriteAt<B> {
         unsafe { rw(file, &[iovec(ptr, len)], -1, flags, false) }
     }
 
+    fn link_ok(&self, res: i32) -> bool {
+        res >= 0 && res as usize == self.target().1
+    }
+
     fn into_output(self, _res: i32) -> B {
         self.buf
     }

@@ -58,6 +58,11 @@ impl<B: IoBuf> OpCode for WritevAt<B> {
         unsafe { rw(file, &self.iovs.0, -1, flags, false) }
     }
 
+    fn link_ok(&self, res: i32) -> bool {
+        let asked: usize = self.iovs.0.iter().map(|v| v.iov_len).sum();
+        res >= 0 && res as usize == asked
+    }
+
     fn into_output(self, _res: i32) -> Vec<B> {
         drop(self.iovs);
         self.bufs
