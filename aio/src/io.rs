@@ -48,6 +48,11 @@
 //!    is gone never resubmits on `EINTR`/`EAGAIN` (rule 4). The loop's own operations
 //!    are out of reach: the cancel names a live user operation or nothing.
 //!
+//! 7. An operation may have a deadline ([`RingOp::with_deadline`]): past it, the
+//!    operation is cancelled as in rule 6 (io_uring: by a linked `LINK_TIMEOUT`) and
+//!    the future resolves to `TimedOut`; see `io/deadline.rs` for what cannot be
+//!    interrupted. Linked chains: `io/link.rs`.
+//!
 //! **Dropping a read that already completed loses its data**: a `select!` (or a
 //! timeout) that drops a read future whose operation completed — its result already in,
 //! or the cancel lost the race — discards the bytes it read, which the descriptor will
@@ -71,14 +76,15 @@ use std::task::{Context, Poll};
 use crate::backend::streams::StreamIo;
 use crate::completion::{Callback, Complete};
 use crate::context::AioContext;
-use crate::io_buf::{IoBuf, IoBufMut};
-use crate::op::{Fsync, OpCode, ReadAt, ReadvAt, Target, WriteAt, WritevAt};
+use crate::op::OpCode;
 use crate::pool;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
 mod cancel;
+mod deadline;
 mod link;
+mod raw_fd;
 pub(crate) mod stream;
 
 use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
@@ -112,9 +118,23 @@ trait Submit: Send {
     /// linked to the next; without, the rest stays with this step (pushed at its
     /// completion). Ids whose futures were dropped meanwhile go to `cancels`.
     fn push_chain(self: Box<Self>, ctx: &AioContext, cancels: &mut Vec<u64>, whole: bool);
+    /// Links `next` behind this step (`io/link.rs`, `io/deadline.rs`); the step then
+    /// never retries.
+    fn set_next(&mut self, next: Box<dyn Submit>);
+    /// Whether this is a `LINK_TIMEOUT` (never pushed or run on its own).
+    fn is_link_timeout(&self) -> bool;
 }
 
 impl<O: OpCode + Unpin> Submit for InFlight<O> {
+    fn set_next(&mut self, next: Box<dyn Submit>) {
+        self.next = Some(next);
+        self.linked = true;
+    }
+
+    fn is_link_timeout(&self) -> bool {
+        O::LINK_TIMEOUT
+    }
+
     fn chain(&self, driver: &mut crate::backend::Driver) -> (usize, bool) {
         let (n, ok) = match &self.next {
             Some(next) => next.chain(driver),
@@ -130,7 +150,16 @@ impl<O: OpCode + Unpin> Submit for InFlight<O> {
         // the driver's table slot below and is dropped (or taken apart) only after the
         // entry's final CQE was reaped; nothing else touches it meanwhile.
         let sqe = unsafe { self.op().sqe() };
-        let sqe = if next.is_some() { sqe.linked() } else { sqe };
+        let sqe = match &next {
+            Some(next) => {
+                if next.is_link_timeout() {
+                    // The kernel enforces the deadline now (`io/deadline.rs`).
+                    lock(&slot).kernel_deadline = true;
+                }
+                sqe.linked()
+            }
+            None => sqe,
+        };
         let user_data = ctx.home().driver.push_raw(sqe, Callback::Op(self));
         if record_id(&slot, user_data) {
             cancels.push(user_data);
@@ -166,9 +195,11 @@ impl<O: OpCode + Unpin> Submit for InFlight<O> {
 }
 
 impl<O: OpCode + Unpin> InFlight<O> {
-    /// Whether the future was dropped (rule 6).
+    /// Whether the future was dropped (rule 6), or the operation's deadline passed
+    /// (`io/deadline.rs`): either way it is not started or resubmitted.
     fn abandoned(&self) -> bool {
-        matches!(lock(&self.slot).slot, Slot::Abandoned)
+        let shared = lock(&self.slot);
+        matches!(shared.slot, Slot::Abandoned) || shared.cancel_requested
     }
 
     fn op(&mut self) -> Pin<&mut O> {
@@ -228,8 +259,10 @@ impl<O: OpCode + Unpin> InFlight<O> {
         let ctx = self.ctx.upgrade();
         self.deliver(res);
         drop(self);
+        // A `LINK_TIMEOUT` never runs on its own: dropped with its operation done.
         if let Some(next) = next
             && go_on
+            && !next.is_link_timeout()
             && let Some(ctx) = ctx
         {
             next.submit(&ctx);
@@ -318,6 +351,7 @@ enum OpState {
 pub struct RingOp<T: Send + 'static> {
     shared: Arc<Mutex<Shared<T>>>,
     state: OpState,
+    deadline: Option<deadline::Deadline>,
 }
 
 // The buffer is never pinned: it is only moved around by value.
@@ -329,6 +363,8 @@ impl<T: Send + 'static> RingOp<T> {
         let shared = Arc::new(Mutex::new(Shared {
             slot: Slot::Waiting(None),
             id: None,
+            cancel_requested: false,
+            kernel_deadline: false,
         }));
         let inflight = Box::new(InFlight {
             op: Some(op),
@@ -341,7 +377,63 @@ impl<T: Send + 'static> RingOp<T> {
         Self {
             shared,
             state: OpState::Unsubmitted(ctx.arc(), inflight),
+            deadline: None,
         }
+    }
+
+    /// Gives the operation a deadline `after` its submission (its first poll): if it
+    /// has not completed by then it is cancelled and the future resolves to a
+    /// `TimedOut` error (with the buffer). io_uring: a linked `IORING_OP_LINK_TIMEOUT`;
+    /// epoll: a timer and the cancel of rule 6 — a worker-pool syscall already running
+    /// (a regular file's read, an `fsync`) cannot be interrupted and reports its real
+    /// result (`io/deadline.rs`).
+    ///
+    /// ```
+    /// use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// use std::time::Duration;
+    /// let mut fds = [0; 2];
+    /// // SAFETY: `fds` has room for the two descriptors.
+    /// assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    /// // SAFETY: pipe just returned them.
+    /// let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// // Nobody writes: the read times out.
+    /// let read = ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0).with_deadline(Duration::from_millis(10));
+    /// let (res, _buf) = ctx.block_on(read);
+    /// assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// When the future was polled already (the deadline must be set before the
+    /// operation is submitted).
+    pub fn with_deadline(mut self, after: std::time::Duration) -> Self {
+        let OpState::Unsubmitted(ctx, inflight) = &mut self.state else {
+            panic!("RingOp::with_deadline on an operation that was submitted already");
+        };
+        if ctx.backend() == crate::Backend::IoUring {
+            // Rule 1 of `io/deadline.rs`: the kernel's own timeout, linked behind.
+            let shared = Arc::new(Mutex::new(Shared {
+                slot: Slot::Waiting(None),
+                id: None,
+                cancel_requested: false,
+                kernel_deadline: false,
+            }));
+            inflight.set_next(Box::new(InFlight {
+                op: Some(crate::op::LinkTimeout::new(after)),
+                slot: shared,
+                ctx: ctx.weak(),
+                retries: 0,
+                next: None,
+                linked: true,
+            }));
+        }
+        self.deadline = Some(deadline::Deadline {
+            after,
+            start: None,
+            _timer: None,
+        });
+        self
     }
 }
 
@@ -378,6 +470,10 @@ impl<T: Send + 'static> Future for RingOp<T> {
             };
             lock(&self.shared).slot = Slot::Waiting(Some(cx.waker().clone()));
             self.state = OpState::Submitted(ctx.weak());
+            let shared = Arc::clone(&self.shared);
+            if let Some(deadline) = &mut self.deadline {
+                deadline.arm(&ctx, &shared);
+            }
             inflight.submit(&ctx);
             return Poll::Pending;
         }
@@ -389,6 +485,19 @@ impl<T: Send + 'static> Future for RingOp<T> {
             Slot::Done(res, buf) => {
                 drop(guard);
                 self.state = OpState::Finished;
+                let timed_out = res == -libc::ECANCELED
+                    && self
+                        .deadline
+                        .as_ref()
+                        .is_some_and(deadline::Deadline::passed);
+                if timed_out {
+                    let after = self.deadline.as_ref().map(|d| d.after);
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the operation did not complete within its deadline ({after:?})"),
+                    );
+                    return Poll::Ready((Err(e), buf));
+                }
                 Poll::Ready((to_result(res), buf))
             }
             Slot::Waiting(old) => {
@@ -429,162 +538,5 @@ impl<T: Send + 'static> fmt::Debug for RingOp<T> {
             OpState::Finished => "finished",
         };
         f.debug_struct("RingOp").field("state", &state).finish()
-    }
-}
-
-impl AioContext {
-    /// Reads from `fd` at `offset` into `buf` (`pread`), up to the buffer's
-    /// [`bytes_total`](IoBufMut::bytes_total) — for a `Vec`, its capacity: spare
-    /// capacity is filled without being zeroed first, and the `Vec`'s length grows to the
-    /// bytes read if it was shorter (never shrinks). The result says how many bytes were
-    /// read (fewer at end of file, 0 past it). Callable from any thread; completes on
-    /// this context's home thread.
-    ///
-    /// ```
-    /// use std::io::Write;
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-read-{}", std::process::id()));
-    /// std::fs::File::create(&path)?.write_all(b"hello, ring")?;
-    /// let file = std::fs::File::open(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, buf) = ctx.block_on(ctx.read_at(file.as_raw_fd(), vec![0u8; 64], 7));
-    /// assert_eq!(res?, 4); // short read at end of file
-    /// assert_eq!(&buf[..4], b"ring");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the read (module docs, rule 6), but **dropping a read
-    /// that already completed loses its data**: not `select!`-safe on streams.
-    ///
-    /// # Errors
-    /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
-    /// back either way.
-    pub fn read_at<B: IoBufMut>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
-        RingOp::new(self, ReadAt::new(Target::Raw(fd), buf, offset))
-    }
-
-    /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes
-    /// written, which may be short.
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-write-{}", std::process::id()));
-    /// let file = std::fs::File::create(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, _buf) = ctx.block_on(ctx.write_at(file.as_raw_fd(), b"data".to_vec(), 0));
-    /// assert_eq!(res?, 4);
-    /// ctx.block_on(ctx.fsync(file.as_raw_fd()))?;
-    /// assert_eq!(std::fs::read(&path)?, b"data");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the write (module docs, rule 6); a write that already
-    /// completed (perhaps partly) is not undone, and its count is lost.
-    ///
-    /// # Errors
-    /// The kernel's error for the write.
-    pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
-        RingOp::new(
-            self,
-            WriteAt {
-                fd: Target::Raw(fd),
-                buf,
-                off: offset,
-            },
-        )
-    }
-
-    /// Reads into several buffers in order (`preadv`), each up to its
-    /// [`bytes_total`](IoBufMut::bytes_total) (a `Vec`'s capacity; lengths grow to what
-    /// was read, as for [`read_at`](Self::read_at)).
-    ///
-    /// ```
-    /// use std::io::Write;
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-readv-{}", std::process::id()));
-    /// std::fs::File::create(&path)?.write_all(b"abcdef")?;
-    /// let file = std::fs::File::open(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, bufs) = ctx.block_on(ctx.readv_at(file.as_raw_fd(), vec![vec![0u8; 2], vec![0u8; 4]], 0));
-    /// assert_eq!(res?, 6);
-    /// assert_eq!(bufs, [b"ab".to_vec(), b"cdef".to_vec()]);
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the read; **dropping a read that already completed
-    /// loses its data** (see [`read_at`](Self::read_at)).
-    ///
-    /// # Errors
-    /// The kernel's error for the read.
-    pub fn readv_at<B: IoBufMut>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
-        RingOp::new(self, ReadvAt::new(Target::Raw(fd), bufs, offset))
-    }
-
-    /// Writes several buffers in order (`pwritev`).
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-writev-{}", std::process::id()));
-    /// let file = std::fs::File::create(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let bufs = vec![b"ab".to_vec(), b"cd".to_vec()];
-    /// let (res, _bufs) = ctx.block_on(ctx.writev_at(file.as_raw_fd(), bufs, 0));
-    /// assert_eq!(res?, 4);
-    /// assert_eq!(std::fs::read(&path)?, b"abcd");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the write, as for [`write_at`](Self::write_at).
-    ///
-    /// # Errors
-    /// The kernel's error for the write.
-    pub fn writev_at<B: IoBuf>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
-        RingOp::new(self, WritevAt::new(Target::Raw(fd), bufs, offset))
-    }
-
-    /// Flushes `fd`'s data and metadata to stable storage (`fsync`).
-    ///
-    /// # Errors
-    /// The kernel's error for the sync.
-    pub fn fsync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let op = RingOp::new(
-            self,
-            Fsync {
-                fd: Target::Raw(fd),
-                data_only: false,
-            },
-        );
-        async move { op.await.0.map(|_| ()) }
-    }
-
-    /// Flushes `fd`'s data (and only the metadata needed to read it) (`fdatasync`).
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let file = tempfile_like()?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// ctx.block_on(ctx.fdatasync(file.as_raw_fd()))?;
-    /// # fn tempfile_like() -> std::io::Result<std::fs::File> {
-    /// #     let p = std::env::temp_dir().join(format!("aioctx-doc-fdatasync-{}", std::process::id()));
-    /// #     let f = std::fs::File::create(&p)?; std::fs::remove_file(&p)?; Ok(f)
-    /// # }
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// The kernel's error for the sync.
-    pub fn fdatasync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let op = RingOp::new(
-            self,
-            Fsync {
-                fd: Target::Raw(fd),
-                data_only: true,
-            },
-        );
-        async move { op.await.0.map(|_| ()) }
     }
 }

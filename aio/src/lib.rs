@@ -53,7 +53,8 @@
 //! removed, renamed and created with [`AioContext::unlink`], [`AioContext::rename`] and
 //! [`AioContext::mkdir`]. [`AioContext::write_at_then_fsync`] (and
 //! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
-//! (`IOSQE_IO_LINK`), with a result per step.
+//! (`IOSQE_IO_LINK`), with a result per step; [`RingOp::with_deadline`] gives one
+//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),

@@ -29,9 +29,9 @@ mod meta;
 mod options;
 mod rest;
 
-pub use self::file::{FallocateMode, File};
+pub use self::file::File;
 pub use self::meta::{FileType, Metadata};
-pub use self::options::OpenOptions;
+pub use self::options::{FallocateMode, OpenOptions};
 
 /// `path` as a C string (rule 1).
 pub(crate) fn c_path(what: &str, path: &Path) -> io::Result<CString> {

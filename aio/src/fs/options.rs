@@ -178,3 +178,34 @@ impl OpenOptions {
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("OpenOptions: {what}"))
 }
+
+/// What [`File::fallocate`](super::File::fallocate) does to the range (`fallocate(2)`'s modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallocateMode {
+    /// Allocates blocks for the range; with `keep_size` the file's size does not grow
+    /// (`FALLOC_FL_KEEP_SIZE`).
+    Allocate {
+        /// Do not change the file's size.
+        keep_size: bool,
+    },
+    /// Deallocates the range, which then reads as zeros; the size stays
+    /// (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    PunchHole,
+    /// Makes the range read as zeros, allocated (`FALLOC_FL_ZERO_RANGE`); with
+    /// `keep_size` the size does not grow.
+    ZeroRange {
+        /// Do not change the file's size.
+        keep_size: bool,
+    },
+}
+
+impl FallocateMode {
+    pub(crate) fn bits(self) -> libc::c_int {
+        let keep = |k: bool| if k { libc::FALLOC_FL_KEEP_SIZE } else { 0 };
+        match self {
+            FallocateMode::Allocate { keep_size } => keep(keep_size),
+            FallocateMode::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            FallocateMode::ZeroRange { keep_size } => libc::FALLOC_FL_ZERO_RANGE | keep(keep_size),
+        }
+    }
+}

@@ -43,6 +43,8 @@ fn step<O: OpCode + Unpin>(
     let shared = Arc::new(Mutex::new(Shared {
         slot: Slot::Waiting(None),
         id: None,
+        cancel_requested: false,
+        kernel_deadline: false,
     }));
     let inflight = Box::new(InFlight {
         op: Some(op),

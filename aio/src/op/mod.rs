@@ -30,6 +30,7 @@ mod close;
 mod fallocate;
 mod fsync;
 mod ftruncate;
+mod link_timeout;
 mod mkdir;
 mod open;
 mod read;
@@ -46,6 +47,7 @@ pub(crate) use self::close::Close;
 pub(crate) use self::fallocate::Fallocate;
 pub(crate) use self::fsync::Fsync;
 pub(crate) use self::ftruncate::Ftruncate;
+pub(crate) use self::link_timeout::LinkTimeout;
 pub(crate) use self::mkdir::Mkdir;
 pub(crate) use self::open::OpenAt;
 pub(crate) use self::read::ReadAt;
@@ -77,6 +79,10 @@ pub(crate) trait OpCode: Send + 'static {
     /// Whether a result of `-EINTR`/`-EAGAIN` resubmits the operation (`io.rs` rule 4).
     /// `false` for an operation that must not run twice (`close`).
     const RETRY: bool = true;
+
+    /// Whether this is a `LINK_TIMEOUT`, which only exists linked behind another
+    /// operation (never pushed or run on its own).
+    const LINK_TIMEOUT: bool = false;
 
     /// The io_uring entry. Called on the home thread, again for each resubmission
     /// (`EINTR`/`EAGAIN`).
