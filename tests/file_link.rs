@@ -253,3 +253,111 @@ fn a_chain_on_a_one_entry_ring_runs_step_by_step() {
     });
     assert_eq!(std::fs::read(scratch.path("f")).unwrap(), b"step");
 }
+
+#[test]
+fn read_then_write_copies_and_a_short_read_breaks_the_chain() {
+    let ctx = common::new_ctx();
+    let _w = common::Watchdog::for_ctx("read_then_write", &ctx);
+    let scratch = Scratch::new("link-copy");
+    std::fs::write(scratch.path("src"), b"0123456789").unwrap();
+    ctx.block_on(async {
+        let src = aioctx::aio::File::open(&ctx, scratch.path("src"))
+            .await
+            .unwrap();
+        let dst = rw_create().open(&ctx, scratch.path("dst")).await.unwrap();
+        let (read, wrote, buf) = ctx
+            .read_at_then_write_at(
+                src.as_raw_fd(),
+                2,
+                dst.as_raw_fd(),
+                0,
+                Vec::with_capacity(6),
+            )
+            .await;
+        assert_eq!((read.unwrap(), wrote.unwrap()), (6, 6));
+        assert_eq!(buf, b"234567");
+        // Past the end: a short read, the write never runs, the bytes read are kept.
+        let (read, wrote, buf) = ctx
+            .read_at_then_write_at(
+                src.as_raw_fd(),
+                7,
+                dst.as_raw_fd(),
+                100,
+                Vec::with_capacity(8),
+            )
+            .await;
+        assert_eq!(read.unwrap(), 3);
+        assert_eq!(wrote.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
+        assert_eq!(buf, b"789");
+        dst.close().await.unwrap();
+    });
+    assert_eq!(std::fs::read(scratch.path("dst")).unwrap(), b"234567");
+}
+
+/// A read → write chain whose read waits on an empty pipe, dropped: the shared buffer
+/// is freed exactly once, after both steps completed.
+#[test]
+fn a_dropped_read_then_write_frees_its_buffer_once() {
+    let ctx = common::new_ctx();
+    let _w = common::Watchdog::for_ctx("dropped read_then_write", &ctx);
+    let scratch = Scratch::new("link-rwdrop");
+    let dst = std::fs::File::create(scratch.path("dst")).unwrap();
+    let (r, w) = common::pipe();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let buf = CountedMut {
+        data: vec![0u8; 16],
+        drops: drops.clone(),
+    };
+    let mut chain = Box::pin(ctx.read_at_then_write_at(r.as_raw_fd(), 0, dst.as_raw_fd(), 0, buf));
+    assert!(common::poll_once(&mut chain).is_pending());
+    for _ in 0..5 {
+        ctx.poll(false);
+    }
+    drop(chain);
+    let start = std::time::Instant::now();
+    while drops.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < common::HANG_LIMIT, "never freed");
+        ctx.poll(false);
+    }
+    common::write_fd(w.as_raw_fd(), b"late");
+    for _ in 0..5 {
+        ctx.poll(false);
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        std::fs::read(scratch.path("dst")).unwrap(),
+        b"",
+        "the write never ran"
+    );
+}
+
+/// A writable buffer that counts its drops.
+struct CountedMut {
+    data: Vec<u8>,
+    drops: Arc<AtomicUsize>,
+}
+
+// SAFETY: the Vec's heap bytes do not move with the value; `len` are initialized and
+// writable.
+unsafe impl IoBuf for CountedMut {
+    fn stable_ptr(&self) -> *const u8 {
+        self.data.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.data.len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl aioctx::aio::IoBufMut for CountedMut {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.data.as_mut_ptr()
+    }
+}
+
+impl Drop for CountedMut {
+    fn drop(&mut self) {
+        // SeqCst: read by the test thread after the loop ran (no other pairing).
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}

@@ -84,6 +84,7 @@ use crate::sync::{Arc, Mutex, lock};
 mod cancel;
 mod deadline;
 mod link;
+mod link_buf;
 mod raw_fd;
 pub(crate) mod stream;
 

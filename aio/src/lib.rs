@@ -53,7 +53,8 @@
 //! removed, renamed and created with [`AioContext::unlink`], [`AioContext::rename`] and
 //! [`AioContext::mkdir`]. [`AioContext::write_at_then_fsync`] (and
 //! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
-//! (`IOSQE_IO_LINK`), with a result per step; [`RingOp::with_deadline`] gives one
+//! (`IOSQE_IO_LINK`), [`AioContext::read_at_then_write_at`] a read and a write of the
+//! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
 //! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves

@@ -17,6 +17,9 @@
 //! 4. Each step owns what its entry names until its own final completion (`io.rs` rule
 //!    1), and each has its own table slot; dropping the chain's future cancels every
 //!    step the back end has (`io.rs` rule 6) — a step not yet submitted never runs.
+//! 5. A read → write chain shares one buffer (`LinkBuf`): each step holds a share
+//!    until its own final completion, so the buffer is freed only after both; the
+//!    write sends the whole buffer, which only a full read (the chain's rule) filled.
 
 use std::future::Future;
 use std::io;
@@ -26,10 +29,12 @@ use std::sync::Weak;
 use std::task::{Context, Poll};
 
 use super::cancel::{Dropped, Shared, Slot, abandon, cancel};
+use super::link_buf::LinkBuf;
 use super::{InFlight, Submit, to_result};
 use crate::context::AioContext;
 use crate::io_buf::IoBuf;
-use crate::op::{Fsync, OpCode, Target, WriteAt};
+use crate::io_buf::IoBufMut;
+use crate::op::{Fsync, OpCode, ReadAt, Target, WriteAt};
 use crate::sync::{Arc, Mutex, lock};
 
 /// A step's result slot, shared by the chain's future and the step.
@@ -199,6 +204,56 @@ impl AioContext {
         data_only: bool,
     ) -> impl Future<Output = (io::Result<usize>, io::Result<()>, B)> + Send + 'static {
         self.write_then_fsync_on(Target::Raw(fd), Target::Raw(fd), buf, offset, data_only)
+    }
+
+    /// Reads `src` at `src_offset` into `buf`, then — linked, only if the read filled
+    /// the whole buffer (`bytes_total()`: a `Vec`'s capacity) — writes that buffer to
+    /// `dst` at `dst_offset`: a copy step with the kernel's ordering and no trip
+    /// through the loop in between. Resolves to the read's result, the write's result
+    /// and the buffer (its length set by the read, as for [`read_at`](Self::read_at)).
+    /// A failed or short read (end of file) leaves the write unrun: `ECANCELED`; the
+    /// bytes read are in the buffer. Dropping the future cancels both steps; the
+    /// buffer is freed after both completed (rule 5).
+    ///
+    /// ```
+    /// use std::os::fd::AsRawFd;
+    /// let dir = std::env::temp_dir();
+    /// let (a, b) = (dir.join(format!("aioctx-doc-rw-a-{}", std::process::id())),
+    ///               dir.join(format!("aioctx-doc-rw-b-{}", std::process::id())));
+    /// std::fs::write(&a, b"copy me")?;
+    /// let (src, dst) = (std::fs::File::open(&a)?, std::fs::File::create(&b)?);
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// let (read, wrote, buf) = ctx.block_on(ctx.read_at_then_write_at(
+    ///     src.as_raw_fd(), 0, dst.as_raw_fd(), 0, Vec::with_capacity(7)));
+    /// assert_eq!((read?, wrote?), (7, 7));
+    /// assert_eq!(buf, b"copy me");
+    /// assert_eq!(std::fs::read(&b)?, b"copy me");
+    /// # std::fs::remove_file(&a)?; std::fs::remove_file(&b)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Each step's own, as for `write_at_then_fsync`.
+    pub fn read_at_then_write_at<B: IoBufMut>(
+        &self,
+        src: RawFd,
+        src_offset: u64,
+        dst: RawFd,
+        dst_offset: u64,
+        buf: B,
+    ) -> impl Future<Output = (io::Result<usize>, io::Result<usize>, B)> + Send + 'static {
+        let (for_read, for_write) = LinkBuf::pair(buf);
+        let read = ReadAt::new(Target::Raw(src), for_read, src_offset);
+        let write = WriteAt {
+            fd: Target::Raw(dst),
+            buf: for_write,
+            off: dst_offset,
+        };
+        let chain = Chain2::new(self, read, write);
+        async move {
+            let ((read, a), (wrote, b)) = chain.await;
+            (read, wrote, a.into_inner(b))
+        }
     }
 
     /// `write_at_then_fsync` on descriptors named as the op layer names them (each
