@@ -12,9 +12,9 @@
 //!    it only after the operation's final CQE was reaped, as for
 //!    [`AioContext::submit_raw`]'s callbacks. So the kernel never writes into freed
 //!    memory, whatever happens to the future.
-//! 2. The callback hands the buffer back through a small shared slot. A future dropped
-//!    before completion marks the slot abandoned; the callback then frees the buffer
-//!    when the CQE arrives.
+//! 2. The completion hands the buffer back through a small shared slot (`io/cancel.rs`).
+//!    A future dropped before completion marks the slot abandoned; the completion then
+//!    frees the buffer when the final CQE arrives.
 //! 3. An operation reports its real result whatever happens to its context: a context
 //!    dropped with operations in flight cancels them and reaps every CQE before it
 //!    frees anything, then runs each callback with its CQE — the real result if the
@@ -23,7 +23,8 @@
 //!    nothing happened. On epoll, a syscall that ran hands its result over even if the
 //!    bottom half that carries it home is dropped unrun (rule 5).
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
-//!    owned), up to [`MAX_RETRIES`] times.
+//!    owned), up to [`MAX_RETRIES`] times — except a `close` (it must not run twice)
+//!    and a step of a linked chain (the kernel cancelled the steps after it).
 //! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
 //!    regular files and block devices run on the worker pool, streams (pipes, sockets,
 //!    ttys) by readiness on the loop; either way the buffers stay owned until the
@@ -47,7 +48,6 @@
 //!    worker-pool job not started yet is not run. A cancelled operation whose future
 //!    is gone never resubmits on `EINTR`/`EAGAIN` (rule 4). The loop's own operations
 //!    are out of reach: the cancel names a live user operation or nothing.
-//!
 //! 7. An operation may have a deadline ([`RingOp::with_deadline`]): past it, the
 //!    operation is cancelled as in rule 6 (io_uring: by a linked `LINK_TIMEOUT`) and
 //!    the future resolves to `TimedOut`; see `io/deadline.rs` for what cannot be
