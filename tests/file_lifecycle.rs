@@ -416,3 +416,44 @@ fn path_operations_and_opens_dropped_mid_flight() {
     }
     assert_eq!(open_fds(), before, "a descriptor leaked");
 }
+
+/// Each operation submitted, then its context dropped under it: the drop reaps the
+/// operation (its future then resolves at once, with the real result or
+/// `ECANCELED`), and the `File`, dropped after, closes its descriptor with `close(2)`,
+/// exactly once.
+#[test]
+fn each_operation_with_its_context_dropped_under_it() {
+    let _l = fd_lock();
+    let scratch = Scratch::new("life-ctxdrop");
+    let count = {
+        let ctx = common::new_ctx();
+        let file = ctx
+            .block_on(rw_create().open(&ctx, scratch.path("names")))
+            .unwrap();
+        ops(&file).len()
+    };
+    for i in 0..count {
+        let ctx = common::new_ctx();
+        let file = ctx
+            .block_on(rw_create().open(&ctx, scratch.path(&format!("f{i}"))))
+            .unwrap();
+        let fd = file.as_raw_fd();
+        {
+            let mut all = ops(&file);
+            let (name, mut fut) = all.swap_remove(i);
+            drop(all);
+            let _ = common::poll_once(&mut fut);
+            let _w = common::watchdog("context drop under an operation", 30);
+            drop(ctx);
+            assert!(
+                common::poll_once(&mut fut).is_ready(),
+                "{name}: not resolved after its context's drop"
+            );
+        }
+        assert!(is_open(fd));
+        drop(file);
+        assert!(!is_open(fd), "close(2) when the context is gone");
+        let id = install_canary(fd, &scratch.path("canary"));
+        remove_canary(fd, id);
+    }
+}
