@@ -576,3 +576,5 @@ impl fmt::Debug for File {
             .finish_non_exhaustive()
     }
 }
+
+static_assertions::assert_impl_all!(File: Send, Sync);
