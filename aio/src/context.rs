@@ -16,12 +16,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
-use crate::backend::raw::Sqe;
 use crate::backend::uring::setup::{RingFeatures, RingSetup};
 use crate::backend::{self, Backend, Driver};
 use crate::bh::{Bh, BhInner, BhList, BhQueue, ContextGone};
+use crate::completion::RawCallback;
 use crate::fd::{FdCallback, FdNode};
 use crate::notify::{Notified, NotifyState};
+use crate::op::Sqe;
 use crate::poll_params::PollParams;
 use crate::pool;
 use crate::stats::{Counters, Stats};
@@ -30,11 +31,7 @@ use crate::sync::{Arc, Mutex, lock};
 use crate::sys;
 use crate::timer::{ClockType, Timer, TimerList};
 
-/// A completion callback for a raw ring operation: `(cqe.res, cqe.flags)`.
-pub type RawCallback = Box<dyn FnOnce(i32, u32) + Send>;
-
-/// The default ring size.
-pub const DEFAULT_RING_ENTRIES: u32 = 128;
+pub use crate::backend::uring::setup::DEFAULT_RING_ENTRIES;
 
 /// How long dropping a context waits for cancelled operations (ring CQEs, running
 /// worker-pool jobs) before leaking their buffers on purpose or moving on.

@@ -5,13 +5,16 @@
 //! Each operation is a future that owns its buffer and gives it back with the result:
 //! `(io::Result<usize>, buf)`. The rules that make this safe:
 //!
-//! 1. At the first poll the buffer moves into the completion callback handed to
-//!    [`AioContext::submit_raw`]; from then on only the callback owns it, and the
-//!    context drops the callback only after the operation's CQE was reaped. So the
-//!    kernel never writes into freed memory, whatever happens to the future.
-//! 2. The callback hands the buffer back through a small shared slot. A future dropped
-//!    before completion marks the slot abandoned; the callback then frees the buffer
-//!    when the CQE arrives.
+//! 1. Each operation is a type of the op layer (`op/`), which owns every byte its entry
+//!    or syscall names. The future creates its in-flight state (`InFlight`: the op,
+//!    boxed once, with its result slot) when it is built; at the first poll that box
+//!    goes to the back end — on io_uring the driver's table slot keeps it, and drops
+//!    it only after the operation's final CQE was reaped, as for
+//!    [`AioContext::submit_raw`]'s callbacks. So the kernel never writes into freed
+//!    memory, whatever happens to the future.
+//! 2. The completion hands the buffer back through a small shared slot (`io/cancel.rs`).
+//!    A future dropped before completion marks the slot abandoned; the completion then
+//!    frees the buffer when the final CQE arrives.
 //! 3. An operation reports its real result whatever happens to its context: a context
 //!    dropped with operations in flight cancels them and reaps every CQE before it
 //!    frees anything, then runs each callback with its CQE — the real result if the
@@ -20,8 +23,9 @@
 //!    nothing happened. On epoll, a syscall that ran hands its result over even if the
 //!    bottom half that carries it home is dropped unrun (rule 5).
 //! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
-//!    owned), up to [`MAX_RETRIES`] times.
-//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of a ring callback:
+//!    owned), up to [`MAX_RETRIES`] times — except a `close` (it must not run twice)
+//!    and a step of a linked chain (the kernel cancelled the steps after it).
+//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
 //!    regular files and block devices run on the worker pool, streams (pipes, sockets,
 //!    ttys) by readiness on the loop; either way the buffers stay owned until the
 //!    syscall returned or was never started, and a finished syscall reports its real
@@ -44,6 +48,10 @@
 //!    worker-pool job not started yet is not run. A cancelled operation whose future
 //!    is gone never resubmits on `EINTR`/`EAGAIN` (rule 4). The loop's own operations
 //!    are out of reach: the cancel names a live user operation or nothing.
+//! 7. An operation may have a deadline ([`RingOp::with_deadline`]): past it, the
+//!    operation is cancelled as in rule 6 (io_uring: by a linked `LINK_TIMEOUT`) and
+//!    the future resolves to `TimedOut`; see `io/deadline.rs` for what cannot be
+//!    interrupted. Linked chains: `io/link.rs`.
 //!
 //! **Dropping a read that already completed loses its data**: a `select!` (or a
 //! timeout) that drops a read future whose operation completed — its result already in,
@@ -51,9 +59,11 @@
 //! not return again. Where that matters, keep the future and poll it again instead of
 //! dropping it. The same holds for a write: dropped, it may have written or not.
 //!
-//! Descriptors are plain [`RawFd`]s: keep the fd open until the operation completes,
-//! or the kernel may apply it to whatever file next gets that number (a logic error,
-//! not a memory-safety one). A closed fd completes with `EBADF`.
+//! Descriptors of the raw-fd methods here are plain [`RawFd`]s: keep the fd open until
+//! the operation completes, or the kernel may apply it to whatever file next gets that
+//! number (a logic error, not a memory-safety one). A closed fd completes with `EBADF`.
+//! A [`File`](crate::File)'s operations instead hold a share of its descriptor until
+//! their final completion, so it cannot be closed under them (`fs/file.rs` rule 2).
 
 use std::fmt;
 use std::future::Future;
@@ -63,15 +73,19 @@ use std::pin::Pin;
 use std::sync::Weak;
 use std::task::{Context, Poll};
 
-use io_uring::{opcode, squeue, types};
-
-use crate::backend::raw::Sqe;
-use crate::context::{AioContext, RawCallback};
-use crate::io_buf::{IoBuf, IoBufMut, IoVecs, iovecs, iovecs_mut};
+use crate::backend::streams::StreamIo;
+use crate::completion::{Callback, Complete};
+use crate::context::AioContext;
+use crate::op::OpCode;
+use crate::pool;
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
 mod cancel;
+mod deadline;
+mod link;
+mod link_buf;
+mod raw_fd;
 pub(crate) mod stream;
 
 use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
@@ -79,82 +93,84 @@ use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
 
-/// One operation, as raw pointers into the buffers its `InFlight` owns.
-#[derive(Clone, Copy)]
-pub(crate) enum IoKind {
-    Read {
-        fd: RawFd,
-        ptr: *mut u8,
-        len: u32,
-        off: u64,
-    },
-    Write {
-        fd: RawFd,
-        ptr: *const u8,
-        len: u32,
-        off: u64,
-    },
-    Readv {
-        fd: RawFd,
-        iov: *const libc::iovec,
-        cnt: u32,
-        off: u64,
-    },
-    Writev {
-        fd: RawFd,
-        iov: *const libc::iovec,
-        cnt: u32,
-        off: u64,
-    },
-    Fsync {
-        fd: RawFd,
-        data_only: bool,
-    },
-}
-
-// SAFETY: the pointers point into buffers (and iovec arrays) owned by the same
-// `InFlight`, which moves between threads with them (the buffers are `Send`).
-unsafe impl Send for IoKind {}
-
-impl IoKind {
-    /// The ring entry for this operation.
-    fn entry(self) -> squeue::Entry {
-        match self {
-            IoKind::Read { fd, ptr, len, off } => opcode::Read::new(types::Fd(fd), ptr, len)
-                .offset(off)
-                .build(),
-            IoKind::Write { fd, ptr, len, off } => opcode::Write::new(types::Fd(fd), ptr, len)
-                .offset(off)
-                .build(),
-            IoKind::Readv { fd, iov, cnt, off } => opcode::Readv::new(types::Fd(fd), iov, cnt)
-                .offset(off)
-                .build(),
-            IoKind::Writev { fd, iov, cnt, off } => opcode::Writev::new(types::Fd(fd), iov, cnt)
-                .offset(off)
-                .build(),
-            IoKind::Fsync { fd, data_only } => {
-                let flags = if data_only {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                };
-                opcode::Fsync::new(types::Fd(fd)).flags(flags).build()
-            }
-        }
-    }
-}
-
-/// What the callback (or the pool job) owns until the operation is done (rule 1).
-struct InFlight<T: Send + 'static> {
-    payload: Option<(T, Option<IoVecs>)>,
-    slot: Arc<Mutex<Shared<T>>>,
-    kind: IoKind,
+/// What the back end owns until the operation is done (rule 1): the op (which owns
+/// the buffers) and the slot its result goes to. Always boxed, and never moved out of
+/// its box before the final completion, so the op stays pinned.
+struct InFlight<O: OpCode + Unpin> {
+    op: Option<O>,
+    slot: Arc<Mutex<Shared<O::Output>>>,
     ctx: Weak<AioContext>,
     retries: u32,
+    /// The rest of a linked chain (`io/link.rs`), while it is not yet on its way:
+    /// pushed with this one on io_uring, or submitted when this one succeeds where the
+    /// chain is run one step at a time; dropped (`ECANCELED`) when it fails.
+    next: Option<Box<dyn Submit>>,
+    /// A step of a chain: never resubmitted on `EINTR`/`EAGAIN` (the kernel cancelled
+    /// the steps after it already).
+    linked: bool,
 }
 
-impl<T: Send + 'static> InFlight<T> {
-    fn submit(self, ctx: &AioContext) {
+/// An `InFlight` whose op type is erased, for the future that has not submitted it.
+trait Submit: Send {
+    fn submit(self: Box<Self>, ctx: &AioContext);
+    /// How many steps the chain from here has, and whether the ring runs all of them.
+    fn chain(&self, driver: &mut crate::backend::Driver) -> (usize, bool);
+    /// Pushes this step, and with `whole` the rest of its chain back to back, each
+    /// linked to the next; without, the rest stays with this step (pushed at its
+    /// completion). Ids whose futures were dropped meanwhile go to `cancels`.
+    fn push_chain(self: Box<Self>, ctx: &AioContext, cancels: &mut Vec<u64>, whole: bool);
+    /// Links `next` behind this step (`io/link.rs`, `io/deadline.rs`); the step then
+    /// never retries.
+    fn set_next(&mut self, next: Box<dyn Submit>);
+    /// Whether this is a `LINK_TIMEOUT` (never pushed or run on its own).
+    fn is_link_timeout(&self) -> bool;
+}
+
+impl<O: OpCode + Unpin> Submit for InFlight<O> {
+    fn set_next(&mut self, next: Box<dyn Submit>) {
+        self.next = Some(next);
+        self.linked = true;
+    }
+
+    fn is_link_timeout(&self) -> bool {
+        O::LINK_TIMEOUT
+    }
+
+    fn chain(&self, driver: &mut crate::backend::Driver) -> (usize, bool) {
+        let (n, ok) = match &self.next {
+            Some(next) => next.chain(driver),
+            None => (0, true),
+        };
+        (n + 1, ok && driver.supports(O::OPCODE))
+    }
+
+    fn push_chain(mut self: Box<Self>, ctx: &AioContext, cancels: &mut Vec<u64>, whole: bool) {
+        let next = if whole { self.next.take() } else { None };
+        let slot = Arc::clone(&self.slot);
+        // SAFETY: `OpCode::sqe`'s contract: the op stays in this box, which moves into
+        // the driver's table slot below and is dropped (or taken apart) only after the
+        // entry's final CQE was reaped; nothing else touches it meanwhile.
+        let sqe = unsafe { self.op().sqe() };
+        let sqe = match &next {
+            Some(next) => {
+                if next.is_link_timeout() {
+                    // The kernel enforces the deadline now (`io/deadline.rs`).
+                    lock(&slot).kernel_deadline = true;
+                }
+                sqe.linked()
+            }
+            None => sqe,
+        };
+        let user_data = ctx.home().driver.push_raw(sqe, Callback::Op(self));
+        if record_id(&slot, user_data) {
+            cancels.push(user_data);
+        }
+        if let Some(next) = next {
+            next.push_chain(ctx, cancels, true);
+        }
+    }
+
+    fn submit(self: Box<Self>, ctx: &AioContext) {
         let Some(owner) = ctx.remote.pool.clone() else {
             if ctx.is_home_thread() {
                 self.push_ring(ctx);
@@ -177,20 +193,22 @@ impl<T: Send + 'static> InFlight<T> {
         };
         stream::submit(self, ctx, &owner);
     }
+}
 
-    /// Whether the future was dropped (rule 6).
+impl<O: OpCode + Unpin> InFlight<O> {
+    /// Whether the future was dropped (rule 6), or the operation's deadline passed
+    /// (`io/deadline.rs`): either way it is not started or resubmitted.
     fn abandoned(&self) -> bool {
-        matches!(lock(&self.slot).slot, Slot::Abandoned)
+        let shared = lock(&self.slot);
+        matches!(shared.slot, Slot::Abandoned) || shared.cancel_requested
     }
 
-    /// Records `id` as the operation's name in its back end unless the future was
-    /// dropped meanwhile; returns whether it was (the caller cancels then, rule 6).
-    fn set_id(&self, id: u64) -> bool {
-        record_id(&self.slot, id)
+    fn op(&mut self) -> Pin<&mut O> {
+        Pin::new(self.op.as_mut().expect("an operation in flight has its op"))
     }
 
     /// Queues the operation on the ring (home thread only).
-    fn push_ring(self, ctx: &AioContext) {
+    fn push_ring(self: Box<Self>, ctx: &AioContext) {
         // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
         if self.abandoned() || ctx.remote.closed.load(Ordering::Relaxed) {
             // Rule 6: the future is gone and nothing ran; or the context was shut
@@ -199,23 +217,33 @@ impl<T: Send + 'static> InFlight<T> {
             // ECANCELED.
             return;
         }
-        let slot = Arc::clone(&self.slot);
-        let entry = self.kind.entry();
-        let complete: RawCallback = Box::new(move |res, _flags| self.complete(res));
-        // The entry is single-shot and unlinked; a closed fd completes with EBADF.
-        // SAFETY: `submit_raw`'s obligations: the entry names only memory owned by
-        // `payload` (buffers, iovecs), which moves into the callback the driver keeps
-        // until the CQE; the descriptor is the caller's (module docs).
-        let sqe = unsafe { Sqe::new(entry) };
-        let user_data = ctx.home().driver.push_raw(sqe, complete);
+        let whole = {
+            let driver = &mut ctx.home().driver;
+            let (steps, supported) = self.chain(driver);
+            // A chain's entries go back to back: room for all of them first, so that no
+            // submit in between cuts the chain (and no cancel lands inside it).
+            steps > 1 && supported && driver.reserve(steps)
+        };
+        if !whole && !ctx.home().driver.supports(O::OPCODE) {
+            // This kernel's ring lacks the opcode (its probe says so): the blocking
+            // lowering on the worker pool, with an owner of its own (a ring context has
+            // no pool share; the job owns everything its syscall touches, pool rule 1).
+            // The rest of a chain follows at its completion (`io/link.rs` rule 3).
+            stream::to_pool(self, ctx, &pool::Owner::fresh());
+            return;
+        }
+        let mut cancels = Vec::new();
+        self.push_chain(ctx, &mut cancels, whole);
         ctx.publish_counters();
-        if record_id(&slot, user_data) {
+        for user_data in cancels {
             ctx.home().driver.cancel(user_data);
         }
     }
 
-    fn complete(mut self, res: i32) {
-        if (res == -libc::EINTR || res == -libc::EAGAIN)
+    fn complete_boxed(mut self: Box<Self>, res: i32) {
+        if O::RETRY
+            && !self.linked
+            && (res == -libc::EINTR || res == -libc::EAGAIN)
             && self.retries < MAX_RETRIES
             && !self.abandoned()
             && let Some(ctx) = self.ctx.upgrade()
@@ -224,25 +252,40 @@ impl<T: Send + 'static> InFlight<T> {
             self.submit(&ctx);
             return;
         }
+        // A chain run one step at a time (epoll, or a ring that lacks an opcode):
+        // the next step goes when this one succeeded in full, as the kernel's link
+        // rule says; otherwise it is dropped unrun (`ECANCELED`).
+        let go_on = self.op.as_ref().is_some_and(|op| op.link_ok(res));
+        let next = self.next.take();
+        let ctx = self.ctx.upgrade();
         self.deliver(res);
+        drop(self);
+        // A `LINK_TIMEOUT` never runs on its own: dropped with its operation done.
+        if let Some(next) = next
+            && go_on
+            && !next.is_link_timeout()
+            && let Some(ctx) = ctx
+        {
+            next.submit(&ctx);
+        }
     }
 
     fn deliver(&mut self, res: i32) {
-        let Some((buf, iovs)) = self.payload.take() else {
+        let Some(op) = self.op.take() else {
             return;
         };
-        drop(iovs);
+        let out = op.into_output(res);
         let waker = {
             let mut shared = lock(&self.slot);
             let slot = &mut shared.slot;
             match std::mem::replace(slot, Slot::Taken) {
                 Slot::Waiting(waker) => {
-                    *slot = Slot::Done(res, buf);
+                    *slot = Slot::Done(res, out);
                     waker
                 }
                 Slot::Abandoned => {
                     drop(shared);
-                    drop(buf);
+                    drop(out);
                     None
                 }
                 Slot::Done(..) | Slot::Taken => unreachable!("an operation completed twice"),
@@ -254,7 +297,39 @@ impl<T: Send + 'static> InFlight<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for InFlight<T> {
+impl<O: OpCode + Unpin> Complete for InFlight<O> {
+    fn complete(self: Box<Self>, res: i32, _flags: u32) {
+        self.complete_boxed(res);
+    }
+}
+
+impl<O: OpCode + Unpin> StreamIo for InFlight<O> {
+    fn target(&self) -> Option<(RawFd, bool)> {
+        self.op.as_ref().and_then(OpCode::stream)
+    }
+
+    fn run_blocking(&mut self) -> i32 {
+        self.op().run_blocking()
+    }
+
+    fn run_stream(&mut self, file: RawFd, flags: libc::c_int) -> io::Result<usize> {
+        self.op().run_stream(file, flags)
+    }
+
+    fn abandoned(&self) -> bool {
+        InFlight::abandoned(self)
+    }
+
+    fn set_entry(&self, key: u64) -> bool {
+        record_id(&self.slot, key)
+    }
+
+    fn finish(self: Box<Self>, res: i32) {
+        self.complete_boxed(res);
+    }
+}
+
+impl<O: OpCode + Unpin> Drop for InFlight<O> {
     /// Dropped without a result: the operation never ran (refused, or handed over to
     /// a context that was dropped before submitting it), or a worker-pool job was
     /// cancelled unstarted (rule 3).
@@ -263,9 +338,9 @@ impl<T: Send + 'static> Drop for InFlight<T> {
     }
 }
 
-enum OpState<T: Send + 'static> {
-    Unsubmitted(Arc<AioContext>, InFlight<T>),
-    Submitted(Arc<Mutex<Shared<T>>>, Weak<AioContext>),
+enum OpState {
+    Unsubmitted(Arc<AioContext>, Box<dyn Submit>),
+    Submitted(Weak<AioContext>),
     Finished,
 }
 
@@ -275,32 +350,108 @@ enum OpState<T: Send + 'static> {
 /// when it was dropped is lost with it.
 #[must_use = "futures do nothing unless awaited"]
 pub struct RingOp<T: Send + 'static> {
-    state: OpState<T>,
+    shared: Arc<Mutex<Shared<T>>>,
+    state: OpState,
+    deadline: Option<deadline::Deadline>,
 }
 
 // The buffer is never pinned: it is only moved around by value.
 impl<T: Send + 'static> Unpin for RingOp<T> {}
 
 impl<T: Send + 'static> RingOp<T> {
-    fn new(ctx: &AioContext, kind: IoKind, buf: T, iovs: Option<IoVecs>) -> Self {
-        let slot = Arc::new(Mutex::new(Shared {
+    /// A future for `op` on `ctx` (the op layer's entry point, `op/mod.rs`).
+    pub(crate) fn new<O: OpCode<Output = T> + Unpin>(ctx: &AioContext, op: O) -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
             slot: Slot::Waiting(None),
             id: None,
+            cancel_requested: false,
+            kernel_deadline: false,
         }));
-        let inflight = InFlight {
-            payload: Some((buf, iovs)),
-            slot,
-            kind,
+        let inflight = Box::new(InFlight {
+            op: Some(op),
+            slot: Arc::clone(&shared),
             ctx: ctx.weak(),
             retries: 0,
-        };
+            next: None,
+            linked: false,
+        });
         Self {
+            shared,
             state: OpState::Unsubmitted(ctx.arc(), inflight),
+            deadline: None,
+        }
+    }
+
+    /// Gives the operation a deadline `after` its submission (its first poll): if it
+    /// has not completed by then it is cancelled and the future resolves to a
+    /// `TimedOut` error (with the buffer). io_uring: a linked `IORING_OP_LINK_TIMEOUT`;
+    /// epoll: a timer and the cancel of rule 6 — a worker-pool syscall already running
+    /// (a regular file's read, an `fsync`) cannot be interrupted and reports its real
+    /// result (`io/deadline.rs`).
+    ///
+    /// ```
+    /// use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    /// use std::time::Duration;
+    /// let mut fds = [0; 2];
+    /// // SAFETY: `fds` has room for the two descriptors.
+    /// assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    /// // SAFETY: pipe just returned them.
+    /// let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    /// let ctx = aioctx_aio::AioContext::new()?;
+    /// // Nobody writes: the read times out.
+    /// let read = ctx.read_at(r.as_raw_fd(), vec![0u8; 8], 0).with_deadline(Duration::from_millis(10));
+    /// let (res, _buf) = ctx.block_on(read);
+    /// assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// When the future was polled already (the deadline must be set before the
+    /// operation is submitted).
+    pub fn with_deadline(mut self, after: std::time::Duration) -> Self {
+        let OpState::Unsubmitted(ctx, inflight) = &mut self.state else {
+            panic!("RingOp::with_deadline on an operation that was submitted already");
+        };
+        if ctx.backend() == crate::Backend::IoUring {
+            // Rule 1 of `io/deadline.rs`: the kernel's own timeout, linked behind.
+            let shared = Arc::new(Mutex::new(Shared {
+                slot: Slot::Waiting(None),
+                id: None,
+                cancel_requested: false,
+                kernel_deadline: false,
+            }));
+            inflight.set_next(Box::new(InFlight {
+                op: Some(crate::op::LinkTimeout::new(after)),
+                slot: shared,
+                ctx: ctx.weak(),
+                retries: 0,
+                next: None,
+                linked: true,
+            }));
+        }
+        self.deadline = Some(deadline::Deadline {
+            after,
+            start: None,
+            _timer: None,
+        });
+        self
+    }
+}
+
+impl<T: Send + 'static> RingOp<T> {
+    /// Submits the operation with nobody waiting for it: its result and what it hands
+    /// back are dropped at its final completion (a `File` closed by its drop).
+    pub(crate) fn detach(mut self) {
+        if let OpState::Unsubmitted(ctx, inflight) =
+            std::mem::replace(&mut self.state, OpState::Finished)
+        {
+            inflight.submit(&ctx);
         }
     }
 }
 
-fn to_result(res: i32) -> io::Result<usize> {
+/// A CQE's `res` as an `io::Result`.
+pub(crate) fn to_result(res: i32) -> io::Result<usize> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
@@ -318,19 +469,36 @@ impl<T: Send + 'static> Future for RingOp<T> {
             else {
                 unreachable!()
             };
-            lock(&inflight.slot).slot = Slot::Waiting(Some(cx.waker().clone()));
-            self.state = OpState::Submitted(Arc::clone(&inflight.slot), ctx.weak());
+            lock(&self.shared).slot = Slot::Waiting(Some(cx.waker().clone()));
+            self.state = OpState::Submitted(ctx.weak());
+            let shared = Arc::clone(&self.shared);
+            if let Some(deadline) = &mut self.deadline {
+                deadline.arm(&ctx, &shared);
+            }
             inflight.submit(&ctx);
             return Poll::Pending;
         }
-        let OpState::Submitted(shared, _) = &self.state else {
+        let OpState::Submitted(_) = &self.state else {
             panic!("RingOp polled after completion");
         };
-        let mut guard = lock(shared);
+        let mut guard = lock(&self.shared);
         match std::mem::replace(&mut guard.slot, Slot::Taken) {
             Slot::Done(res, buf) => {
                 drop(guard);
                 self.state = OpState::Finished;
+                let timed_out = res == -libc::ECANCELED
+                    && self
+                        .deadline
+                        .as_ref()
+                        .is_some_and(deadline::Deadline::passed);
+                if timed_out {
+                    let after = self.deadline.as_ref().map(|d| d.after);
+                    let e = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the operation did not complete within its deadline ({after:?})"),
+                    );
+                    return Poll::Ready((Err(e), buf));
+                }
                 Poll::Ready((to_result(res), buf))
             }
             Slot::Waiting(old) => {
@@ -348,9 +516,9 @@ impl<T: Send + 'static> Future for RingOp<T> {
 
 impl<T: Send + 'static> Drop for RingOp<T> {
     fn drop(&mut self) {
-        if let OpState::Submitted(shared, ctx) = &self.state {
-            match abandon(shared) {
-                // Rule 2: the callback frees the buffer when the CQE arrives. Rule 6:
+        if let OpState::Submitted(ctx) = &self.state {
+            match abandon(&self.shared) {
+                // Rule 2: the back end frees the buffer when the CQE arrives. Rule 6:
                 // cancel the operation if the back end has it already (else it sees
                 // `Abandoned` when it gets it).
                 Dropped::Waiting(Some(id)) => cancel(ctx, id),
@@ -371,180 +539,5 @@ impl<T: Send + 'static> fmt::Debug for RingOp<T> {
             OpState::Finished => "finished",
         };
         f.debug_struct("RingOp").field("state", &state).finish()
-    }
-}
-
-impl AioContext {
-    /// Reads up to `buf.len()` bytes from `fd` at `offset` into `buf` (`pread`); the
-    /// buffer's length is not changed, the result says how many bytes were read (fewer
-    /// at end of file, 0 past it). Callable from any thread; completes on this
-    /// context's home thread.
-    ///
-    /// ```
-    /// use std::io::Write;
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-read-{}", std::process::id()));
-    /// std::fs::File::create(&path)?.write_all(b"hello, ring")?;
-    /// let file = std::fs::File::open(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, buf) = ctx.block_on(ctx.read_at(file.as_raw_fd(), vec![0u8; 64], 7));
-    /// assert_eq!(res?, 4); // short read at end of file
-    /// assert_eq!(&buf[..4], b"ring");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the read (module docs, rule 6), but **dropping a read
-    /// that already completed loses its data**: not `select!`-safe on streams.
-    ///
-    /// # Errors
-    /// The kernel's error for the read, e.g. `EBADF` for a closed fd; the buffer comes
-    /// back either way.
-    pub fn read_at<B: IoBufMut>(&self, fd: RawFd, mut buf: B, offset: u64) -> RingOp<B> {
-        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let kind = IoKind::Read {
-            fd,
-            ptr: buf.stable_mut_ptr(),
-            len,
-            off: offset,
-        };
-        RingOp::new(self, kind, buf, None)
-    }
-
-    /// Writes `buf` to `fd` at `offset` (`pwrite`); the result is the number of bytes
-    /// written, which may be short.
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-write-{}", std::process::id()));
-    /// let file = std::fs::File::create(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, _buf) = ctx.block_on(ctx.write_at(file.as_raw_fd(), b"data".to_vec(), 0));
-    /// assert_eq!(res?, 4);
-    /// ctx.block_on(ctx.fsync(file.as_raw_fd()))?;
-    /// assert_eq!(std::fs::read(&path)?, b"data");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the write (module docs, rule 6); a write that already
-    /// completed (perhaps partly) is not undone, and its count is lost.
-    ///
-    /// # Errors
-    /// The kernel's error for the write.
-    pub fn write_at<B: IoBuf>(&self, fd: RawFd, buf: B, offset: u64) -> RingOp<B> {
-        let len = buf.bytes_init().min(u32::MAX as usize) as u32;
-        let kind = IoKind::Write {
-            fd,
-            ptr: buf.stable_ptr(),
-            len,
-            off: offset,
-        };
-        RingOp::new(self, kind, buf, None)
-    }
-
-    /// Reads into several buffers in order (`preadv`), each up to its length.
-    ///
-    /// ```
-    /// use std::io::Write;
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-readv-{}", std::process::id()));
-    /// std::fs::File::create(&path)?.write_all(b"abcdef")?;
-    /// let file = std::fs::File::open(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let (res, bufs) = ctx.block_on(ctx.readv_at(file.as_raw_fd(), vec![vec![0u8; 2], vec![0u8; 4]], 0));
-    /// assert_eq!(res?, 6);
-    /// assert_eq!(bufs, [b"ab".to_vec(), b"cdef".to_vec()]);
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the read; **dropping a read that already completed
-    /// loses its data** (see [`read_at`](Self::read_at)).
-    ///
-    /// # Errors
-    /// The kernel's error for the read.
-    pub fn readv_at<B: IoBufMut>(
-        &self,
-        fd: RawFd,
-        mut bufs: Vec<B>,
-        offset: u64,
-    ) -> RingOp<Vec<B>> {
-        let iovs = iovecs_mut(&mut bufs);
-        let kind = IoKind::Readv {
-            fd,
-            iov: iovs.0.as_ptr(),
-            cnt: iovs.0.len() as u32,
-            off: offset,
-        };
-        RingOp::new(self, kind, bufs, Some(iovs))
-    }
-
-    /// Writes several buffers in order (`pwritev`).
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let path = std::env::temp_dir().join(format!("aioctx-doc-writev-{}", std::process::id()));
-    /// let file = std::fs::File::create(&path)?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let bufs = vec![b"ab".to_vec(), b"cd".to_vec()];
-    /// let (res, _bufs) = ctx.block_on(ctx.writev_at(file.as_raw_fd(), bufs, 0));
-    /// assert_eq!(res?, 4);
-    /// assert_eq!(std::fs::read(&path)?, b"abcd");
-    /// # std::fs::remove_file(&path)?;
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// Dropping the future cancels the write, as for [`write_at`](Self::write_at).
-    ///
-    /// # Errors
-    /// The kernel's error for the write.
-    pub fn writev_at<B: IoBuf>(&self, fd: RawFd, bufs: Vec<B>, offset: u64) -> RingOp<Vec<B>> {
-        let iovs = iovecs(&bufs);
-        let kind = IoKind::Writev {
-            fd,
-            iov: iovs.0.as_ptr(),
-            cnt: iovs.0.len() as u32,
-            off: offset,
-        };
-        RingOp::new(self, kind, bufs, Some(iovs))
-    }
-
-    /// Flushes `fd`'s data and metadata to stable storage (`fsync`).
-    ///
-    /// # Errors
-    /// The kernel's error for the sync.
-    pub fn fsync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let kind = IoKind::Fsync {
-            fd,
-            data_only: false,
-        };
-        let op = RingOp::new(self, kind, (), None);
-        async move { op.await.0.map(|_| ()) }
-    }
-
-    /// Flushes `fd`'s data (and only the metadata needed to read it) (`fdatasync`).
-    ///
-    /// ```
-    /// use std::os::fd::AsRawFd;
-    /// let file = tempfile_like()?;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// ctx.block_on(ctx.fdatasync(file.as_raw_fd()))?;
-    /// # fn tempfile_like() -> std::io::Result<std::fs::File> {
-    /// #     let p = std::env::temp_dir().join(format!("aioctx-doc-fdatasync-{}", std::process::id()));
-    /// #     let f = std::fs::File::create(&p)?; std::fs::remove_file(&p)?; Ok(f)
-    /// # }
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// The kernel's error for the sync.
-    pub fn fdatasync(&self, fd: RawFd) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        let kind = IoKind::Fsync {
-            fd,
-            data_only: true,
-        };
-        let op = RingOp::new(self, kind, (), None);
-        async move { op.await.0.map(|_| ()) }
     }
 }

@@ -47,11 +47,45 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! Files opened through the ring are [`File`]s ([`OpenOptions`], with `O_DIRECT`
+//! alignment checked before anything reaches the kernel); they own their descriptor and
+//! close it exactly once, never while one of their operations is in flight. Paths are
+//! removed, renamed and created with [`AioContext::unlink`], [`AioContext::rename`] and
+//! [`AioContext::mkdir`]. [`AioContext::write_at_then_fsync`] (and
+//! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
+//! (`IOSQE_IO_LINK`), [`AioContext::read_at_then_write_at`] a read and a write of the
+//! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
+//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
+//!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
 //! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`),
 //! ring setup flags (`backend/uring/setup.rs`), [`timeout`] (`timeout.rs`) and the
 //! O_DIRECT buffer [`AlignedBuf`] (`aligned.rs`).
+//!
+//! # Layers
+//! The modules form layers, and imports run one way, from the bottom up (a unit test,
+//! `layering.rs`, reads every `crate::…` path and fails on one that points up):
+//!
+//! 0. **Leaves**, which know nothing of contexts: the `sync` shim, `sys` (raw
+//!    syscalls), `completion` ([`RawCallback`] and the driver-side `Callback`), `fd`
+//!    (handler nodes), `io_buf` ([`IoBuf`], [`IoBufMut`]), `notify`, `stats`, `join`,
+//!    [`EventNotifier`].
+//! 1. **Operations** (`op/`): one type per kernel operation (`ReadAt`, `WriteAt`,
+//!    `Fsync`, …), each in its own file, implementing `OpCode`: its io_uring entry
+//!    (behind the one unsafe boundary, `Sqe`), its blocking syscall for the epoll
+//!    back end's worker pool, and what the readiness path needs on streams.
+//! 2. **Back ends** (`backend/`, `pool.rs`): io_uring and epoll drivers, the stream
+//!    table and the worker pool; they see operations only as `OpCode`s, `Sqe`s and
+//!    `Callback`s.
+//! 3. **Core**: [`AioContext`] and what runs on it — bottom halves, timers, `poll`,
+//!    tasks, shutdown, [`IoThread`], [`AioContext::submit_raw`].
+//! 4. **User-facing I/O** (`io.rs`, `io/`, `fs/`): the futures ([`RingOp`]) and the
+//!    `AioContext` methods that build operations and hand them to a back end.
+//!
+//! Adding an operation is one file in `op/` (a type that owns what the kernel touches
+//! and implements `OpCode`) plus its `mod` line, and a method in the user-facing layer
+//! that builds it.
 //!
 //! # Notify protocol
 //! See `notify.rs`: a notify to an awake loop costs no syscall; one to a sleeping loop
@@ -85,22 +119,28 @@ mod backend;
 mod bh;
 mod callback;
 mod co_lock;
+mod completion;
 mod context;
 mod current;
 mod event_notifier;
 mod fd;
+mod fs;
 mod io;
 mod io_buf;
 mod iothread;
 mod join;
+#[cfg(all(test, not(loom)))]
+mod layering;
 mod local;
 mod notify;
+mod op;
 mod poll;
 mod poll_params;
 mod pool;
 mod run_queue;
 mod shutdown;
 mod stats;
+mod submit;
 mod sync;
 mod sys;
 mod task;
@@ -124,10 +164,12 @@ pub use backend::uring::setup::{RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, BhRef, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};
-pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES, RawCallback};
+pub use completion::RawCallback;
+pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES};
 pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
+pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
 pub use io::{MAX_RETRIES, RingOp};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};

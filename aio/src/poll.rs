@@ -274,7 +274,7 @@ impl AioContext {
                     return progress;
                 }
                 Some(Ready::Raw(cb, res, flags)) => {
-                    cb(res, flags);
+                    cb.run(res, flags);
                     progress = true;
                 }
                 Some(Ready::Fd(node, revents)) => progress |= self.run_fd_handler(&node, revents),

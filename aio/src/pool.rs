@@ -24,17 +24,15 @@
 //!    (file syscalls are not interruptible, and do not block indefinitely), and its
 //!    operation reports the syscall's real result (`io/stream.rs`).
 //! 3. The pool is not part of any loom model: it uses `std` primitives directly.
-//! 4. What a worker runs for a typed operation (`IoKind::run_blocking`): `preadv2`/
-//!    `pwritev2` at the offset, `fsync`/`fdatasync`.
+//! 4. What a worker runs for a typed operation is the op's own blocking lowering
+//!    (`OpCode::run_blocking`, one per file in `op/`): `preadv2`/`pwritev2` at the
+//!    offset, `fsync`/`fdatasync`, `openat`, `statx`, … The pool itself only runs
+//!    closures: it imports nothing from the crate.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
-
-use crate::io::IoKind;
-use crate::sys;
 
 /// Locks `m`, ignoring poisoning: jobs run outside every lock of this module.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,10 +54,15 @@ pub(crate) struct Owner {
 impl Owner {
     /// A new owner.
     pub(crate) fn new() -> io::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
+        Ok(Self::fresh())
+    }
+
+    /// A new owner (infallible form of [`new`](Self::new)).
+    pub(crate) fn fresh() -> Arc<Self> {
+        Arc::new(Self {
             outstanding: Mutex::new(0),
             done: Condvar::new(),
-        }))
+        })
     }
 
     fn finish(&self, n: usize) {
@@ -200,51 +203,5 @@ fn worker() {
             );
         }
         st = lock(&p.state);
-    }
-}
-
-impl IoKind {
-    /// Runs the operation with blocking syscalls on a pool worker (rule 4); returns
-    /// what a CQE would: the byte count or `-errno`.
-    pub(crate) fn run_blocking(self) -> i32 {
-        let one = |ptr: *const u8, len: u32| libc::iovec {
-            iov_base: ptr.cast_mut().cast(),
-            iov_len: len as usize,
-        };
-        let res = match self {
-            IoKind::Read { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, true),
-            IoKind::Write { fd, ptr, len, off } => rw(fd, &[one(ptr, len)], off, false),
-            IoKind::Readv { fd, iov, cnt, off } | IoKind::Writev { fd, iov, cnt, off } => {
-                // SAFETY: `iov` points at `cnt` iovecs owned by this operation's
-                // `InFlight`, alive for the whole call (rule 1).
-                let iov = unsafe { std::slice::from_raw_parts(iov, cnt as usize) };
-                rw(fd, iov, off, matches!(self, IoKind::Readv { .. }))
-            }
-            IoKind::Fsync {
-                fd,
-                data_only: false,
-            } => sys::fsync(fd).map(|()| 0),
-            IoKind::Fsync {
-                fd,
-                data_only: true,
-            } => sys::fdatasync(fd).map(|()| 0),
-        };
-        match res {
-            Ok(n) => n.min(i32::MAX as usize) as i32,
-            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-        }
-    }
-}
-
-/// `preadv2`/`pwritev2` at `off`.
-fn rw(fd: RawFd, iov: &[libc::iovec], off: u64, read: bool) -> io::Result<usize> {
-    let off = off.min(i64::MAX as u64) as i64;
-    if read {
-        // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
-        // valid for writes until the job is dropped, which is after this call.
-        unsafe { sys::preadv2(fd, iov, off, 0) }
-    } else {
-        // SAFETY: as above, valid for reads.
-        unsafe { sys::pwritev2(fd, iov, off, 0) }
     }
 }

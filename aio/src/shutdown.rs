@@ -55,7 +55,7 @@ impl AioContext {
         let queued = self.home().bhs.take_queued();
         close_callbacks(&self.remote, queued);
         let done = self.home().driver.shutdown(self.name(), DROP_REAP_LIMIT);
-        crate::backend::raw::run_at_drop(self.name(), done);
+        crate::submit::run_at_drop(self.name(), done);
         if let Some(owner) = &self.remote.pool {
             let running = owner.cancel(DROP_REAP_LIMIT);
             if running > 0 {

@@ -23,7 +23,7 @@
 //! 6. Raw io_uring operations are unsupported. Typed I/O on regular files and block
 //!    devices runs on the worker pool (`pool.rs`), whose completions come back as
 //!    bottom halves; on streams it is driven by readiness from the driver's
-//!    [`StreamTable`] (`io/stream.rs`), whose own epoll set is one level-triggered entry
+//!    [`StreamTable`] (`backend/streams.rs`, rules in `io/stream.rs`), whose own epoll set is one level-triggered entry
 //!    of this one. Its finished operations are dispatched like completions.
 //! 7. A descriptor epoll refuses with `EPERM` (a regular file, a directory, `/dev/null`:
 //!    no `poll` method, so `poll(2)` calls it always ready) is kept on an "always
@@ -40,8 +40,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::Ready;
+use super::streams::StreamTable;
+use crate::completion::Callback;
 use crate::fd::FdNode;
-use crate::io::stream::StreamTable;
 use crate::sync::Arc;
 use crate::sys;
 
@@ -296,7 +297,11 @@ impl EpollDriver {
         loop {
             if let Some(done) = self.streams.next_done() {
                 // Running or dropping the callback delivers the result (rule 6).
-                return Some(Ready::Raw(Box::new(move |_, _| drop(done)), 0, 0));
+                return Some(Ready::Raw(
+                    Callback::Raw(Box::new(move |_, _| drop(done))),
+                    0,
+                    0,
+                ));
             }
             let (data, revents) = self.ready.pop_front()?;
             if data == STREAMS {

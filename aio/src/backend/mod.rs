@@ -4,11 +4,15 @@
 //! The loop in `poll.rs` talks to a [`Driver`]: apply an fd-handler change, sleep or
 //! look without sleeping, then take [`Ready`] items one at a time and run them with no
 //! borrow held (so callbacks may nest `poll`). Bottom halves, timers, tasks and the
-//! notify protocol sit above the driver and are the same on both back ends.
+//! notify protocol sit above the driver and are the same on both back ends. The back
+//! ends know operations only through the op layer's `OpCode` (`op/`) and the leaf
+//! types `Sqe` and `Callback`: they import nothing from the core or the user-facing
+//! modules.
 
 pub(crate) mod epoll;
 mod ops;
 pub(crate) mod raw;
+pub(crate) mod streams;
 pub(crate) mod uring;
 
 use std::fmt;
@@ -19,11 +23,11 @@ use std::sync::Once;
 use std::time::Duration;
 
 use self::epoll::EpollDriver;
-use self::raw::Sqe;
 use self::uring::setup::RingSetup;
 use self::uring::{Ring, UringDriver};
-use crate::context::RawCallback;
+use crate::completion::Callback;
 use crate::fd::FdNode;
+use crate::op::Sqe;
 use crate::sync::Arc;
 
 /// The environment variable that picks the back end when the builder says
@@ -79,7 +83,7 @@ impl FromStr for Backend {
 /// borrowed and run after the borrow ends.
 pub(crate) enum Ready {
     /// A raw operation completed: `(callback, res, flags)`.
-    Raw(RawCallback, i32, u32),
+    Raw(Callback, i32, u32),
     /// A handler's descriptor is ready with these `poll(2)` events; re-arm after.
     Fd(Arc<FdNode>, u32),
     /// A handler's descriptor is bad (closed, reused): remove the handler.
@@ -250,10 +254,29 @@ impl Driver {
 
     /// Queues a raw io_uring operation; returns its `user_data` (never in the loop's
     /// reserved tag space).
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: impl Into<Callback>) -> u64 {
         match self {
-            Driver::Uring(d) => d.push_raw(sqe, cb),
+            Driver::Uring(d) => d.push_raw(sqe, cb.into()),
             Driver::Epoll(_) => unreachable!("submit_raw refuses raw operations on epoll"),
+        }
+    }
+
+    /// Makes room for `n` entries in the submission queue (submitting what is queued
+    /// if needed), so that the next `n` pushes go in back to back (a linked chain);
+    /// false when `n` exceeds the queue (or on epoll, which has none).
+    pub(crate) fn reserve(&mut self, n: usize) -> bool {
+        match self {
+            Driver::Uring(d) => d.ring_mut().reserve(n),
+            Driver::Epoll(_) => false,
+        }
+    }
+
+    /// Whether the ring runs `opcode` (the kernel's probe, taken once per ring); always
+    /// true on epoll, whose operations run their blocking lowering anyway.
+    pub(crate) fn supports(&mut self, opcode: u8) -> bool {
+        match self {
+            Driver::Uring(d) => d.supports(opcode),
+            Driver::Epoll(_) => true,
         }
     }
 
@@ -323,7 +346,7 @@ impl Driver {
     /// safe to repeat); returns the user callbacks whose CQEs were reaped, to run once
     /// the ring is quiet, and on epoll the stream operations still waiting, which
     /// complete with `ECANCELED` when run.
-    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(Callback, i32, u32)> {
         match self {
             Driver::Uring(d) => d.shutdown(name, limit),
             // Stream operations waiting for readiness would wait forever: nobody polls
@@ -332,7 +355,7 @@ impl Driver {
                 .streams
                 .take_all()
                 .into_iter()
-                .map(|done| (Box::new(move |_, _| drop(done)) as RawCallback, 0, 0))
+                .map(|done| (Callback::Raw(Box::new(move |_, _| drop(done))), 0, 0))
                 .collect(),
         }
     }

@@ -1,7 +1,7 @@
 //! The table of ring operations in flight (`uring.rs` rule 7): fixed slots with
 //! generations, so that a `user_data` names one operation and never a later one.
 
-use crate::context::RawCallback;
+use crate::completion::Callback;
 use crate::fd::FdNode;
 use crate::sync::Arc;
 
@@ -19,7 +19,7 @@ pub(super) enum Op {
     /// A `POLL_REMOVE` or `ASYNC_CANCEL` issued by the loop.
     Control,
     /// A user operation.
-    Raw(RawCallback),
+    Raw(Callback),
 }
 
 impl Op {
@@ -112,7 +112,7 @@ mod tests {
         let a = t.insert(Op::Control);
         assert_ne!(a & INTERNAL_TAG, 0);
         assert!(t.remove(a).is_some());
-        let b = t.insert(Op::Raw(Box::new(|_, _| {})));
+        let b = t.insert(Op::Raw(Callback::Raw(Box::new(|_, _| {}))));
         assert_eq!(a as u32, b as u32, "the slot is reused");
         assert_eq!(b & INTERNAL_TAG, 0);
         assert!(

@@ -34,6 +34,10 @@
 //!     later operation in a reused slot, are out of reach). The cancel is submitted at
 //!     once; the cancelled operation's slot, and the buffer its callback owns, stay
 //!     until its final CQE.
+//! 11. A typed operation whose opcode this kernel's ring lacks (the ring's probe,
+//!     `IORING_REGISTER_PROBE`, taken once: e.g. `FTRUNCATE` before Linux 6.9,
+//!     `MKDIRAT` before 5.15) runs its blocking lowering on the worker pool instead,
+//!     and completes on the home thread as a bottom half, as on epoll.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -46,9 +50,9 @@ use io_uring::{IoUring, cqueue, opcode, types};
 use self::setup::{RingFeatures, RingSetup};
 use super::Ready;
 use super::ops::{Op, OpTable};
-use super::raw::Sqe;
-use crate::context::RawCallback;
+use crate::completion::Callback;
 use crate::fd::FdNode;
+use crate::op::Sqe;
 use crate::sync::Arc;
 use crate::sys;
 
@@ -181,6 +185,24 @@ impl Ring {
         }
     }
 
+    /// Makes room for `n` entries (rule 1's loop, until `n` fit): a linked chain's
+    /// entries are then pushed without a submit between them. False when `n` exceeds
+    /// the submission queue.
+    pub(crate) fn reserve(&mut self, n: usize) -> bool {
+        if n > self.sq_entries() as usize {
+            return false;
+        }
+        loop {
+            let sq = self.ring.submission();
+            if sq.capacity() - sq.len() >= n {
+                return true;
+            }
+            drop(sq);
+            self.enter(0, None);
+            self.drain_cq();
+        }
+    }
+
     /// Whether entries are queued and not yet submitted.
     pub(crate) fn has_unsubmitted(&mut self) -> bool {
         !self.ring.submission().is_empty()
@@ -267,6 +289,9 @@ pub(crate) struct UringDriver {
     reaped: VecDeque<Completion>,
     /// Completions collected for dispatch.
     pub(crate) cqes: u64,
+    /// The kernel's supported opcodes (`IORING_REGISTER_PROBE`), taken at first need;
+    /// `None` inside when the kernel has no probe (every opcode is then assumed).
+    probe: Option<Option<io_uring::Probe>>,
 }
 
 /// What happens to one CQE (rules 6 to 8).
@@ -289,6 +314,7 @@ impl UringDriver {
             completions: VecDeque::new(),
             reaped: VecDeque::new(),
             cqes: 0,
+            probe: None,
         };
         d.arm_notify_read();
         d
@@ -310,8 +336,50 @@ impl UringDriver {
         user_data
     }
 
+    /// Whether this kernel's ring runs `opcode` (rule 11).
+    pub(crate) fn supports(&mut self, opcode: u8) -> bool {
+        let ring = &self.ring.ring;
+        let probe = self.probe.get_or_insert_with(|| {
+            let mut probe = io_uring::Probe::new();
+            ring.submitter()
+                .register_probe(&mut probe)
+                .ok()
+                .map(|()| probe)
+        });
+        probe.as_ref().is_none_or(|p| p.is_supported(opcode))
+    }
+
+    /// Makes the probe say that no opcode is supported (tests of rule 11's fallback).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn pretend_no_opcodes(&mut self) {
+        self.probe = Some(Some(io_uring::Probe::new()));
+    }
+
+    /// User operations in the table (tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn user_ops(&self) -> usize {
+        self.ops
+            .user_data()
+            .filter(|(_, op)| matches!(op, Op::Raw(_)))
+            .count()
+    }
+
+    /// Whether the probe was made to say no (tests).
+    #[cfg(all(test, not(loom)))]
+    fn pretends(&self) -> bool {
+        self.probe.as_ref().is_some_and(|p| {
+            p.as_ref()
+                .is_some_and(|p| !p.is_supported(io_uring::opcode::Nop::CODE))
+        })
+    }
+
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
-    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: RawCallback) -> u64 {
+    pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: Callback) -> u64 {
+        #[cfg(all(test, not(loom)))]
+        assert!(
+            !(matches!(cb, Callback::Op(_)) && self.pretends()),
+            "a typed operation reached a ring whose probe refuses its opcode"
+        );
         self.push(&sqe, Op::Raw(cb))
     }
 
@@ -504,7 +572,7 @@ impl UringDriver {
     /// by the caller now that the kernel is done with their memory. If the kernel does
     /// not answer within `limit`, the operations left are leaked on purpose rather than
     /// freed under it (their callbacks never run).
-    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(RawCallback, i32, u32)> {
+    pub(crate) fn shutdown(&mut self, name: &str, limit: Duration) -> Vec<(Callback, i32, u32)> {
         let mut done = Vec::new();
         // Completions reaped but not dispatched (a panic unwound the loop, or a nested
         // poll left them): final results.
@@ -566,7 +634,7 @@ impl UringDriver {
 
     /// Drop path: frees the operation a final CQE names, keeping a user callback and
     /// its CQE in `done`.
-    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(RawCallback, i32, u32)>) {
+    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(Callback, i32, u32)>) {
         if cqueue::more(c.flags) {
             return;
         }

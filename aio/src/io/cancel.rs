@@ -17,6 +17,13 @@ pub(super) struct Shared<T> {
     /// reserved tag space); epoll: the stream table entry it waits in. `None` until the
     /// home thread handed it to the back end.
     pub(super) id: Option<u64>,
+    /// The operation's deadline passed and its cancel was asked for (`io/deadline.rs`):
+    /// like a dropped future, it is not started or resubmitted, but its result is
+    /// still delivered.
+    pub(super) cancel_requested: bool,
+    /// The kernel enforces the deadline (a `LINK_TIMEOUT` was linked behind it): the
+    /// timer leaves it alone.
+    pub(super) kernel_deadline: bool,
 }
 
 /// The state of an operation's result (rule 2).
@@ -33,7 +40,7 @@ pub(super) enum Slot<T> {
 /// sees the drop and the caller cancels (rule 6).
 pub(super) fn record_id<T>(shared: &Mutex<Shared<T>>, id: u64) -> bool {
     let mut shared = lock(shared);
-    if let Slot::Abandoned = shared.slot {
+    if matches!(shared.slot, Slot::Abandoned) || shared.cancel_requested {
         return true;
     }
     shared.id = Some(id);
@@ -95,6 +102,8 @@ mod loom_cancel {
             let shared = Arc::new(Mutex::new(Shared::<Vec<u8>> {
                 slot: Slot::Waiting(None),
                 id: None,
+                cancel_requested: false,
+                kernel_deadline: false,
             }));
             let s = Arc::clone(&shared);
             let home = loom::thread::spawn(move || record_id(&s, 7));

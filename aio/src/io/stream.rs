@@ -6,12 +6,14 @@
 //! can starve file I/O or cancellation.
 //!
 //! Rules:
-//! 1. The route is chosen by `fstat` at submission: `S_ISREG`/`S_ISBLK` (and `fsync`,
-//!    and a descriptor `fstat` refuses, whose syscall reports the error) go to the pool;
-//!    everything else is a stream. A stream epoll refuses (`EPERM`: no `poll` method)
+//! 1. The route is chosen at submission: an operation that is not a read or write
+//!    (`OpCode::stream` is `None`: `fsync`, `openat`, `statx`, …) goes to the pool; a
+//!    read or write goes there too when `fstat` says `S_ISREG`/`S_ISBLK` (or refuses
+//!    the descriptor, whose syscall then reports the error); everything else is a
+//!    stream. A stream epoll refuses (`EPERM`: no `poll` method)
 //!    goes to the pool after all: its syscalls cannot wait for readiness either.
 //! 2. A stream operation reaches the home thread as a oneshot bottom half, which hands
-//!    it to the context's [`StreamTable`]: one FIFO of reads and one of writes per
+//!    it to the context's stream table (`backend/streams.rs`): one FIFO of reads and one of writes per
 //!    open file (rule 6), on a duplicate of the descriptor (so the open file outlives a
 //!    user's `close` while operations wait, as with io_uring), registered in the
 //!    table's own epoll set, which sits in the loop's set as one level-triggered entry
@@ -46,85 +48,20 @@
 //!    and file, as io_uring's in-flight operations keep theirs. Entries are keyed by a
 //!    never-reused number, which is also what the table's epoll set reports.
 
-use std::collections::{HashMap, VecDeque};
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
-
-use super::{InFlight, IoKind};
 use crate::backend::Driver;
+use crate::backend::streams::{Added, Finished, StreamIo};
 use crate::context::AioContext;
 use crate::pool;
 use crate::sync::Arc;
 use crate::sys;
 
-/// How many ready descriptors one look at the table's epoll set takes.
-const EVENTS: usize = 64;
-
-/// A typed operation whose buffers it owns, with its type erased (rule 2).
-pub(crate) trait StreamIo: Send {
-    /// The operation, as pointers into the buffers it owns.
-    fn kind(&self) -> IoKind;
-    /// Whether its future was dropped (rule 4).
-    fn abandoned(&self) -> bool;
-    /// Records the table entry it waits in, which its future's drop prunes; returns
-    /// whether the future was dropped already (the caller prunes then; rule 4).
-    fn set_entry(&self, key: u64) -> bool;
-    /// Completes it with a CQE-style result (byte count or `-errno`).
-    fn finish(self: Box<Self>, res: i32);
-}
-
-impl<T: Send + 'static> StreamIo for InFlight<T> {
-    fn kind(&self) -> IoKind {
-        self.kind
-    }
-
-    fn abandoned(&self) -> bool {
-        InFlight::abandoned(self)
-    }
-
-    fn set_entry(&self, key: u64) -> bool {
-        self.set_id(key)
-    }
-
-    fn finish(self: Box<Self>, res: i32) {
-        (*self).complete(res);
-    }
-}
-
-/// An operation whose syscall returned `res`: running or dropping it delivers `res`
-/// (rule 5).
-pub(crate) struct Finished {
-    op: Option<Box<dyn StreamIo>>,
-    res: i32,
-}
-
-impl Finished {
-    fn new(op: Box<dyn StreamIo>, res: i32) -> Self {
-        Self { op: Some(op), res }
-    }
-}
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        if let Some(op) = self.op.take() {
-            op.finish(self.res);
-        }
-    }
-}
-
 /// Submits `op` on the epoll back end (rule 1); `owner` is the context's pool share.
-pub(super) fn submit<T: Send + 'static>(
-    op: InFlight<T>,
-    ctx: &AioContext,
-    owner: &Arc<pool::Owner>,
-) {
-    if goes_to_pool(op.kind) {
-        to_pool(Box::new(op), ctx, owner);
+pub(super) fn submit(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
+    if goes_to_pool(op.as_ref()) {
+        to_pool(op, ctx, owner);
         return;
     }
     let weak = ctx.weak();
-    let op: Box<dyn StreamIo> = Box::new(op);
     // Rule 2. If the context goes away first, the BH is dropped unrun and `op` with it:
     // nothing ran, so it completes with ECANCELED.
     ctx.schedule_oneshot(move || {
@@ -146,14 +83,10 @@ pub(super) fn submit<T: Send + 'static>(
     });
 }
 
-/// Whether `kind` runs on the pool (rule 1).
-fn goes_to_pool(kind: IoKind) -> bool {
-    let fd = match kind {
-        IoKind::Fsync { .. } => return true,
-        IoKind::Read { fd, .. }
-        | IoKind::Write { fd, .. }
-        | IoKind::Readv { fd, .. }
-        | IoKind::Writev { fd, .. } => fd,
+/// Whether `op` runs on the pool (rule 1).
+fn goes_to_pool(op: &dyn StreamIo) -> bool {
+    let Some((fd, _)) = op.target() else {
+        return true;
     };
     match sys::fstat(fd) {
         Ok((fmt, ..)) => fmt == libc::S_IFREG || fmt == libc::S_IFBLK,
@@ -163,14 +96,14 @@ fn goes_to_pool(kind: IoKind) -> bool {
 
 /// Runs `op` on a pool worker; its completion comes back as a oneshot BH that delivers
 /// the real result whether it runs or is dropped with the context (rule 5).
-fn to_pool(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
+pub(super) fn to_pool(mut op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
     let remote = Arc::clone(&ctx.remote);
     let job = move |_: &pool::Owner| {
         // Rule 4: a job whose future was dropped before it started is not run.
         let res = if op.abandoned() {
             -libc::ECANCELED
         } else {
-            op.kind().run_blocking()
+            op.run_blocking()
         };
         let done = Finished::new(op, res);
         remote.schedule_oneshot(Box::new(move || drop(done)));
@@ -181,363 +114,4 @@ fn to_pool(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
             ctx.name()
         );
     }
-}
-
-/// What [`StreamTable::add`] did with an operation.
-pub(crate) enum Added {
-    /// Waits for its descriptor.
-    Queued,
-    /// Its syscall ran at once.
-    Done(Finished),
-    /// Its descriptor cannot be polled (rule 1): run it on the pool.
-    NotPollable(Box<dyn StreamIo>),
-}
-
-/// The waiting operations of one open file (rule 2).
-struct Queues {
-    /// The duplicate the syscalls use and the table's epoll set names.
-    file: OwnedFd,
-    /// The descriptor number the operations named when they were submitted.
-    fd: RawFd,
-    reads: VecDeque<Box<dyn StreamIo>>,
-    writes: VecDeque<Box<dyn StreamIo>>,
-    /// The events registered for `file` (0: not registered).
-    events: u32,
-}
-
-/// The stream operations of one epoll context (home thread only; rule 2).
-pub(crate) struct StreamTable {
-    epfd: OwnedFd,
-    /// Entries by key (the key is what the table's epoll set reports, and what a
-    /// dropped future prunes by); a key is never reused.
-    queues: HashMap<u64, Queues>,
-    /// The entry each descriptor number named last (rule 6).
-    by_fd: HashMap<RawFd, u64>,
-    next_key: u64,
-    done: VecDeque<Finished>,
-    buf: Vec<libc::epoll_event>,
-}
-
-impl StreamTable {
-    /// A table with its own epoll set, to be registered in the loop's set.
-    pub(crate) fn new() -> io::Result<Self> {
-        Ok(Self {
-            epfd: sys::epoll_create()
-                .map_err(|e| io::Error::new(e.kind(), format!("epoll_create1 failed: {e}")))?,
-            queues: HashMap::new(),
-            by_fd: HashMap::new(),
-            next_key: 0,
-            done: VecDeque::new(),
-            buf: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
-        })
-    }
-
-    /// The table's epoll set: readable while a waiting descriptor is ready.
-    pub(crate) fn fd(&self) -> RawFd {
-        self.epfd.as_raw_fd()
-    }
-
-    /// Whether operations wait for readiness (the loop then looks at its epoll set).
-    pub(crate) fn has_waiting(&self) -> bool {
-        !self.queues.is_empty()
-    }
-
-    /// Whether finished operations wait for the loop to deliver them.
-    pub(crate) fn has_done(&self) -> bool {
-        !self.done.is_empty()
-    }
-
-    /// The next finished operation to deliver.
-    pub(crate) fn next_done(&mut self) -> Option<Finished> {
-        self.done.pop_front()
-    }
-
-    /// Takes every operation out of the table, for the context's shutdown: dropping
-    /// what it returns completes each one, a waiting one with `ECANCELED` (nothing ran)
-    /// and a finished one with its real result (rule 5). The caller drops them with no
-    /// borrow of the home state held: completing wakes tasks.
-    pub(crate) fn take_all(&mut self) -> Vec<Finished> {
-        let mut all: Vec<Finished> = self.done.drain(..).collect();
-        self.by_fd.clear();
-        for (_, q) in self.queues.drain() {
-            // The table's epoll set is never looked at again; `q.file` closes here.
-            for op in q.reads.into_iter().chain(q.writes) {
-                all.push(Finished::new(op, -libc::ECANCELED));
-            }
-        }
-        all
-    }
-
-    /// Takes `op` (rule 2), running its syscall at once if nothing waits ahead of it
-    /// and it cannot block (rule 3).
-    pub(crate) fn add(&mut self, op: Box<dyn StreamIo>) -> Added {
-        if op.abandoned() {
-            // Rule 4: its future is gone; nothing ran.
-            return Added::Done(Finished::new(op, -libc::ECANCELED));
-        }
-        let (fd, read) = target(op.kind());
-        let key = match self.entry(fd) {
-            Ok(key) => key,
-            Err(e) => return Added::Done(Finished::new(op, errno(&e))),
-        };
-        let q = self.queues.get_mut(&key).expect("entry returned it");
-        let file = q.file.as_raw_fd();
-        let queue = if read { &mut q.reads } else { &mut q.writes };
-        take_abandoned(queue, &mut self.done); // rule 4
-        let now = if queue.is_empty() {
-            try_io(file, op.kind())
-        } else {
-            None
-        };
-        if let Some(res) = now {
-            self.forget_if_idle(key);
-            return Added::Done(Finished::new(op, res));
-        }
-        if op.set_entry(key) {
-            // Rule 4: dropped while it was being added (on another thread); not run.
-            self.forget_if_idle(key);
-            return Added::Done(Finished::new(op, -libc::ECANCELED));
-        }
-        queue.push_back(op);
-        match self.rearm(key) {
-            Ok(()) => Added::Queued,
-            Err(e) => {
-                let q = self.queues.get_mut(&key).expect("added above");
-                let queue = if read { &mut q.reads } else { &mut q.writes };
-                let op = queue.pop_back().expect("pushed above");
-                self.forget_if_idle(key);
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    Added::NotPollable(op)
-                } else {
-                    Added::Done(Finished::new(op, errno(&e)))
-                }
-            }
-        }
-    }
-
-    /// The entry for the file `fd` names now (rule 6): the one `fd` named last if `fd`
-    /// still names the same file, else a new one on a duplicate of `fd`. An entry whose
-    /// number now names another file (the user closed it while operations waited, and
-    /// the number was reused) keeps serving those operations on its own duplicate, as
-    /// io_uring's in-flight operations keep their file, but is no longer found by number.
-    fn entry(&mut self, fd: RawFd) -> io::Result<u64> {
-        if let Some(&key) = self.by_fd.get(&fd) {
-            let q = &self.queues[&key];
-            // Where `kcmp` is refused, every operation gets an entry of its own: never
-            // the wrong file, at the price of an fd's operations not sharing a queue.
-            if sys::same_open_file(fd, q.file.as_raw_fd()) == Some(true) {
-                return Ok(key);
-            }
-            self.by_fd.remove(&fd);
-        }
-        let file = sys::dup(fd)?;
-        let key = self.next_key;
-        self.next_key += 1;
-        // Not registered yet: `rearm` adds it.
-        self.queues.insert(
-            key,
-            Queues {
-                file,
-                fd,
-                reads: VecDeque::new(),
-                writes: VecDeque::new(),
-                events: 0,
-            },
-        );
-        self.by_fd.insert(fd, key);
-        Ok(key)
-    }
-
-    /// Takes the operations whose futures were dropped out of entry `key` (a dropped
-    /// future calls this, rule 4), unrun, and removes the entry (closing its duplicate
-    /// of the descriptor) once nothing waits in it. Nothing for an unknown key.
-    pub(crate) fn prune(&mut self, key: u64) {
-        let Some(q) = self.queues.get_mut(&key) else {
-            return;
-        };
-        take_abandoned(&mut q.reads, &mut self.done);
-        take_abandoned(&mut q.writes, &mut self.done);
-        self.rearm_or_fail(key);
-    }
-
-    /// `rearm`, finishing what waits in the entry with the error if the registration
-    /// cannot change.
-    fn rearm_or_fail(&mut self, key: u64) {
-        if let Err(e) = self.rearm(key) {
-            let q = self.remove(key).expect("rearm failed on a known entry");
-            for op in q.reads.into_iter().chain(q.writes) {
-                self.done.push_back(Finished::new(op, errno(&e)));
-            }
-        }
-    }
-
-    /// Removes entry `key`, and its number's mapping if the number still maps to it.
-    fn remove(&mut self, key: u64) -> Option<Queues> {
-        let q = self.queues.remove(&key)?;
-        if self.by_fd.get(&q.fd) == Some(&key) {
-            self.by_fd.remove(&q.fd);
-        }
-        Some(q)
-    }
-
-    /// Looks at the table's epoll set without sleeping and runs the syscalls of every
-    /// operation whose descriptor is ready, in FIFO order per queue (rule 3); their
-    /// results go to the done queue.
-    pub(crate) fn service(&mut self) {
-        let n = match sys::epoll_wait(self.epfd.as_fd(), &mut self.buf, Some(Duration::ZERO)) {
-            Ok(n) => n,
-            Err(e) => panic!("epoll_wait on the stream set failed unexpectedly: {e}"),
-        };
-        let ready: Vec<(u64, u32)> = self.buf[..n].iter().map(|ev| (ev.u64, ev.events)).collect();
-        let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-        for (key, revents) in ready {
-            let Some(q) = self.queues.get_mut(&key) else {
-                continue;
-            };
-            let file = q.file.as_raw_fd();
-            if revents & (libc::EPOLLIN as u32 | err) != 0 {
-                run_queue(file, &mut q.reads, &mut self.done);
-            }
-            if revents & (libc::EPOLLOUT as u32 | err) != 0 {
-                run_queue(file, &mut q.writes, &mut self.done);
-            }
-            take_abandoned(&mut q.reads, &mut self.done); // rule 4
-            take_abandoned(&mut q.writes, &mut self.done);
-            self.rearm_or_fail(key);
-        }
-    }
-
-    /// Registers entry `key`'s duplicate for the events its queues wait for, or
-    /// removes the entry when none wait (closing the duplicate drops any interest left,
-    /// so that cannot fail).
-    fn rearm(&mut self, key: u64) -> io::Result<()> {
-        let q = self.queues.get_mut(&key).expect("rearm of a known entry");
-        let mut want = 0;
-        if !q.reads.is_empty() {
-            want |= libc::EPOLLIN as u32;
-        }
-        if !q.writes.is_empty() {
-            want |= libc::EPOLLOUT as u32;
-        }
-        if want == 0 {
-            self.remove(key);
-            return Ok(());
-        }
-        if want == q.events {
-            return Ok(());
-        }
-        let op = if q.events == 0 {
-            libc::EPOLL_CTL_ADD
-        } else {
-            libc::EPOLL_CTL_MOD
-        };
-        sys::epoll_ctl(self.epfd.as_fd(), op, q.file.as_raw_fd(), want, key)?;
-        q.events = want;
-        Ok(())
-    }
-
-    /// Removes entry `key` when nothing waits in it.
-    fn forget_if_idle(&mut self, key: u64) {
-        if let Some(q) = self.queues.get(&key)
-            && q.reads.is_empty()
-            && q.writes.is_empty()
-        {
-            let _ = self.rearm(key);
-        }
-    }
-}
-
-/// Moves the operations of `queue` whose futures were dropped to `done`, unrun (rule
-/// 4). Never dropped here: the table lives in the home state, which is borrowed while it
-/// is looked at, and an operation owns the user's buffer, whose `Drop` may call back
-/// into the context (`poll`, `block_on`, `submit_raw`); the loop drops what it takes
-/// from `done` with no borrow held.
-fn take_abandoned(queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<Finished>) {
-    let mut i = 0;
-    while i < queue.len() {
-        if queue[i].abandoned() {
-            let op = queue.remove(i).expect("index in range");
-            done.push_back(Finished::new(op, -libc::ECANCELED));
-        } else {
-            i += 1;
-        }
-    }
-}
-
-/// Runs the syscalls of `queue`'s operations in order until one would block (rule 3).
-fn run_queue(file: RawFd, queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<Finished>) {
-    while let Some(op) = queue.front() {
-        if op.abandoned() {
-            // Rule 4: unrun; freed by the loop with no borrow held.
-            let op = queue.pop_front().expect("looked at above");
-            done.push_back(Finished::new(op, -libc::ECANCELED));
-            continue;
-        }
-        let Some(res) = try_io(file, op.kind()) else {
-            return;
-        };
-        let op = queue.pop_front().expect("looked at above");
-        done.push_back(Finished::new(op, res));
-    }
-}
-
-/// The descriptor an operation names and whether it reads.
-fn target(kind: IoKind) -> (RawFd, bool) {
-    match kind {
-        IoKind::Read { fd, .. } | IoKind::Readv { fd, .. } => (fd, true),
-        IoKind::Write { fd, .. } | IoKind::Writev { fd, .. } => (fd, false),
-        IoKind::Fsync { .. } => unreachable!("fsync runs on the pool (rule 1)"),
-    }
-}
-
-fn errno(e: &io::Error) -> i32 {
-    -e.raw_os_error().unwrap_or(libc::EIO)
-}
-
-/// Runs `kind`'s syscall on `file` if it cannot block (rule 3): the CQE-style result, or
-/// `None` when it would block.
-fn try_io(file: RawFd, kind: IoKind) -> Option<i32> {
-    let one = |ptr: *const u8, len: u32| libc::iovec {
-        iov_base: ptr.cast_mut().cast(),
-        iov_len: len as usize,
-    };
-    let (iov_one, iov_many, read) = match kind {
-        IoKind::Read { ptr, len, .. } => (Some(one(ptr, len)), None, true),
-        IoKind::Write { ptr, len, .. } => (Some(one(ptr, len)), None, false),
-        IoKind::Readv { iov, cnt, .. } => (None, Some((iov, cnt)), true),
-        IoKind::Writev { iov, cnt, .. } => (None, Some((iov, cnt)), false),
-        IoKind::Fsync { .. } => unreachable!("fsync runs on the pool (rule 1)"),
-    };
-    let iov: &[libc::iovec] = match (&iov_one, iov_many) {
-        (Some(one), _) => std::slice::from_ref(one),
-        // SAFETY: `iov` points at `cnt` iovecs owned by the operation's `InFlight`, which
-        // the caller holds for the whole call.
-        (None, Some((iov, cnt))) => unsafe { std::slice::from_raw_parts(iov, cnt as usize) },
-        (None, None) => unreachable!(),
-    };
-    let call = |flags: libc::c_int| {
-        let res = if read {
-            // SAFETY: the iovecs point into buffers owned by the operation's `InFlight`,
-            // valid for writes, which the caller holds for the whole call.
-            unsafe { sys::preadv2(file, iov, -1, flags) }
-        } else {
-            // SAFETY: as above, valid for reads.
-            unsafe { sys::pwritev2(file, iov, -1, flags) }
-        };
-        res.map(|n| n.min(i32::MAX as usize) as i32)
-    };
-    let res = match call(libc::RWF_NOWAIT) {
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return None,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            // No RWF_NOWAIT for this file (a tty): only when poll says it is ready.
-            let events = if read { libc::POLLIN } else { libc::POLLOUT };
-            match sys::poll_now(file, events) {
-                Ok(false) => return None,
-                Ok(true) => call(0),
-                Err(e) => Err(e),
-            }
-        }
-        other => other,
-    };
-    Some(res.unwrap_or_else(|e| errno(&e)))
 }

@@ -41,6 +41,9 @@ use io_uring::IoUring;
 
 use super::{MAX_RING_ENTRIES, Ring};
 
+/// The default ring size (SQ entries).
+pub const DEFAULT_RING_ENTRIES: u32 = 128;
+
 /// `IORING_ENTER_GETEVENTS` (the io_uring crate keeps its `sys` module private).
 const IORING_ENTER_GETEVENTS: u32 = 1;
 
@@ -207,7 +210,7 @@ pub(crate) struct RingSetup {
 impl Default for RingSetup {
     fn default() -> Self {
         Self {
-            sq: crate::context::DEFAULT_RING_ENTRIES,
+            sq: DEFAULT_RING_ENTRIES,
             cq: None,
             sqpoll_idle: None,
             sqpoll_cpu: None,

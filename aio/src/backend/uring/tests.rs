@@ -21,9 +21,9 @@ fn stale_and_foreign_cqes_reach_no_operation() {
     let nop = || unsafe { Sqe::new(opcode::Nop::new().build()) };
     d.push_raw(
         nop(),
-        Box::new(move |_, _| {
+        Callback::Raw(Box::new(move |_, _| {
             r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }),
+        })),
     );
     let (live, _) = d
         .ops
@@ -50,7 +50,7 @@ fn stale_and_foreign_cqes_reach_no_operation() {
         d.collect("test");
         while let Some(ready) = d.next_ready() {
             match ready {
-                Ready::Raw(cb, res, flags) => cb(res, flags),
+                Ready::Raw(cb, res, flags) => cb.run(res, flags),
                 _ => unreachable!(),
             }
         }
@@ -102,10 +102,10 @@ fn a_user_cancel_reaches_only_its_own_live_operation() {
     // until the operation's final CQE; moving the `Box` does not move its bytes.
     let user_data = d.push_raw(
         unsafe { Sqe::new(entry) },
-        Box::new(move |res, _| {
+        Callback::Raw(Box::new(move |res, _| {
             drop(buf);
             r2.store(res, std::sync::atomic::Ordering::Relaxed);
-        }),
+        })),
     );
     d.ring.submit();
     d.cancel_user(user_data);
@@ -119,7 +119,7 @@ fn a_user_cancel_reaches_only_its_own_live_operation() {
         d.collect("test");
         while let Some(ready) = d.next_ready() {
             match ready {
-                Ready::Raw(cb, res, flags) => cb(res, flags),
+                Ready::Raw(cb, res, flags) => cb.run(res, flags),
                 _ => unreachable!(),
             }
         }
