@@ -94,13 +94,13 @@ fn timeout_moved_to_another_context_after_its_first_poll() {
         Duration::from_millis(2),
         std::future::pending::<()>(),
     ));
-    let _ = ctx_a.block_on(async {
-        std::future::poll_fn(|cx| {
-            let _ = fut.as_mut().poll(cx);
-            Poll::Ready(())
-        })
-        .await
-    });
+    let first = ctx_a.block_on(std::future::poll_fn(|cx| {
+        Poll::Ready(fut.as_mut().poll(cx).is_pending())
+    }));
+    assert!(
+        first,
+        "a pending future's timeout is pending at its first poll"
+    );
     drop(ctx_a);
     let ctx_b = new_ctx();
     assert!(ctx_b.block_on(fut).is_err());
