@@ -33,12 +33,8 @@ fn take_on(io: &IoThread) -> ReadGuard<'static> {
     main_context().block_on(async move {
         let _ = task.await;
     });
-    let guard = slot
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the task took the read lock");
-    guard
+    let taken = slot.lock().unwrap().take();
+    taken.expect("the task took the read lock")
 }
 
 #[test]
