@@ -353,3 +353,69 @@ fn iothread_on_each_deferred_setup() {
         drop(rd);
     }
 }
+
+/// An fd handler's POLL_ADD completing (from this or another thread's write) is seen by
+/// one non-blocking poll on every deferred setup, the same as a raw read's completion;
+/// and a busy-polling blocking poll wakes for it.
+#[test]
+fn fd_event_seen_by_one_nonblocking_poll_on_deferred_setups() {
+    for (name, builder) in deferred_setups() {
+        let test = format!("fd_event_nonblocking [{name}]");
+        let Some(ctx) = ring_ctx(&test, builder) else {
+            continue;
+        };
+        let _dog = Watchdog::for_ctx(&test, &ctx);
+        let sqpoll = ctx.ring_features().contains(RingFeatures::SQPOLL);
+        let e = Arc::new(aioctx::aio::EventNotifier::new().unwrap());
+        let ran = Arc::new(AtomicU32::new(0));
+        let (e2, r) = (Arc::clone(&e), Arc::clone(&ran));
+        ctx.set_fd_handler(
+            e.fd(),
+            Some(Box::new(move || {
+                if e2.test_and_clear().unwrap() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            })),
+            None,
+        )
+        .unwrap();
+        ctx.poll(false); // arm the POLL_ADD
+        for (round, other_thread) in [false, true, false, true].into_iter().enumerate() {
+            let want = round as u32 + 1;
+            if other_thread {
+                let e3 = Arc::clone(&e);
+                std::thread::spawn(move || e3.set().unwrap())
+                    .join()
+                    .unwrap();
+            } else {
+                e.set().unwrap();
+            }
+            let mut polls = 0;
+            while ran.load(Ordering::Relaxed) < want {
+                assert!(
+                    polls < 1 || sqpoll,
+                    "{test}: poll(false) did not see a due fd event (round {round})"
+                );
+                ctx.poll(false);
+                polls += 1;
+            }
+        }
+        // Busy polling on: a blocking poll whose event arrives from another thread.
+        ctx.set_poll_params(PollParams::up_to(Duration::from_millis(5)));
+        for round in 0..20u32 {
+            let want = ran.load(Ordering::Relaxed) + 1;
+            let e3 = Arc::clone(&e);
+            let setter = std::thread::spawn(move || {
+                if round % 2 == 0 {
+                    std::thread::yield_now();
+                }
+                e3.set().unwrap();
+            });
+            while ran.load(Ordering::Relaxed) < want {
+                ctx.poll(true);
+            }
+            setter.join().unwrap();
+        }
+        ctx.set_fd_handler(e.fd(), None, None).unwrap();
+    }
+}
