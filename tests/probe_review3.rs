@@ -419,3 +419,38 @@ fn fd_event_seen_by_one_nonblocking_poll_on_deferred_setups() {
         ctx.set_fd_handler(e.fd(), None, None).unwrap();
     }
 }
+
+/// `timeout` around a pipe read into an `AlignedBuf`, in a task, on every deferred
+/// setup: the read is cancelled at expiry (its CQE arrives only through a GETEVENTS
+/// enter there), does not take data written afterwards, and the buffer is reusable.
+#[test]
+fn timeout_cancels_a_read_on_deferred_setups() {
+    for (name, builder) in deferred_setups() {
+        let test = format!("timeout_read [{name}]");
+        let Some(ctx) = ring_ctx(&test, builder) else {
+            continue;
+        };
+        let _dog = Watchdog::for_ctx(&test, &ctx);
+        let (rd, wr) = pipe();
+        let fd = rd.as_raw_fd();
+        for _ in 0..3 {
+            let c = Arc::clone(&ctx);
+            let task = ctx.spawn(async move {
+                let buf = AlignedBuf::new(4096, 4096).unwrap();
+                timeout(Duration::from_millis(2), c.read_at(fd, buf, 0)).await
+            });
+            assert!(ctx.block_on(task).unwrap().is_err(), "{test}: nobody wrote");
+        }
+        // Let the cancels' CQEs in, then the data must go to the next read.
+        while ctx.poll(false) {}
+        write_fd(wr.as_raw_fd(), b"ok");
+        let c = Arc::clone(&ctx);
+        let task = ctx.spawn(async move {
+            let buf = AlignedBuf::new(4096, 4096).unwrap();
+            timeout(Duration::from_secs(20), c.read_at(fd, buf, 0)).await
+        });
+        let (res, buf) = ctx.block_on(task).unwrap().expect("data was written");
+        assert_eq!(res.unwrap(), 2, "{test}: a cancelled read took the data");
+        assert_eq!(&buf[..2], b"ok");
+    }
+}
