@@ -454,3 +454,37 @@ fn timeout_cancels_a_read_on_deferred_setups() {
         assert_eq!(&buf[..2], b"ok");
     }
 }
+
+/// `wait_while` on a deferred-setup context from its own home thread: a kick from
+/// another thread, racing the waiter's registration, always ends the wait (the kick
+/// notifies the context, whose eventfd read completes only through a GETEVENTS enter
+/// there).
+#[test]
+fn wait_while_on_a_deferred_context_is_woken_by_a_racing_kick() {
+    for (name, builder) in deferred_setups() {
+        let test = format!("wait_while_kick [{name}]");
+        let Some(ctx) = ring_ctx(&test, builder) else {
+            continue;
+        };
+        let _dog = Watchdog::for_ctx(&test, &ctx);
+        let c = Arc::clone(&ctx);
+        std::thread::spawn(move || {
+            c.poll(false); // this thread is its home now
+            for round in 0..200u32 {
+                let flag = Arc::new(AtomicBool::new(false));
+                let f = Arc::clone(&flag);
+                let kicker = std::thread::spawn(move || {
+                    if round % 2 == 0 {
+                        std::thread::yield_now();
+                    }
+                    f.store(true, Ordering::Release);
+                    aioctx::wait::kick();
+                });
+                aioctx::wait::wait_while(Some(&c), || !flag.load(Ordering::Acquire));
+                kicker.join().unwrap();
+            }
+        })
+        .join()
+        .expect("the waiting thread");
+    }
+}
