@@ -488,3 +488,34 @@ fn wait_while_on_a_deferred_context_is_woken_by_a_racing_kick() {
         .expect("the waiting thread");
     }
 }
+
+/// `AlignedBuf::for_file` on descriptors that are not files for `O_DIRECT` (a pipe,
+/// `/dev/null`, a directory) and with a zero length: an error or a usable buffer, never
+/// a panic.
+#[test]
+fn aligned_buf_for_odd_descriptors_never_panics() {
+    let (rd, _wr) = pipe();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let dir = std::fs::File::open("/").unwrap();
+    for (what, fd) in [
+        ("pipe", rd.as_raw_fd()),
+        ("/dev/null", null.as_raw_fd()),
+        ("/", dir.as_raw_fd()),
+    ] {
+        // SAFETY: the descriptors live until the end of this test.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        for len in [0usize, 1, 4096] {
+            match AlignedBuf::for_file(borrowed, len) {
+                Ok(buf) => {
+                    assert_eq!(buf.len(), len, "{what}");
+                    assert_eq!(buf.as_ptr() as usize % buf.align(), 0, "{what}");
+                }
+                Err(e) => assert!(!e.to_string().is_empty(), "{what}: {e}"),
+            }
+        }
+        assert!(
+            AlignedBuf::for_file(borrowed, 0).is_err(),
+            "{what}: length 0"
+        );
+    }
+}
