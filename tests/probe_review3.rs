@@ -519,3 +519,45 @@ fn aligned_buf_for_odd_descriptors_never_panics() {
         );
     }
 }
+
+/// A context run on one thread, with a task's pipe read (under a `timeout`) in flight,
+/// dropped on another thread after the first exited: a single-issuer ring cannot be
+/// entered there, so the drop must leak the read (never panic, never free its buffer
+/// under the kernel), on every deferred setup.
+#[test]
+fn context_with_task_io_dropped_after_its_thread_exited() {
+    for (name, builder) in deferred_setups() {
+        let test = format!("task_io_dropped_elsewhere [{name}]");
+        let Some(ctx) = ring_ctx(&test, builder) else {
+            continue;
+        };
+        let _dog = Watchdog::for_ctx(&test, &ctx);
+        let (rd, wr) = pipe();
+        let fd = rd.as_raw_fd();
+        let c = Arc::clone(&ctx);
+        std::thread::spawn(move || {
+            // The task holds no `Arc` of its context (that cycle would keep it alive).
+            let task = c.spawn(async move {
+                let buf = AlignedBuf::new(4096, 4096).unwrap();
+                let op = aioctx::aio::current().read_at(fd, buf, 0);
+                let _ = timeout(Duration::from_secs(3600), op).await;
+            });
+            // Submit the read: a few polls, nobody writes.
+            for _ in 0..3 {
+                c.poll(false);
+            }
+            drop(task); // detached: the task stays in flight
+        })
+        .join()
+        .expect("the running thread");
+        let weak = Arc::downgrade(&ctx);
+        drop(ctx);
+        assert!(
+            weak.upgrade().is_none(),
+            "{test}: the context was not freed"
+        );
+        // The pipe outlives the leaked read.
+        std::mem::forget(rd);
+        drop(wr);
+    }
+}
