@@ -71,10 +71,6 @@ fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
         s.spawn(|| assert_eq!(ctx.poll_ns(), 0));
     });
 
-    // Polling disabled (max 0): no adjustment at all.
-    ctx.set_poll_params(PollParams::from_qemu(0, 3, 2));
-    assert_eq!(wait_once(&ctx, LONG), 24000);
-
     // Shrink: a wait above max_ns (1 ms) divides by shrink ...
     ctx.set_poll_params(PollParams::from_qemu(1_000_000, 3, 2));
     assert_eq!(wait_once(&ctx, LONG), 12000);
@@ -82,6 +78,14 @@ fn poll_ns_grows_on_short_waits_and_shrinks_on_long_ones() {
     // ... or resets to 0 when shrink is 0.
     ctx.set_poll_params(PollParams::from_qemu(1_000_000, 3, 0));
     assert_eq!(wait_once(&ctx, LONG), 0);
+
+    // Grown again, then polling disabled (max 0): a polling time above a lowered
+    // maximum starts again from zero at the next poll, and stays there.
+    ctx.set_poll_params(PollParams::from_qemu(MAX_GROW, 0, 0));
+    assert_eq!(wait_once(&ctx, SHORT), 4000);
+    ctx.set_poll_params(PollParams::from_qemu(0, 3, 2));
+    assert_eq!(wait_once(&ctx, LONG), 0);
+    assert_eq!(wait_once(&ctx, SHORT), 0);
 }
 
 #[test]

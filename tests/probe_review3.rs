@@ -155,7 +155,6 @@ fn aligned_buf_extreme_sizes_are_errors_not_panics() {
 /// QEMU's `aio_context_set_poll_params` restarts the polling time at 0: a lowered
 /// maximum must bound the very next busy poll.
 #[test]
-#[ignore = "defect: set_poll_params keeps the old poll_ns; a lowered maximum does not bound the next busy poll"]
 fn lowering_the_poll_maximum_bounds_the_current_polling_time() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("poll_params_lowered", &ctx);
@@ -441,8 +440,13 @@ fn timeout_cancels_a_read_on_deferred_setups() {
             });
             assert!(ctx.block_on(task).unwrap().is_err(), "{test}: nobody wrote");
         }
-        // Let the cancels' CQEs in, then the data must go to the next read.
+        // Let the cancels' CQEs in, then the data must go to the next read — except
+        // under SQPOLL, whose kernel thread takes the cancels when it gets to them
+        // (documented on `AioContextBuilder::sqpoll`): a cancelled read may take it.
         while ctx.poll(false) {}
+        if name == "sqpoll" {
+            continue;
+        }
         write_fd(wr.as_raw_fd(), b"ok");
         let c = Arc::clone(&ctx);
         let task = ctx.spawn(async move {

@@ -213,6 +213,12 @@ impl AioContextBuilder {
     /// `IORING_SETUP_SQPOLL`: a kernel thread takes submissions off the ring and sleeps
     /// after `idle` without any (then the next submit wakes it with one enter). Costs
     /// a CPU while busy; `COOP_TASKRUN`, `TASKRUN_FLAG` and `DEFER_TASKRUN` do not apply.
+    ///
+    /// Submissions, cancels included, then reach the kernel when its thread takes them,
+    /// not during the loop's own enter: the cancel of a dropped I/O future is no longer
+    /// applied before the drop returns, so data written right after dropping a pending
+    /// read may still be taken by that read (the I/O docs' window for a drop made off
+    /// the home thread applies to every drop).
     pub fn sqpoll(mut self, idle: Duration) -> Self {
         self.ring.sqpoll_idle = Some(idle);
         self

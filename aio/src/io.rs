@@ -41,7 +41,9 @@
 //!    written after the drop returns reaches the next reader. A drop on another thread
 //!    (or while the home state is borrowed) hands the cancel to the loop and notifies
 //!    it: until the loop's next poll submits the cancel, the operation may still
-//!    complete, and consume data written in that window. An operation the kernel runs
+//!    complete, and consume data written in that window. On a ring with `SQPOLL` the
+//!    kernel's thread takes the cancel when it gets to it, so that window exists for
+//!    every drop. An operation the kernel runs
 //!    on a worker thread (a blocking file read) may complete anyway. epoll: a stream
 //!    operation is taken out of the stream table, unrun, and the table closes its
 //!    duplicate of the descriptor once nothing waits on it (`io/stream.rs` rule 4); a

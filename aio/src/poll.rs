@@ -133,11 +133,17 @@ impl AioContext {
         } else {
             Some(Duration::ZERO)
         };
-        if max_ns > 0 && timeout != Some(Duration::ZERO) && self.busy_poll(timeout) {
+        if max_ns > 0 && timeout != Some(Duration::ZERO) && self.busy_poll(timeout, max_ns) {
             timeout = Some(Duration::ZERO);
         }
         {
             let mut home = self.home();
+            // A maximum lowered by `set_poll_params` bounds the very next poll: a polling
+            // time above it starts again from zero (QEMU resets it when the parameters
+            // are set).
+            if home.poll_ns > max_ns {
+                home.poll_ns = 0;
+            }
             let mut kernel = Counted {
                 driver: &mut home.driver,
                 sleeps: &remote.counters.sleeps,
@@ -198,8 +204,8 @@ impl AioContext {
 
     /// Spins for up to the current polling time, watching for work; returns whether
     /// some arrived (QEMU: `try_poll_mode`).
-    fn busy_poll(&self, timeout: Option<Duration>) -> bool {
-        let poll_ns = self.home().poll_ns;
+    fn busy_poll(&self, timeout: Option<Duration>, max_ns: u64) -> bool {
+        let poll_ns = self.home().poll_ns.min(max_ns);
         if poll_ns == 0 {
             return false;
         }

@@ -1,8 +1,9 @@
 //! Command-line parsing for `aioctx`, on clap's derive API: `--version`, help per
 //! command, value lists in the help, suggestions on typos, global flags in any position.
 //!
-//! Exit codes: 0 done, 2 a usage error (clap's own code for one, kept for every error
-//! of ours that is the caller's), 3 `stress` detected a hang.
+//! Exit codes: 0 done, 1 the command failed at run time, 2 a usage error (clap's own
+//! code for one, kept for every error of ours that is the caller's), 3 `stress` detected
+//! a hang.
 
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,6 +13,9 @@ use aioctx::wait::FenceMode;
 
 use crate::kickstat::scenarios::Scenario;
 
+/// The exit code of a command that failed at run time (a thread the system refused, a
+/// write error).
+pub const EXIT_FAILURE: u8 = 1;
 /// The exit code of a usage error.
 pub const EXIT_USAGE: u8 = 2;
 /// The exit code of `stress` when its watchdog saw the writer stuck.
@@ -24,8 +28,9 @@ pub const EXIT_HANG: u8 = 3;
     name = "aioctx",
     version,
     about = "The kick-cost report (kickstat, the default) and the graph-lock stress of aioctx",
-    after_help = "Exit codes: 0 done, 2 usage error (or the main context cannot be created), \
-                  3 stress detected a hang.\nEnvironment: AIOCTX_BACKEND=io_uring|epoll|auto \
+    after_help = "Exit codes: 0 done, 1 the command failed (e.g. a thread could not be \
+                  started), 2 usage error (or the main context cannot be created), 3 stress \
+                  detected a hang.\nEnvironment: AIOCTX_BACKEND=io_uring|epoll|auto \
                   chooses the event loop's back end."
 )]
 pub struct Cli {
@@ -191,8 +196,8 @@ pub struct StressOptions {
     )]
     pub unlock_kick: Policy,
     /// Busy threads making CPU pressure (default: one per core).
-    #[arg(long, value_name = "T")]
-    pub pressure: Option<usize>,
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(0..=1024))]
+    pub pressure: Option<u64>,
     /// Seconds without a finished cycle before exit 3.
     #[arg(long = "watchdog-secs", value_name = "S", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -215,6 +220,7 @@ impl StressOptions {
     /// The pressure threads to start: as asked, or one per core.
     pub fn pressure(&self) -> usize {
         self.pressure
+            .map(|n| n as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 }

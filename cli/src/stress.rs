@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use aioctx::aio::{IoThread, main_context, sleep};
 use aioctx::graph::graph_lock;
 
-use crate::cli::{EXIT_HANG, EXIT_USAGE, Policy, StressOptions};
+use crate::cli::{EXIT_FAILURE, EXIT_HANG, EXIT_USAGE, Policy, StressOptions};
 use crate::progress::Progress;
 use crate::schema::{Meta, StressOutcome, StressReport};
 
@@ -43,8 +43,8 @@ pub struct Diagnosis {
 }
 
 /// Runs the stress and prints its result (text, or with `json` the [`StressReport`]
-/// schema); returns the process exit code (0 done, 2 the iothreads could not be created,
-/// 3 writer stuck).
+/// schema); returns the process exit code (0 done, 1 a thread could not be started, 2
+/// the iothreads could not be created, 3 writer stuck).
 pub fn run(o: &StressOptions, json: bool) -> u8 {
     let main = main_context();
     main.make_current();
@@ -67,23 +67,30 @@ pub fn run(o: &StressOptions, json: bool) -> u8 {
             return EXIT_USAGE;
         }
     };
-    // CPU pressure, like `stress-ng --cpu N`.
-    let pressure: Vec<_> = (0..pressure_threads)
-        .map(|i| {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name(format!("pressure{i}"))
-                .spawn(move || {
-                    let mut x = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        x = std::hint::black_box(
-                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
-                        );
-                    }
-                })
-                .expect("spawn a pressure thread")
-        })
-        .collect();
+    // CPU pressure, like `stress-ng --cpu N`. A thread the system refuses is an error
+    // (exit 1) after the ones already started are stopped, not a panic.
+    let mut pressure = Vec::with_capacity(pressure_threads);
+    for i in 0..pressure_threads {
+        let flag = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name(format!("pressure{i}"))
+            .spawn(move || {
+                let mut x = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+        match spawned {
+            Ok(t) => pressure.push(t),
+            Err(e) => {
+                eprintln!(
+                    "aioctx stress: cannot start pressure thread {} of {pressure_threads}: {e}",
+                    i + 1
+                );
+                return stop_and_fail(&stop, pressure);
+            }
+        }
+    }
 
     for t in &iothreads {
         let (stop, reader_ops, cycles) = (
@@ -149,17 +156,26 @@ pub fn run(o: &StressOptions, json: bool) -> u8 {
                     }
                 }
             })
-            .expect("spawn the watchdog")
+    };
+    let watchdog = match watchdog {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("aioctx stress: cannot start the watchdog thread: {e}");
+            return stop_and_fail(&stop, pressure);
+        }
     };
 
     // Start writing only once every reader is at work.
     let started = Instant::now();
     while reader_ops.load(Ordering::Relaxed) < o.iothreads {
-        assert!(
-            started.elapsed() < Duration::from_secs(o.watchdog_secs),
-            "stress: the reader tasks did not start within {} s",
-            o.watchdog_secs
-        );
+        if started.elapsed() >= Duration::from_secs(o.watchdog_secs) {
+            eprintln!(
+                "aioctx stress: the reader tasks did not start within {} s",
+                o.watchdog_secs
+            );
+            let _ = watchdog.join();
+            return stop_and_fail(&stop, pressure);
+        }
         std::thread::yield_now();
     }
 
@@ -213,6 +229,15 @@ pub fn run(o: &StressOptions, json: bool) -> u8 {
         );
     }
     0
+}
+
+/// Stops and joins the threads started so far; the exit code of a failed run.
+fn stop_and_fail(stop: &AtomicBool, threads: Vec<std::thread::JoinHandle<()>>) -> u8 {
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    EXIT_FAILURE
 }
 
 /// What a run was asked to do, for its report.

@@ -65,7 +65,7 @@ const CASES: &[Case] = &[
             "--json",
             "--syscall-source",
             "--fences",
-            "Exit codes: 0 done, 2 usage error",
+            "Exit codes: 0 done, 1 the command failed",
         ],
     },
     Case {

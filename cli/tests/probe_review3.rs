@@ -18,7 +18,6 @@ fn text(o: &Output) -> String {
 /// A thread the kernel refuses to create (here: an address-space limit too small for
 /// the asked pressure threads' stacks) is a resource error, not a panic.
 #[test]
-#[ignore = "defect: stress --pressure N panics (exit 101) when a pressure thread cannot be spawned; --pressure is unbounded"]
 fn stress_with_unspawnable_pressure_threads_is_a_clean_error() {
     let _dog = Watchdog::arm_secs(60);
     let bin = env!("CARGO_BIN_EXE_aioctx");
@@ -35,7 +34,6 @@ fn stress_with_unspawnable_pressure_threads_is_a_clean_error() {
 
 /// `--pressure` is bounded like `--iothreads`: a huge count is a usage error at once.
 #[test]
-#[ignore = "defect: --pressure accepts any usize (100000 busy threads are started)"]
 fn stress_pressure_is_bounded() {
     let _dog = Watchdog::arm_secs(60);
     // Under an address-space limit, so an unbounded run cannot start 10^6 threads.
