@@ -20,6 +20,7 @@ bench_cmd="cargo bench --bench <name> -- --warm-up-time $WARM_UP --measurement-t
 
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 t0=$(date +%s)
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
 cargo bench --no-run "${BENCHES[@]/#/--bench=}" >/dev/null 2>&1 || cargo bench --no-run "${BENCHES[@]/#/--bench=}"
 for b in "${BENCHES[@]}"; do
     # Only this run's estimates go into the report.
@@ -52,6 +53,7 @@ elapsed=$(( $(date +%s) - t0 ))
 export REPORT_DIO="$dio_out"
 export REPORT_CRIT="$crit" REPORT_FIO="$fio_out" REPORT_CMD="$cmd" REPORT_BENCH_CMD="$bench_cmd"
 export REPORT_DATE="$started" REPORT_ELAPSED="$elapsed"
+export REPORT_LOAD_START="$load_start" REPORT_LOAD_END="$(cut -d" " -f1-3 /proc/loadavg)"
 export REPORT_FENCES_DIR="$CARGO_TARGET_DIR" REPORT_FENCES_CMD="$fence_cmd"
 export REPORT_CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 export REPORT_CORES="$(nproc)"
@@ -93,6 +95,7 @@ w(f"- Machine: {os.environ['REPORT_CPU']}, {os.environ['REPORT_CORES']} cores, "
   f"{os.environ['REPORT_MEM']} RAM, Linux {os.environ['REPORT_KERNEL']} (a shared, noisy VM)")
 w(f"- Toolchain: {os.environ['REPORT_RUSTC']}")
 w(f"- Date: {os.environ['REPORT_DATE']} (the whole run took {os.environ['REPORT_ELAPSED']} s)")
+w(f"- Load average (1, 5, 15 min) at the start: {os.environ['REPORT_LOAD_START']}; at the end: {os.environ['REPORT_LOAD_END']}")
 w(f"- Command: `{os.environ['REPORT_CMD']}`, which runs, for each bench, "
   f"`{os.environ['REPORT_BENCH_CMD']}`, then `benches/fio.sh`")
 w("")
