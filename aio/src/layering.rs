@@ -51,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("testing", 5),
     // Tests and models sit on top of everything.
     ("layering", 5),
+    ("rule_labels", 5),
     ("loom_loop", 5),
     ("loom_tasks", 5),
     ("loom_tests", 5),

@@ -137,6 +137,8 @@ mod op;
 mod poll;
 mod poll_params;
 mod pool;
+#[cfg(all(test, not(loom)))]
+mod rule_labels;
 mod run_queue;
 mod shutdown;
 mod stats;
