@@ -48,6 +48,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("fs", 4),
     ("timeout", 4),
     // Documentation only.
+    ("guide", 5),
     ("testing", 5),
     // Tests and models sit on top of everything.
     ("layering", 5),
