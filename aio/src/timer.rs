@@ -133,6 +133,17 @@ impl Drop for RearmDeferred<'_> {
     }
 }
 
+/// What arming a timer did to its list's earliest deadline ([`TimerList::modify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Earliest {
+    /// The timer is now the earliest of its list: a sleeping loop must shorten its wait
+    /// ([T1]).
+    Changed,
+    /// The earliest deadline is the one it was: the timer sits behind another, or
+    /// `modify_anticipate` kept an earlier deadline it had.
+    Unchanged,
+}
+
 /// One context's list for one clock ([T1]).
 pub(crate) struct TimerList {
     clock: ClockType,
@@ -228,7 +239,7 @@ impl TimerList {
         ran
     }
 
-    /// Puts `timer` on the list at `expire`; returns whether it became the earliest.
+    /// Puts `timer` on the list at `expire`; says whether it became the earliest.
     ///
     /// # Errors
     /// [`ContextGone`] once the list is closed ([T5]); the timer stays disarmed.
@@ -237,7 +248,7 @@ impl TimerList {
         timer: &Arc<TimerInner>,
         expire: i64,
         anticipate: bool,
-    ) -> Result<bool, ContextGone> {
+    ) -> Result<Earliest, ContextGone> {
         let expire = expire.max(0);
         let mut armed = lock(&self.armed);
         if armed.closed {
@@ -246,7 +257,7 @@ impl TimerList {
         let old = timer.expire.load(Ordering::Relaxed);
         if old != NOT_PENDING {
             if anticipate && old <= expire {
-                return Ok(false);
+                return Ok(Earliest::Unchanged);
             }
             armed.timers.remove(&(old, timer.id));
         }
@@ -255,7 +266,11 @@ impl TimerList {
         armed
             .timers
             .insert((expire, timer.id), (Arc::clone(timer), pass));
-        Ok(armed.timers.keys().next() == Some(&(expire, timer.id)))
+        if armed.timers.keys().next() == Some(&(expire, timer.id)) {
+            Ok(Earliest::Changed)
+        } else {
+            Ok(Earliest::Unchanged)
+        }
     }
 
     /// Closes the list for good ([T5]): disarms every armed timer and frees its
@@ -398,7 +413,7 @@ fn modify(
     expire_ns: i64,
     anticipate: bool,
 ) -> Result<(), ContextGone> {
-    if remote.timers(clock).modify(timer, expire_ns, anticipate)? {
+    if remote.timers(clock).modify(timer, expire_ns, anticipate)? == Earliest::Changed {
         // [T1]: the earliest deadline changed; a sleeping loop must recompute.
         remote.notify();
     }
