@@ -76,6 +76,30 @@ pub(crate) struct BhInner {
     cb: CallbackCell<Callback>,
 }
 
+/// What [`BhInner::run`] did with a BH taken off the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BhRun {
+    /// Not run: not scheduled, deleted ([BH3]), or deferred because its callback is
+    /// running further up the stack ([BH7]).
+    Skipped,
+    /// Ran, scheduled as idle (`schedule_idle`): not progress for `poll`.
+    RanIdle,
+    /// Ran: progress for `poll`.
+    Ran,
+}
+
+impl BhRun {
+    /// Whether the callback ran.
+    pub(crate) fn ran(self) -> bool {
+        self != Self::Skipped
+    }
+
+    /// Whether the run counts as progress of the `poll` (QEMU: an idle BH does not).
+    pub(crate) fn progress(self) -> bool {
+        self == Self::Ran
+    }
+}
+
 impl BhInner {
     pub(crate) fn new(cb: Box<Callback>, flags: u32) -> Arc<Self> {
         Arc::new(Self {
@@ -92,16 +116,16 @@ impl BhInner {
         (flags & (SCHEDULED | DELETED) == SCHEDULED).then_some(flags & IDLE != 0)
     }
 
-    /// Runs the BH if [BH3] allows; returns whether it ran and whether that counts as
+    /// Runs the BH if [BH3] allows, and says whether it ran and whether that counts as
     /// progress. A BH whose callback is running already ([BH7]) goes back on `list`.
-    pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> (bool, bool) {
+    pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> BhRun {
         // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
         // scheduler wrote before scheduling is visible to the callback.
         let flags = self
             .flags
             .fetch_and(!(PENDING | SCHEDULED | IDLE), Ordering::Acquire);
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
-            return (false, false);
+            return BhRun::Skipped;
         }
         /// Finishes a run on return and on unwind alike ([BH7] and [BH9]).
         struct AfterRun<'a> {
@@ -147,7 +171,11 @@ impl BhInner {
             let idle = if flags & IDLE != 0 { DEFERRED_IDLE } else { 0 };
             self.flags.fetch_or(DEFERRED | idle, Ordering::Relaxed);
         }
-        (ran, ran && flags & IDLE == 0)
+        match (ran, flags & IDLE != 0) {
+            (false, _) => BhRun::Skipped,
+            (true, true) => BhRun::RanIdle,
+            (true, false) => BhRun::Ran,
+        }
     }
 
     /// Frees the callback: the BH's context is gone, it can never run ([BH8]).

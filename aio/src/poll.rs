@@ -252,9 +252,9 @@ impl AioContext {
         loop {
             let bh = self.home().bhs.queued.pop_front();
             let Some(bh) = bh else { break };
-            let (did_run, counts) = bh.run(&self.remote.bhs);
-            bump(&self.remote.counters.bhs_run, u64::from(did_run));
-            progress |= counts;
+            let run = bh.run(&self.remote.bhs);
+            bump(&self.remote.counters.bhs_run, u64::from(run.ran()));
+            progress |= run.progress();
         }
         progress
     }
