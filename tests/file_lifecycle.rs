@@ -1,5 +1,5 @@
 //! A `File`'s descriptor is closed exactly once and never under an operation in
-//! flight (`fs/file.rs` rules 2 and 3), on the back end this run selects: dropped
+//! flight ([FL2] and [FL3] (`fs/file.rs`)), on the back end this run selects: dropped
 //! plainly, closed explicitly, dropped while each kind of operation is in flight (its
 //! future dropped first, racing the cancel), dropped on another thread, outliving its
 //! context, and with its context dropped under a parked read. After the close, a canary

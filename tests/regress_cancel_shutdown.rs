@@ -1,4 +1,4 @@
-//! Adversarial probes of cancel-on-drop, the shutdown path, timer rule 6 and task
+//! Adversarial probes of cancel-on-drop, the shutdown path, [T6] (`timer.rs`) and task
 //! shutdown, each named `probe_<what it tries>`, kept as regression tests once what they
 //! found was fixed.
 #![cfg(not(loom))]
@@ -239,7 +239,7 @@ fn deferred_timer(inside: impl Fn(&Timer, usize) + Send + Sync + 'static) -> Def
         if run == 0 {
             timer.modify(ClockType::Realtime.now_ns() - 1);
             c.upgrade().unwrap().poll(false);
-            assert!(timer.pending(), "rule 6: deferred timer stays pending");
+            assert!(timer.pending(), "[T6]: deferred timer stays pending");
         }
         inside(timer, run);
     });
@@ -315,10 +315,7 @@ fn probe_deferred_timer_callback_panics() {
         r.is_err(),
         "the callback's panic should reach poll's caller"
     );
-    assert!(
-        d.timer.get().unwrap().pending(),
-        "rule 6: put back on unwind"
-    );
+    assert!(d.timer.get().unwrap().pending(), "[T6]: put back on unwind");
     settle(&d.ctx);
     assert_eq!(d.runs.load(Ordering::SeqCst), 2);
 }

@@ -134,7 +134,7 @@ fn probe_raw_io_drain_loses_cross_thread_wakes() {
 }
 
 /// A user `ASYNC_CANCEL` with `IORING_ASYNC_CANCEL_ANY` reaches the loop's eventfd read
-/// and an fd handler's poll; both must be armed again (raw.rs rule 3).
+/// and an fd handler's poll; both must be armed again ([RW3] (`backend/raw.rs`)).
 #[test]
 fn probe_raw_cancel_any_leaves_the_loop_working() {
     let Some(ctx) = common::uring_ctx("probe_raw_cancel_any", AioContext::builder()) else {

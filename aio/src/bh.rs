@@ -5,34 +5,34 @@
 //! Each BH has a flag word (the bits below) and sits on the context's pending list at
 //! most once: the `PENDING` bit says it is there. The rules:
 //!
-//! 1. `schedule` sets `PENDING | SCHEDULED` with one `fetch_or`; only the caller that
+//! [BH1] `schedule` sets `PENDING | SCHEDULED` with one `fetch_or`; only the caller that
 //!    turned `PENDING` on pushes the BH (so it is on the list at most once), then every
 //!    caller notifies the context.
-//! 2. The list is a lock-free stack; `poll` takes the whole stack at once, reverses it
+//! [BH2] The list is a lock-free stack; `poll` takes the whole stack at once, reverses it
 //!    (FIFO by the moment each BH became pending) and appends it to the home thread's
 //!    queue: that is the poll's *slice*. A `poll` takes the list only at its start and
 //!    runs the queue from its front until it is empty: a BH scheduled while a slice
 //!    runs — also by itself — lands on the list and waits for the next `poll`.
-//! 3. Running a BH clears `PENDING | SCHEDULED | IDLE` with one `fetch_and` and calls the
+//! [BH3] Running a BH clears `PENDING | SCHEDULED | IDLE` with one `fetch_and` and calls the
 //!    callback only if `SCHEDULED` was set and `DELETED` was not.
-//! 4. `cancel` clears only `SCHEDULED`: the BH stays where it is, and scheduling it again
+//! [BH4] `cancel` clears only `SCHEDULED`: the BH stays where it is, and scheduling it again
 //!    before the next `poll` keeps its old place, as in QEMU.
-//! 5. A nested `poll` (from inside a BH) runs the slices of its parents too, oldest
+//! [BH5] A nested `poll` (from inside a BH) runs the slices of its parents too, oldest
 //!    first — they are ahead of its own in the one queue — so a BH that waits for
 //!    another BH of the same slice cannot deadlock.
-//! 6. Dropping the handle (`delete`) kills the callback: it never runs again, also when
+//! [BH6] Dropping the handle (`delete`) kills the callback: it never runs again, also when
 //!    the drop happens inside the callback itself (see `callback.rs`).
-//! 7. A callback never runs re-entrantly. A BH that is scheduled again while its callback
+//! [BH7] A callback never runs re-entrantly. A BH that is scheduled again while its callback
 //!    runs, and that a nested `poll` inside that callback reaches, is marked `DEFERRED`
 //!    (remembering whether it was idle) instead of run; when the callback returns, the
 //!    outer run puts it back on the list, so it runs at the first `poll` after its
 //!    callback returned and no schedule is lost. While deferred it is on no list, so
 //!    nested blocking polls inside the callback still sleep rather than spin on it.
-//! 9. A callback that panics finishes its run all the same while the panic unwinds: a
-//!    schedule deferred by rule 7 goes back on the list, a oneshot is freed, and the BHs
+//! [BH9] A callback that panics finishes its run all the same while the panic unwinds: a
+//!    schedule deferred by [BH7] goes back on the list, a oneshot is freed, and the BHs
 //!    behind it in the slice stay there for the next `poll`. No schedule is lost to a
 //!    panic.
-//! 8. The context's drop closes the list (its head becomes a sentinel): a push that
+//! [BH8] The context's drop closes the list (its head becomes a sentinel): a push that
 //!    lost the race is refused, so a BH is either on the list the drop drains, or its
 //!    schedule reports `ContextGone`. Closing also kills the callback of every live
 //!    `Bh` of the context, pending or not (the list keeps a set of them: `Bh::new`
@@ -62,7 +62,7 @@ pub(crate) const ONESHOT: u32 = 1 << 2;
 pub(crate) const DELETED: u32 = 1 << 3;
 /// Idle: runs within 10 ms and does not count as progress.
 pub(crate) const IDLE: u32 = 1 << 4;
-/// Reached by a nested poll while its callback ran further up the stack (rule 7).
+/// Reached by a nested poll while its callback ran further up the stack ([BH7]).
 const DEFERRED: u32 = 1 << 5;
 /// The deferred schedule was an idle one.
 const DEFERRED_IDLE: u32 = 1 << 6;
@@ -74,6 +74,30 @@ pub(crate) struct BhInner {
     flags: AtomicU32,
     next: AtomicPtr<BhInner>,
     cb: CallbackCell<Callback>,
+}
+
+/// What [`BhInner::run`] did with a BH taken off the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BhRun {
+    /// Not run: not scheduled, deleted ([BH3]), or deferred because its callback is
+    /// running further up the stack ([BH7]).
+    Skipped,
+    /// Ran, scheduled as idle (`schedule_idle`): not progress for `poll`.
+    RanIdle,
+    /// Ran: progress for `poll`.
+    Ran,
+}
+
+impl BhRun {
+    /// Whether the callback ran.
+    pub(crate) fn ran(self) -> bool {
+        self != Self::Skipped
+    }
+
+    /// Whether the run counts as progress of the `poll` (QEMU: an idle BH does not).
+    pub(crate) fn progress(self) -> bool {
+        self == Self::Ran
+    }
 }
 
 impl BhInner {
@@ -92,18 +116,18 @@ impl BhInner {
         (flags & (SCHEDULED | DELETED) == SCHEDULED).then_some(flags & IDLE != 0)
     }
 
-    /// Runs the BH if rule 3 allows; returns whether it ran and whether that counts as
-    /// progress. A BH whose callback is running already (rule 7) goes back on `list`.
-    pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> (bool, bool) {
+    /// Runs the BH if [BH3] allows, and says whether it ran and whether that counts as
+    /// progress. A BH whose callback is running already ([BH7]) goes back on `list`.
+    pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> BhRun {
         // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
         // scheduler wrote before scheduling is visible to the callback.
         let flags = self
             .flags
             .fetch_and(!(PENDING | SCHEDULED | IDLE), Ordering::Acquire);
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
-            return (false, false);
+            return BhRun::Skipped;
         }
-        /// Finishes a run on return and on unwind alike (rules 7 and 9).
+        /// Finishes a run on return and on unwind alike ([BH7] and [BH9]).
         struct AfterRun<'a> {
             bh: &'a Arc<BhInner>,
             list: &'a BhList,
@@ -111,7 +135,7 @@ impl BhInner {
         }
         impl Drop for AfterRun<'_> {
             fn drop(&mut self) {
-                // Rule 7: a nested poll inside the callback deferred a schedule of this BH.
+                // [BH7]: a nested poll inside the callback deferred a schedule of this BH.
                 // Only this (home) thread raises `DEFERRED`, so its own plain load is
                 // exact when it finds it down, and the common run pays no RMW here.
                 let deferred = if self.bh.flags.load(Ordering::Relaxed) & DEFERRED != 0 {
@@ -143,14 +167,18 @@ impl BhInner {
             f();
         });
         if !ran && !self.cb.is_dead() {
-            // Rule 7: the callback is running further up this thread's stack.
+            // [BH7]: the callback is running further up this thread's stack.
             let idle = if flags & IDLE != 0 { DEFERRED_IDLE } else { 0 };
             self.flags.fetch_or(DEFERRED | idle, Ordering::Relaxed);
         }
-        (ran, ran && flags & IDLE == 0)
+        match (ran, flags & IDLE != 0) {
+            (false, _) => BhRun::Skipped,
+            (true, true) => BhRun::RanIdle,
+            (true, false) => BhRun::Ran,
+        }
     }
 
-    /// Frees the callback: the BH's context is gone, it can never run (rule 8).
+    /// Frees the callback: the BH's context is gone, it can never run ([BH8]).
     pub(crate) fn kill(&self) {
         self.cb.kill();
     }
@@ -163,10 +191,10 @@ impl BhInner {
     }
 }
 
-/// The lock-free pending list (rule 2). Holds one `Arc` per pushed BH.
+/// The lock-free pending list ([BH2]). Holds one `Arc` per pushed BH.
 pub(crate) struct BhList {
     head: AtomicPtr<BhInner>,
-    /// Every live `Bh` handle's BH, by address, and whether the list is closed (rule 8).
+    /// Every live `Bh` handle's BH, by address, and whether the list is closed ([BH8]).
     handles: Mutex<Handles>,
 }
 
@@ -188,7 +216,7 @@ impl BhList {
     }
 
     /// Records the BH of a new `Bh` handle, so that closing the list frees its callback
-    /// (rule 8); on a closed list the callback is killed at once instead.
+    /// ([BH8]); on a closed list the callback is killed at once instead.
     pub(crate) fn register(&self, bh: &Arc<BhInner>) {
         let mut handles = lock(&self.handles);
         if handles.closed {
@@ -204,8 +232,8 @@ impl BhList {
         lock(&self.handles).all.remove(&(Arc::as_ptr(bh) as usize))
     }
 
-    /// Pushes `bh`; the caller must own its `PENDING` bit (rule 1). Returns `false`,
-    /// dropping `bh`, when the list was closed (rule 8).
+    /// Pushes `bh`; the caller must own its `PENDING` bit ([BH1]). Returns `false`,
+    /// dropping `bh`, when the list was closed ([BH8]).
     pub(crate) fn push(&self, bh: Arc<BhInner>) -> bool {
         let node = Arc::into_raw(bh).cast_mut();
         let mut head = self.head.load(Ordering::Relaxed);
@@ -239,7 +267,7 @@ impl BhList {
     /// Takes every pushed BH, appending them to `out` oldest first.
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // No RMW on an empty list: a push this load misses was published after the
-        // last `accept`, whose notify keeps the loop from sleeping (notify rules 3-5).
+        // last `accept`, whose notify keeps the loop from sleeping ([N3]-[N5] (`notify.rs`)).
         let head = self.head.load(Ordering::Relaxed);
         if head.is_null() || head == closed() {
             return;
@@ -249,7 +277,7 @@ impl BhList {
         Self::take_chain(node, out);
     }
 
-    /// Closes the list for good and takes what it held (rule 8); kills the callback of
+    /// Closes the list for good and takes what it held ([BH8]); kills the callback of
     /// every live `Bh` handle (the caller kills what it took). Idempotent.
     pub(crate) fn close(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // Acquire: pairs with the Release CAS in `push`.
@@ -288,9 +316,9 @@ impl Drop for BhList {
     }
 }
 
-/// Sets `PENDING | flags` on `bh` and pushes it if this call turned `PENDING` on (rule 1).
+/// Sets `PENDING | flags` on `bh` and pushes it if this call turned `PENDING` on ([BH1]).
 /// The caller notifies the context afterwards. Returns `false` when the list is closed
-/// (rule 8): then `bh` stays `PENDING` and is never pushed again.
+/// ([BH8]): then `bh` stays `PENDING` and is never pushed again.
 pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
     if bh.set_flags(PENDING | flags) & PENDING == 0 {
         list.push(Arc::clone(bh))
@@ -303,9 +331,9 @@ pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
 
 /// A new oneshot BH for `cb`, scheduled: two allocations (the `Arc` and the closure's
 /// box; `cb` is stored in the box, not boxed again). Nobody else can see the BH yet, so
-/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit (rule 1)
+/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit ([BH1])
 /// without an RMW — and the list takes the creator's reference instead of a clone.
-/// Returns `false` when the list is closed (rule 8): the BH and its callback are freed
+/// Returns `false` when the list is closed ([BH8]): the BH and its callback are freed
 /// unrun at once. The caller notifies the context afterwards.
 pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) -> bool {
     let mut cb = Some(cb);
@@ -321,13 +349,13 @@ pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) ->
     list.push(bh)
 }
 
-/// The head of a closed list (rule 8): an address no allocation has.
+/// The head of a closed list ([BH8]): an address no allocation has.
 fn closed() -> *mut BhInner {
     ptr::NonNull::<BhInner>::dangling().as_ptr()
 }
 
 /// The home thread's side of the BH machinery: the BHs taken off the list and not run
-/// yet, oldest first — the slices of every `poll` on the stack, concatenated (rules 2
+/// yet, oldest first — the slices of every `poll` on the stack, concatenated ([BH2]
 /// and 5). One buffer, reused, so a `poll` that runs BHs allocates nothing and moves no
 /// queue around.
 #[derive(Default)]
@@ -338,7 +366,7 @@ pub(crate) struct BhQueue {
 
 impl BhQueue {
     /// Takes every BH the home thread took off the list and has not run: the context
-    /// is being closed (BH rule 8).
+    /// is being closed ([BH8]).
     pub(crate) fn take_queued(&mut self) -> VecDeque<Arc<BhInner>> {
         std::mem::take(&mut self.queued)
     }
@@ -442,7 +470,7 @@ impl Bh {
 }
 
 impl BhInner {
-    /// Rule 4 (also drops a schedule deferred by rule 7).
+    /// [BH4] (also drops a schedule deferred by [BH7]).
     fn cancel(&self) {
         self.flags
             .fetch_and(!(SCHEDULED | DEFERRED | DEFERRED_IDLE), Ordering::Relaxed);

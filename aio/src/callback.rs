@@ -5,20 +5,20 @@
 //! itself. The cell is one state word (`RUNNING`, `DEAD`) beside the closure; no lock.
 //! The rules:
 //!
-//! 1. The closure is only ever called by the thread that [`take`](CallbackCell::take)s
+//! [CC1] The closure is only ever called by the thread that [`take`](CallbackCell::take)s
 //!    it out: the `fetch_or` that raised `RUNNING` on a live cell. While it is out,
 //!    `RUNNING` stays up, so nobody else can take it (a nested run finds `RUNNING` and
 //!    does nothing).
-//! 2. [`kill`](CallbackCell::kill) raises `DEAD` with one `fetch_or`: a later `take`
+//! [CC2] [`kill`](CallbackCell::kill) raises `DEAD` with one `fetch_or`: a later `take`
 //!    returns `None`, and the closure is dropped either by the killer (when its RMW found
 //!    `RUNNING` down: the closure is in the cell and nobody else may touch it) or by
 //!    [`put_back`](CallbackCell::put_back) (when its RMW, lowering `RUNNING`, finds
 //!    `DEAD` up). The two RMWs are on one word, so exactly one of them sees the other:
 //!    the closure is dropped exactly once, never while it runs.
-//! 3. Who may touch the closure slot: the thread whose RMW raised `RUNNING` on a live
+//! [CC3] Who may touch the closure slot: the thread whose RMW raised `RUNNING` on a live
 //!    cell, until its RMW lowers it; or the killer whose RMW found neither bit. Those
-//!    ownerships never overlap (rule 2), which is what makes the `UnsafeCell` sound.
-//! 4. A closure that panics is put back all the same (during unwinding), so a panicking
+//!    ownerships never overlap ([CC2]), which is what makes the `UnsafeCell` sound.
+//! [CC4] A closure that panics is put back all the same (during unwinding), so a panicking
 //!    bottom half, handler or timer stays usable: the panic propagates, the callback
 //!    does not vanish.
 //!
@@ -30,9 +30,9 @@ use std::cell::UnsafeCell;
 
 use crate::sync::atomic::{AtomicU8, Ordering};
 
-/// Taken out by a runner (rule 1).
+/// Taken out by a runner ([CC1]).
 const RUNNING: u8 = 1 << 0;
-/// Killed (rule 2).
+/// Killed ([CC2]).
 const DEAD: u8 = 1 << 1;
 
 /// See the module docs.
@@ -41,7 +41,7 @@ pub(crate) struct CallbackCell<F: ?Sized> {
     f: UnsafeCell<Option<Box<F>>>,
 }
 
-// SAFETY: the closure slot is touched by one thread at a time (rule 3), and the closure
+// SAFETY: the closure slot is touched by one thread at a time ([CC3]), and the closure
 // moves between threads only through it, so `F: Send` suffices for both.
 unsafe impl<F: ?Sized + Send> Sync for CallbackCell<F> {}
 // SAFETY: as above; the cell owns a `Box<F>` with `F: Send`.
@@ -55,7 +55,7 @@ impl<F: ?Sized> CallbackCell<F> {
         }
     }
 
-    /// Takes the closure out to run it (rule 1); `None` when dead or already running.
+    /// Takes the closure out to run it ([CC1]); `None` when dead or already running.
     pub(crate) fn take(&self) -> Option<Box<F>> {
         // [CB1] AcqRel: Acquire pairs with [CB2] in `put_back` (what the last run did to
         // the closure is visible to this one); Release is for `kill`'s Acquire ([CB3]).
@@ -66,27 +66,27 @@ impl<F: ?Sized> CallbackCell<F> {
             return None;
         }
         // SAFETY: this thread's RMW raised `RUNNING` on a live cell: it alone may touch
-        // the slot until `put_back` lowers it (rule 3).
+        // the slot until `put_back` lowers it ([CC3]).
         unsafe { (*self.f.get()).take() }
     }
 
-    /// Returns a closure after running it; drops it instead when killed meanwhile (rule 2).
+    /// Returns a closure after running it; drops it instead when killed meanwhile ([CC2]).
     pub(crate) fn put_back(&self, f: Box<F>) {
-        // SAFETY: `RUNNING` is still up from this run's `take` (rule 3).
+        // SAFETY: `RUNNING` is still up from this run's `take` ([CC3]).
         unsafe { *self.f.get() = Some(f) };
         // [CB2] AcqRel: Release publishes the closure (and what it did) to the next
         // `take` ([CB1]) or to a later killer ([CB3]); Acquire pairs with [CB3] when a
         // kill came meanwhile.
         let old = self.state.fetch_and(!RUNNING, Ordering::AcqRel);
         if old & DEAD != 0 {
-            // Killed during the run: the killer left the drop to us (rule 2).
+            // Killed during the run: the killer left the drop to us ([CC2]).
             // SAFETY: the killer's RMW found `RUNNING` up and so never touches the slot;
             // no later `take` can succeed on a dead cell.
             drop(unsafe { (*self.f.get()).take() });
         }
     }
 
-    /// Marks the cell dead and drops the closure if it is not running (rule 2).
+    /// Marks the cell dead and drops the closure if it is not running ([CC2]).
     pub(crate) fn kill(&self) {
         // [CB3] AcqRel: Acquire pairs with [CB2] (the last run's writes to the closure
         // happen before its drop here); Release pairs with [CB2]'s Acquire.
@@ -94,7 +94,7 @@ impl<F: ?Sized> CallbackCell<F> {
         if old & (RUNNING | DEAD) == 0 {
             // SAFETY: this RMW found neither bit: no runner holds the slot and none can
             // take it any more; earlier killers found `DEAD` down only before this RMW,
-            // so this is the one killer that owns the slot (rule 3).
+            // so this is the one killer that owns the slot ([CC3]).
             drop(unsafe { (*self.f.get()).take() });
         }
     }
@@ -126,9 +126,9 @@ impl<F: ?Sized> CallbackCell<F> {
     }
 
     /// Runs `f`, which [`take`](Self::take) returned for this cell, with `call`, and
-    /// puts it back on return or unwind (rules 2 and 4).
+    /// puts it back on return or unwind ([CC2] and [CC4]).
     pub(crate) fn run_taken(&self, f: Box<F>, call: impl FnOnce(&mut F)) {
-        /// Puts the closure back when dropped, on return or unwind (rule 4).
+        /// Puts the closure back when dropped, on return or unwind ([CC4]).
         struct Running<'a, F: ?Sized> {
             cell: &'a CallbackCell<F>,
             f: Option<Box<F>>,

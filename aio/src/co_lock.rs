@@ -4,21 +4,21 @@
 //! Both keep their waiters in a FIFO under a short internal lock. A waiter is a small
 //! shared node (`Waiter`): a `woken` flag and the waker to call. The rules:
 //!
-//! 1. A waker is stored under the node's lock *before* the waiter re-checks `woken`;
+//! [CL1] A waker is stored under the node's lock *before* the waiter re-checks `woken`;
 //!    a waker sets `woken` before it takes the stored waker under the same lock. So a
 //!    wake is never lost between "not woken yet" and "parked".
-//! 2. `CoMutex` hands off: `unlock` with waiters pops the first one and gives it the
+//! [CL2] `CoMutex` hands off: `unlock` with waiters pops the first one and gives it the
 //!    lock (the mutex never becomes free in between), so no locker can barge in ahead
 //!    of a waiter — first come, first served, across contexts. The popped waiter is
 //!    woken through its task's waker, which queues the task on its own context.
-//! 3. A waiter dropped before it observed its wake passes the wake on: a `CoMutex`
+//! [CL3] A waiter dropped before it observed its wake passes the wake on: a `CoMutex`
 //!    lock future that was handed the lock unlocks it (to the next waiter); a `CoQueue`
 //!    wait that was woken wakes the next waiter. Cancellation never loses a wake.
-//! 4. A waker pops a waiter and sets its `woken` in the same critical section of the
+//! [CL4] A waker pops a waiter and sets its `woken` in the same critical section of the
 //!    queue's lock; only then, outside the lock, does it call the stored waker. So a
 //!    waiter dropped concurrently either removes itself from the queue first (and the
 //!    wake goes to the next waiter) or finds itself gone *and* `woken`, and passes the
-//!    wake on (rule 3): there is no moment when it is gone but not yet woken.
+//!    wake on ([CL3]): there is no moment when it is gone but not yet woken.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 
-/// One parked task (rule 1).
+/// One parked task ([CL1]).
 pub(crate) struct Waiter {
     woken: AtomicBool,
     waker: Mutex<Option<Waker>>,
@@ -51,14 +51,14 @@ impl Waiter {
         self.woken.load(Ordering::Acquire)
     }
 
-    /// Sets `woken` (rule 1); the caller holds the lock of the queue it popped this
-    /// waiter from (rule 4) and calls [`fire`](Self::fire) after releasing it.
+    /// Sets `woken` ([CL1]); the caller holds the lock of the queue it popped this
+    /// waiter from ([CL4]) and calls [`fire`](Self::fire) after releasing it.
     pub(crate) fn mark_woken(&self) {
         // Release: pairs with the Acquire load in `is_woken`.
         self.woken.store(true, Ordering::Release);
     }
 
-    /// Calls the stored waker, after [`mark_woken`](Self::mark_woken) (rule 1).
+    /// Calls the stored waker, after [`mark_woken`](Self::mark_woken) ([CL1]).
     pub(crate) fn fire(&self) {
         let waker = lock(&self.waker).take();
         if let Some(w) = waker {
@@ -66,7 +66,7 @@ impl Waiter {
         }
     }
 
-    /// Stores the current waker, then re-checks `woken` (rule 1).
+    /// Stores the current waker, then re-checks `woken` ([CL1]).
     fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.is_woken() {
             return Poll::Ready(());
@@ -167,7 +167,7 @@ impl CoQueue {
             let mut waiters = lock(&self.waiters);
             let w = waiters.pop_front();
             if let Some(w) = &w {
-                w.mark_woken(); // rule 4: before the lock is released
+                w.mark_woken(); // [CL4]: before the lock is released
             }
             w
         };
@@ -185,7 +185,7 @@ impl CoQueue {
         let all = {
             let mut waiters = lock(&self.waiters);
             for w in waiters.iter() {
-                w.mark_woken(); // rule 4
+                w.mark_woken(); // [CL4]
             }
             std::mem::take(&mut *waiters)
         };
@@ -208,7 +208,7 @@ impl fmt::Debug for CoQueue {
     }
 }
 
-/// A wait on a [`CoQueue`]; rule 3 on drop.
+/// A wait on a [`CoQueue`]; [CL3] on drop.
 struct WaitWoken<'q> {
     queue: &'q CoQueue,
     waiter: Option<Arc<Waiter>>,
@@ -240,7 +240,7 @@ impl Drop for WaitWoken<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.waiter.take() {
             let removed = remove(&mut lock(&self.queue.waiters), &w);
-            // Not on the queue any more: a waker popped it, and (rule 4) set `woken`
+            // Not on the queue any more: a waker popped it, and ([CL4]) set `woken`
             // before releasing the lock our `remove` then took.
             if !removed && w.is_woken() {
                 self.queue.wake_one();
@@ -253,7 +253,7 @@ impl Drop for WaitWoken<'_> {
 #[derive(Default)]
 struct LockState {
     locked: bool,
-    /// Non-empty only while `locked` (rule 2).
+    /// Non-empty only while `locked` ([CL2]).
     waiters: VecDeque<Arc<Waiter>>,
 }
 
@@ -292,7 +292,7 @@ pub struct CoMutex<T: ?Sized> {
 }
 
 // SAFETY: the data is only reached through a guard, and a guard exists only while the
-// mutex is held (rule 2), so at most one thread reaches it at a time; moving `T`
+// mutex is held ([CL2]), so at most one thread reaches it at a time; moving `T`
 // between threads needs `T: Send`.
 unsafe impl<T: ?Sized + Send> Send for CoMutex<T> {}
 // SAFETY: as above; `&CoMutex<T>` gives `&mut T` to one holder at a time.
@@ -316,7 +316,7 @@ impl<T> CoMutex<T> {
 impl<T: ?Sized> CoMutex<T> {
     /// Locks the mutex, waiting in FIFO order behind earlier lockers (QEMU:
     /// `qemu_co_mutex_lock`). Dropping the future while it waits leaves the queue; if
-    /// the lock was already handed to it, it is handed on (rule 3).
+    /// the lock was already handed to it, it is handed on (\[CL3\]).
     pub fn lock(&self) -> Lock<'_, T> {
         Lock {
             mutex: self,
@@ -344,7 +344,7 @@ impl<T: ?Sized> CoMutex<T> {
         self.data.get_mut()
     }
 
-    /// Releases the lock: hands it to the first waiter, or frees it (rule 2; QEMU:
+    /// Releases the lock: hands it to the first waiter, or frees it ([CL2]; QEMU:
     /// `qemu_co_mutex_unlock`).
     fn unlock(&self) {
         let next = {
@@ -352,7 +352,7 @@ impl<T: ?Sized> CoMutex<T> {
             debug_assert!(st.locked, "CoMutex unlocked while not locked");
             let next = st.waiters.pop_front();
             match &next {
-                Some(w) => w.mark_woken(), // rule 4
+                Some(w) => w.mark_woken(), // [CL4]
                 None => st.locked = false,
             }
             next
@@ -396,7 +396,7 @@ impl<'a, T: ?Sized> Future for Lock<'a, T> {
                 if w.poll_woken(cx).is_pending() {
                     return Poll::Pending;
                 }
-                // The lock was handed to us (rule 2).
+                // The lock was handed to us ([CL2]).
                 self.waiter = None;
             }
             None => {
@@ -420,7 +420,7 @@ impl<T: ?Sized> Drop for Lock<'_, T> {
         if let Some(w) = self.waiter.take() {
             let removed = remove(&mut lock(&self.mutex.state).waiters, &w);
             if !removed {
-                // Popped by `unlock`: the lock is ours; pass it on (rule 3).
+                // Popped by `unlock`: the lock is ours; pass it on ([CL3]).
                 self.mutex.unlock();
             }
         }
@@ -447,7 +447,7 @@ impl<T: ?Sized> Deref for CoMutexGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: the guard exists only while the mutex is held by its owner (rule 2).
+        // SAFETY: the guard exists only while the mutex is held by its owner ([CL2]).
         unsafe { &*self.mutex.data.get() }
     }
 }

@@ -66,7 +66,7 @@ impl Remote {
     /// Wakes the home thread if it sleeps (QEMU: `aio_notify`). See `notify.rs` for the protocol and its proof.
     pub(crate) fn notify(&self) {
         match self.notify.notify() {
-            // The home thread notified itself: no RMW at all (notify rule 5).
+            // The home thread notified itself: no RMW at all ([N5] (`notify.rs`)).
             Notified::Home => crate::stats::bump(&self.counters.home_notifies, 1),
             Notified::Awake => {
                 self.counters.notifies.fetch_add(1, Ordering::Relaxed);
@@ -81,12 +81,12 @@ impl Remote {
         }
     }
 
-    /// Puts `bh` on the pending list with `flags` (BH rule 1) and notifies. Refused
+    /// Puts `bh` on the pending list with `flags` ([BH1] (`bh.rs`)) and notifies. Refused
     /// once the context's drop closed the list: a BH is either on a list that the drop
     /// drains (and frees) or refused, never left on a dead list.
     pub(crate) fn enqueue(&self, bh: &Arc<BhInner>, flags: u32) -> Result<(), ContextGone> {
         if !crate::bh::enqueue(&self.bhs, bh, flags) {
-            // It can never run: free its callback now (BH rule 8).
+            // It can never run: free its callback now ([BH8] (`bh.rs`)).
             bh.kill();
             return Err(ContextGone);
         }
@@ -448,7 +448,7 @@ impl AioContext {
             return;
         }
         // The home id lives in the notify state, which decides the home-thread fast
-        // path from it (notify rule 6).
+        // path from it ([N6] (`notify.rs`)).
         if self.remote.notify.bind_home() == thread_id() {
             let _ = self.owner_label.set(thread_label());
             return;

@@ -2,17 +2,17 @@
 //! writable (QEMU: `aio_set_fd_handler`, `AioHandler`).
 //!
 //! Rules:
-//! 1. Any thread may add, replace or remove a handler. The call updates the registry at
+//! [FD1] Any thread may add, replace or remove a handler. The call updates the registry at
 //!    once (so a removed handler's callbacks are killed before the call returns and never
 //!    run again), queues the fd for the home thread and notifies the context.
-//! 2. The home thread applies queued changes at the start of its next `poll`: it arms a
+//! [FD2] The home thread applies queued changes at the start of its next `poll`: it arms a
 //!    one-shot `POLL_ADD` for the wanted events, or removes the armed one by `user_data`.
-//! 3. Handlers are level-triggered: each `POLL_ADD` completion runs the callbacks once and
+//! [FD3] Handlers are level-triggered: each `POLL_ADD` completion runs the callbacks once and
 //!    re-arms, so a descriptor that stays readable keeps firing (QEMU dropped multishot
 //!    poll because it is edge-triggered).
-//! 4. The in-flight table holds an `Arc` of the handler for every armed poll, so its
+//! [FD4] The in-flight table holds an `Arc` of the handler for every armed poll, so its
 //!    memory lives until the last CQE that names it.
-//! 5. A descriptor the kernel reports as bad (`EBADF`, e.g. closed while registered) has
+//! [FD5] A descriptor the kernel reports as bad (`EBADF`, e.g. closed while registered) has
 //!    its handler removed, with a log line: the loop never spins on it.
 
 use std::fmt;
@@ -23,7 +23,7 @@ use crate::callback::CallbackCell;
 /// A handler callback.
 pub type FdCallback = Box<dyn FnMut() + Send>;
 
-/// One registration of an fd (rule 4). Replacing a handler makes a new node.
+/// One registration of an fd ([FD4]). Replacing a handler makes a new node.
 pub(crate) struct FdNode {
     pub(crate) fd: RawFd,
     read: Option<CallbackCell<dyn FnMut() + Send>>,
@@ -51,7 +51,7 @@ impl FdNode {
         events
     }
 
-    /// Kills both callbacks (rule 1).
+    /// Kills both callbacks ([FD1]).
     pub(crate) fn kill(&self) {
         for cb in self.read.iter().chain(self.write.iter()) {
             cb.kill();

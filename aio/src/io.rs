@@ -5,34 +5,34 @@
 //! Each operation is a future that owns its buffer and gives it back with the result:
 //! `(io::Result<usize>, buf)`. The rules that make this safe:
 //!
-//! 1. Each operation is a type of the op layer (`op/`), which owns every byte its entry
+//! [IO1] Each operation is a type of the op layer (`op/`), which owns every byte its entry
 //!    or syscall names. The future creates its in-flight state (`InFlight`: the op,
 //!    boxed once, with its result slot) when it is built; at the first poll that box
 //!    goes to the back end — on io_uring the driver's table slot keeps it, and drops
 //!    it only after the operation's final CQE was reaped, as for
 //!    [`AioContext::submit_raw`]'s callbacks. So the kernel never writes into freed
 //!    memory, whatever happens to the future.
-//! 2. The completion hands the buffer back through a small shared slot (`io/cancel.rs`).
+//! [IO2] The completion hands the buffer back through a small shared slot (`io/cancel.rs`).
 //!    A future dropped before completion marks the slot abandoned; the completion then
 //!    frees the buffer when the final CQE arrives.
-//! 3. An operation reports its real result whatever happens to its context: a context
+//! [IO3] An operation reports its real result whatever happens to its context: a context
 //!    dropped with operations in flight cancels them and reaps every CQE before it
 //!    frees anything, then runs each callback with its CQE — the real result if the
 //!    operation completed, `ECANCELED` if the cancel won (see `submit_raw`). A callback
 //!    dropped unrun means the operation never reached the kernel: `ECANCELED`, and
 //!    nothing happened. On epoll, a syscall that ran hands its result over even if the
-//!    bottom half that carries it home is dropped unrun (rule 5).
-//! 4. A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
+//!    bottom half that carries it home is dropped unrun ([IO5]).
+//! [IO4] A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times — except a `close` (it must not run twice)
 //!    and a step of a linked chain (the kernel cancelled the steps after it).
-//! 5. On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
+//! [IO5] On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
 //!    regular files and block devices run on the worker pool, streams (pipes, sockets,
 //!    ttys) by readiness on the loop; either way the buffers stay owned until the
 //!    syscall returned or was never started, and a finished syscall reports its real
 //!    result even if the context drops first. On streams the offset is ignored, as
 //!    io_uring does.
-//! 6. Dropping a future before it resolved cancels its operation; the buffer is still
-//!    freed only at the operation's final completion (rule 2). io_uring: the home
+//! [IO6] Dropping a future before it resolved cancels its operation; the buffer is still
+//!    freed only at the operation's final completion ([IO2]). io_uring: the home
 //!    thread names the operation by its generation-tagged `user_data` when it pushes it
 //!    (a future first polled on another thread hands the push to the loop); a drop on
 //!    the home thread pushes an `ASYNC_CANCEL` aimed at exactly that `user_data` and
@@ -46,12 +46,12 @@
 //!    every drop. An operation the kernel runs
 //!    on a worker thread (a blocking file read) may complete anyway. epoll: a stream
 //!    operation is taken out of the stream table, unrun, and the table closes its
-//!    duplicate of the descriptor once nothing waits on it (`io/stream.rs` rule 4); a
+//!    duplicate of the descriptor once nothing waits on it ([ST4] (`io/stream.rs`)); a
 //!    worker-pool job not started yet is not run. A cancelled operation whose future
-//!    is gone never resubmits on `EINTR`/`EAGAIN` (rule 4). The loop's own operations
+//!    is gone never resubmits on `EINTR`/`EAGAIN` ([IO4]). The loop's own operations
 //!    are out of reach: the cancel names a live user operation or nothing.
-//! 7. An operation may have a deadline ([`RingOp::with_deadline`]): past it, the
-//!    operation is cancelled as in rule 6 (io_uring: by a linked `LINK_TIMEOUT`) and
+//! [IO7] An operation may have a deadline ([`RingOp::with_deadline`]): past it, the
+//!    operation is cancelled as in [IO6] (io_uring: by a linked `LINK_TIMEOUT`) and
 //!    the future resolves to `TimedOut`; see `io/deadline.rs` for what cannot be
 //!    interrupted. Linked chains: `io/link.rs`.
 //!
@@ -65,7 +65,7 @@
 //! the operation completes, or the kernel may apply it to whatever file next gets that
 //! number (a logic error, not a memory-safety one). A closed fd completes with `EBADF`.
 //! A [`File`](crate::File)'s operations instead hold a share of its descriptor until
-//! their final completion, so it cannot be closed under them (`fs/file.rs` rule 2).
+//! their final completion, so it cannot be closed under them ([FL2] (`fs/file.rs`)).
 
 use std::fmt;
 use std::future::Future;
@@ -95,7 +95,7 @@ use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
 
-/// What the back end owns until the operation is done (rule 1): the op (which owns
+/// What the back end owns until the operation is done ([IO1]): the op (which owns
 /// the buffers) and the slot its result goes to. Always boxed, and never moved out of
 /// its box before the final completion, so the op stays pinned.
 struct InFlight<O: OpCode + Unpin> {
@@ -177,7 +177,7 @@ impl<O: OpCode + Unpin> Submit for InFlight<O> {
             if ctx.is_home_thread() {
                 self.push_ring(ctx);
             } else {
-                // Pushed by the home thread, which names the operation (rule 6), and
+                // Pushed by the home thread, which names the operation ([IO6]), and
                 // submitted at once: the BH runs after the poll's own submit, and the
                 // operation must reach the kernel (which resolves its descriptor) within
                 // the poll that took it. If the context shuts down first, the BH is
@@ -198,7 +198,7 @@ impl<O: OpCode + Unpin> Submit for InFlight<O> {
 }
 
 impl<O: OpCode + Unpin> InFlight<O> {
-    /// Whether the future was dropped (rule 6), or the operation's deadline passed
+    /// Whether the future was dropped ([IO6]), or the operation's deadline passed
     /// (`io/deadline.rs`): either way it is not started or resubmitted.
     fn abandoned(&self) -> bool {
         let shared = lock(&self.slot);
@@ -213,7 +213,7 @@ impl<O: OpCode + Unpin> InFlight<O> {
     fn push_ring(self: Box<Self>, ctx: &AioContext) {
         // Relaxed: set on this (the home) thread by the shutdown (`shutdown.rs`).
         if self.abandoned() || ctx.remote.closed.load(Ordering::Relaxed) {
-            // Rule 6: the future is gone and nothing ran; or the context was shut
+            // [IO6]: the future is gone and nothing ran; or the context was shut
             // down (a completion run by the shutdown submitted this, or a retry):
             // nobody will reap a CQE, so it never runs. Dropping completes it with
             // ECANCELED.
@@ -229,8 +229,8 @@ impl<O: OpCode + Unpin> InFlight<O> {
         if !whole && !ctx.home().driver.supports(O::OPCODE) {
             // This kernel's ring lacks the opcode (its probe says so): the blocking
             // lowering on the worker pool, with an owner of its own (a ring context has
-            // no pool share; the job owns everything its syscall touches, pool rule 1).
-            // The rest of a chain follows at its completion (`io/link.rs` rule 3).
+            // no pool share; the job owns everything its syscall touches, [PL1] (`pool.rs`)).
+            // The rest of a chain follows at its completion ([LK3] (`io/link.rs`)).
             stream::to_pool(self, ctx, &pool::Owner::fresh());
             return;
         }
@@ -334,7 +334,7 @@ impl<O: OpCode + Unpin> StreamIo for InFlight<O> {
 impl<O: OpCode + Unpin> Drop for InFlight<O> {
     /// Dropped without a result: the operation never ran (refused, or handed over to
     /// a context that was dropped before submitting it), or a worker-pool job was
-    /// cancelled unstarted (rule 3).
+    /// cancelled unstarted ([IO3]).
     fn drop(&mut self) {
         self.deliver(-libc::ECANCELED);
     }
@@ -348,7 +348,7 @@ enum OpState {
 
 /// A ring operation that owns its buffer; resolves to `(io::Result<usize>, buf)`.
 /// Submitted at its first poll, on the context that created it. Dropping it before it
-/// resolved cancels the operation (module docs, rule 6); a result that was already in
+/// resolved cancels the operation (module docs, \[IO6\]); a result that was already in
 /// when it was dropped is lost with it.
 #[must_use = "futures do nothing unless awaited"]
 pub struct RingOp<T: Send + 'static> {
@@ -387,7 +387,7 @@ impl<T: Send + 'static> RingOp<T> {
     /// Gives the operation a deadline `after` its submission (its first poll): if it
     /// has not completed by then it is cancelled and the future resolves to a
     /// `TimedOut` error (with the buffer). io_uring: a linked `IORING_OP_LINK_TIMEOUT`;
-    /// epoll: a timer and the cancel of rule 6 — a worker-pool syscall already running
+    /// epoll: a timer and the cancel of \[IO6\] — a worker-pool syscall already running
     /// (a regular file's read, an `fsync`) cannot be interrupted and reports its real
     /// result (`io/deadline.rs`).
     ///
@@ -415,7 +415,7 @@ impl<T: Send + 'static> RingOp<T> {
             panic!("RingOp::with_deadline on an operation that was submitted already");
         };
         if ctx.backend() == crate::Backend::IoUring {
-            // Rule 1 of `io/deadline.rs`: the kernel's own timeout, linked behind.
+            // [DL1] (`io/deadline.rs`): the kernel's own timeout, linked behind.
             let shared = Arc::new(Mutex::new(Shared {
                 slot: Slot::Waiting(None),
                 id: None,
@@ -520,7 +520,7 @@ impl<T: Send + 'static> Drop for RingOp<T> {
     fn drop(&mut self) {
         if let OpState::Submitted(ctx) = &self.state {
             match abandon(&self.shared) {
-                // Rule 2: the back end frees the buffer when the CQE arrives. Rule 6:
+                // [IO2]: the back end frees the buffer when the CQE arrives. [IO6]:
                 // cancel the operation if the back end has it already (else it sees
                 // `Abandoned` when it gets it).
                 Dropped::Waiting(Some(id)) => cancel(ctx, id),

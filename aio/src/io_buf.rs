@@ -1,4 +1,4 @@
-//! The buffers owned-buffer I/O hands to the kernel (`io.rs` rule 1): [`IoBuf`],
+//! The buffers owned-buffer I/O hands to the kernel ([IO1] (`io.rs`)): [`IoBuf`],
 //! [`IoBufMut`], and the `iovec` arrays of vectored operations.
 
 /// A buffer the kernel may read from: its bytes stay at the same address when the

@@ -48,9 +48,11 @@ const LAYERS: &[(&str, u8)] = &[
     ("fs", 4),
     ("timeout", 4),
     // Documentation only.
+    ("guide", 5),
     ("testing", 5),
     // Tests and models sit on top of everything.
     ("layering", 5),
+    ("rule_labels", 5),
     ("loom_loop", 5),
     ("loom_tasks", 5),
     ("loom_tests", 5),

@@ -57,6 +57,11 @@
 //! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
 //! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
 //!
+//! What a user can rely on — where callbacks and tasks run, bottom-half, timer and
+//! fd-handler ordering, buffer ownership and cancel-on-drop, `File`'s close, shutdown,
+//! what panics — is gathered in [`guide`], each point with the label of the rule that
+//! guarantees it (`[BH7]`, `[IO6]`, …).
+//!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
 //! tasks (`task.rs`), `CoQueue`/`CoMutex` (`co_lock.rs`), owned-buffer I/O (`io.rs`),
@@ -137,6 +142,8 @@ mod op;
 mod poll;
 mod poll_params;
 mod pool;
+#[cfg(all(test, not(loom)))]
+mod rule_labels;
 mod run_queue;
 mod shutdown;
 mod stats;
@@ -147,6 +154,7 @@ mod task;
 mod timeout;
 mod timer;
 
+pub mod guide;
 pub mod testing;
 
 #[cfg(all(loom, test))]

@@ -1,4 +1,4 @@
-//! loom models of the home-thread fast path (`notify.rs` rules 5 and 6) next to the
+//! loom models of the home-thread fast path ([N5] and [N6] (`notify.rs`)) next to the
 //! cross-thread path, on the shared loop model (`loom_loop.rs`), which runs the real
 //! `NotifyState`, BH list and sleep decision.
 

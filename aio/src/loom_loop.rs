@@ -1,7 +1,7 @@
 //! The loop model shared by every loom model that needs a loop (`loom_tests.rs`,
 //! `loom_completions.rs`, `loom_tasks.rs`): one `Loop` whose `poll` performs the steps of
 //! `AioContext::poll` in the same order with the real pieces — the run queue's entry
-//! (`PollFrame::enter_with`, run-queue rule 9), the BH list and its timeout (`bh.rs`),
+//! (`PollFrame::enter_with`, [RQ2] (`run_queue.rs`)), the BH list and its timeout (`bh.rs`),
 //! the sleep decision (`poll::wait_bound`) and the wait inside the notify protocol
 //! (`poll::sleep_or_look`, `notify.rs`); then it runs the BHs and dispatches completions
 //! one at a time. What stands in for the kernel is `Kernel`: a completion queue, and

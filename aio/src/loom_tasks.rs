@@ -296,8 +296,8 @@ fn shutdown_racing_the_tasks_poll_cancels_it_once() {
 /// for a second task that another thread wakes. Each nested `poll` enters as
 /// `AioContext::poll` does (the real `PollFrame::enter_with`: clear the drain mark, run
 /// the queue if one of its drains is suspended below, notify after running tasks); the
-/// drain's bottom half, running further up, is deferred by the real `BhInner::run` (BH
-/// rule 7).
+/// drain's bottom half, running further up, is deferred by the real `BhInner::run`
+/// ([BH7] (`bh.rs`)).
 struct NestedWait {
     l: Arc<Loop>,
     target_polls: Arc<AtomicUsize>,
@@ -324,7 +324,7 @@ impl Future for NestedWait {
 }
 
 /// The nested wait of a task ends. (It used to hang: a wake during a drain only pushed,
-/// and the drain's bottom half cannot run nested; run-queue rule 9 is the fix.)
+/// and the drain's bottom half cannot run nested; [RQ2] (`run_queue.rs`) is the fix.)
 #[test]
 fn nested_wait_in_a_task_for_a_task_woken_by_another_thread_ends() {
     let mut builder = loom::model::Builder::new();

@@ -1,6 +1,6 @@
 //! loom models of the timer list: `delete` and `modify` from another thread racing the
-//! home thread's timer pass, on the real `TimerList` code (`timer.rs` rule 2), and
-//! `modify` racing the context's drop closing the list (rule 5).
+//! home thread's timer pass, on the real `TimerList` code ([T2] (`timer.rs`)), and
+//! `modify` racing the context's drop closing the list ([T5]).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
@@ -70,7 +70,7 @@ fn modify_from_another_thread_defers_a_callback_not_yet_started() {
     });
 }
 
-/// The context's drop closes the list (rule 5) while another thread arms the timer:
+/// The context's drop closes the list ([T5]) while another thread arms the timer:
 /// afterwards the timer is never armed on the closed list and its callback is freed,
 /// whichever came first; `modify` is refused exactly when it came second.
 #[test]

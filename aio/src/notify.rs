@@ -6,14 +6,14 @@
 //! - `notified`: set by producers, cleared by the home thread once per `poll`.
 //!
 //! Invariants:
-//! 1. Work is published (BH list push, flag `fetch_or`, queue push) *before* the
+//! [N1] Work is published (BH list push, flag `fetch_or`, queue push) *before* the
 //!    producer calls [`NotifyState::notify`].
-//! 2. Of all producers between two clears of `notified`, exactly one — the one whose
+//! [N2] Of all producers between two clears of `notified`, exactly one — the one whose
 //!    swap turned it `false → true` — goes on to the fence and the `notify_me` check, so
 //!    one sleep costs at most one eventfd write however many notifies arrive.
-//! 3. The home thread sleeps only after raising `notify_me`, fencing, and seeing
+//! [N3] The home thread sleeps only after raising `notify_me`, fencing, and seeing
 //!    `notified == false`.
-//! 4. The home thread clears `notified` with an acquiring swap, so the producer whose
+//! [N4] The home thread clears `notified` with an acquiring swap, so the producer whose
 //!    flag it clears has its work visible to the bottom-half pass that follows.
 //!
 //! The interleaving it must survive (a producer racing with the sleeper):
@@ -22,7 +22,7 @@
 //!   home thread (poll, blocking)          producer (any thread)
 //!   ----------------------------          ---------------------
 //!   timeout = compute (no BH yet)
-//!                                         push BH                       (rule 1)
+//!                                         push BH                       ([N1])
 //!                                         notified.swap(true) == false  [P1]
 //!                                         fence(SeqCst)                 [P2]
 //!   notify_me = 1
@@ -35,21 +35,21 @@
 //! writes the eventfd. Both cannot miss: that is the Dekker pair `[P2]`/`[C2]`.
 //! A producer whose swap found `notified` already `true` skips the fence: the producer
 //! that set it is still bound by the same pair, and the home thread's clearing swap
-//! (rule 4) reads from the skipping producer's swap, so it sees its work.
+//! ([N4]) reads from the skipping producer's swap, so it sees its work.
 //!
 //! # Home-thread fast path
 //!
-//! 5. A notify made on the home thread while its `notify_me` is zero raises only
+//! [N5] A notify made on the home thread while its `notify_me` is zero raises only
 //!    `home_notified`, a flag no other thread touches (plain Relaxed load and store):
 //!    no swap, no fence, no eventfd write. `prepare_sleep` refuses to sleep while it is
 //!    set, and `accept` lowers it, exactly as for `notified`.
-//! 6. Whether the caller is the home thread is decided by comparing its thread id with
+//! [N6] Whether the caller is the home thread is decided by comparing its thread id with
 //!    `home`, written once (the home thread binds itself, [`NotifyState::bind_home`])
 //!    and never changed: a thread reading its own id there is the home thread, since
 //!    only the binder wrote it; any other thread reads `0` or another id and takes the
-//!    cross-thread path of rules 1-4, unchanged.
+//!    cross-thread path of [N1]-[N4], unchanged.
 //!
-//! Proof that rule 5 loses no wake-up. The only thread that can sleep on this state is
+//! Proof that [N5] loses no wake-up. The only thread that can sleep on this state is
 //! the home thread, and it is the notifier: it cannot be asleep while it notifies. What
 //! must hold is that its *next* sleep does not happen while the notified work waits.
 //! `notify_me` has one writer, the home thread, so its own Relaxed read is exact: zero
@@ -63,7 +63,7 @@
 //! wait itself runs, such as a destructor) takes the cross-thread path, which sees
 //! `notify_me != 0` after its fence and writes the eventfd, so the wait returns.
 //! The fast path never touches `notified`, so the Dekker pair of the cross-thread path
-//! and rule 2's election are exactly as before; both paths can run at once (the loom
+//! and [N2]'s election are exactly as before; both paths can run at once (the loom
 //! models in `loom_tests.rs` run a home-thread and a cross-thread producer together).
 
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
@@ -73,16 +73,16 @@ use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 pub(crate) struct NotifyState {
     notify_me: AtomicU32,
     notified: AtomicBool,
-    /// Rule 5: written and read by the home thread only.
+    /// [N5]: written and read by the home thread only.
     home_notified: AtomicBool,
-    /// Rule 6: the home thread's [`thread_id`], `0` until one binds itself.
+    /// [N6]: the home thread's [`thread_id`], `0` until one binds itself.
     home: AtomicU64,
 }
 
 /// What [`NotifyState::notify`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Notified {
-    /// The home thread notified itself (rule 5): nothing shared was touched.
+    /// The home thread notified itself ([N5]): nothing shared was touched.
     Home,
     /// Another thread notified an awake loop, or found the notify already pending.
     Awake,
@@ -95,11 +95,11 @@ impl NotifyState {
         Self::default()
     }
 
-    /// Binds the calling thread as home if none is (rule 6). Returns the home thread's
+    /// Binds the calling thread as home if none is ([N6]). Returns the home thread's
     /// id: the caller's own when it is (or just became) home.
     pub(crate) fn bind_home(&self) -> u64 {
         let me = thread_id();
-        // Relaxed: the id is only ever compared with the reader's own id (rule 6); the
+        // Relaxed: the id is only ever compared with the reader's own id ([N6]); the
         // state's construction was ordered before this call by handing over the `Arc`.
         match self
             .home
@@ -110,7 +110,7 @@ impl NotifyState {
         }
     }
 
-    /// Whether the calling thread is the home thread (rule 6).
+    /// Whether the calling thread is the home thread ([N6]).
     pub(crate) fn is_home(&self) -> bool {
         // Relaxed: see `bind_home`.
         self.home.load(Ordering::Relaxed) == thread_id()
@@ -119,7 +119,7 @@ impl NotifyState {
     /// Producer side, after publishing work: says whether the caller must wake the home
     /// thread (write the eventfd) — [`Notified::Asleep`].
     pub(crate) fn notify(&self) -> Notified {
-        // Rule 5; `notify_me` is exact for its only writer, the home thread.
+        // [N5]; `notify_me` is exact for its only writer, the home thread.
         if self.notify_me.load(Ordering::Relaxed) == 0 && self.is_home() {
             self.home_notified.store(true, Ordering::Relaxed);
             return Notified::Home;
@@ -131,11 +131,11 @@ impl NotifyState {
         }
     }
 
-    /// The cross-thread path of [`notify`](Self::notify) (rules 1-4): returns `true`
+    /// The cross-thread path of [`notify`](Self::notify) ([N1]-[N4]): returns `true`
     /// when the caller must write the eventfd.
     fn notify_cross(&self) -> bool {
         // [P1] AcqRel: releases the published work to the home thread's clearing swap
-        // ([C4]), and is the RMW that elects one producer per clear (rule 2).
+        // ([C4]), and is the RMW that elects one producer per clear ([N2]).
         if self.notified.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -147,7 +147,7 @@ impl NotifyState {
     /// Home thread, before a blocking wait: raises `notify_me` and returns `true` when it
     /// may sleep (no notify arrived since the last [`accept`](Self::accept)).
     pub(crate) fn prepare_sleep(&self) -> bool {
-        // Rule 5: the home thread's own notify since the last `accept`.
+        // [N5]: the home thread's own notify since the last `accept`.
         if self.home_notified.load(Ordering::Relaxed) {
             return false;
         }
@@ -166,13 +166,13 @@ impl NotifyState {
 
     /// Home thread, once per poll before running bottom halves: clears `notified`.
     pub(crate) fn accept(&self) {
-        // Rule 5: home thread only; a plain store.
+        // [N5]: home thread only; a plain store.
         if self.home_notified.load(Ordering::Relaxed) {
             self.home_notified.store(false, Ordering::Relaxed);
         }
         if self.notified.load(Ordering::Relaxed) {
             // [C4] Acquire: pairs with [P1]; makes the work of every producer that saw
-            // `notified` set visible to the bottom-half pass that follows (rule 4).
+            // `notified` set visible to the bottom-half pass that follows ([N4]).
             self.notified.swap(false, Ordering::Acquire);
         }
     }

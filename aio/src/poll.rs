@@ -4,13 +4,13 @@
 //! Panics: a callback's panic (bottom half, fd handler, completion, timer, or a detached
 //! task's) unwinds out of [`AioContext::poll`] to its caller, and the context stays
 //! usable. That holds because:
-//! 1. No `RefCell` borrow of the home state is held while a callback runs.
-//! 2. Work is taken one item at a time from queues that live in the context (the BH
+//! [PO1] No `RefCell` borrow of the home state is held while a callback runs.
+//! [PO2] Work is taken one item at a time from queues that live in the context (the BH
 //!    slices, the driver's dispatch queue, the timer list), so the items after the
 //!    panicking one stay queued and run at the next `poll`.
-//! 3. A callback that panics is put back in its cell (`callback.rs`), so a BH, handler
+//! [PO3] A callback that panics is put back in its cell (`callback.rs`), so a BH, handler
 //!    or timer can be scheduled and run again; an fd handler is re-armed on unwind.
-//! 4. A run queue whose drain unwinds reschedules its bottom half if tasks are left.
+//! [PO4] A run queue whose drain unwinds reschedules its bottom half if tasks are left.
 
 use std::mem;
 use std::time::Duration;
@@ -70,7 +70,7 @@ impl Kernel for Counted<'_> {
     }
 }
 
-/// The wait of one poll inside the notify protocol (`notify.rs` rules 3 and 4): sleeps
+/// The wait of one poll inside the notify protocol ([N3] and [N4] (`notify.rs`)): sleeps
 /// only when `timeout` is not zero and no notify arrived since the last `accept`, then
 /// accepts. Returns whether it slept.
 pub(crate) fn sleep_or_look(
@@ -117,7 +117,7 @@ impl AioContext {
     /// [`JoinHandle`]: crate::JoinHandle
     pub fn poll(&self, blocking: bool) -> bool {
         self.check_home("poll");
-        let frame = crate::run_queue::enter_poll(self); // nested in a task: run-queue rule 9
+        let frame = crate::run_queue::enter_poll(self); // nested in a task: [RQ2] (`run_queue.rs`)
         let remote = &*self.remote;
         bump(&remote.counters.polls, 1);
         let max_ns = remote.poll_max_ns.load(Ordering::Relaxed);
@@ -166,7 +166,7 @@ impl AioContext {
         // A plain look first: no RMW on the common poll with no request. A request
         // this load misses was published after the last `accept` synchronized with its
         // notify, so `notified` is still up: this poll does not sleep, and the next one
-        // applies it (notify rules 3 and 4).
+        // applies it ([N3] and [N4] (`notify.rs`)).
         if !self.remote.has_requests.load(Ordering::Relaxed)
             // Acquire: pairs with the Release store in `Remote::request`.
             || !self.remote.has_requests.swap(false, Ordering::Acquire)
@@ -249,7 +249,7 @@ impl AioContext {
         };
     }
 
-    /// Runs one slice of bottom halves (BH rules 2, 3, 5; QEMU: `aio_bh_poll`): takes
+    /// Runs one slice of bottom halves ([BH2], [BH3], [BH5] (`bh.rs`); QEMU: `aio_bh_poll`): takes
     /// the list onto the back of the queue, then runs the queue from its front (the
     /// slices of the polls further up the stack first) until it is empty.
     fn bh_poll(&self) -> bool {
@@ -258,14 +258,14 @@ impl AioContext {
         loop {
             let bh = self.home().bhs.queued.pop_front();
             let Some(bh) = bh else { break };
-            let (did_run, counts) = bh.run(&self.remote.bhs);
-            bump(&self.remote.counters.bhs_run, u64::from(did_run));
-            progress |= counts;
+            let run = bh.run(&self.remote.bhs);
+            bump(&self.remote.counters.bhs_run, u64::from(run.ran()));
+            progress |= run.progress();
         }
         progress
     }
 
-    /// Dispatches what the back end reported, one item at a time (module rule 2);
+    /// Dispatches what the back end reported, one item at a time ([PO2]);
     /// returns whether a callback ran.
     fn dispatch(&self) -> bool {
         self.home().driver.collect(self.name());
@@ -303,7 +303,7 @@ impl AioContext {
     }
 
     /// Runs a ready handler, then re-arms it — also when the handler panics (module
-    /// rule 3; fd rules 3 and 5).
+    /// [PO3]; [FD3] and [FD5] (`fd.rs`)).
     fn run_fd_handler(&self, node: &Arc<FdNode>, revents: u32) -> bool {
         struct Rearm<'a>(&'a AioContext, &'a Arc<FdNode>);
         impl Drop for Rearm<'_> {
@@ -322,7 +322,7 @@ impl AioContext {
         ran
     }
 
-    /// Removes the handler of a descriptor the kernel reports as bad (fd rule 5).
+    /// Removes the handler of a descriptor the kernel reports as bad ([FD5] (`fd.rs`)).
     fn remove_bad_fd(&self, node: &Arc<FdNode>, err: &std::io::Error) {
         let fd = node.fd;
         log::warn!(

@@ -13,18 +13,18 @@
 //! from cancellation.
 //!
 //! Rules:
-//! 1. A job owns everything its syscall touches (buffers, iovecs) from submission until
+//! [PL1] A job owns everything its syscall touches (buffers, iovecs) from submission until
 //!    it is dropped; the pool drops a job only after its syscall returned or without
 //!    having started it. Nothing the kernel reads or writes is ever freed under a worker,
 //!    whatever happens to the future or the context.
-//! 2. Each context has an [`Owner`]: a count of its jobs queued or running. Dropping
+//! [PL2] Each context has an [`Owner`]: a count of its jobs queued or running. Dropping
 //!    the context cancels: it takes its queued jobs off the queue and drops them (their
 //!    operations complete with `ECANCELED`: nothing ran), then waits (bounded) until
 //!    the count is zero. A running syscall finishes
 //!    (file syscalls are not interruptible, and do not block indefinitely), and its
 //!    operation reports the syscall's real result (`io/stream.rs`).
-//! 3. The pool is not part of any loom model: it uses `std` primitives directly.
-//! 4. What a worker runs for a typed operation is the op's own blocking lowering
+//! [PL3] The pool is not part of any loom model: it uses `std` primitives directly.
+//! [PL4] What a worker runs for a typed operation is the op's own blocking lowering
 //!    (`OpCode::run_blocking`, one per file in `op/`): `preadv2`/`pwritev2` at the
 //!    offset, `fsync`/`fdatasync`, `openat`, `statx`, … The pool itself only runs
 //!    closures: it imports nothing from the crate.
@@ -45,7 +45,7 @@ pub(crate) const MAX_WORKERS: usize = 64;
 /// How long an idle worker waits for a job before it exits (as QEMU's workers do).
 const IDLE_EXIT: Duration = Duration::from_secs(10);
 
-/// A context's share of the pool (rule 2).
+/// A context's share of the pool ([PL2]).
 pub(crate) struct Owner {
     outstanding: Mutex<usize>,
     done: Condvar,
@@ -73,7 +73,7 @@ impl Owner {
         }
     }
 
-    /// Cancels this owner's jobs and waits up to `limit` for the running ones (rule 2);
+    /// Cancels this owner's jobs and waits up to `limit` for the running ones ([PL2]);
     /// returns how many were still running at the deadline.
     pub(crate) fn cancel(self: &Arc<Self>, limit: Duration) -> usize {
         let queued: VecDeque<Job> = {
@@ -86,7 +86,7 @@ impl Owner {
             mine
         };
         let n = queued.len();
-        drop(queued); // rule 1: never started, so dropping frees nothing in use
+        drop(queued); // [PL1]: never started, so dropping frees nothing in use
         if n > 0 {
             self.finish(n);
         }

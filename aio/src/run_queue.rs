@@ -5,25 +5,25 @@
 //! Each context has one run queue and one bottom half that drains it
 //! (`co_schedule_bh_cb`); QEMU's two lists — the cross-thread `scheduled_coroutines`
 //! and the per-thread wake-up queue — collapse into this one FIFO. The task state
-//! machine (rules 1–7) is in `task.rs`; the queue adds:
+//! machine ([TK1]–[TK7]) is in `task.rs`; the queue adds:
 //!
-//! 8. A wake (or spawn) whose innermost frame on the calling thread is this queue's
+//! [RQ1] A wake (or spawn) whose innermost frame on the calling thread is this queue's
 //!    drain loop — no `poll` in between — only pushes: the drain loop picks the task up
 //!    (chaining, never recursion). Anywhere else it pushes and schedules the queue's
-//!    bottom half, which notifies the context (notify rule 1: push, then notify).
-//! 9. A `poll` of the context on its home thread while one of its drains is on the
+//!    bottom half, which notifies the context ([N1] (`notify.rs`): push, then notify).
+//! [RQ2] A `poll` of the context on its home thread while one of its drains is on the
 //!    stack (a task nested `block_on`, `poll` or `wait_while`) runs the queued tasks
 //!    itself, before it decides to sleep: the drain's bottom half is running further up
-//!    the stack, so the nested `poll` would defer it (BH rule 7), and a task pushed by
-//!    rule 8 would wait for a drain loop that is not looping. The task that made the
-//!    nested call is `RUNNING`, so it is never re-entered (task rule 3).
-//! 10. One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
+//!    the stack, so the nested `poll` would defer it ([BH7] (`bh.rs`)), and a task pushed by
+//!    [RQ1] would wait for a drain loop that is not looping. The task that made the
+//!    nested call is `RUNNING`, so it is never re-entered ([TK3] (`task.rs`)).
+//! [RQ3] One drain runs at most [`DRAIN_BUDGET`] tasks, then reschedules its bottom half,
 //!     so tasks that keep waking each other cannot starve timers, fd handlers and I/O.
-//! 11. A detached task's panic unwinds the drain (and `poll`); the drain reschedules its
+//! [RQ4] A detached task's panic unwinds the drain (and `poll`); the drain reschedules its
 //!     bottom half on the way out when tasks are left, so the queue keeps draining.
-//! 12. The queue keeps the registry of its unfinished tasks (task rule 5). Closing it —
+//! [RQ5] The queue keeps the registry of its unfinished tasks ([TK5] (`task.rs`)). Closing it —
 //!     the context's drop, [`AioContext::shutdown_tasks`], an `IoThread`'s drop — takes
-//!     the registry and cancels every task in it on the calling thread (task rule 6);
+//!     the registry and cancels every task in it on the calling thread ([TK6] (`task.rs`));
 //!     from then on a task spawned or moved here, or pushed here by a racing wake, is
 //!     cancelled instead of queued. No lock is held while a future is dropped.
 
@@ -47,7 +47,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
 use crate::task::{Header, Panic, Schedule, TaskRef, move_current_task, new_task};
 
-/// How many tasks one drain of a run queue runs before it yields to the loop (rule 10).
+/// How many tasks one drain of a run queue runs before it yields to the loop (\[RQ3\]).
 pub const DRAIN_BUDGET: usize = 256;
 
 /// How a run queue gets drained: its context's bottom half (or, in the loom models, a
@@ -66,7 +66,7 @@ impl Kick for Bh {
 /// The queue proper and the registry, under one lock.
 struct Inner {
     ready: VecDeque<TaskRef>,
-    /// Every unfinished task that belongs here (rule 12; task rule 5).
+    /// Every unfinished task that belongs here ([RQ5]; [TK5] (`task.rs`)).
     tasks: Slab<TaskRef>,
     closed: bool,
 }
@@ -83,7 +83,7 @@ pub(crate) struct RunQueue<K: Kick = Bh> {
 #[cfg(not(all(loom, test)))]
 std::thread_local! {
     /// The address of the run queue whose drain loop is the innermost frame of this
-    /// thread that runs tasks, or 0 (rule 8). A `poll` clears it for its duration.
+    /// thread that runs tasks, or 0 ([RQ1]). A `poll` clears it for its duration.
     static DRAINING: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -137,7 +137,7 @@ impl<K: Kick> RunQueue<K> {
     }
 
     /// Kicks the queue's drain unless this thread's innermost drain loop is this
-    /// queue's (rule 8).
+    /// queue's ([RQ1]).
     fn kick_unless_draining(&self) {
         if DRAINING.with(Cell::get) != self.addr() {
             self.kick.kick();
@@ -145,7 +145,7 @@ impl<K: Kick> RunQueue<K> {
     }
 
     /// Creates a task of this queue, registers and queues it — or, on a closed queue,
-    /// cancels it at once (rule 12).
+    /// cancels it at once ([RQ5]).
     pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -176,14 +176,14 @@ impl<K: Kick> RunQueue<K> {
         lock(&self.inner).ready.is_empty()
     }
 
-    /// Runs queued tasks, FIFO, up to the budget (rules 8, 10 and 11). The caller made
+    /// Runs queued tasks, FIFO, up to the budget ([RQ1], [RQ3] and [RQ4]). The caller made
     /// the queue's context current.
     pub(crate) fn drain(&self) {
         // Relaxed: home-thread-only counter.
         self.draining.fetch_add(1, Ordering::Relaxed);
         let outer = DRAINING.with(|d| d.replace(self.addr()));
         /// Leaves the drain; on unwind (a detached task panicked), reschedules the
-        /// queue's bottom half if tasks are left, so they still run (rule 11).
+        /// queue's bottom half if tasks are left, so they still run ([RQ4]).
         struct Leave<'a, K: Kick>(&'a RunQueue<K>, usize);
         impl<K: Kick> Drop for Leave<'_, K> {
             fn drop(&mut self) {
@@ -208,7 +208,7 @@ impl<K: Kick> RunQueue<K> {
     }
 
     /// Closes the queue and cancels every unfinished task of it on the calling thread
-    /// (rule 12); returns how many there were, and the first panic of a detached task's
+    /// ([RQ5]); returns how many there were, and the first panic of a detached task's
     /// destructor (the others are logged). Tasks running on another thread at this
     /// moment are cancelled by their runner when their poll returns.
     pub(crate) fn shutdown(&self) -> (usize, Option<Panic>) {
@@ -249,7 +249,7 @@ impl<K: Kick> Schedule for RunQueue<K> {
         };
         match refused {
             // A wake racing the close: the task is cancelled by whichever of this
-            // cancel and the closer's claims it (task rule 6).
+            // cancel and the closer's claims it ([TK6] (`task.rs`)).
             Some(task) => {
                 if task.cancel().is_some() {
                     log::error!("a cancelled task's destructor panicked");
@@ -280,9 +280,9 @@ impl<K: Kick> Schedule for RunQueue<K> {
     }
 }
 
-/// Called by [`AioContext::poll`] on entry, on the home thread: ends rule 8's "innermost
-/// drain" for the duration of the poll, and applies rule 9. When it ran tasks, it
-/// notifies the context, so that the poll does not sleep (notify rule 3) after making
+/// Called by [`AioContext::poll`] on entry, on the home thread: ends [RQ1]'s "innermost
+/// drain" for the duration of the poll, and applies [RQ2]. When it ran tasks, it
+/// notifies the context, so that the poll does not sleep ([N3] (`notify.rs`)) after making
 /// progress, and the frame says so. The returned guard restores the outer drain's mark.
 pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
     PollFrame::enter_with(ctx.local_if_set(&RUN_QUEUE).map(|q| &**q), |q| {
@@ -293,7 +293,7 @@ pub(crate) fn enter_poll(ctx: &AioContext) -> PollFrame {
 }
 
 impl<K: Kick> RunQueue<K> {
-    /// Rule 9's test, on the home thread: a drain of this queue is on the stack (below
+    /// [RQ2]'s test, on the home thread: a drain of this queue is on the stack (below
     /// the poll being entered) and tasks are queued.
     pub(crate) fn needs_nested_drain(&self) -> bool {
         // Relaxed: home-thread-only counter.
@@ -308,7 +308,7 @@ pub(crate) struct PollFrame {
 }
 
 impl PollFrame {
-    /// Clears rule 8's mark for the duration of a poll.
+    /// Clears [RQ1]'s mark for the duration of a poll.
     pub(crate) fn enter() -> Self {
         Self {
             outer: DRAINING.with(|d| d.replace(0)),
@@ -317,7 +317,7 @@ impl PollFrame {
     }
 
     /// [`enter_poll`] on the run queue `q` (if the context has one): clears the mark
-    /// and, when rule 9 applies, runs `drain_and_notify` (drain `q`, then notify the
+    /// and, when [RQ2] applies, runs `drain_and_notify` (drain `q`, then notify the
     /// context so a sleep decision above sees the tasks that ran).
     pub(crate) fn enter_with<K: Kick>(
         q: Option<&RunQueue<K>>,
@@ -346,7 +346,7 @@ impl Drop for PollFrame {
 }
 
 /// The context's drop: closes its run queue, if it has one, and cancels its tasks
-/// (rule 12). Never panics, so the rest of the drop (which waits for the kernel to let
+/// ([RQ5]). Never panics, so the rest of the drop (which waits for the kernel to let
 /// go of buffers) always runs: a panic from a detached task's destructor is logged.
 pub(crate) fn shutdown(ctx: &AioContext) {
     let Some(q) = ctx.local_if_set(&RUN_QUEUE) else {
@@ -520,8 +520,8 @@ impl AioContext {
                 }
             }
             // A wake after the swap has notified the context, so this poll does not
-            // sleep through it (notify rule 3); a task the future pushed without a
-            // kick (nested in a task: rule 8) is run by the poll itself (rule 9).
+            // sleep through it ([N3] (`notify.rs`)); a task the future pushed without a
+            // kick (nested in a task: [RQ1]) is run by the poll itself ([RQ2]).
             self.poll(true);
         }
     }

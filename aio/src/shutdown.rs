@@ -2,23 +2,23 @@
 //! its home thread when it stops (nobody can poll the context after either).
 //!
 //! Rules:
-//! 0. Unfinished tasks are cancelled before anything else: their futures are dropped
+//! [SD0] Unfinished tasks are cancelled before anything else: their futures are dropped
 //!    on the calling thread (no context current), and what they drop — I/O futures,
 //!    guards, handles — still finds the context open.
-//! 1. Closing comes next: the BH list, the timer list, the fd handlers and the raw
+//! [SD1] Closing comes next: the BH list, the timer list, the fd handlers and the raw
 //!    hand-over queue are closed in one pass, each under its own lock, so a schedule,
 //!    modify, `set_fd_handler` or hand-over racing the shutdown either landed before
 //!    (and is freed by it) or is refused (and freed at once). None lands where nobody
 //!    looks.
-//! 2. Every callback of the context is freed — BHs pending or not, timers armed or
+//! [SD2] Every callback of the context is freed — BHs pending or not, timers armed or
 //!    not, fd handlers — also one that owns its own handle or the context itself (a
 //!    cycle that nothing else would break).
-//! 3. Then operations in flight are cancelled and reaped (`Driver::shutdown`) and their
+//! [SD3] Then operations in flight are cancelled and reaped (`Driver::shutdown`) and their
 //!    callbacks run with their real results, and worker-pool jobs are cancelled or
 //!    waited for.
-//! 4. The home cell is borrowed only while no user code runs: a callback's drop or a
+//! [SD4] The home cell is borrowed only while no user code runs: a callback's drop or a
 //!    completion callback may call into the context.
-//! 5. Shutting down twice is harmless: the `IoThread` does it, the drop does it again.
+//! [SD5] Shutting down twice is harmless: the `IoThread` does it, the drop does it again.
 
 use std::collections::VecDeque;
 
@@ -35,7 +35,7 @@ impl AioContext {
         self.check_home("close_for_good");
         // The context outlives this call, so tasks may still be spawned on it or moved
         // to it: make sure its run queue exists, so the shutdown below closes it and
-        // those tasks are cancelled at once (rule 0), not queued where nobody polls.
+        // those tasks are cancelled at once ([SD0]), not queued where nobody polls.
         crate::run_queue::RunQueue::of(self);
         self.shut_down();
     }
@@ -46,7 +46,7 @@ impl AioContext {
     /// moments in which no user code runs: a callback's drop or a completion callback
     /// may call into the context.
     pub(crate) fn shut_down(&self) {
-        // Tasks first (rule 0): their futures may name the context's work.
+        // Tasks first ([SD0]): their futures may name the context's work.
         crate::run_queue::shutdown(self);
         // Close the context to callbacks first: a schedule or modify racing this
         // either landed before the close (and is freed by it) or is refused; none lands
@@ -71,7 +71,7 @@ impl AioContext {
 
 /// Frees every callback of a context that nobody will poll again, and refuses new ones
 /// from then on: closes the BH list (pending BHs, taken ones in `queued`, and the
-/// callbacks of all live `Bh`s; BH rule 8), the timer list (timer rule 5), the fd
+/// callbacks of all live `Bh`s; [BH8] (`bh.rs`)), the timer list ([T5] (`timer.rs`)), the fd
 /// handlers, and the queue of raw operations handed over by other threads (they never
 /// reached the ring and are dropped unrun, `submit_raw`'s contract). A callback that
 /// owns its own handle or its own context (a cycle) is freed here. Idempotent.

@@ -42,7 +42,7 @@ pub struct Stats {
 pub(crate) struct Counters {
     /// Notifies from other threads (RMW).
     pub(crate) notifies: AtomicU64,
-    /// Notifies the home thread made itself (notify rule 5); home thread only.
+    /// Notifies the home thread made itself ([N5] (`notify.rs`)); home thread only.
     pub(crate) home_notifies: AtomicU64,
     pub(crate) eventfd_writes: AtomicU64,
     pub(crate) eventfd_reads: AtomicU64,

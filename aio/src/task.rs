@@ -19,20 +19,20 @@
 //!
 //! # Rules
 //!
-//! 1. Only the waker whose CAS moves `IDLE → SCHEDULED` pushes the task on a run queue,
+//! [TK1] Only the waker whose CAS moves `IDLE → SCHEDULED` pushes the task on a run queue,
 //!    so a task is on at most one queue at a time: waking a scheduled task is a no-op.
-//! 2. Only the runner that popped the task moves `SCHEDULED → RUNNING`; so a task is
+//! [TK2] Only the runner that popped the task moves `SCHEDULED → RUNNING`; so a task is
 //!    polled by one thread at a time.
-//! 3. A wake during the poll sets `NOTIFIED`; when the poll returns `Pending` the runner
-//!    moves `RUNNING | NOTIFIED → SCHEDULED` and pushes the task itself (rule 1 holds:
+//! [TK3] A wake during the poll sets `NOTIFIED`; when the poll returns `Pending` the runner
+//!    moves `RUNNING | NOTIFIED → SCHEDULED` and pushes the task itself ([TK1] holds:
 //!    nobody else could push it meanwhile), or `RUNNING → IDLE` when no wake came.
-//! 4. The home is changed only by the task itself while `RUNNING`
+//! [TK4] The home is changed only by the task itself while `RUNNING`
 //!    ([`reschedule_to`](crate::reschedule_to), through [`move_current_task`]) and read
-//!    by whoever pushes the task, after rule 1 or 3 made it the only pusher; so a task
+//!    by whoever pushes the task, after [TK1] or [TK3] made it the only pusher; so a task
 //!    moved to another context is pushed there only after its poll on the old one has
 //!    returned: it never runs on two threads at once.
 //!
-//! The interleaving rule 3 must survive (a wake from another thread racing the end of
+//! The interleaving [TK3] must survive (a wake from another thread racing the end of
 //! a poll):
 //!
 //! ```text
@@ -49,26 +49,26 @@
 //!
 //! # Cancellation
 //!
-//! 5. A task belongs to the run queue its home names: that queue's registry holds it
+//! [TK5] A task belongs to the run queue its home names: that queue's registry holds it
 //!    (strongly) from `spawn` until it completes, and [`move_current_task`] moves the
 //!    entry along with the home. A closed queue (its context dropped or shut down)
 //!    registers nothing: a task spawned on it or moved to it is cancelled.
-//! 6. A cancel sets `CANCELLED`. On an `IDLE` or `SCHEDULED` task the same CAS claims it
+//! [TK6] A cancel sets `CANCELLED`. On an `IDLE` or `SCHEDULED` task the same CAS claims it
 //!    (`→ RUNNING | CANCELLED`): the canceller drops the future, on its own thread, and
 //!    completes the task. On a `RUNNING` task the runner does that when the poll returns
 //!    `Pending` (a `Ready` output wins). A claimed task still on a run queue is skipped
 //!    when popped. So the future is dropped exactly once, never while it is polled.
-//! 7. A cancelled task's `JoinHandle` yields `Err(JoinError)` with `is_cancelled()`.
+//! [TK7] A cancelled task's `JoinHandle` yields `Err(JoinError)` with `is_cancelled()`.
 //!
 //! # Exclusive cells, no locks
 //!
-//! 8. The home and the stage (the future, then its output) are plain cells: the state
+//! [TK8] The home and the stage (the future, then its output) are plain cells: the state
 //!    word already gives one thread at a time the right to touch them, so a lock would
 //!    only add two RMWs per access.
-//!    - The home is written only by the task itself while `RUNNING` (rule 4), and read
-//!      by the single pusher (rules 1 and 3: a pusher reads it before its queue push,
+//!    - The home is written only by the task itself while `RUNNING` ([TK4]), and read
+//!      by the single pusher ([TK1] and [TK3]: a pusher reads it before its queue push,
 //!      which happens before any runner's pop and so before the next `RUNNING`), by
-//!      the runner and by a claiming canceller (rule 6) — never while a writer runs.
+//!      the runner and by a claiming canceller ([TK6]) — never while a writer runs.
 //!    - The stage is touched by whoever holds `RUNNING` (the poller; a canceller whose
 //!      CAS claimed the task) until `complete`; after `complete`, by exactly one of
 //!      the runner and the join side: the one the `JOIN_INTEREST` RMWs pick
@@ -94,10 +94,10 @@ mod state;
 use state::{AfterPoll, State};
 use state::{JOIN_INTEREST, SCHEDULED, has_join_interest, is_complete};
 
-/// A cell whose accesses the task state word makes exclusive (rule 8).
+/// A cell whose accesses the task state word makes exclusive ([TK8]).
 struct Exclusive<T>(std::cell::UnsafeCell<T>);
 
-// SAFETY: rule 8: at most one thread touches the value at a time, each hand-over being
+// SAFETY: [TK8]: at most one thread touches the value at a time, each hand-over being
 // a Release/Acquire pair on the task's state word; the value moves between threads
 // only that way, so `T: Send` suffices.
 unsafe impl<T: Send> Sync for Exclusive<T> {}
@@ -108,7 +108,7 @@ impl<T> Exclusive<T> {
     }
 
     /// # Safety
-    /// The caller holds the right to touch the value (rule 8) for the borrow's life:
+    /// The caller holds the right to touch the value ([TK8]) for the borrow's life:
     /// no other thread reads or writes it meanwhile.
     #[allow(clippy::mut_from_ref)]
     unsafe fn get(&self) -> &mut T {
@@ -125,10 +125,10 @@ impl<T> Exclusive<T> {
 }
 
 /// Where a task is pushed when it is woken: a context's run queue. It also keeps the
-/// registry of the tasks that belong to it (rule 5).
+/// registry of the tasks that belong to it ([TK5]).
 pub(crate) trait Schedule: Send + Sync {
     /// Pushes `task`, which the caller just moved to `SCHEDULED`, and makes sure the
-    /// queue will be drained (run-queue rule 8); on a closed queue, cancels it instead.
+    /// queue will be drained ([RQ1] (`run_queue.rs`)); on a closed queue, cancels it instead.
     fn schedule(&self, task: TaskRef);
 
     /// Enters `task` in the registry; gives it back when the queue is closed.
@@ -149,7 +149,7 @@ pub(crate) trait Runnable: Send + Sync {
     /// Polls the task once (the caller popped it off a run queue).
     fn run(self: Arc<Self>);
 
-    /// Cancels the task (rule 6). When this call claimed it, the future is dropped
+    /// Cancels the task ([TK6]). When this call claimed it, the future is dropped
     /// here; a panic from its destructor is returned for a detached task (a joined one
     /// hands it to its `JoinHandle`).
     fn cancel(self: Arc<Self>) -> Option<Panic>;
@@ -164,7 +164,7 @@ pub(crate) struct Header {
     home: Exclusive<Weak<dyn Schedule>>,
     join_waker: Mutex<Option<Waker>>,
     /// The task's key in its home's registry; read and written only under that
-    /// registry's lock (rule 5), hence Relaxed.
+    /// registry's lock ([TK5]), hence Relaxed.
     key: AtomicUsize,
 }
 
@@ -244,10 +244,10 @@ where
     }
 
     /// Pushes the task on its home queue. A home that is gone has cancelled the task
-    /// already (rule 5), so this cancel only completes a claim nobody else can make.
+    /// already ([TK5]), so this cancel only completes a claim nobody else can make.
     fn push(self: Arc<Self>) {
-        // SAFETY: the caller is the single pusher (rules 1 and 3), reading before its
-        // queue push; the task is not `RUNNING`, so nobody writes the home (rule 8).
+        // SAFETY: the caller is the single pusher ([TK1] and [TK3]), reading before its
+        // queue push; the task is not `RUNNING`, so nobody writes the home ([TK8]).
         let home = unsafe { self.header.home.read() }.upgrade();
         match home {
             Some(home) => home.schedule(self),
@@ -269,7 +269,7 @@ where
     fn finish(&self, result: Result<F::Output, Failure>) -> Option<Panic> {
         let stored = catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: the caller holds `RUNNING` (the runner, or a claiming canceller),
-            // and `complete` has not run yet (rule 8).
+            // and `complete` has not run yet ([TK8]).
             *unsafe { self.stage.get() } = Stage::Finished(result);
         }));
         if let Err(panic) = stored {
@@ -280,7 +280,7 @@ where
         }
         let prev = self.header.state.complete();
         // SAFETY: only a `RUNNING` task writes its home, and this one never runs again
-        // (rule 8); other readers may overlap, writers cannot.
+        // ([TK8]); other readers may overlap, writers cannot.
         let home = unsafe { self.header.home.read() }.upgrade();
         if let Some(home) = home {
             drop(home.unregister(&self.header));
@@ -294,7 +294,7 @@ where
         } else {
             // SAFETY: no join interest at `complete`: the join side gave the stage up
             // (its `drop_join_interest` saw the task unfinished), so it is this
-            // thread's alone (rule 8).
+            // thread's alone ([TK8]).
             let stage = std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed);
             match stage {
                 // A detached task's panic is not swallowed: it unwinds the loop.
@@ -305,7 +305,7 @@ where
     }
 
     /// Drops the future of a claimed task on this thread and completes it as cancelled
-    /// (rule 6); a panic from the future's destructor takes the place of the result.
+    /// ([TK6]); a panic from the future's destructor takes the place of the result.
     fn finish_cancelled(&self) -> Option<Panic> {
         self.finish(Err(Failure::Cancelled))
     }
@@ -327,7 +327,7 @@ where
 {
     fn run(self: Arc<Self>) {
         if !self.header.state.start_run() {
-            return; // claimed by a canceller while queued (rule 6)
+            return; // claimed by a canceller while queued ([TK6])
         }
         // The poll's waker borrows `self`'s reference instead of taking one: no count
         // RMW per poll. `ManuallyDrop` keeps it from ever giving back the reference it
@@ -340,7 +340,7 @@ where
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let _current = CurrentTask::enter(&self.header);
-            // SAFETY: `start_run` gave this thread `RUNNING` (rule 8); nothing in the
+            // SAFETY: `start_run` gave this thread `RUNNING` ([TK8]); nothing in the
             // poll touches the stage (a `JoinHandle` of this task sees it unfinished).
             let stage = unsafe { self.stage.get() };
             let Stage::Running(future) = stage else {
@@ -421,7 +421,7 @@ where
             }
         }
         // SAFETY: the Acquire load saw `COMPLETE` with `JOIN_INTEREST` held by this
-        // handle: the runner no longer touches the stage (rule 8).
+        // handle: the runner no longer touches the stage ([TK8]).
         match std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed) {
             Stage::Finished(Ok(output)) => Poll::Ready(Ok(output)),
             Stage::Finished(Err(Failure::Cancelled)) => Poll::Ready(Err(JoinError(()))),
@@ -437,7 +437,7 @@ where
     fn drop_handle(&self) {
         if self.header.state.drop_join_interest() {
             // SAFETY: `drop_join_interest` saw the task complete while it still had join
-            // interest, so the runner left the stage to this side (rule 8).
+            // interest, so the runner left the stage to this side ([TK8]).
             let stage = std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed);
             if let Stage::Finished(Err(Failure::Panic(panic))) = stage {
                 log::error!(
@@ -450,7 +450,7 @@ where
 }
 
 /// Creates a task that is `SCHEDULED` on `home` and its [`JoinHandle`]; the caller
-/// pushes the returned reference (rule 1: it is the only pusher).
+/// pushes the returned reference ([TK1]: it is the only pusher).
 pub(crate) fn new_task<F>(future: F, home: Weak<dyn Schedule>) -> (TaskRef, JoinHandle<F::Output>)
 where
     F: Future + Send + 'static,
@@ -461,7 +461,7 @@ where
     (task, handle)
 }
 
-/// Moves the task being polled on this thread to `target` (rules 4 and 5). Returns
+/// Moves the task being polled on this thread to `target` ([TK4] and [TK5]). Returns
 /// `None` outside a task, `Some(false)` when the task already lives there, and
 /// `Some(true)` when it was moved: it is pushed on `target` once the current poll
 /// returns — or, when `target` is gone or closed, cancelled then.
@@ -473,15 +473,15 @@ pub(crate) fn move_current_task(target: Weak<dyn Schedule>) -> Option<bool> {
     let header = unsafe { header.as_ref() };
     let old = {
         // SAFETY: the task is `RUNNING` on this thread (we are inside its poll): only
-        // it writes its home, and no pusher reads it now (rule 8).
+        // it writes its home, and no pusher reads it now ([TK8]).
         let home = unsafe { header.home.get() };
         if Weak::ptr_eq(home, &target) {
             return Some(false);
         }
-        // Rule 4: only the running task writes its home.
+        // [TK4]: only the running task writes its home.
         std::mem::replace(home, target.clone())
     };
-    // Rule 5: the registry entry follows the home. No lock is held across the two.
+    // [TK5]: the registry entry follows the home. No lock is held across the two.
     let me = old.upgrade().and_then(|q| q.unregister(header));
     let registered = match (me, target.upgrade()) {
         (Some(me), Some(q)) => q.register(me).is_ok(),
@@ -495,7 +495,7 @@ pub(crate) fn move_current_task(target: Weak<dyn Schedule>) -> Option<bool> {
         debug_assert!(!claimed, "a running task was claimed by its own cancel");
     }
     // The task is RUNNING, so this only sets NOTIFIED; the runner pushes it on the new
-    // home once this poll has returned (rule 3).
+    // home once this poll has returned ([TK3]).
     let pushed = header.state.wake();
     debug_assert!(!pushed, "a running task was pushed by its own wake");
     Some(true)

@@ -5,22 +5,22 @@
 //!
 //! Each context keeps one list per clock, ordered by `(deadline, id)` under a mutex.
 //! Rules:
-//! 1. Any thread may modify or delete a timer; when a change makes a timer the earliest
+//! [T1] Any thread may modify or delete a timer; when a change makes a timer the earliest
 //!    on its list, the context is notified so a sleeping loop shortens its wait.
-//! 2. The home thread takes an expired timer off the list, marks it not pending and
+//! [T2] The home thread takes an expired timer off the list, marks it not pending and
 //!    takes its callback out of its cell in ONE critical section of the list lock, then
 //!    runs the callback outside the lock, so a callback may re-arm (or delete) its own
 //!    timer. Taking the callback is the moment the callback starts: a `delete` or
 //!    `modify` that takes the list lock before it keeps the callback from running (the
 //!    timer is still on the list), one that comes after finds it running — and, like
 //!    QEMU's `timer_del`, does not wait for it.
-//! 3. A timer pass runs only timers armed before the pass began: each pass bumps the
+//! [T3] A timer pass runs only timers armed before the pass began: each pass bumps the
 //!    list's pass number, and each arming records the number it was armed under. A
 //!    timer re-armed into the past from its own callback (or from another thread)
 //!    during a pass runs at the next `poll` at the earliest, so one `poll` runs each
 //!    timer at most once and cannot starve bottom halves and fd handlers.
-//! 4. The earliest deadline becomes the kernel timeout of a blocking `poll`.
-//! 5. The context's drop closes each list: under the list lock it takes every armed
+//! [T4] The earliest deadline becomes the kernel timeout of a blocking `poll`.
+//! [T5] The context's drop closes each list: under the list lock it takes every armed
 //!    timer off and marks the list closed, then (outside the lock) kills the callback
 //!    of every timer of the list, armed or not: none can ever run again. A `modify`
 //!    that takes the lock after the close is refused (`Timer::try_modify` reports
@@ -28,7 +28,7 @@
 //!    owns its own `Timer` (a cycle, through the list or not) is freed at the drop. The
 //!    list knows every live timer for this: `Timer::new` registers it, its drop
 //!    unregisters it.
-//! 6. A callback never runs re-entrantly. A timer that re-armed itself from its own
+//! [T6] A callback never runs re-entrantly. A timer that re-armed itself from its own
 //!    callback and that a nested `poll` inside that callback finds due is taken off the
 //!    list but stays pending (its deadline kept), so nested blocking polls do not spin
 //!    on it; when the callback returns (or unwinds), the outer pass puts it back, and it
@@ -89,21 +89,21 @@ impl TimerInner {
     }
 }
 
-/// The armed timers of one list and the number of the current pass (rule 3).
+/// The armed timers of one list and the number of the current pass ([T3]).
 struct Armed {
     /// `(deadline, id)` → the timer and the pass number it was armed under.
     timers: BTreeMap<(i64, u64), (Arc<TimerInner>, u64)>,
     /// Bumped at the start of every pass.
     pass: u64,
-    /// Set by the context's drop (rule 5): nothing is armed any more.
+    /// Set by the context's drop ([T5]): nothing is armed any more.
     closed: bool,
-    /// Every live timer of the list, armed or not, by id (rule 5).
+    /// Every live timer of the list, armed or not, by id ([T5]).
     all: HashMap<u64, Arc<TimerInner>>,
 }
 
-/// Puts a timer that a nested pass deferred (rule 6) back on the list once its callback
+/// Puts a timer that a nested pass deferred ([T6]) back on the list once its callback
 /// returned, on return and on unwind alike, armed under the current pass (so it runs at
-/// the next `poll`, rule 3).
+/// the next `poll`, [T3]).
 struct RearmDeferred<'a> {
     list: &'a TimerList,
     timer: &'a Arc<TimerInner>,
@@ -111,7 +111,7 @@ struct RearmDeferred<'a> {
 
 impl Drop for RearmDeferred<'_> {
     fn drop(&mut self) {
-        // Relaxed, then checked again under the lock: only this thread defers (rule 6);
+        // Relaxed, then checked again under the lock: only this thread defers ([T6]);
         // another thread's modify or delete is ordered by the lock below.
         if self.timer.expire.load(Ordering::Relaxed) == NOT_PENDING {
             return;
@@ -133,7 +133,18 @@ impl Drop for RearmDeferred<'_> {
     }
 }
 
-/// One context's list for one clock (rule 1).
+/// What arming a timer did to its list's earliest deadline ([`TimerList::modify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Earliest {
+    /// The timer is now the earliest of its list: a sleeping loop must shorten its wait
+    /// ([T1]).
+    Changed,
+    /// The earliest deadline is the one it was: the timer sits behind another, or
+    /// `modify_anticipate` kept an earlier deadline it had.
+    Unchanged,
+}
+
+/// One context's list for one clock ([T1]).
 pub(crate) struct TimerList {
     clock: ClockType,
     next_id: AtomicU64,
@@ -159,7 +170,7 @@ impl TimerList {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records a new timer of this list (rule 5); on a closed list its callback is
+    /// Records a new timer of this list ([T5]); on a closed list its callback is
     /// killed at once instead.
     pub(crate) fn register(&self, timer: &Arc<TimerInner>) {
         let mut armed = lock(&self.armed);
@@ -182,7 +193,7 @@ impl TimerList {
         self.timeout_ns() == Some(0)
     }
 
-    /// Runs the timers that expired and were armed before this pass began (rules 2 and
+    /// Runs the timers that expired and were armed before this pass began ([T2] and
     /// 3); returns how many ran.
     pub(crate) fn run_expired(&self) -> usize {
         let pass = {
@@ -199,7 +210,7 @@ impl TimerList {
         loop {
             let (timer, f) = {
                 let mut armed = lock(&self.armed);
-                // Rule 3: skip timers armed during this pass; they are due next time.
+                // [T3]: skip timers armed during this pass; they are due next time.
                 let key = armed
                     .timers
                     .iter()
@@ -208,8 +219,8 @@ impl TimerList {
                     .map(|(&k, _)| k);
                 let Some(key) = key else { break };
                 let (timer, _) = armed.timers.remove(&key).expect("found above");
-                // Rule 2: the callback starts here, under the list lock. `None`: it is
-                // running already, further up this thread's stack (rule 6), or dead.
+                // [T2]: the callback starts here, under the list lock. `None`: it is
+                // running already, further up this thread's stack ([T6]), or dead.
                 let f = timer.cb.take();
                 if f.is_some() || timer.cb.is_dead() {
                     timer.expire.store(NOT_PENDING, Ordering::Relaxed);
@@ -228,16 +239,16 @@ impl TimerList {
         ran
     }
 
-    /// Puts `timer` on the list at `expire`; returns whether it became the earliest.
+    /// Puts `timer` on the list at `expire`; says whether it became the earliest.
     ///
     /// # Errors
-    /// [`ContextGone`] once the list is closed (rule 5); the timer stays disarmed.
+    /// [`ContextGone`] once the list is closed ([T5]); the timer stays disarmed.
     pub(crate) fn modify(
         &self,
         timer: &Arc<TimerInner>,
         expire: i64,
         anticipate: bool,
-    ) -> Result<bool, ContextGone> {
+    ) -> Result<Earliest, ContextGone> {
         let expire = expire.max(0);
         let mut armed = lock(&self.armed);
         if armed.closed {
@@ -246,7 +257,7 @@ impl TimerList {
         let old = timer.expire.load(Ordering::Relaxed);
         if old != NOT_PENDING {
             if anticipate && old <= expire {
-                return Ok(false);
+                return Ok(Earliest::Unchanged);
             }
             armed.timers.remove(&(old, timer.id));
         }
@@ -255,10 +266,14 @@ impl TimerList {
         armed
             .timers
             .insert((expire, timer.id), (Arc::clone(timer), pass));
-        Ok(armed.timers.keys().next() == Some(&(expire, timer.id)))
+        if armed.timers.keys().next() == Some(&(expire, timer.id)) {
+            Ok(Earliest::Changed)
+        } else {
+            Ok(Earliest::Unchanged)
+        }
     }
 
-    /// Closes the list for good (rule 5): disarms every armed timer and frees its
+    /// Closes the list for good ([T5]): disarms every armed timer and frees its
     /// callback; later `modify` calls are refused. Idempotent.
     pub(crate) fn close(&self) {
         let all = {
@@ -272,13 +287,13 @@ impl TimerList {
         // Outside the lock: a callback's drop may drop a `Timer` of this list, whose
         // drop takes the lock.
         for timer in all.values() {
-            // Also one deferred by rule 6 (off the list, still pending).
+            // Also one deferred by [T6] (off the list, still pending).
             timer.expire.store(NOT_PENDING, Ordering::Relaxed);
             timer.cb.kill();
         }
     }
 
-    /// Takes `timer` off the list (rule 2: once this returns, a callback that has not
+    /// Takes `timer` off the list ([T2]: once this returns, a callback that has not
     /// started will not start).
     pub(crate) fn delete(&self, timer: &TimerInner) {
         let mut armed = lock(&self.armed);
@@ -398,8 +413,8 @@ fn modify(
     expire_ns: i64,
     anticipate: bool,
 ) -> Result<(), ContextGone> {
-    if remote.timers(clock).modify(timer, expire_ns, anticipate)? {
-        // Rule 1: the earliest deadline changed; a sleeping loop must recompute.
+    if remote.timers(clock).modify(timer, expire_ns, anticipate)? == Earliest::Changed {
+        // [T1]: the earliest deadline changed; a sleeping loop must recompute.
         remote.notify();
     }
     Ok(())

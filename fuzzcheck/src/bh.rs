@@ -1,4 +1,4 @@
-//! Bottom halves against a reference model of their rules (`aio/src/bh.rs`, rules 1–9).
+//! Bottom halves against a reference model of their rules (`aio/src/bh.rs`, \[BH1\]–\[BH9\]).
 //!
 //! The model keeps, per BH, the flags (pending, scheduled, idle, deleted, oneshot) and
 //! whether its callback is running; the context's pending list (FIFO by the moment a
@@ -8,11 +8,11 @@
 //! only if it was scheduled and not deleted. A BH whose callback is already running
 //! (it rescheduled itself and then polled from inside its own callback) cannot run
 //! again re-entrantly: the schedule is deferred (on no list) and the BH goes back on the
-//! list when its callback returns, so it runs at the first poll after that (rule 7).
+//! list when its callback returns, so it runs at the first poll after that (\[BH7\]).
 //!
 //! A callback may panic (`Action::Panic`): the panic unwinds through the nested polls
 //! and callbacks above it and out of the outermost `poll`, which the run catches. On the
-//! way out each callback is put back in its cell, a schedule deferred by rule 7 goes
+//! way out each callback is put back in its cell, a schedule deferred by \[BH7\] goes
 //! back on the list (no schedule is lost to a panic), and the BHs left in the slices
 //! run at the next `poll`.
 //!
@@ -237,7 +237,7 @@ impl Model {
                 }
             }
             // On return and on unwind alike: the callback is back in its cell, a
-            // deferred schedule goes back on the list (rule 7: no schedule is lost),
+            // deferred schedule goes back on the list ([BH7]: no schedule is lost),
             // a oneshot is gone. The BHs left in the slices stay for the next poll.
             let bh = &mut self.bhs[id as usize];
             bh.running = false;

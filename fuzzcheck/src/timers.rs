@@ -1,4 +1,4 @@
-//! Timers against a reference model (`aio/src/timer.rs` rules 1–4; QEMU's
+//! Timers against a reference model (\[T1\]–\[T4\] (`timer.rs`); QEMU's
 //! `timer_mod` / `timer_mod_anticipate` / `timer_del` / `timerlist_run_timers`).
 //!
 //! The clock is the real monotonic one, so the checks never depend on how fast the
@@ -74,7 +74,7 @@ pub enum Op {
 }
 
 /// What a timer's callback does when it fires. A timer armed by a callback never runs
-/// in the same poll, even when its deadline has passed (`timer.rs` rule 3).
+/// in the same poll, even when its deadline has passed (\[T3\] (`timer.rs`)).
 #[derive(Arbitrary, Debug, Clone, Copy)]
 pub enum Action {
     /// `modify` a slot (maybe its own) to `start + 1 h + v ms`.
@@ -116,7 +116,7 @@ struct Model {
     timers: Vec<MTimer>,
     slots: [Option<u32>; SLOTS],
     start: i64,
-    /// Timers armed during the current poll's timer pass: not due in it (rule 3).
+    /// Timers armed during the current poll's timer pass: not due in it ([T3]).
     armed_in_pass: Vec<u32>,
 }
 
@@ -149,7 +149,7 @@ impl Model {
     }
 
     /// The armed timer that fires first: `(deadline, id)`, leaving out those armed
-    /// during the current pass (rule 3).
+    /// during the current pass ([T3]).
     fn first(&self) -> Option<(i64, u32)> {
         self.timers
             .iter()

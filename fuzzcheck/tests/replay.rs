@@ -83,7 +83,7 @@ fn regress_fuzz_bh_rescheduled_then_nested_poll_is_not_lost() {
     ]);
 }
 
-/// A BH reschedules itself, reaches itself in a nested poll (deferred by rule 7), then
+/// A BH reschedules itself, reaches itself in a nested poll (deferred by [BH7]), then
 /// panics: the deferred schedule must survive the unwind and run at the next poll.
 #[test]
 fn regress_fuzz_bh_deferred_schedule_survives_a_panic() {

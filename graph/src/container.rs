@@ -146,8 +146,8 @@ pub struct Graph<T> {
 
 // SAFETY: the data is read only through `&self` methods that take a `ReadAccess` guard,
 // and written only through methods that take `&mut WriteGuard`. A `WriteGuard` exists
-// only while the graph lock has a writer and no reader (state.rs rules 1–2); at most one
-// exists, and never alongside a main-loop read guard (rule 4: `wrlock` panics before
+// only while the graph lock has a writer and no reader ([GL1]–[GL2] (`state.rs`)); at most one
+// exists, and never alongside a main-loop read guard ([GL4]: `wrlock` panics before
 // taking the lock otherwise, also when a callback of its own wait took one); and the
 // borrow of the guard keeps every returned reference from outliving the access it was
 // given under. Values cross threads through it, hence `T: Send + Sync`.

@@ -118,7 +118,7 @@ fn read_once(w: &'static World, counter: &ReaderCounter) {
 fn write_once(w: &'static World) {
     w.lock.wrlock(&w.wait);
     w.writing.store(true, Ordering::SeqCst);
-    // Rule 5: a reader between its increment and its back-off is not a read lock held.
+    // [GL5] (`state.rs`): a reader between its increment and its back-off is not a read lock held.
     assert_eq!(w.lock.readers(), 0, "readers() under the write lock");
     assert!(
         !w.reading.load(Ordering::SeqCst),

@@ -14,27 +14,27 @@
 //! - the reader queue, under the registry mutex.
 //!
 //! Rules:
-//! 1. A reader increments its counter, fences ([R1]), and reads `has_writer`; the writer
+//! [GL1] A reader increments its counter, fences ([R1]), and reads `has_writer`; the writer
 //!    sets `has_writer`, fences ([W1]), and sums the counters. By the Dekker pair
 //!    [R1]/[W1], either the reader sees the writer and backs off, or the writer sees the
 //!    reader and waits.
-//! 2. A reader that backs off does so under the registry mutex: it re-checks
+//! [GL2] A reader that backs off does so under the registry mutex: it re-checks
 //!    `has_writer`, decrements, kicks, and queues itself — and `wrunlock` clears
 //!    `has_writer` and takes the queue under the same mutex, so no reader is left queued.
-//! 3. `rdunlock` decrements and **always** kicks; the kick's leading fence is [U1]. The
+//! [GL3] `rdunlock` decrements and **always** kicks; the kick's leading fence is [U1]. The
 //!    kick's skip test reads only `num_waiters`, the waiter-registration count, never
 //!    `has_writer`.
-//! 4. The main loop's own accesses are tracked too: `writer_held` (a `WriteGuard`
+//! [GL4] The main loop's own accesses are tracked too: `writer_held` (a `WriteGuard`
 //!    exists) and `main_loop_readers` (main-loop read guards), both written only by the
 //!    main loop. `wrlock` panics if either is set when it starts, and again after each
 //!    of its waits: callbacks run by the writer's own poll see `has_writer == 0` and may
 //!    take either access, but may not keep it past the wait, or two guards would alias
 //!    the graph. `rdlock_main_loop` panics while `writer_held`.
-//! 5. `readers()` is the number of read locks held: 0 while `writer_held` (rules 1–2 let
+//! [GL5] `readers()` is the number of read locks held: 0 while `writer_held` ([GL1]–[GL2] let
 //!    no read lock exist then; what the counters show are readers backing off), else the
 //!    sum, which counts a reader from its increment on — also one that is about to back
 //!    off because a writer between its waits set `has_writer`.
-//! 6. The fences are asymmetric (aioctx-wait's `FenceMode`): [R1] and [U1] run on every
+//! [GL6] The fences are asymmetric (aioctx-wait's `FenceMode`): [R1] and [U1] run on every
 //!    read lock and are `light_fence`s; their partners — the writer's [W1] and the
 //!    fence after `num_waiters += 1` in the writer's `wait_while` — run once per wait
 //!    and are `heavy_fence`s. In asymmetric mode the hot sides are compiler fences and
@@ -42,12 +42,12 @@
 //!    every running thread of the process — every reader between its store and its
 //!    load — execute a full barrier before the writer's load (the kernel's
 //!    membarrier(2) guarantee; a thread not running is past a full barrier of the
-//!    scheduler already). The proof of rule 1 then goes through with that barrier in
+//!    scheduler already). The proof of [GL1] then goes through with that barrier in
 //!    place of [R1] (aioctx-wait's `fence.rs` states it once for every pair); in
 //!    symmetric mode all four are SeqCst fences. The loom models run them as SeqCst
 //!    fences: loom cannot model `membarrier`.
 //!
-//! Rule 3 is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
+//! [GL3] is the e3082ab3b3 fix. The pre-fix code kicked only when it saw `has_writer`
 //! set, and lost this wake-up:
 //!
 //! ```text
@@ -62,7 +62,7 @@
 //!   ... asleep forever: nothing will ever schedule a BH on the main context
 //! ```
 //!
-//! With rule 3 the reader's kick reads `num_waiters == 1` (the waiter's fence and [U1]
+//! With [GL3] the reader's kick reads `num_waiters == 1` (the waiter's fence and [U1]
 //! pair up) and schedules the BH that wakes the writer, which re-checks `sum()`.
 
 use std::mem;
@@ -94,7 +94,7 @@ pub(crate) trait AioWaiter {
     fn wait_while(&self, cond: &mut dyn FnMut() -> bool);
 }
 
-/// One thread's reader count (rule 1), alone on its cache lines: 128-byte aligned and
+/// One thread's reader count (\[GL1\]), alone on its cache lines: 128-byte aligned and
 /// sized, so neither another counter nor the `Arc`'s reference counts (in the line
 /// before it) share its line, also where the CPU fetches lines in pairs.
 #[repr(align(128))]
@@ -134,9 +134,9 @@ struct Registry {
 /// The protocol state. See the module docs.
 pub(crate) struct LockState {
     has_writer: AtomicBool,
-    /// Whether a `WriteGuard` exists (rule 4). Written only by the main loop.
+    /// Whether a `WriteGuard` exists ([GL4]). Written only by the main loop.
     writer_held: AtomicBool,
-    /// How many main-loop read guards exist (rule 4). Written only by the main loop.
+    /// How many main-loop read guards exist ([GL4]). Written only by the main loop.
     main_loop_readers: AtomicU32,
     registry: Mutex<Registry>,
     unlock_kick: AtomicU8,
@@ -206,7 +206,7 @@ impl LockState {
     }
 
     /// The sum of every counter plus `orphaned` (QEMU: `reader_count`): the read locks
-    /// held, plus readers between their increment and their back-off (rule 1). What the
+    /// held, plus readers between their increment and their back-off ([GL1]). What the
     /// writer waits on.
     pub(crate) fn sum(&self) -> u32 {
         let reg = lock(&self.registry);
@@ -215,11 +215,11 @@ impl LockState {
             .fold(reg.orphaned, |sum, c| sum.wrapping_add(c.get()))
     }
 
-    /// The number of read locks held (rule 5): 0 while the write lock is held, else
+    /// The number of read locks held ([GL5]): 0 while the write lock is held, else
     /// [`sum`](Self::sum).
     pub(crate) fn readers(&self) -> u32 {
         if self.writer_held.load(Ordering::Relaxed) {
-            // No read lock can be held (rules 1-2): what the counters show now are
+            // No read lock can be held ([GL1]-[GL2]): what the counters show now are
             // readers backing off.
             return 0;
         }
@@ -237,7 +237,7 @@ impl LockState {
     }
 
     /// Panics unless the main loop holds no graph access: no write guard and no
-    /// main-loop read guard (rule 4). `what` names the caller for the message.
+    /// main-loop read guard ([GL4]). `what` names the caller for the message.
     pub(crate) fn assert_no_main_loop_access(&self, what: &str) {
         assert!(
             !self.writer_held(),
@@ -286,8 +286,8 @@ impl LockState {
         waker: &Waker,
     ) -> bool {
         counter.add(1, Ordering::Relaxed);
-        // [R1] pairs with [W1] in `wrlock` (rule 1): the hot side, a compiler fence in
-        // asymmetric mode (rule 6).
+        // [R1] pairs with [W1] in `wrlock` ([GL1]): the hot side, a compiler fence in
+        // asymmetric mode ([GL6]).
         light_fence();
         // Acquire: pairs with the Release clear in `wrunlock`: the writer's changes are
         // visible to the reader.
@@ -297,7 +297,7 @@ impl LockState {
         self.back_off(counter, waiter, waker)
     }
 
-    /// The slow path of `try_rdlock`: a writer was seen (rule 2).
+    /// The slow path of `try_rdlock`: a writer was seen ([GL2]).
     #[cold]
     #[inline(never)]
     fn back_off(&self, counter: &ReaderCounter, waiter: &impl AioWaiter, waker: &Waker) -> bool {
@@ -312,7 +312,7 @@ impl LockState {
         false
     }
 
-    /// Drops a read lock taken on any context, decrementing `counter` (rule 3).
+    /// Drops a read lock taken on any context, decrementing `counter` ([GL3]).
     #[inline]
     pub(crate) fn rdunlock(&self, counter: &ReaderCounter, waiter: &impl AioWaiter) {
         // Release: pairs with `ReaderCounter::get` in the writer's `sum()`.
@@ -322,7 +322,7 @@ impl LockState {
 
     /// Drops a read lock on a thread that runs no context (a task's future dropped
     /// where its context is gone): the decrement goes to `orphaned`, which keeps the sum
-    /// right as for a dead context's counter (rule 3 still kicks).
+    /// right as for a dead context's counter ([GL3] still kicks).
     pub(crate) fn rdunlock_orphaned(&self, waiter: &impl AioWaiter) {
         {
             let mut reg = lock(&self.registry);
@@ -331,7 +331,7 @@ impl LockState {
         self.kick_after_unlock(waiter);
     }
 
-    /// The kick of rule 3, per the [`UnlockKick`] policy, after a decrement.
+    /// The kick of [GL3], per the [`UnlockKick`] policy, after a decrement.
     #[inline]
     fn kick_after_unlock(&self, waiter: &impl AioWaiter) {
         match self.unlock_kick() {
@@ -342,7 +342,7 @@ impl LockState {
             UnlockKick::Always => waiter.kick(),
             UnlockKick::WhenWriterSeen => {
                 // [U1] pairs with [W1]: the decrement is ordered before the
-                // `has_writer` load (the pre-fix code's only fence); hot side (rule 6).
+                // `has_writer` load (the pre-fix code's only fence); hot side ([GL6]).
                 light_fence();
                 if self.has_writer.load(Ordering::Relaxed) {
                     waiter.kick();
@@ -356,19 +356,19 @@ impl LockState {
     ///
     /// # Panics
     /// When the main loop holds a graph access already, or when a callback run by the
-    /// wait left one alive (rule 4) — before the lock is taken.
+    /// wait left one alive ([GL4]) — before the lock is taken.
     pub(crate) fn wrlock(&self, waiter: &impl AioWaiter) {
         self.assert_no_main_loop_access("wrlock");
         loop {
             // Zero while polling, so callbacks run by our own poll take the fast path.
             self.has_writer.store(false, Ordering::Relaxed);
             waiter.wait_while(&mut || self.sum() > 0);
-            // Rule 4: a callback of that poll may have taken the write lock or a
+            // [GL4]: a callback of that poll may have taken the write lock or a
             // main-loop read access and kept it; neither may outlive our wait.
             self.assert_no_main_loop_access("wrlock (after a callback run by its wait)");
             self.has_writer.store(true, Ordering::Relaxed);
-            // [W1] pairs with [R1] in `try_rdlock` (rule 1): the rare side, a
-            // membarrier in asymmetric mode (rule 6).
+            // [W1] pairs with [R1] in `try_rdlock` ([GL1]): the rare side, a
+            // membarrier in asymmetric mode ([GL6]).
             heavy_fence();
             if self.sum() == 0 {
                 self.writer_held.store(true, Ordering::Relaxed);
@@ -377,7 +377,7 @@ impl LockState {
         }
     }
 
-    /// Drops the write lock and returns the queued readers' wakers (rule 2); the caller
+    /// Drops the write lock and returns the queued readers' wakers ([GL2]); the caller
     /// wakes them.
     pub(crate) fn wrunlock(&self) -> Vec<Waker> {
         let mut reg = lock(&self.registry);

@@ -88,8 +88,9 @@ use crate::sync::atomic as sync;
 /// `auto`, `symmetric` or `asymmetric`.
 pub const FENCES_ENV: &str = "AIOCTX_FENCES";
 
-/// Who pays for the full barrier of the kick and graph-lock protocols; see the
-/// [module docs](self). [`fence_mode`] says which one runs (never `Auto`).
+/// Who pays for the full barrier of the kick and graph-lock protocols; the proof is in
+/// `fence.rs` (see the [crate docs](crate)). [`fence_mode`] says which one runs (never
+/// `Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum FenceMode {
     /// Asymmetric when the kernel grants `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,

@@ -134,7 +134,7 @@ fn two_kickers_waiter_sees_both() {
     builder.check(|| run(2, Model::wait_main));
 }
 
-/// An iothread waiting on its own loop is woken by a kick from another thread (rule 5).
+/// An iothread waiting on its own loop is woken by a kick from another thread ([AW5]).
 #[test]
 fn kick_wakes_iothread_waiting_on_own_loop() {
     loom::model(|| run(1, Model::wait_io));
@@ -191,7 +191,7 @@ fn mutation_register_without_fence_loses_wakeup() {
 }
 
 /// Mutation: a kick that wakes only the main loop (QEMU's `aio_wait_kick`, and this
-/// crate before rule 5): an iothread waiting on its own loop sleeps on.
+/// crate before [AW5]): an iothread waiting on its own loop sleeps on.
 #[test]
 #[should_panic(expected = "deadlock")]
 fn mutation_kick_only_main_loop_loses_iothread_wakeup() {

@@ -9,21 +9,21 @@
 //! the fence mode's, not a count).
 //!
 //! Rules:
-//! 1. A waiter raises `num_waiters` and fences ([W1]) *before* it first evaluates its
+//! [AW1] A waiter raises `num_waiters` and fences ([W1]) *before* it first evaluates its
 //!    condition, and lowers it only after its last evaluation.
-//! 2. Whoever changes a condition a waiter may be polling changes it first, then kicks:
+//! [AW2] Whoever changes a condition a waiter may be polling changes it first, then kicks:
 //!    fence ([K1]), read `num_waiters`, and wake the main loop only if it is non-zero.
-//! 3. The kicker's skip test reads only `num_waiters` — the registration counter — never
+//! [AW3] The kicker's skip test reads only `num_waiters` — the registration counter — never
 //!    anything the waiter changes while it sleeps (STYLE; the e3082ab3b3 lesson).
-//! 4. The wake-up is a bottom half scheduled on the main context; the loop's own notify
+//! [AW4] The wake-up is a bottom half scheduled on the main context; the loop's own notify
 //!    protocol (aio `notify.rs`) guarantees that a BH scheduled while the loop goes to
 //!    sleep is not left unrun, so the loop returns from `poll` and re-checks.
-//! 5. A waiter that polls a loop other than the main one (an iothread waiting on its own
+//! [AW5] A waiter that polls a loop other than the main one (an iothread waiting on its own
 //!    context) also puts a handle of its loop in `others`, under its mutex, before it
 //!    raises `num_waiters`; a kick that must wake anyone also wakes every loop in
 //!    `others`. The kicker takes the mutex after [K1]: if its load saw the waiter's
 //!    count, the mutex hands it the entry pushed before that count (and if it missed the
-//!    count, the waiter's condition load after [W1] sees the change, rule 2).
+//!    count, the waiter's condition load after [W1] sees the change, [AW2]).
 //!
 //! The interleaving it must survive:
 //!
@@ -57,7 +57,7 @@
 //! 7455ff1a "aio_wait_kick: add missing memory barrier"), and a waiter that relies on its
 //! SeqCst increment instead of a fence after it (QEMU before `smp_mb__after_rmw()` was
 //! added after the `qatomic_inc`): an RMW orders its own access, not the later relaxed
-//! load of the condition. A third breaks rule 5: a kick that wakes only the main loop
+//! load of the condition. A third breaks [AW5]: a kick that wakes only the main loop
 //! (QEMU's `aio_wait_kick`) leaves an iothread waiting on its own context asleep.
 
 use crate::fence::{compiler_fence, heavy_fence, light_fence_is_asymmetric};
@@ -130,7 +130,7 @@ impl<L: EventLoop> AioWait<L> {
     /// Waits while `cond()` is true, sleeping in `lp` between evaluations; returns
     /// whether it slept. `is_main_loop` says whether `lp` is the main loop, which every
     /// kick wakes; any other loop is registered in `others` for the kicks to wake
-    /// (rule 5). QEMU: `AIO_WAIT_WHILE_INTERNAL`.
+    /// ([AW5]). QEMU: `AIO_WAIT_WHILE_INTERNAL`.
     pub fn wait_while(&self, lp: &L, is_main_loop: bool, mut cond: impl FnMut() -> bool) -> bool {
         let _registered = if is_main_loop {
             self.register()
@@ -145,7 +145,7 @@ impl<L: EventLoop> AioWait<L> {
         waited
     }
 
-    /// Kicker side, after changing the condition (rule 2): if a waiter may be polling,
+    /// Kicker side, after changing the condition ([AW2]): if a waiter may be polling,
     /// calls `wake_main` and wakes every other loop a waiter polls (QEMU:
     /// `aio_wait_kick`).
     #[inline]
@@ -159,14 +159,14 @@ impl<L: EventLoop> AioWait<L> {
     #[cold]
     pub fn wake_all(&self, wake_main: impl FnOnce()) {
         wake_main();
-        // Rule 5: after [K1] (in `must_kick`), so it sees every loop registered before
+        // [AW5]: after [K1] (in `must_kick`), so it sees every loop registered before
         // a count that the kick's load saw.
         for (_, lp) in &lock(&self.others).list {
             lp.wake();
         }
     }
 
-    /// Waiter side, before the first evaluation of the condition (rule 1).
+    /// Waiter side, before the first evaluation of the condition ([AW1]).
     pub fn register(&self) -> Registration<'_, L> {
         self.raise();
         Registration {
@@ -176,7 +176,7 @@ impl<L: EventLoop> AioWait<L> {
     }
 
     /// Like [`register`](Self::register), for a waiter that polls `lp`, a loop other
-    /// than the main one (rule 5).
+    /// than the main one ([AW5]).
     pub fn register_other(&self, lp: L) -> Registration<'_, L> {
         let id = {
             let mut others = lock(&self.others);
@@ -200,7 +200,7 @@ impl<L: EventLoop> AioWait<L> {
         heavy_fence();
     }
 
-    /// Kicker side, after changing the condition (rule 2): whether a waiter may be
+    /// Kicker side, after changing the condition ([AW2]): whether a waiter may be
     /// polling, so the main loop must be woken.
     ///
     /// The word read first also says whether a full fence is needed ([`MUST_FENCE`]):

@@ -2,36 +2,36 @@
 //! util/fdmon-epoll.c for the handlers, util/thread-pool.c for file I/O).
 //!
 //! Rules:
-//! 1. fd handlers are level-triggered and one-shot, exactly as on io_uring: each
+//! [EP1] fd handlers are level-triggered and one-shot, exactly as on io_uring: each
 //!    registration is an `EPOLLONESHOT` interest re-armed (`EPOLL_CTL_MOD`) after every
 //!    dispatch, so a descriptor that stays readable keeps firing and a nested `poll`
 //!    never runs a handler that is already running.
-//! 2. The driver keeps a duplicate of every registered descriptor, so the open file
+//! [EP2] The driver keeps a duplicate of every registered descriptor, so the open file
 //!    outlives a `close` by the user while it is registered — as an armed `POLL_ADD`
 //!    does. The interest is on the user's descriptor number, so the re-arm after the
 //!    next event fails (`EBADF` closed, `ENOENT` number reused) and the handler is
 //!    removed with a log line: the loop never spins on a dead descriptor and never
 //!    loses track of a closed one. Removal deletes the interest and closes the
 //!    duplicate, which drops any interest the `DEL` could not reach.
-//! 3. Event data is `generation << 32 | fd`; an event whose generation does not match
+//! [EP3] Event data is `generation << 32 | fd`; an event whose generation does not match
 //!    the current registration (a stale one-shot of a replaced handler) is ignored.
-//! 4. The notify eventfd is registered level-triggered and consumed with `read(2)` when
+//! [EP4] The notify eventfd is registered level-triggered and consumed with `read(2)` when
 //!    it is reported; `poll`'s notify protocol is the same as on io_uring, the
 //!    `epoll_wait` is just another sleep.
-//! 5. Events taken by one wait are queued and dispatched one at a time, so a nested
+//! [EP5] Events taken by one wait are queued and dispatched one at a time, so a nested
 //!    `poll` or a panicking handler loses none of them.
-//! 6. Raw io_uring operations are unsupported. Typed I/O on regular files and block
+//! [EP6] Raw io_uring operations are unsupported. Typed I/O on regular files and block
 //!    devices runs on the worker pool (`pool.rs`), whose completions come back as
 //!    bottom halves; on streams it is driven by readiness from the driver's
 //!    [`StreamTable`] (`backend/streams.rs`, rules in `io/stream.rs`), whose own epoll set is one level-triggered entry
 //!    of this one. Its finished operations are dispatched like completions.
-//! 7. A descriptor epoll refuses with `EPERM` (a regular file, a directory, `/dev/null`:
+//! [EP7] A descriptor epoll refuses with `EPERM` (a regular file, a directory, `/dev/null`:
 //!    no `poll` method, so `poll(2)` calls it always ready) is kept on an "always
 //!    ready" list instead (QEMU's fdmon-epoll falls back to ppoll for these): each
 //!    wait queues its armed handlers with the events they wait for, as io_uring's
 //!    `POLL_ADD` completes at once on such a file, and a blocking wait does not sleep
-//!    while one is armed. The one-shot rule 1 holds: queued disarms it, the re-arm
-//!    after its dispatch arms it again. Rule 2 holds through `fstat`: the re-arm fails
+//!    while one is armed. The one-shot [EP1] holds: queued disarms it, the re-arm
+//!    after its dispatch arms it again. [EP2] holds through `fstat`: the re-arm fails
 //!    with `EBADF` once the number no longer names the registered file.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,10 +46,10 @@ use crate::fd::FdNode;
 use crate::sync::Arc;
 use crate::sys;
 
-/// The event data of the notify eventfd (rule 4); no registration uses it (rule 3).
+/// The event data of the notify eventfd ([EP4]); no registration uses it ([EP3]).
 const NOTIFY: u64 = u64::MAX;
 
-/// The event data of the stream table's epoll set (rule 6); no registration uses it.
+/// The event data of the stream table's epoll set ([EP6]); no registration uses it.
 const STREAMS: u64 = u64::MAX - 1;
 
 /// How many events one `epoll_wait` takes.
@@ -58,14 +58,14 @@ const EVENTS: usize = 64;
 struct Registration {
     node: Arc<FdNode>,
     generation: u32,
-    /// Keeps the open file alive while registered (rule 2).
+    /// Keeps the open file alive while registered ([EP2]).
     _keep: OwnedFd,
-    /// On the always-ready list (rule 7): the file's `(st_dev, st_ino)`, and whether it
+    /// On the always-ready list ([EP7]): the file's `(st_dev, st_ino)`, and whether it
     /// is armed.
     always: Option<AlwaysReady>,
 }
 
-/// An always-ready registration's state (rule 7).
+/// An always-ready registration's state ([EP7]).
 struct AlwaysReady {
     file: (u64, u64),
     armed: bool,
@@ -77,12 +77,12 @@ pub(crate) struct EpollDriver {
     /// A duplicate of the context's notify eventfd.
     event: OwnedFd,
     fds: HashMap<RawFd, Registration>,
-    /// The descriptors of `fds` on the always-ready list (rule 7).
+    /// The descriptors of `fds` on the always-ready list ([EP7]).
     always: Vec<RawFd>,
     next_gen: u32,
     buf: Vec<libc::epoll_event>,
     ready: VecDeque<(u64, u32)>,
-    /// Typed I/O on streams (rule 6).
+    /// Typed I/O on streams ([EP6]).
     pub(crate) streams: StreamTable,
     /// `epoll_wait` calls made.
     pub(crate) enters: u64,
@@ -145,14 +145,14 @@ impl EpollDriver {
                 return;
             }
             // Fails when `fd` was closed or reused; closing the duplicate (the drop
-            // above) removes the interest then (rule 2).
+            // above) removes the interest then ([EP2]).
             let _ = sys::epoll_ctl(self.epfd.as_fd(), libc::EPOLL_CTL_DEL, fd, 0, 0);
         }
     }
 
     /// Applies a handler change for `fd`; returns the handler and the error when the
     /// descriptor cannot be registered (closed; a file epoll refuses with `EPERM` goes
-    /// on the always-ready list instead, rule 7).
+    /// on the always-ready list instead, [EP7]).
     pub(crate) fn set_fd(
         &mut self,
         fd: RawFd,
@@ -185,7 +185,7 @@ impl EpollDriver {
         match self.arm(libc::EPOLL_CTL_ADD, fd, &reg) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                // Rule 7: poll(2) calls this file always ready.
+                // [EP7]: poll(2) calls this file always ready.
                 let file = match sys::fstat(fd) {
                     Ok((_, dev, ino)) => (dev, ino),
                     Err(e) => return Some((node, e)),
@@ -199,15 +199,15 @@ impl EpollDriver {
         None
     }
 
-    /// Re-arms `fd` after its handler ran (rule 1); the error means the descriptor was
-    /// closed or reused (rule 2).
+    /// Re-arms `fd` after its handler ran ([EP1]); the error means the descriptor was
+    /// closed or reused ([EP2]).
     pub(crate) fn rearm(&mut self, fd: RawFd, node: &Arc<FdNode>) -> Option<io::Error> {
         let reg = self.fds.get_mut(&fd)?;
         if !Arc::ptr_eq(&reg.node, node) || node.is_dead() {
             return None;
         }
         if let Some(always) = &mut reg.always {
-            // Rule 7 (and 2): still the registered file under this number?
+            // [EP7] (and [EP2]): still the registered file under this number?
             return match sys::fstat(fd) {
                 Ok((_, dev, ino)) if (dev, ino) == always.file => {
                     always.armed = true;
@@ -221,7 +221,7 @@ impl EpollDriver {
         self.arm(libc::EPOLL_CTL_MOD, fd, reg).err()
     }
 
-    /// Whether an always-ready handler is armed (rule 7).
+    /// Whether an always-ready handler is armed ([EP7]).
     fn always_armed(&self) -> bool {
         self.always.iter().any(|fd| {
             self.fds
@@ -231,7 +231,7 @@ impl EpollDriver {
         })
     }
 
-    /// Queues every armed always-ready handler and disarms it (rule 7).
+    /// Queues every armed always-ready handler and disarms it ([EP7]).
     fn queue_always(&mut self) {
         for fd in &self.always {
             let Some(reg) = self.fds.get_mut(fd) else {
@@ -258,10 +258,10 @@ impl EpollDriver {
         }
     }
 
-    /// One `epoll_wait` for at most `timeout`; queues what it returns (rule 5).
+    /// One `epoll_wait` for at most `timeout`; queues what it returns ([EP5]).
     pub(crate) fn wait(&mut self, mut timeout: Option<Duration>) {
         if self.always_armed() || self.streams.has_done() || !self.ready.is_empty() {
-            // Rule 7, or work already taken (rule 5): do not sleep on it.
+            // [EP7], or work already taken ([EP5]): do not sleep on it.
             timeout = Some(Duration::ZERO);
         }
         self.enters += 1;
@@ -292,11 +292,11 @@ impl EpollDriver {
         !self.ready.is_empty() || self.always_armed() || self.streams.has_done()
     }
 
-    /// The next handler to run, consuming the notify eventfd in place (rule 4).
+    /// The next handler to run, consuming the notify eventfd in place ([EP4]).
     pub(crate) fn next_ready(&mut self, name: &str) -> Option<Ready> {
         loop {
             if let Some(done) = self.streams.next_done() {
-                // Running or dropping the callback delivers the result (rule 6).
+                // Running or dropping the callback delivers the result ([EP6]).
                 return Some(Ready::Raw(
                     Callback::Raw(Box::new(move |_, _| drop(done))),
                     0,
@@ -321,7 +321,7 @@ impl EpollDriver {
                 Some(r) if r.generation == generation => {
                     return Some(Ready::Fd(Arc::clone(&r.node), revents));
                 }
-                _ => {} // stale (rule 3)
+                _ => {} // stale ([EP3])
             }
         }
     }

@@ -280,7 +280,7 @@ impl Driver {
         }
     }
 
-    /// Cancels what a dropped I/O future left behind, named by `id` (`io.rs` rule 6):
+    /// Cancels what a dropped I/O future left behind, named by `id` ([IO6] (`io.rs`)):
     /// io_uring: the user operation `id` (its `user_data`) if it is still in flight,
     /// submitted at once; epoll: the dropped operations waiting in stream table entry
     /// `id`, whose duplicate of the descriptor is closed once nothing waits on it.

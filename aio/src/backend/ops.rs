@@ -1,20 +1,20 @@
-//! The table of ring operations in flight (`uring.rs` rule 7): fixed slots with
+//! The table of ring operations in flight ([UR7] (`backend/uring.rs`)): fixed slots with
 //! generations, so that a `user_data` names one operation and never a later one.
 
 use crate::completion::Callback;
 use crate::fd::FdNode;
 use crate::sync::Arc;
 
-/// The tag bit of the loop's own operations' `user_data` (rule 7).
+/// The tag bit of the loop's own operations' `user_data` ([UR7]).
 pub(crate) const INTERNAL_TAG: u64 = 1 << 63;
 const GEN_BITS: u32 = 31;
 const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
 
 /// What an in-flight ring operation is.
 pub(super) enum Op {
-    /// The loop's own read of its notify eventfd (rule 6).
+    /// The loop's own read of its notify eventfd ([UR6]).
     NotifyRead,
-    /// A one-shot `POLL_ADD` for an fd handler; holds the handler alive (rule 5).
+    /// A one-shot `POLL_ADD` for an fd handler; holds the handler alive ([UR5]).
     Poll(Arc<FdNode>),
     /// A `POLL_REMOVE` or `ASYNC_CANCEL` issued by the loop.
     Control,
@@ -36,7 +36,7 @@ pub(super) struct Slot {
     pub(super) op: Option<Op>,
 }
 
-/// The operations in flight, in fixed slots with generations (rule 7).
+/// The operations in flight, in fixed slots with generations ([UR7]).
 #[derive(Default)]
 pub(super) struct OpTable {
     slots: Vec<Slot>,

@@ -1,12 +1,12 @@
 //! Raw io_uring entries from users (QEMU: `aio_add_sqe`): what the loop can track.
 //!
 //! Rules:
-//! 1. The loop can only keep the promise "a CQE reaches the operation that submitted it,
+//! [RW1] The loop can only keep the promise "a CQE reaches the operation that submitted it,
 //!    and what an operation owns is freed only after its last CQE" for entries that post
 //!    exactly one CQE, that do not hand the kernel memory beyond that CQE, and that
 //!    cannot act on the loop's own operations by `user_data`. [`check`] refuses every
 //!    other entry at submit with an `InvalidInput` error that names the reason.
-//! 2. Refused outright: `IOSQE_IO_LINK`/`IO_HARDLINK` (the loop pushes its own entries
+//! [RW2] Refused outright: `IOSQE_IO_LINK`/`IO_HARDLINK` (the loop pushes its own entries
 //!    between the user's, so a chain would swallow them; safe chains are the loop's
 //!    own, `io/link.rs`), `IOSQE_IO_DRAIN` (the drain
 //!    waits for the loop's always-armed eventfd read too, and holds back every entry
@@ -19,10 +19,10 @@
 //!    `LINK_TIMEOUT` and opcodes this crate does not know; `POLL_REMOVE` with update
 //!    flags; a cancel or removal (`ASYNC_CANCEL`, `POLL_REMOVE`, `TIMEOUT_REMOVE`) whose
 //!    target `user_data` lies in the loop's reserved tag space.
-//! 3. A cancel that reaches the loop's own operations by another route (any, by fd) is
+//! [RW3] A cancel that reaches the loop's own operations by another route (any, by fd) is
 //!    harmless: an internal operation that completes with `ECANCELED` while the context
 //!    lives is armed again (`uring.rs`).
-//! 4. `Sqe` (`op/sqe.rs`) is the only way an entry reaches the ring. Building one is
+//! [RW4] `Sqe` (`op/sqe.rs`) is the only way an entry reaches the ring. Building one is
 //!    `unsafe`: the builder promises that what the entry names outlives the operation.
 //!    For users that promise is `submit_raw`'s `# Safety` (`submit.rs`); for typed
 //!    operations it is `OpCode::sqe`'s contract (`op/mod.rs`); the rest of the loop
@@ -115,7 +115,7 @@ fn refuse(what: impl std::fmt::Display) -> io::Error {
     )
 }
 
-/// Refuses an entry the loop cannot track (rules 1 and 2).
+/// Refuses an entry the loop cannot track ([RW1] and [RW2]).
 pub(crate) fn check(e: &squeue::Entry) -> io::Result<()> {
     let v = view(e);
     let bad_flags = v.flags & !(FIXED_FILE | ASYNC);

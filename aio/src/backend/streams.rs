@@ -1,9 +1,9 @@
 //! The stream table of the epoll back end: typed reads and writes on descriptors that
 //! can block indefinitely (pipes, sockets, ttys), driven by readiness on the loop. The
 //! rules it keeps are `io/stream.rs`'s (numbered there): one FIFO of reads and one of
-//! writes per open file on a duplicate of its descriptor (rules 2 and 6), syscalls run
-//! only when they cannot block (rule 3), dropped operations taken out unrun (rule 4),
-//! and finished results never lost (rule 5). The operations are the op layer's,
+//! writes per open file on a duplicate of its descriptor ([ST2] and [ST6]), syscalls run
+//! only when they cannot block ([ST3]), dropped operations taken out unrun ([ST4]),
+//! and finished results never lost ([ST5]). The operations are the op layer's,
 //! behind [`StreamIo`]; the table knows nothing else about them.
 
 use std::collections::{HashMap, VecDeque};
@@ -16,7 +16,7 @@ use crate::sys;
 /// How many ready descriptors one look at the table's epoll set takes.
 const EVENTS: usize = 64;
 
-/// A typed operation that owns its buffers, with its type erased (rule 2).
+/// A typed operation that owns its buffers, with its type erased ([ST2]).
 pub(crate) trait StreamIo: Send {
     /// For a read or write that may target a stream: its descriptor and whether it
     /// reads (`OpCode::stream`); `None` runs it on the pool.
@@ -26,17 +26,17 @@ pub(crate) trait StreamIo: Send {
     /// Its syscall on `file` at the current position with `flags`
     /// (`OpCode::run_stream`).
     fn run_stream(&mut self, file: RawFd, flags: libc::c_int) -> io::Result<usize>;
-    /// Whether its future was dropped (rule 4).
+    /// Whether its future was dropped ([ST4]).
     fn abandoned(&self) -> bool;
     /// Records the table entry it waits in, which its future's drop prunes; returns
-    /// whether the future was dropped already (the caller prunes then; rule 4).
+    /// whether the future was dropped already (the caller prunes then; [ST4]).
     fn set_entry(&self, key: u64) -> bool;
     /// Completes it with a CQE-style result (byte count or `-errno`).
     fn finish(self: Box<Self>, res: i32);
 }
 
 /// An operation whose syscall returned `res`: running or dropping it delivers `res`
-/// (rule 5).
+/// ([ST5]).
 pub(crate) struct Finished {
     op: Option<Box<dyn StreamIo>>,
     res: i32,
@@ -63,11 +63,11 @@ pub(crate) enum Added {
     Queued,
     /// Its syscall ran at once.
     Done(Finished),
-    /// Its descriptor cannot be polled (rule 1): run it on the pool.
+    /// Its descriptor cannot be polled ([ST1]): run it on the pool.
     NotPollable(Box<dyn StreamIo>),
 }
 
-/// The waiting operations of one open file (rule 2).
+/// The waiting operations of one open file ([ST2]).
 struct Queues {
     /// The duplicate the syscalls use and the table's epoll set names.
     file: OwnedFd,
@@ -79,13 +79,13 @@ struct Queues {
     events: u32,
 }
 
-/// The stream operations of one epoll context (home thread only; rule 2).
+/// The stream operations of one epoll context (home thread only; [ST2]).
 pub(crate) struct StreamTable {
     epfd: OwnedFd,
     /// Entries by key (the key is what the table's epoll set reports, and what a
     /// dropped future prunes by); a key is never reused.
     queues: HashMap<u64, Queues>,
-    /// The entry each descriptor number named last (rule 6).
+    /// The entry each descriptor number named last ([ST6]).
     by_fd: HashMap<RawFd, u64>,
     next_key: u64,
     done: VecDeque<Finished>,
@@ -128,7 +128,7 @@ impl StreamTable {
 
     /// Takes every operation out of the table, for the context's shutdown: dropping
     /// what it returns completes each one, a waiting one with `ECANCELED` (nothing ran)
-    /// and a finished one with its real result (rule 5). The caller drops them with no
+    /// and a finished one with its real result ([ST5]). The caller drops them with no
     /// borrow of the home state held: completing wakes tasks.
     pub(crate) fn take_all(&mut self) -> Vec<Finished> {
         let mut all: Vec<Finished> = self.done.drain(..).collect();
@@ -142,11 +142,11 @@ impl StreamTable {
         all
     }
 
-    /// Takes `op` (rule 2), running its syscall at once if nothing waits ahead of it
-    /// and it cannot block (rule 3).
+    /// Takes `op` ([ST2]), running its syscall at once if nothing waits ahead of it
+    /// and it cannot block ([ST3]).
     pub(crate) fn add(&mut self, mut op: Box<dyn StreamIo>) -> Added {
         if op.abandoned() {
-            // Rule 4: its future is gone; nothing ran.
+            // [ST4]: its future is gone; nothing ran.
             return Added::Done(Finished::new(op, -libc::ECANCELED));
         }
         let (fd, read) = target(op.as_ref());
@@ -157,7 +157,7 @@ impl StreamTable {
         let q = self.queues.get_mut(&key).expect("entry returned it");
         let file = q.file.as_raw_fd();
         let queue = if read { &mut q.reads } else { &mut q.writes };
-        take_abandoned(queue, &mut self.done); // rule 4
+        take_abandoned(queue, &mut self.done); // [ST4]
         let now = if queue.is_empty() {
             try_io(file, op.as_mut())
         } else {
@@ -168,7 +168,7 @@ impl StreamTable {
             return Added::Done(Finished::new(op, res));
         }
         if op.set_entry(key) {
-            // Rule 4: dropped while it was being added (on another thread); not run.
+            // [ST4]: dropped while it was being added (on another thread); not run.
             self.forget_if_idle(key);
             return Added::Done(Finished::new(op, -libc::ECANCELED));
         }
@@ -189,7 +189,7 @@ impl StreamTable {
         }
     }
 
-    /// The entry for the file `fd` names now (rule 6): the one `fd` named last if `fd`
+    /// The entry for the file `fd` names now ([ST6]): the one `fd` named last if `fd`
     /// still names the same file, else a new one on a duplicate of `fd`. An entry whose
     /// number now names another file (the user closed it while operations waited, and
     /// the number was reused) keeps serving those operations on its own duplicate, as
@@ -223,7 +223,7 @@ impl StreamTable {
     }
 
     /// Takes the operations whose futures were dropped out of entry `key` (a dropped
-    /// future calls this, rule 4), unrun, and removes the entry (closing its duplicate
+    /// future calls this, [ST4]), unrun, and removes the entry (closing its duplicate
     /// of the descriptor) once nothing waits in it. Nothing for an unknown key.
     pub(crate) fn prune(&mut self, key: u64) {
         let Some(q) = self.queues.get_mut(&key) else {
@@ -255,7 +255,7 @@ impl StreamTable {
     }
 
     /// Looks at the table's epoll set without sleeping and runs the syscalls of every
-    /// operation whose descriptor is ready, in FIFO order per queue (rule 3); their
+    /// operation whose descriptor is ready, in FIFO order per queue ([ST3]); their
     /// results go to the done queue.
     pub(crate) fn service(&mut self) {
         let n = match sys::epoll_wait(self.epfd.as_fd(), &mut self.buf, Some(Duration::ZERO)) {
@@ -275,7 +275,7 @@ impl StreamTable {
             if revents & (libc::EPOLLOUT as u32 | err) != 0 {
                 run_queue(file, &mut q.writes, &mut self.done);
             }
-            take_abandoned(&mut q.reads, &mut self.done); // rule 4
+            take_abandoned(&mut q.reads, &mut self.done); // [ST4]
             take_abandoned(&mut q.writes, &mut self.done);
             self.rearm_or_fail(key);
         }
@@ -321,8 +321,8 @@ impl StreamTable {
     }
 }
 
-/// Moves the operations of `queue` whose futures were dropped to `done`, unrun (rule
-/// 4). Never dropped here: the table lives in the home state, which is borrowed while it
+/// Moves the operations of `queue` whose futures were dropped to `done`, unrun
+/// ([ST4]). Never dropped here: the table lives in the home state, which is borrowed while it
 /// is looked at, and an operation owns the user's buffer, whose `Drop` may call back
 /// into the context (`poll`, `block_on`, `submit_raw`); the loop drops what it takes
 /// from `done` with no borrow held.
@@ -338,11 +338,11 @@ fn take_abandoned(queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<F
     }
 }
 
-/// Runs the syscalls of `queue`'s operations in order until one would block (rule 3).
+/// Runs the syscalls of `queue`'s operations in order until one would block ([ST3]).
 fn run_queue(file: RawFd, queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut VecDeque<Finished>) {
     while let Some(op) = queue.front_mut() {
         if op.abandoned() {
-            // Rule 4: unrun; freed by the loop with no borrow held.
+            // [ST4]: unrun; freed by the loop with no borrow held.
             let op = queue.pop_front().expect("looked at above");
             done.push_back(Finished::new(op, -libc::ECANCELED));
             continue;
@@ -358,14 +358,14 @@ fn run_queue(file: RawFd, queue: &mut VecDeque<Box<dyn StreamIo>>, done: &mut Ve
 /// The descriptor an operation names and whether it reads.
 fn target(op: &dyn StreamIo) -> (RawFd, bool) {
     op.target()
-        .expect("only reads and writes on streams reach the table (rule 1)")
+        .expect("only reads and writes on streams reach the table ([ST1])")
 }
 
 fn errno(e: &io::Error) -> i32 {
     -e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// Runs `op`'s syscall on `file` if it cannot block (rule 3): the CQE-style result, or
+/// Runs `op`'s syscall on `file` if it cannot block ([ST3]): the CQE-style result, or
 /// `None` when it would block.
 fn try_io(file: RawFd, op: &mut dyn StreamIo) -> Option<i32> {
     let (_, read) = target(op);

@@ -1,40 +1,40 @@
 //! The io_uring back end: one ring per context, and the table of operations in flight.
 //!
 //! Only the home thread touches the ring (the context enforces it). Rules:
-//! 1. SQ full: submit what is queued and retry the push; never drop an entry. If the
+//! [UR1] SQ full: submit what is queued and retry the push; never drop an entry. If the
 //!    kernel refuses the submit (`EBUSY`: its CQ overflow backlog is full), move every
 //!    CQE into the ring's pending buffer so the next enter can flush the backlog, and
 //!    retry: each round either submits entries or frees CQ space, so the push always
 //!    makes progress. The loop dispatches the pending buffer before the CQ.
-//! 2. CQ overflow: the kernel keeps overflowed CQEs (`IORING_FEAT_NODROP`, required at
+//! [UR2] CQ overflow: the kernel keeps overflowed CQEs (`IORING_FEAT_NODROP`, required at
 //!    setup); after draining the CQ, an `io_uring_enter` flushes the backlog, and we
 //!    drain again until the overflow flag is clear. No completion is lost.
-//! 3. `EINTR`, `ETIME` and `EBUSY` from a wait are not errors: the loop goes on to reap.
-//! 4. Waits pass the timeout to the kernel (`IORING_ENTER_EXT_ARG`), so a sleep costs one
+//! [UR3] `EINTR`, `ETIME` and `EBUSY` from a wait are not errors: the loop goes on to reap.
+//! [UR4] Waits pass the timeout to the kernel (`IORING_ENTER_EXT_ARG`), so a sleep costs one
 //!    `io_uring_enter` that also submits whatever is queued.
-//! 5. fd handlers (see `fd.rs`): one-shot `POLL_ADD` per registration, re-armed after
+//! [UR5] fd handlers (see `fd.rs`): one-shot `POLL_ADD` per registration, re-armed after
 //!    each dispatch, removed by `POLL_REMOVE`; the in-flight table holds the handler.
-//! 6. The notify eventfd is consumed by a `READ` the ring keeps armed. Its CQE is
+//! [UR6] The notify eventfd is consumed by a `READ` the ring keeps armed. Its CQE is
 //!    handled (and the read re-armed) when it is collected, never queued behind a
 //!    callback, so the read is armed whenever the loop may sleep.
-//! 7. Operations live in a table of fixed slots with generations; `user_data` is
+//! [UR7] Operations live in a table of fixed slots with generations; `user_data` is
 //!    `tag | generation << 32 | slot`, with the top bit (the tag) set for the loop's own
 //!    operations. A CQE whose slot is free or whose generation or tag does not match is
 //!    logged and dropped: it can never reach another operation. A slot is freed at its
 //!    operation's final CQE (one without `IORING_CQE_F_MORE`), and only then reused.
-//! 8. The loop's own operations (eventfd read, fd-handler polls) that complete with
+//! [UR8] The loop's own operations (eventfd read, fd-handler polls) that complete with
 //!    `ECANCELED` while the context lives — a user cancel reached them by fd or "any" —
 //!    are armed again; users cannot name them by `user_data` (`raw.rs` refuses the tag).
-//! 9. At drop, every operation is cancelled and its CQE reaped; a user operation's
+//! [UR9] At drop, every operation is cancelled and its CQE reaped; a user operation's
 //!    callback gets that CQE — its real result if it completed, `ECANCELED` if the
 //!    cancel won — and runs once the ring is quiet.
-//! 10. A typed I/O future dropped before its result (`io.rs` rule 6) cancels its
+//! [UR10] A typed I/O future dropped before its result ([IO6] (`io.rs`)) cancels its
 //!     operation with an `ASYNC_CANCEL` aimed at the operation's own `user_data`, which
 //!     the table checks is a live user operation (so the loop's own operations, and a
 //!     later operation in a reused slot, are out of reach). The cancel is submitted at
 //!     once; the cancelled operation's slot, and the buffer its callback owns, stay
 //!     until its final CQE.
-//! 11. A typed operation whose opcode this kernel's ring lacks (the ring's probe,
+//! [UR11] A typed operation whose opcode this kernel's ring lacks (the ring's probe,
 //!     `IORING_REGISTER_PROBE`, taken once: e.g. `FTRUNCATE` before Linux 6.9,
 //!     `MKDIRAT` before 5.15) runs its blocking lowering on the worker pool instead,
 //!     and completes on the home thread as a bottom half, as on epoll.
@@ -64,7 +64,7 @@ pub const MAX_RING_ENTRIES: u32 = 32768;
 /// A ring and the counters the loop keeps for it.
 pub(crate) struct Ring {
     ring: IoUring,
-    /// CQEs taken off the CQ by a push that found the SQ full (rule 1), not dispatched yet.
+    /// CQEs taken off the CQ by a push that found the SQ full ([UR1]), not dispatched yet.
     pending: VecDeque<Completion>,
     /// `io_uring_enter` calls made.
     pub(crate) enters: u64,
@@ -169,7 +169,7 @@ impl Ring {
         self.ring.params().cq_entries()
     }
 
-    /// Queues `sqe` as `user_data` (rule 1).
+    /// Queues `sqe` as `user_data` ([UR1]).
     fn push(&mut self, sqe: &Sqe, user_data: u64) {
         let entry = sqe.with_user_data(user_data);
         loop {
@@ -185,7 +185,7 @@ impl Ring {
         }
     }
 
-    /// Makes room for `n` entries (rule 1's loop, until `n` fit): a linked chain's
+    /// Makes room for `n` entries ([UR1]'s loop, until `n` fit): a linked chain's
     /// entries are then pushed without a submit between them. False when `n` exceeds
     /// the submission queue.
     pub(crate) fn reserve(&mut self, n: usize) -> bool {
@@ -213,7 +213,7 @@ impl Ring {
         !self.pending.is_empty() || !self.ring.completion().is_empty() || self.taskrun_pending()
     }
 
-    /// One `io_uring_enter` that submits what is queued (rule 3).
+    /// One `io_uring_enter` that submits what is queued ([UR3]).
     pub(crate) fn submit(&mut self) {
         self.enter(0, None);
     }
@@ -255,7 +255,7 @@ impl Ring {
     }
 
     /// Moves every completion into `out`, pending ones first, flushing the kernel's
-    /// overflow list (rule 2).
+    /// overflow list ([UR2]).
     pub(crate) fn reap(&mut self, out: &mut VecDeque<Completion>) {
         loop {
             self.drain_cq();
@@ -294,7 +294,7 @@ pub(crate) struct UringDriver {
     probe: Option<Option<io_uring::Probe>>,
 }
 
-/// What happens to one CQE (rules 6 to 8).
+/// What happens to one CQE ([UR6] to [UR8]).
 enum Triage {
     /// Queue it for dispatch.
     Dispatch,
@@ -336,7 +336,7 @@ impl UringDriver {
         user_data
     }
 
-    /// Whether this kernel's ring runs `opcode` (rule 11).
+    /// Whether this kernel's ring runs `opcode` ([UR11]).
     pub(crate) fn supports(&mut self, opcode: u8) -> bool {
         let ring = &self.ring.ring;
         let probe = self.probe.get_or_insert_with(|| {
@@ -349,7 +349,7 @@ impl UringDriver {
         probe.as_ref().is_none_or(|p| p.is_supported(opcode))
     }
 
-    /// Makes the probe say that no opcode is supported (tests of rule 11's fallback).
+    /// Makes the probe say that no opcode is supported (tests of [UR11]'s fallback).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn pretend_no_opcodes(&mut self) {
         self.probe = Some(Some(io_uring::Probe::new()));
@@ -383,7 +383,7 @@ impl UringDriver {
         self.push(&sqe, Op::Raw(cb))
     }
 
-    /// Cancels the user operation `user_data` names if it is still in flight (rule 10):
+    /// Cancels the user operation `user_data` names if it is still in flight ([UR10]):
     /// an `ASYNC_CANCEL` aimed at exactly that `user_data`, submitted at once. Nothing
     /// happens for a stale `user_data` (the operation's final CQE freed its slot) or one
     /// that names one of the loop's own operations (the tag is checked).
@@ -411,7 +411,7 @@ impl UringDriver {
         self.push(&sqe, Op::NotifyRead);
     }
 
-    /// Applies a handler change for `fd` (rule 5).
+    /// Applies a handler change for `fd` ([UR5]).
     pub(crate) fn set_fd(&mut self, fd: RawFd, want: Option<Arc<FdNode>>) {
         let same = match (self.fds.get(&fd), &want) {
             (Some(h), Some(node)) => Arc::ptr_eq(&h.node, node),
@@ -446,7 +446,7 @@ impl UringDriver {
         let node = Arc::clone(&h.node);
         let entry = opcode::PollAdd::new(types::Fd(fd), node.events()).build();
         // SAFETY: a POLL_ADD names no memory; a descriptor closed meanwhile makes the
-        // kernel answer EBADF, which fd rule 5 handles.
+        // kernel answer EBADF, which [FD5] (`fd.rs`) handles.
         let sqe = unsafe { Sqe::new(entry) };
         let user_data = self.push(&sqe, Op::Poll(node));
         if let Some(h) = self.fds.get_mut(&fd) {
@@ -472,7 +472,7 @@ impl UringDriver {
     }
 
     /// Takes every completion off the ring: the loop's own ones are handled in place
-    /// (rules 6 to 8), the others queued for dispatch.
+    /// ([UR6] to [UR8]), the others queued for dispatch.
     pub(crate) fn collect(&mut self, name: &str) {
         let mut reaped = std::mem::take(&mut self.reaped);
         self.ring.reap(&mut reaped);
@@ -514,7 +514,7 @@ impl UringDriver {
                         io::Error::from_raw_os_error(-c.result)
                     );
                 }
-                // Also after ECANCELED: a user cancel reached it (rule 8); the drop path
+                // Also after ECANCELED: a user cancel reached it ([UR8]); the drop path
                 // does not come here.
                 self.arm_notify_read();
                 Triage::Done
@@ -546,7 +546,7 @@ impl UringDriver {
                     }
                     if c.result == -libc::ECANCELED {
                         // Not our POLL_REMOVE (that one unsets `armed` first): a user
-                        // cancel reached the poll (rule 8).
+                        // cancel reached the poll ([UR8]).
                         self.arm_poll(fd);
                         continue;
                     }
@@ -568,7 +568,7 @@ impl UringDriver {
     }
 
     /// Cancels every operation in flight and reaps its CQE before the ring and the
-    /// buffers go away (rule 9); returns the user callbacks with their CQEs, to be run
+    /// buffers go away ([UR9]); returns the user callbacks with their CQEs, to be run
     /// by the caller now that the kernel is done with their memory. If the kernel does
     /// not answer within `limit`, the operations left are leaked on purpose rather than
     /// freed under it (their callbacks never run).

@@ -13,7 +13,7 @@ use crate::sync::atomic::Ordering;
 /// A handle to a bottom half that does not own it: what a BH's callback receives from
 /// [`AioContext::bh_new_with`]. Cloneable and `Send`; once the [`Bh`] is dropped (or its
 /// context shut down) scheduling through it does nothing (`try_schedule` says so), by
-/// the BH rules' deletion (rule 3: a deleted BH never runs).
+/// the BH rules' deletion (\[BH3\]: a deleted BH never runs).
 ///
 /// ```
 /// use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
@@ -42,7 +42,7 @@ pub struct BhRef {
 impl BhRef {
     fn live(&self) -> Option<(Arc<BhInner>, Arc<Remote>)> {
         let inner = self.inner.upgrade()?;
-        // Relaxed: a hint only; a drop racing this schedule is covered by rule 3.
+        // Relaxed: a hint only; a drop racing this schedule is covered by [BH3].
         if inner.flags.load(Ordering::Relaxed) & DELETED != 0 {
             return None;
         }

@@ -1,4 +1,4 @@
-//! A ring whose kernel lacks the opcodes (`uring.rs` rule 11): every typed operation
+//! A ring whose kernel lacks the opcodes ([UR11] (`backend/uring.rs`)): every typed operation
 //! runs its blocking lowering on the worker pool and completes on the home thread (the
 //! driver, told that nothing is supported, also panics if a typed entry reaches it).
 

@@ -1,16 +1,16 @@
 //! [`File`]: an owned descriptor whose operations go through its context's ring.
 //!
 //! Rules:
-//! 1. A `File` belongs to one context (the one that opened it, or the current one for
+//! [FL1] A `File` belongs to one context (the one that opened it, or the current one for
 //!    `From<OwnedFd>`) and holds only a `Weak` of it, so a `File` kept in a task or a
 //!    callback never keeps its context alive. Its operations run on that context;
 //!    once the context is gone they fail with `BrokenPipe`.
-//! 2. The descriptor is an `Arc<OwnedFd>`; every operation of the `File` holds a share
+//! [FL2] The descriptor is an `Arc<OwnedFd>`; every operation of the `File` holds a share
 //!    (`op::Target::Shared`) until its final completion — on every path: completed,
 //!    cancelled by a drop, reaped by a context's drop. So the descriptor is closed
 //!    exactly once, by whoever lets go of the last share, and never while an operation
 //!    of this `File` is in flight in the kernel (its number cannot be reused under it).
-//! 3. Dropping a `File` that holds the only share closes the descriptor: through the
+//! [FL3] Dropping a `File` that holds the only share closes the descriptor: through the
 //!    ring (`IORING_OP_CLOSE`, nobody waiting) when it is dropped on its context's home
 //!    thread, on io_uring, with the context alive and its home state free; otherwise
 //!    with `close(2)` on the spot. A `CLOSE` that never ran, or whose cancel won
@@ -18,7 +18,7 @@
 //!    operations still hold shares (their futures were dropped and the cancels are on
 //!    their way), the last one's completion closes it with `close(2)`.
 //!    [`close`](File::close) is the explicit form, which reports `close`'s error.
-//! 4. O_DIRECT: a `File` opened with `O_DIRECT` knows its alignment (`dio.rs`), and its
+//! [FL4] O_DIRECT: a `File` opened with `O_DIRECT` knows its alignment (`dio.rs`), and its
 //!    reads and writes check the buffer's address and length and the offset against
 //!    it, returning `InvalidInput` that names the misaligned one before anything
 //!    reaches the kernel.
@@ -46,7 +46,7 @@ use crate::sync::atomic::Ordering;
 
 /// An open file whose operations go through its context's ring (QEMU: the `raw`
 /// block driver's descriptor, with `raw_co_prw` and friends on `luring_co_submit`).
-/// Owns its descriptor (module rules 2 and 3: closed exactly once, through the ring on
+/// Owns its descriptor (\[FL2\] and \[FL3\]: closed exactly once, through the ring on
 /// drop where it can, never while one of its operations is in flight).
 ///
 /// ```
@@ -192,7 +192,7 @@ impl File {
     }
 
     /// Whether the file was opened with `O_DIRECT` (its reads and writes are checked for
-    /// alignment, module rule 4).
+    /// alignment, \[FL4\]).
     pub fn is_direct(&self) -> bool {
         self.dio.is_some()
     }
@@ -216,7 +216,7 @@ impl File {
     /// [`AioContext::read_at`]; 0 at end of file.
     ///
     /// # Errors
-    /// `InvalidInput` for a misaligned O_DIRECT read (module rule 4); `BrokenPipe` when
+    /// `InvalidInput` for a misaligned O_DIRECT read (\[FL4\]); `BrokenPipe` when
     /// the context is gone; the kernel's error. The buffer comes back either way.
     pub async fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<usize>, B) {
         if let Some(dio) = &self.dio {
@@ -471,7 +471,7 @@ impl File {
     /// Closes the file, through the ring where the context runs one, and reports
     /// `close`'s error. If operations of this file are still in flight (their futures
     /// were dropped and the cancels are on their way), the descriptor is closed with
-    /// `close(2)` when the last one completes (module rule 3), and this returns `Ok`.
+    /// `close(2)` when the last one completes (\[FL3\]), and this returns `Ok`.
     ///
     /// # Errors
     /// The kernel's error for `close` (e.g. a deferred write error on NFS).
@@ -502,7 +502,7 @@ impl File {
 }
 
 impl Drop for File {
-    /// Module rule 3.
+    /// \[FL3\].
     fn drop(&mut self) {
         let Some(shared) = self.fd.take() else {
             return;

@@ -4,10 +4,10 @@
 //! epoll the same operations run their blocking lowering on the worker pool.
 //!
 //! Rules:
-//! 1. A path is copied into a `CString` owned by its operation, which keeps it until
-//!    the operation's final completion (`io.rs` rule 1); a path with a NUL byte is
+//! [FS1] A path is copied into a `CString` owned by its operation, which keeps it until
+//!    the operation's final completion ([IO1] (`io.rs`)); a path with a NUL byte is
 //!    `InvalidInput` before anything reaches the kernel.
-//! 2. Descriptors: see `file.rs`.
+//! [FS2] Descriptors: see `file.rs`.
 //!
 //! [`RingOp`]: crate::RingOp
 
@@ -33,7 +33,7 @@ pub use self::file::File;
 pub use self::meta::{FileType, Metadata};
 pub use self::options::{FallocateMode, OpenOptions};
 
-/// `path` as a C string (rule 1).
+/// `path` as a C string ([FS1]).
 pub(crate) fn c_path(what: &str, path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {
         io::Error::new(

@@ -1,4 +1,4 @@
-//! Dropping an I/O future (`io.rs` rules 2 and 6): the state a future shares with its
+//! Dropping an I/O future ([IO2] and [IO6] (`io.rs`)): the state a future shares with its
 //! operation, the handshake by which exactly one of the drop and the home thread that
 //! hands the operation to its back end issues the cancel, and the cancel itself.
 
@@ -9,8 +9,8 @@ use crate::context::AioContext;
 use crate::sync::{Mutex, lock};
 
 /// What the future and its operation share: the slot through which the callback hands
-/// the buffer back (rule 2), and the operation's name in its back end, which a dropped
-/// future cancels by (rule 6).
+/// the buffer back ([IO2]), and the operation's name in its back end, which a dropped
+/// future cancels by ([IO6]).
 pub(super) struct Shared<T> {
     pub(super) slot: Slot<T>,
     /// io_uring: the operation's generation-tagged `user_data` (never in the loop's
@@ -26,7 +26,7 @@ pub(super) struct Shared<T> {
     pub(super) kernel_deadline: bool,
 }
 
-/// The state of an operation's result (rule 2).
+/// The state of an operation's result ([IO2]).
 pub(super) enum Slot<T> {
     Waiting(Option<Waker>),
     Done(i32, T),
@@ -37,7 +37,7 @@ pub(super) enum Slot<T> {
 /// Records `id` as the operation's name in its back end unless its future was dropped
 /// meanwhile; returns whether it was. The drop reads the id under the same lock after
 /// marking the slot abandoned, so either the drop sees the id and cancels, or this
-/// sees the drop and the caller cancels (rule 6).
+/// sees the drop and the caller cancels ([IO6]).
 pub(super) fn record_id<T>(shared: &Mutex<Shared<T>>, id: u64) -> bool {
     let mut shared = lock(shared);
     if matches!(shared.slot, Slot::Abandoned) || shared.cancel_requested {
@@ -47,7 +47,7 @@ pub(super) fn record_id<T>(shared: &Mutex<Shared<T>>, id: u64) -> bool {
     false
 }
 
-/// What dropping a future found (rule 6).
+/// What dropping a future found ([IO6]).
 pub(super) enum Dropped<T> {
     /// The operation waits; now abandoned. Its id if the back end named it already.
     Waiting(Option<u64>),
@@ -67,7 +67,7 @@ pub(super) fn abandon<T>(shared: &Mutex<Shared<T>>) -> Dropped<T> {
     }
 }
 
-/// Cancels the operation `id` names (rule 6): at once on the home thread, where the
+/// Cancels the operation `id` names ([IO6]): at once on the home thread, where the
 /// home state is free; otherwise handed to the loop, which is notified.
 pub(super) fn cancel(ctx: &Weak<AioContext>, id: u64) {
     let Some(ctx) = ctx.upgrade() else {

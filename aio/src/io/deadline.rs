@@ -2,21 +2,21 @@
 //! within its duration is cancelled, and its future resolves to `TimedOut`.
 //!
 //! Rules:
-//! 1. io_uring: the operation is linked to an `IORING_OP_LINK_TIMEOUT` (pushed back to
-//!    back, `io/link.rs` rule 1) and the kernel cancels it when the time runs out.
+//! [DL1] io_uring: the operation is linked to an `IORING_OP_LINK_TIMEOUT` (pushed back to
+//!    back, [LK1] (`io/link.rs`)) and the kernel cancels it when the time runs out.
 //!    The timeout's timespec is owned by its own step until its own final CQE.
-//! 2. Where the link cannot be made (a ring smaller than two entries), and on epoll, a
+//! [DL2] Where the link cannot be made (a ring smaller than two entries), and on epoll, a
 //!    timer of the context armed at submission asks for the cancel: the operation is
 //!    marked (`cancel_requested`: not started, not resubmitted, like a dropped
-//!    future's), and the back end's cancel is issued by its name (`io.rs` rule 6) — an
+//!    future's), and the back end's cancel is issued by its name ([IO6] (`io.rs`)) — an
 //!    `ASYNC_CANCEL` on io_uring; on epoll a stream operation is taken out of the
 //!    stream table unrun, and a worker-pool job not yet started is not run.
-//! 3. What cannot be interrupted: a syscall a pool worker is running (epoll: a read of
+//! [DL3] What cannot be interrupted: a syscall a pool worker is running (epoll: a read of
 //!    a regular file or block device, an `fsync`) runs to its end, and an operation the
 //!    kernel already runs on an io-wq worker may complete anyway. Either way the
 //!    future gets the real result, not `TimedOut`: only an operation that completes
 //!    with `ECANCELED` after its deadline passed reports `TimedOut`.
-//! 4. The future keeps the timer; dropping the future (rule 6's cancel) drops it.
+//! [DL4] The future keeps the timer; dropping the future ([IO6]'s cancel, `io.rs`) drops it.
 //!
 //! [`RingOp::with_deadline`]: super::RingOp::with_deadline
 
@@ -36,7 +36,7 @@ pub(super) struct Deadline {
 }
 
 impl Deadline {
-    /// Arms the timer of rule 2 at submission.
+    /// Arms the timer of [DL2] at submission.
     pub(super) fn arm<T: Send + 'static>(
         &mut self,
         ctx: &AioContext,
@@ -49,7 +49,7 @@ impl Deadline {
             let id = {
                 let mut s = lock(&shared);
                 if !matches!(s.slot, Slot::Waiting(_)) || s.kernel_deadline {
-                    return; // done, dropped, or the kernel's (rule 1)
+                    return; // done, dropped, or the kernel's ([DL1])
                 }
                 s.cancel_requested = true;
                 s.id
@@ -63,7 +63,7 @@ impl Deadline {
         self._timer = Some(timer);
     }
 
-    /// Whether the deadline passed (rule 3).
+    /// Whether the deadline passed ([DL3]).
     pub(super) fn passed(&self) -> bool {
         self.start.is_some_and(|s| s.elapsed() >= self.after)
     }

@@ -2,22 +2,22 @@
 //! the kernel runs in order, each starting only once the one before completed in full.
 //!
 //! Rules:
-//! 1. The loop links entries itself, users cannot (`backend/raw.rs` rule 2 stays): on
+//! [LK1] The loop links entries itself, users cannot ([RW2] (`backend/raw.rs`) stays): on
 //!    io_uring a chain's entries are pushed back to back after making room for all of
 //!    them (`Ring::reserve`), so no submit cuts a chain and none of the loop's own
 //!    entries (cancels, polls, the eventfd read) lands inside one.
-//! 2. Each step keeps its own result: a step that fails — or, for a read or write,
+//! [LK2] Each step keeps its own result: a step that fails — or, for a read or write,
 //!    moves fewer bytes than asked — breaks the chain, and every step after it
 //!    completes with `ECANCELED`, unrun. Steps are never resubmitted on
 //!    `EINTR`/`EAGAIN` (the kernel cancelled the rest already).
-//! 3. Where the ring lacks one of the chain's opcodes or is smaller than the chain, and
+//! [LK3] Where the ring lacks one of the chain's opcodes or is smaller than the chain, and
 //!    on epoll, the chain runs one step at a time with the same rule: the next step is
 //!    submitted when the one before succeeded in full, else dropped unrun
 //!    (`ECANCELED`).
-//! 4. Each step owns what its entry names until its own final completion (`io.rs` rule
-//!    1), and each has its own table slot; dropping the chain's future cancels every
-//!    step the back end has (`io.rs` rule 6) — a step not yet submitted never runs.
-//! 5. A read → write chain shares one buffer (`LinkBuf`): each step holds a share
+//! [LK4] Each step owns what its entry names until its own final completion ([IO1]
+//!    (`io.rs`)), and each has its own table slot; dropping the chain's future cancels every
+//!    step the back end has ([IO6] (`io.rs`)) — a step not yet submitted never runs.
+//! [LK5] A read → write chain shares one buffer (`LinkBuf`): each step holds a share
 //!    until its own final completion, so the buffer is freed only after both; the
 //!    write sends the whole buffer, which only a full read (the chain's rule) filled.
 
@@ -68,7 +68,7 @@ enum State {
     Finished,
 }
 
-/// Two linked operations; resolves to each one's result and output (rule 2).
+/// Two linked operations; resolves to each one's result and output ([LK2]).
 struct Chain2<A: Send + 'static, B: Send + 'static> {
     a: StepSlot<A>,
     b: StepSlot<B>,
@@ -148,7 +148,7 @@ impl<A: Send + 'static, B: Send + 'static> Future for Chain2<A, B> {
 }
 
 impl<A: Send + 'static, B: Send + 'static> Drop for Chain2<A, B> {
-    /// Rule 4.
+    /// [LK4].
     fn drop(&mut self) {
         if let State::Submitted(ctx) = &self.state {
             for id in [drop_step(&self.a), drop_step(&self.b)]
@@ -213,7 +213,7 @@ impl AioContext {
     /// and the buffer (its length set by the read, as for [`read_at`](Self::read_at)).
     /// A failed or short read (end of file) leaves the write unrun: `ECANCELED`; the
     /// bytes read are in the buffer. Dropping the future cancels both steps; the
-    /// buffer is freed after both completed (rule 5).
+    /// buffer is freed after both completed (\[LK5\]).
     ///
     /// ```
     /// use std::os::fd::AsRawFd;
@@ -315,7 +315,7 @@ mod tests {
 
     /// On a ring with room, both steps are in the kernel at once (linked: the fsync
     /// waits for the write there); on a one-entry ring only the write is, and the
-    /// fsync is never pushed once the write is cancelled (rule 3).
+    /// fsync is never pushed once the write is cancelled ([LK3]).
     #[test]
     fn a_chain_is_linked_in_the_kernel_or_run_step_by_step() {
         for (entries, in_kernel) in [(8, 2), (1, 1)] {

@@ -1,5 +1,5 @@
 //! [`LinkBuf`]: one buffer shared by the two steps of a read → write chain
-//! (`io/link.rs` rule 5). Each step holds a share until its own final completion, so
+//! ([LK5] (`io/link.rs`)). Each step holds a share until its own final completion, so
 //! the buffer outlives both; the chain's future takes it back once both are done.
 
 use std::cell::UnsafeCell;

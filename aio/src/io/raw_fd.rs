@@ -33,7 +33,7 @@ impl AioContext {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
-    /// Dropping the future cancels the read (module docs, rule 6), but **dropping a read
+    /// Dropping the future cancels the read (module docs, \[IO6\]), but **dropping a read
     /// that already completed loses its data**: not `select!`-safe on streams.
     ///
     /// # Errors
@@ -59,7 +59,7 @@ impl AioContext {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
-    /// Dropping the future cancels the write (module docs, rule 6); a write that already
+    /// Dropping the future cancels the write (module docs, \[IO6\]); a write that already
     /// completed (perhaps partly) is not undone, and its count is lost.
     ///
     /// # Errors

@@ -6,19 +6,19 @@
 //! can starve file I/O or cancellation.
 //!
 //! Rules:
-//! 1. The route is chosen at submission: an operation that is not a read or write
+//! [ST1] The route is chosen at submission: an operation that is not a read or write
 //!    (`OpCode::stream` is `None`: `fsync`, `openat`, `statx`, …) goes to the pool; a
 //!    read or write goes there too when `fstat` says `S_ISREG`/`S_ISBLK` (or refuses
 //!    the descriptor, whose syscall then reports the error); everything else is a
 //!    stream. A stream epoll refuses (`EPERM`: no `poll` method)
 //!    goes to the pool after all: its syscalls cannot wait for readiness either.
-//! 2. A stream operation reaches the home thread as a oneshot bottom half, which hands
+//! [ST2] A stream operation reaches the home thread as a oneshot bottom half, which hands
 //!    it to the context's stream table (`backend/streams.rs`): one FIFO of reads and one of writes per
-//!    open file (rule 6), on a duplicate of the descriptor (so the open file outlives a
+//!    open file ([ST6]), on a duplicate of the descriptor (so the open file outlives a
 //!    user's `close` while operations wait, as with io_uring), registered in the
 //!    table's own epoll set, which sits in the loop's set as one level-triggered entry
 //!    (so stream operations never collide with an fd handler on the same descriptor).
-//! 3. An operation's syscall runs on the home thread only when it cannot block: first
+//! [ST3] An operation's syscall runs on the home thread only when it cannot block: first
 //!    at once if nothing is queued ahead of it, then each time its descriptor is
 //!    reported ready, in FIFO order, until one would block. The syscall is `preadv2`/
 //!    `pwritev2` with `RWF_NOWAIT` at the current position (the offset is ignored, as
@@ -26,20 +26,20 @@
 //!    `poll` must report it ready right before a plain syscall. (A tty write larger than
 //!    the room in its output buffer can still block the loop until the terminal drains:
 //!    the kernel gives no way to write part of it without `O_NONBLOCK`.)
-//! 4. An operation whose future was dropped is taken out, unrun, when the future is
-//!    dropped (`io.rs` rule 6: the drop names the table entry it waits in; on another
+//! [ST4] An operation whose future was dropped is taken out, unrun, when the future is
+//!    dropped ([IO6] (`io.rs`): the drop names the table entry it waits in; on another
 //!    thread, at the loop's next poll), and in any case the next time its queue is
 //!    looked at: it never consumes data that nobody will read, and an entry nothing
 //!    waits in is removed at once, which closes its duplicate (so a socket the user
 //!    closed is closed). A worker-pool job whose future was dropped before it started is
 //!    not run. A dropped operation goes to the done queue, so that its buffer (a user's
 //!    value) is dropped by the loop with no borrow of the home state held.
-//! 5. A finished syscall's result is never lost: it waits in the table's done queue (or
+//! [ST5] A finished syscall's result is never lost: it waits in the table's done queue (or
 //!    in the pool's completion bottom half) inside a [`Finished`], whose drop delivers
 //!    the real result if the context goes away before the loop runs it. Only an
 //!    operation whose syscall never ran completes with `ECANCELED` (a dropped context
 //!    drops its table and its queued bottom halves).
-//! 6. An entry belongs to the file it was opened for, not to a descriptor number: a
+//! [ST6] An entry belongs to the file it was opened for, not to a descriptor number: a
 //!    number finds its entry only while it names the same open file description as the
 //!    entry's duplicate (`kcmp(KCMP_FILE)`; `(st_dev, st_ino)` would not do: every
 //!    eventfd, timerfd and pty master shares its pair with others). Once the user closed
@@ -55,14 +55,14 @@ use crate::pool;
 use crate::sync::Arc;
 use crate::sys;
 
-/// Submits `op` on the epoll back end (rule 1); `owner` is the context's pool share.
+/// Submits `op` on the epoll back end ([ST1]); `owner` is the context's pool share.
 pub(super) fn submit(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
     if goes_to_pool(op.as_ref()) {
         to_pool(op, ctx, owner);
         return;
     }
     let weak = ctx.weak();
-    // Rule 2. If the context goes away first, the BH is dropped unrun and `op` with it:
+    // [ST2]. If the context goes away first, the BH is dropped unrun and `op` with it:
     // nothing ran, so it completes with ECANCELED.
     ctx.schedule_oneshot(move || {
         let Some(ctx) = weak.upgrade() else { return };
@@ -83,7 +83,7 @@ pub(super) fn submit(op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::
     });
 }
 
-/// Whether `op` runs on the pool (rule 1).
+/// Whether `op` runs on the pool ([ST1]).
 fn goes_to_pool(op: &dyn StreamIo) -> bool {
     let Some((fd, _)) = op.target() else {
         return true;
@@ -95,11 +95,11 @@ fn goes_to_pool(op: &dyn StreamIo) -> bool {
 }
 
 /// Runs `op` on a pool worker; its completion comes back as a oneshot BH that delivers
-/// the real result whether it runs or is dropped with the context (rule 5).
+/// the real result whether it runs or is dropped with the context ([ST5]).
 pub(super) fn to_pool(mut op: Box<dyn StreamIo>, ctx: &AioContext, owner: &Arc<pool::Owner>) {
     let remote = Arc::clone(&ctx.remote);
     let job = move |_: &pool::Owner| {
-        // Rule 4: a job whose future was dropped before it started is not run.
+        // [ST4]: a job whose future was dropped before it started is not run.
         let res = if op.abandoned() {
             -libc::ECANCELED
         } else {

@@ -76,7 +76,7 @@ pub(crate) trait OpCode: Send + 'static {
     /// pool instead.
     const OPCODE: u8;
 
-    /// Whether a result of `-EINTR`/`-EAGAIN` resubmits the operation (`io.rs` rule 4).
+    /// Whether a result of `-EINTR`/`-EAGAIN` resubmits the operation ([IO4] (`io.rs`)).
     /// `false` for an operation that must not run twice (`close`).
     const RETRY: bool = true;
 
@@ -123,7 +123,7 @@ pub(crate) trait OpCode: Send + 'static {
 /// The descriptor an operation acts on: a caller's raw number (the raw-fd methods of
 /// `AioContext`, whose caller keeps it open), or a share of a [`File`]'s descriptor,
 /// which keeps it open until the operation's final completion (the `File` closes only
-/// once no operation holds a share; `fs/file.rs` rule 2).
+/// once no operation holds a share; [FL2] (`fs/file.rs`)).
 ///
 /// [`File`]: crate::File
 pub(crate) enum Target {

@@ -1,5 +1,5 @@
-//! The one unsafe boundary through which an entry reaches the ring (`backend/raw.rs`
-//! rule 4): an [`Sqe`] is an io_uring entry whose memory obligations are met.
+//! The one unsafe boundary through which an entry reaches the ring ([RW4]
+//! (`backend/raw.rs`)): an [`Sqe`] is an io_uring entry whose memory obligations are met.
 
 use io_uring::squeue;
 
@@ -21,7 +21,7 @@ impl Sqe {
 
     /// The same entry with `IOSQE_IO_LINK`: the next entry of the ring starts only once
     /// this one completed in full. Only the loop links entries (`io/link.rs`), pushing a
-    /// chain's entries back to back; users' links are refused (`backend/raw.rs` rule 2).
+    /// chain's entries back to back; users' links are refused ([RW2] (`backend/raw.rs`)).
     pub(crate) fn linked(self) -> Self {
         Self(self.0.flags(squeue::Flags::IO_LINK))
     }

@@ -5,17 +5,17 @@ use crate::sync::atomic::{AtomicU32, Ordering};
 
 /// Parked: not queued, not running.
 pub(super) const IDLE: u32 = 0;
-/// On exactly one run queue (rule 1).
+/// On exactly one run queue ([TK1]).
 pub(super) const SCHEDULED: u32 = 1 << 0;
-/// Being polled (rule 2).
+/// Being polled ([TK2]).
 pub(super) const RUNNING: u32 = 1 << 1;
-/// Woken while running: requeue after the poll (rule 3).
+/// Woken while running: requeue after the poll ([TK3]).
 pub(super) const NOTIFIED: u32 = 1 << 2;
 /// The future finished (or panicked); wakes are no-ops.
 pub(super) const COMPLETE: u32 = 1 << 3;
 /// A [`JoinHandle`] exists and will take the output.
 pub(super) const JOIN_INTEREST: u32 = 1 << 4;
-/// Cancelled (rule 6): the future is dropped instead of polled again.
+/// Cancelled ([TK6]): the future is dropped instead of polled again.
 pub(super) const CANCELLED: u32 = 1 << 5;
 /// The bits that make up the lifecycle value.
 pub(super) const LIFECYCLE: u32 = SCHEDULED | RUNNING | NOTIFIED | COMPLETE;
@@ -46,7 +46,7 @@ impl State {
     }
 
     /// A wake: returns `true` when the caller moved the task to `SCHEDULED` and must
-    /// push it (rule 1); a wake of a running task sets `NOTIFIED` (rule 3).
+    /// push it ([TK1]); a wake of a running task sets `NOTIFIED` ([TK3]).
     pub(crate) fn wake(&self) -> bool {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
@@ -60,7 +60,7 @@ impl State {
             // AcqRel: Release publishes what the waker wrote before waking to the next
             // poll (read by the Acquire in `start_run` or `finish_pending`); Acquire
             // pairs with the runner's Release in `finish_pending`, so the pusher sees
-            // the home the task last set (rule 4).
+            // the home the task last set ([TK4]).
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -71,8 +71,8 @@ impl State {
         }
     }
 
-    /// The runner took the task off a run queue: `SCHEDULED → RUNNING` (rule 2).
-    /// Returns `false` for a task a canceller claimed while it was queued (rule 6): the
+    /// The runner took the task off a run queue: `SCHEDULED → RUNNING` ([TK2]).
+    /// Returns `false` for a task a canceller claimed while it was queued ([TK6]): the
     /// runner skips it.
     pub(crate) fn start_run(&self) -> bool {
         let mut cur = self.0.load(Ordering::Relaxed);
@@ -98,7 +98,7 @@ impl State {
     }
 
     /// The poll returned `Pending`: parks the task, or says the runner must push it
-    /// again (a wake came during the poll, rule 3) or cancel it (rule 6).
+    /// again (a wake came during the poll, [TK3]) or cancel it ([TK6]).
     pub(crate) fn finish_pending(&self) -> AfterPoll {
         // Acquire: pairs with the Release of the cancel that set CANCELLED.
         let mut cur = self.0.load(Ordering::Acquire);
@@ -127,7 +127,7 @@ impl State {
         }
     }
 
-    /// A cancel (rule 6): returns whether the caller claimed the task and must drop its
+    /// A cancel ([TK6]): returns whether the caller claimed the task and must drop its
     /// future and complete it.
     pub(crate) fn cancel(&self) -> bool {
         let mut cur = self.0.load(Ordering::Relaxed);
@@ -192,8 +192,8 @@ impl State {
 pub(crate) enum AfterPoll {
     /// No wake came: the task waits for one.
     Park,
-    /// A wake came during the poll: push the task again (rule 3).
+    /// A wake came during the poll: push the task again ([TK3]).
     Requeue,
-    /// A cancel came: drop the future and complete the task (rule 6).
+    /// A cancel came: drop the future and complete the task ([TK6]).
     Cancel,
 }
