@@ -55,7 +55,9 @@
 //! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
 //! (`IOSQE_IO_LINK`), [`AioContext::read_at_then_write_at`] a read and a write of the
 //! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
-//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
+//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll), and
+//! [`RingOp::cancel_handle`] a [`CancelHandle`] that cancels it from any thread while
+//! its future stays alive.
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
@@ -170,7 +172,7 @@ pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
 pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
-pub use io::{MAX_RETRIES, RingOp};
+pub use io::{CancelHandle, MAX_RETRIES, RingOp};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use join::{JoinError, JoinHandle};
