@@ -88,6 +88,7 @@ use crate::sync::{Arc, Mutex, lock};
 mod cancel;
 mod cancel_handle;
 mod deadline;
+mod fixed;
 mod link;
 mod link_buf;
 mod raw_fd;
@@ -95,6 +96,7 @@ pub(crate) mod stream;
 
 use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
 pub use self::cancel_handle::CancelHandle;
+pub use self::fixed::{FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS};
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;

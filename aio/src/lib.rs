@@ -57,7 +57,9 @@
 //! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
 //! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll), and
 //! [`RingOp::cancel_handle`] a [`CancelHandle`] that cancels it from any thread while
-//! its future stays alive.
+//! its future stays alive. A [`FixedBufPool`] registers its buffers as the ring's
+//! buffer table for [`AioContext::read_fixed_at`]/[`AioContext::write_fixed_at`]
+//! (`READ_FIXED`/`WRITE_FIXED`; plain reads and writes on epoll).
 //!
 //! Each protocol module opens with its rules and their proof: [`notify`](crate#notify-protocol) (`notify.rs`), bottom halves
 //! (`bh.rs`), fd handlers (`fd.rs`), timers (`timer.rs`), the ring (`backend/uring.rs`),
@@ -172,7 +174,9 @@ pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
 pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
-pub use io::{CancelHandle, MAX_RETRIES, RingOp};
+pub use io::{
+    CancelHandle, FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS, MAX_RETRIES, RingOp,
+};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use join::{JoinError, JoinHandle};
