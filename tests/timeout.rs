@@ -121,8 +121,7 @@ fn timeout_in_a_callback_spawned_task_and_in_block_on() {
         ctx.poll(true);
     }
     until_freed(&ctx, &live);
-    // A fresh pipe: on epoll, a second read of the same pipe here hits the defect kept
-    // as the ignored test below.
+    // A fresh pipe (the same pipe again is the test below).
     let (rd2, _wr2) = pipe();
     let r = ctx.block_on(timeout(
         Duration::from_millis(2),
@@ -220,13 +219,12 @@ fn timeout_racing_completion() {
     wait_until("every buffer freed", || live.all_freed());
 }
 
-/// Defect found here (epoll back end, stream reads): after a read on a pipe in a task
+/// Regression (epoll back end, stream reads): after a read on a pipe in a task
 /// spawned by a bottom half timed out (its future dropped), a read on the same pipe
-/// from `block_on` fails with `EEXIST` (the descriptor is still registered with epoll)
-/// instead of waiting, even once the dropped read's buffer was freed. The io_uring back
-/// end passes. Left to the owner of the stream table; kept as a probe.
+/// from `block_on` failed with `EEXIST` (the descriptor was still registered with epoll)
+/// instead of waiting, even once the dropped read's buffer was freed (the stream table
+/// closed its duplicate before deleting its epoll interest; [SM1] in backend/streams.rs).
 #[test]
-#[ignore = "defect: epoll stream read after a dropped read on the same fd gives EEXIST"]
 fn read_after_a_timed_out_read_in_a_callback_spawned_task() {
     let ctx = new_ctx();
     let _dog = Watchdog::for_ctx("read_after_timed_out_read", &ctx);

@@ -54,6 +54,10 @@
 //!    operation is cancelled as in [IO6] (io_uring: by a linked `LINK_TIMEOUT`) and
 //!    the future resolves to `TimedOut`; see `io/deadline.rs` for what cannot be
 //!    interrupted. Linked chains: `io/link.rs`.
+//! [IO8] An operation may be cancelled while its future stays alive, from any thread, by a
+//!    [`CancelHandle`] ([`RingOp::cancel_handle`]): marked as in [IO7]'s timer path
+//!    and cancelled by its name as in [IO6]; the future resolves with `ECANCELED` or
+//!    the real result (`io/cancel_handle.rs`).
 //!
 //! **Dropping a read that already completed loses its data**: a `select!` (or a
 //! timeout) that drops a read future whose operation completed — its result already in,
@@ -84,13 +88,17 @@ use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
 mod cancel;
+mod cancel_handle;
 mod deadline;
+mod fixed;
 mod link;
 mod link_buf;
 mod raw_fd;
 pub(crate) mod stream;
 
 use self::cancel::{Dropped, Shared, Slot, abandon, cancel, record_id};
+pub use self::cancel_handle::CancelHandle;
+pub use self::fixed::{FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS};
 
 /// How many times an operation completing with `EINTR`/`EAGAIN` is resubmitted.
 pub const MAX_RETRIES: u32 = 16;
@@ -441,6 +449,19 @@ impl<T: Send + 'static> RingOp<T> {
 }
 
 impl<T: Send + 'static> RingOp<T> {
+    /// A handle that cancels this operation from any thread while the future stays
+    /// alive (`io/cancel_handle.rs`): the future then resolves with `ECANCELED`, or with
+    /// the real result if the operation completed first. A cancel before the first poll
+    /// means the operation is never started.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        let ctx = match &self.state {
+            OpState::Unsubmitted(ctx, _) => ctx.weak(),
+            OpState::Submitted(ctx) => ctx.clone(),
+            OpState::Finished => Weak::new(),
+        };
+        CancelHandle::new(&self.shared, ctx)
+    }
+
     /// Submits the operation with nobody waiting for it: its result and what it hands
     /// back are dropped at its final completion (a `File` closed by its drop).
     pub(crate) fn detach(mut self) {

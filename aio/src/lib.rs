@@ -55,7 +55,11 @@
 //! [`File::write_at_then_fsync`]) links a write and its flush in the kernel
 //! (`IOSQE_IO_LINK`), [`AioContext::read_at_then_write_at`] a read and a write of the
 //! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
-//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll).
+//! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll), and
+//! [`RingOp::cancel_handle`] a [`CancelHandle`] that cancels it from any thread while
+//! its future stays alive. A [`FixedBufPool`] registers its buffers as the ring's
+//! buffer table for [`AioContext::read_fixed_at`]/[`AioContext::write_fixed_at`]
+//! (`READ_FIXED`/`WRITE_FIXED`; plain reads and writes on epoll).
 //!
 //! What a user can rely on — where callbacks and tasks run, bottom-half, timer and
 //! fd-handler ordering, buffer ownership and cancel-on-drop, `File`'s close, shutdown,
@@ -178,7 +182,9 @@ pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
 pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
-pub use io::{MAX_RETRIES, RingOp};
+pub use io::{
+    CancelHandle, FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS, MAX_RETRIES, RingOp,
+};
 pub use io_buf::{IoBuf, IoBufMut};
 pub use iothread::{IOTHREAD_POLL_MAX_NS, IoThread};
 pub use join::{JoinError, JoinHandle};

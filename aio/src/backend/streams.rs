@@ -245,9 +245,25 @@ impl StreamTable {
         }
     }
 
-    /// Removes entry `key`, and its number's mapping if the number still maps to it.
+    /// Removes entry `key`, and its number's mapping if the number still maps to it,
+    /// and deletes its duplicate's interest from the table's epoll set ([SM1]).
+    ///
+    /// [SM1] The `DEL` must come before the duplicate closes: epoll drops an interest
+    /// only when the open file's *last* descriptor closes, and the user's descriptor
+    /// keeps it open; a stale interest would refuse the next duplicate, which gets the
+    /// same number, with `EEXIST`, and keep reporting readiness for a key nobody has.
     fn remove(&mut self, key: u64) -> Option<Queues> {
         let q = self.queues.remove(&key)?;
+        if q.events != 0 {
+            // Cannot fail: the duplicate is open and registered (`events != 0`).
+            let _ = sys::epoll_ctl(
+                self.epfd.as_fd(),
+                libc::EPOLL_CTL_DEL,
+                q.file.as_raw_fd(),
+                0,
+                0,
+            );
+        }
         if self.by_fd.get(&q.fd) == Some(&key) {
             self.by_fd.remove(&q.fd);
         }
@@ -282,8 +298,8 @@ impl StreamTable {
     }
 
     /// Registers entry `key`'s duplicate for the events its queues wait for, or
-    /// removes the entry when none wait (closing the duplicate drops any interest left,
-    /// so that cannot fail).
+    /// removes the entry when none wait (deleting its interest, [SM1], then closing the
+    /// duplicate).
     fn rearm(&mut self, key: u64) -> io::Result<()> {
         let q = self.queues.get_mut(&key).expect("rearm of a known entry");
         let mut want = 0;

@@ -292,6 +292,10 @@ pub(crate) struct UringDriver {
     /// The kernel's supported opcodes (`IORING_REGISTER_PROBE`), taken at first need;
     /// `None` inside when the kernel has no probe (every opcode is then assumed).
     probe: Option<Option<io_uring::Probe>>,
+    /// The memory of the registered buffer table (`io/fixed.rs`), kept until the
+    /// driver is gone (after the ring's last CQE), or leaked with the operations when
+    /// the shutdown leaks them.
+    fixed: Option<Arc<dyn Send + Sync>>,
 }
 
 /// What happens to one CQE ([UR6] to [UR8]).
@@ -315,6 +319,7 @@ impl UringDriver {
             reaped: VecDeque::new(),
             cqes: 0,
             probe: None,
+            fixed: None,
         };
         d.arm_notify_read();
         d
@@ -334,6 +339,30 @@ impl UringDriver {
         let user_data = self.ops.insert(op);
         self.ring.push(sqe, user_data);
         user_data
+    }
+
+    /// Registers `iovecs` as the ring's buffer table (`IORING_REGISTER_BUFFERS`),
+    /// keeping `keep` (their memory's owner) until the driver is gone.
+    ///
+    /// # Safety
+    /// Every iovec describes memory `keep` owns, valid for reads and writes while
+    /// `keep` lives.
+    pub(crate) unsafe fn register_buffers(
+        &mut self,
+        iovecs: &[libc::iovec],
+        keep: Arc<dyn Send + Sync>,
+    ) -> io::Result<()> {
+        if self.fixed.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this context's ring has a registered buffer pool already (io_uring takes one buffer table per ring)",
+            ));
+        }
+        // SAFETY: the caller's obligation; `keep` is stored below and outlives the
+        // ring's use of the memory (dropped with the driver, after the last CQE).
+        unsafe { self.ring.ring.submitter().register_buffers(iovecs) }?;
+        self.fixed = Some(keep);
+        Ok(())
     }
 
     /// Whether this kernel's ring runs `opcode` ([UR11]).
@@ -595,6 +624,7 @@ impl UringDriver {
             }
             mem::forget(mem::take(&mut self.ops));
             mem::forget(mem::replace(&mut self.notify_buf, Box::new(0)));
+            mem::forget(self.fixed.take());
             return done;
         }
         let targets: Vec<u64> = self
@@ -628,6 +658,7 @@ impl UringDriver {
             );
             mem::forget(mem::take(&mut self.ops));
             mem::forget(mem::replace(&mut self.notify_buf, Box::new(0)));
+            mem::forget(self.fixed.take());
         }
         done
     }

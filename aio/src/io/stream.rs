@@ -30,8 +30,9 @@
 //!    dropped ([IO6] (`io.rs`): the drop names the table entry it waits in; on another
 //!    thread, at the loop's next poll), and in any case the next time its queue is
 //!    looked at: it never consumes data that nobody will read, and an entry nothing
-//!    waits in is removed at once, which closes its duplicate (so a socket the user
-//!    closed is closed). A worker-pool job whose future was dropped before it started is
+//!    waits in is removed at once: its interest is deleted from the table's epoll set,
+//!    then its duplicate closed (so a socket the user closed is closed, and the next
+//!    duplicate, which may get the same number, registers afresh). A worker-pool job whose future was dropped before it started is
 //!    not run. A dropped operation goes to the done queue, so that its buffer (a user's
 //!    value) is dropped by the loop with no borrow of the home state held.
 //! [ST5] A finished syscall's result is never lost: it waits in the table's done queue (or

@@ -34,6 +34,7 @@ mod link_timeout;
 mod mkdir;
 mod open;
 mod read;
+mod read_fixed;
 mod readv;
 mod rename;
 mod sqe;
@@ -41,6 +42,7 @@ mod statx;
 mod sync_range;
 mod unlink;
 mod write;
+mod write_fixed;
 mod writev;
 
 pub(crate) use self::close::Close;
@@ -51,6 +53,7 @@ pub(crate) use self::link_timeout::LinkTimeout;
 pub(crate) use self::mkdir::Mkdir;
 pub(crate) use self::open::OpenAt;
 pub(crate) use self::read::ReadAt;
+pub(crate) use self::read_fixed::ReadFixed;
 pub(crate) use self::readv::ReadvAt;
 pub(crate) use self::rename::Rename;
 pub(crate) use self::sqe::Sqe;
@@ -58,6 +61,7 @@ pub(crate) use self::statx::Statx;
 pub(crate) use self::sync_range::SyncFileRange;
 pub(crate) use self::unlink::Unlink;
 pub(crate) use self::write::WriteAt;
+pub(crate) use self::write_fixed::WriteFixed;
 pub(crate) use self::writev::WritevAt;
 
 /// One kernel operation with its two lowerings (module docs).
