@@ -383,31 +383,8 @@ fn every_case_again_in_both_fence_modes() {
     if std::env::var_os(CHILD).is_some() {
         return;
     }
-    for mode in ["symmetric", "asymmetric"] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--skip", "every_case_again_in_both_fence_modes"])
-            .env(CHILD, "1")
-            .env("AIOCTX_FENCES", mode)
-            .output()
-            .expect("running the test binary again");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success()
-            && mode == "asymmetric"
-            && text.contains("AIOCTX_FENCES=asymmetric forces")
-        {
-            eprintln!(
-                "skipped every_case_again_in_both_fence_modes: the asymmetric pass needs membarrier(PRIVATE_EXPEDITED), unavailable here"
-            );
-            continue;
-        }
-        assert!(out.status.success(), "AIOCTX_FENCES={mode}:\n{text}");
-        assert!(
-            text.contains("test result: ok"),
-            "AIOCTX_FENCES={mode}:\n{text}"
-        );
-    }
+    aioctx_testkit::rerun_in_each_fence_mode(
+        CHILD,
+        &["--skip", "every_case_again_in_both_fence_modes"],
+    );
 }

@@ -180,19 +180,10 @@ fn on_epoll() -> bool {
 }
 
 fn ring_ctx(test: &str, builder: AioContextBuilder) -> Option<Arc<AioContext>> {
-    if on_epoll() {
-        say_skipped(&format!(
-            "skipped {test}: needs io_uring, this run selects epoll"
-        ));
-        return None;
-    }
-    match builder.backend(Backend::IoUring).build() {
-        Ok(ctx) => Some(ctx),
-        Err(e) => {
-            say_skipped(&format!("skipped {test}: {e}"));
-            None
-        }
-    }
+    common::try_uring_ctx(test, builder).unwrap_or_else(|e| {
+        say_skipped(&format!("skipped {test}: {e}"));
+        None
+    })
 }
 
 fn deferred_setups() -> Vec<(&'static str, AioContextBuilder)> {

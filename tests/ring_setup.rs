@@ -71,23 +71,8 @@ fn setups() -> Vec<(&'static str, AioContextBuilder, RingFeatures)> {
 /// or the kernel refuses the setup.
 fn build(test: &str, name: &str, builder: AioContextBuilder) -> Option<Arc<AioContext>> {
     let what = format!("{test} [{name}]");
-    if std::env::var(aioctx::aio::BACKEND_ENV).is_ok_and(|v| v == "epoll") {
-        say_skipped(&format!(
-            "skipped {what}: needs io_uring, and this run selects epoll"
-        ));
-        return None;
-    }
-    match builder.backend(Backend::IoUring).build() {
-        Ok(ctx) => Some(ctx),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::PermissionDenied
-                || e.raw_os_error() == Some(libc::ENOSYS) =>
-        {
-            say_skipped(&format!(
-                "skipped {what}: io_uring is unavailable here: {e}"
-            ));
-            None
-        }
+    match common::try_uring_ctx(&what, builder) {
+        Ok(ctx) => ctx,
         Err(e) => {
             let refusal = e
                 .get_ref()

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("event_notifier", 0),
     ("join", 0),
     ("poll_params", 0),
+    ("seccomp", 0),
     ("aligned", 0),
     ("op", 1),
     ("backend", 2),

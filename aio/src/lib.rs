@@ -149,6 +149,7 @@ mod pool;
 #[cfg(all(test, not(loom)))]
 mod rule_labels;
 mod run_queue;
+mod seccomp;
 mod shutdown;
 mod stats;
 mod submit;
@@ -198,3 +199,11 @@ pub use timer::{ClockType, Sleep, Timer, TimerRef, sleep};
 
 /// The io_uring crate this crate builds on, for [`AioContext::submit_raw`] entries.
 pub use io_uring;
+
+/// Helpers the workspace's CLI and tests share with the loop (thread affinity, a
+/// seccomp filter); not part of the API.
+#[doc(hidden)]
+pub mod __sys {
+    pub use crate::seccomp::deny_syscalls;
+    pub use crate::sys::{allowed_cpus, set_cpus};
+}

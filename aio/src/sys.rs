@@ -258,7 +258,11 @@ pub(crate) fn fstat(fd: RawFd) -> io::Result<(libc::mode_t, u64, u64)> {
 }
 
 /// The CPUs the calling thread may run on (`sched_getaffinity(0)`), as CPU numbers.
-pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
+///
+/// # Errors
+/// The `sched_getaffinity(2)` error.
+#[doc(hidden)]
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     syscall!(libc::sched_getaffinity(
@@ -272,19 +276,35 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Pins the calling thread to `cpu` (`sched_setaffinity(0)`); `cpu` is below
-/// `CPU_SETSIZE` (the caller checked).
-pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+/// Restricts the calling thread to `cpus` (`sched_setaffinity(0)`).
+///
+/// # Errors
+/// `InvalidInput` for a CPU at or above `CPU_SETSIZE`; the `sched_setaffinity(2)` error.
+#[doc(hidden)]
+pub fn set_cpus(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (the caller's obligation), so in range.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is beyond CPU_SETSIZE ({})", libc::CPU_SETSIZE),
+            ));
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so in range.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     syscall!(libc::sched_setaffinity(
         0,
         std::mem::size_of::<libc::cpu_set_t>(),
         &set
     ))
     .map(drop)
+}
+
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    set_cpus(&[cpu])
 }
 
 /// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`: the O_DIRECT alignment of the file

@@ -239,39 +239,5 @@ pub fn futex_wake(word: &std::sync::atomic::AtomicU32) -> i64 {
     }
 }
 
-/// The CPUs the calling thread may run on.
-///
-/// # Errors
-/// The `sched_getaffinity(2)` error.
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    syscall!(libc::sched_getaffinity(
-        0,
-        std::mem::size_of::<libc::cpu_set_t>(),
-        &mut set
-    ))?;
-    Ok((0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `i` is below CPU_SETSIZE, the size of `set`.
-        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
-        .collect())
-}
-
-/// Restricts the calling thread to `cpus`.
-///
-/// # Errors
-/// The `sched_setaffinity(2)` error.
-pub fn set_cpus(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        // SAFETY: `cpu` came from `allowed_cpus`, so it is below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    syscall!(libc::sched_setaffinity(
-        0,
-        std::mem::size_of::<libc::cpu_set_t>(),
-        &set
-    ))
-    .map(drop)
-}
+// The CPU-affinity helpers are the library's own (one copy in the workspace).
+pub use aioctx::aio::__sys::{allowed_cpus, set_cpus};

@@ -4,7 +4,6 @@
 #![cfg(not(loom))]
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use aioctx_fuzzcheck::graph;
 
@@ -35,29 +34,9 @@ fn child() {
 
 #[test]
 fn corpus_graph_lock_replays_in_both_fence_modes() {
-    for mode in ["symmetric", "asymmetric"] {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child", "--nocapture"])
-            .env(CHILD, "1")
-            .env("AIOCTX_FENCES", mode)
-            .output()
-            .expect("running the test binary again");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !out.status.success()
-            && mode == "asymmetric"
-            && text.contains("AIOCTX_FENCES=asymmetric forces")
-        {
-            eprintln!(
-                "skipped corpus_graph_lock_replays_in_both_fence_modes: the asymmetric pass \
-                 needs membarrier(PRIVATE_EXPEDITED), unavailable here"
-            );
-            continue;
-        }
-        assert!(out.status.success(), "AIOCTX_FENCES={mode}:\n{text}");
+    for (mode, text) in
+        aioctx_testkit::rerun_in_each_fence_mode(CHILD, &["--exact", "child", "--nocapture"])
+    {
         assert!(
             text.contains(&format!("with {mode} fences")),
             "AIOCTX_FENCES={mode}:\n{text}"

@@ -60,14 +60,27 @@ pub fn say_skipped(line: &str) {
 /// # Panics
 /// When io_uring is available but the context cannot be built.
 pub fn uring_ctx(test: &str, builder: AioContextBuilder) -> Option<Arc<AioContext>> {
+    try_uring_ctx(test, builder).unwrap_or_else(|e| panic!("{test}: cannot set up io_uring: {e}"))
+}
+
+/// Like [`uring_ctx`], but hands back the error of a ring that io_uring refuses for
+/// another reason than being unavailable (a setup the kernel rejects), for the caller
+/// to judge.
+///
+/// # Errors
+/// The build's error, when io_uring is available here but refused this context.
+pub fn try_uring_ctx(
+    test: &str,
+    builder: AioContextBuilder,
+) -> std::io::Result<Option<Arc<AioContext>>> {
     if std::env::var(BACKEND_ENV).is_ok_and(|v| v == "epoll") {
         say_skipped(&format!(
             "skipped {test}: needs io_uring, and this run selects epoll"
         ));
-        return None;
+        return Ok(None);
     }
     match builder.backend(Backend::IoUring).build() {
-        Ok(ctx) => Some(ctx),
+        Ok(ctx) => Ok(Some(ctx)),
         Err(e)
             if e.kind() == std::io::ErrorKind::PermissionDenied
                 || e.raw_os_error() == Some(libc::ENOSYS) =>
@@ -75,8 +88,8 @@ pub fn uring_ctx(test: &str, builder: AioContextBuilder) -> Option<Arc<AioContex
             say_skipped(&format!(
                 "skipped {test}: io_uring is unavailable here: {e}"
             ));
-            None
+            Ok(None)
         }
-        Err(e) => panic!("{test}: cannot set up io_uring: {e}"),
+        Err(e) => Err(e),
     }
 }

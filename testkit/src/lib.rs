@@ -22,6 +22,7 @@
 mod alloc;
 mod ctx;
 mod fd;
+mod fences;
 mod future;
 mod main_loop;
 mod rescue;
@@ -29,8 +30,9 @@ mod rng;
 mod watchdog;
 
 pub use alloc::{CountingAlloc, allocs, count_allocs, counting_alloc_installed};
-pub use ctx::{new_ctx, say_skipped, uring_ctx, wait_asleep, wait_until};
+pub use ctx::{new_ctx, say_skipped, try_uring_ctx, uring_ctx, wait_asleep, wait_until};
 pub use fd::{TempFile, pipe, tempfile, write_fd};
+pub use fences::{FENCE_MODES, rerun_in_each_fence_mode};
 pub use future::{ParkOnce, poll_once};
 pub use main_loop::{on_main, on_main_with, panic_message};
 pub use rescue::Rescue;

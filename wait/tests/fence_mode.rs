@@ -64,45 +64,8 @@ fn panic_of(f: impl FnOnce()) -> String {
 
 /// Makes `membarrier(2)` fail with `ENOSYS` in this process from now on.
 fn deny_membarrier() {
-    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code, jt, k| libc::sock_filter { code, jt, jf: 0, k };
-    // Load the syscall number (offset 0 of `struct seccomp_data`); membarrier jumps
-    // over the ALLOW to the ENOSYS return.
-    let mut prog = [
-        op(LD_W_ABS, 0, 0),
-        op(JEQ_K, 1, libc::SYS_membarrier as u32),
-        op(RET_K, 0, libc::SECCOMP_RET_ALLOW),
-        op(
-            RET_K,
-            0,
-            libc::SECCOMP_RET_ERRNO | (libc::ENOSYS as u32 & libc::SECCOMP_RET_DATA),
-        ),
-    ];
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers.
-    let res = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    assert_eq!(
-        res,
-        0,
-        "PR_SET_NO_NEW_PRIVS: {}",
-        io::Error::last_os_error()
-    );
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `prog`, a valid BPF program alive for the call; the
-    // kernel copies it.
-    let res = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &raw const fprog,
-        )
-    };
-    assert_eq!(res, 0, "seccomp: {}", io::Error::last_os_error());
+    aioctx_aio::__sys::deny_syscalls(&[libc::SYS_membarrier as u32], libc::ENOSYS)
+        .unwrap_or_else(|e| panic!("seccomp filter denying membarrier: {e}"));
 }
 
 /// Whether this kernel grants the asymmetric mode (asked in a child, which keeps the
