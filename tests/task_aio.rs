@@ -13,29 +13,9 @@ use std::task::{Context, Poll, Waker};
 use aioctx::aio::{AioContext, CoMutex, CoQueue, IoThread, current, reschedule_to, yield_now};
 
 /// QEMU's `qemu_coroutine_yield`: parks the task until someone takes the waker from
-/// `slot` and wakes it.
-struct Park<'a> {
-    slot: &'a Mutex<Option<Waker>>,
-    parked: bool,
-}
-
-fn park(slot: &Mutex<Option<Waker>>) -> Park<'_> {
-    Park {
-        slot,
-        parked: false,
-    }
-}
-
-impl Future for Park<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.parked {
-            return Poll::Ready(());
-        }
-        *self.slot.lock().unwrap() = Some(cx.waker().clone());
-        self.parked = true;
-        Poll::Pending
-    }
+/// `slot` and wakes it (the test kit's park-once future).
+fn park(slot: &Mutex<Option<Waker>>) -> common::ParkOnce<&Mutex<Option<Waker>>> {
+    common::ParkOnce::new(slot)
 }
 
 /// QEMU's `aio_co_enter(ctx, co)` for a parked task: wake it if it is parked.

@@ -9,7 +9,6 @@
 //! filter that makes the call fail with `ENOSYS` (a kernel before 4.14) before it
 //! touches the mode.
 
-use std::any::Any;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::Command;
@@ -48,18 +47,10 @@ fn run_case(case: &str, env: &[(&str, &str)]) -> String {
     text
 }
 
-fn message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default()
-}
-
 /// The panic message of `f`, which must panic.
 fn panic_of(f: impl FnOnce()) -> String {
     let err = panic::catch_unwind(AssertUnwindSafe(f)).expect_err("must panic");
-    message(&*err)
+    aioctx_testkit::panic_message(&*err)
 }
 
 /// Makes `membarrier(2)` fail with `ENOSYS` in this process from now on.
