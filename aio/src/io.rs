@@ -25,6 +25,11 @@
 //! [IO4] A CQE with `EINTR` or `EAGAIN` resubmits the same entry (the buffer is still
 //!    owned), up to [`MAX_RETRIES`] times — except a `close` (it must not run twice)
 //!    and a step of a linked chain (the kernel cancelled the steps after it).
+//!    `ECANCELED` is not retried: it is also what a raw `ASYNC_CANCEL` by descriptor
+//!    gives, and the kernel reports it for io-wq work it found no worker thread for (a
+//!    worker's creation refused after a few tries while signals keep interrupting the
+//!    submitting thread): the operation did not run, and the caller may submit it
+//!    again.
 //! [IO5] On epoll the same `InFlight` goes to `io/stream.rs` instead of the ring:
 //!    regular files and block devices run on the worker pool, streams (pipes, sockets,
 //!    ttys) by readiness on the loop; either way the buffers stay owned until the
