@@ -39,7 +39,13 @@ address)
     # OutOfMemory) is tested as it runs, instead of ASan aborting the process.
     export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:allocator_may_return_null=1}"
     echo "== cargo +nightly test --workspace under AddressSanitizer ($CARGO_TARGET_DIR)"
-    cargo +nightly test --target "$triple" --workspace --release --lib --bins --tests
+    # Two tests drop a single-issuer context on a thread the kernel does not let enter
+    # its ring, with operations in flight: by design (ring setup rule [S3]) the drop
+    # leaks those operations rather than free memory the kernel may still write, and
+    # the leak checker would report exactly that. They run in every other pass.
+    cargo +nightly test --target "$triple" --workspace --release --lib --bins --tests -- \
+        --skip single_issuer_context_dropped_on_another_thread \
+        --skip context_with_task_io_dropped_after_its_thread_exited
     ;;
 thread)
     export CARGO_TARGET_DIR="${SANITIZE_TARGET_DIR:-$PWD/target/tsan}"
