@@ -332,11 +332,11 @@ where
         // The poll's waker borrows `self`'s reference instead of taking one: no count
         // RMW per poll. `ManuallyDrop` keeps it from ever giving back the reference it
         // does not own; a clone the future keeps takes its own (std's `Wake` vtable).
-        // SAFETY: the pointer comes from a live `Arc<Self>` (`self`), which outlives
-        // the waker (dropped, without touching the count, at the end of this
-        // function); `Waker::from` only turns the `Arc` back into that raw pointer.
-        let waker =
-            std::mem::ManuallyDrop::new(Waker::from(unsafe { Arc::from_raw(Arc::as_ptr(&self)) }));
+        // The pointer comes from a live `Arc<Self>` (`self`), which outlives the waker
+        // (dropped, without touching the count, at the end of this function).
+        // SAFETY: `self` keeps the pointee alive; `Waker::from` only turns it back.
+        let borrowed = unsafe { Arc::from_raw(Arc::as_ptr(&self)) };
+        let waker = std::mem::ManuallyDrop::new(Waker::from(borrowed));
         let mut cx = Context::from_waker(&waker);
         let polled = {
             let _current = CurrentTask::enter(&self.header);

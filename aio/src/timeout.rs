@@ -85,10 +85,9 @@ impl From<Elapsed> for io::Error {
 impl<F> Timeout<F> {
     /// The inner future (`None` once done), pinned, and the sleep.
     fn project(self: Pin<&mut Self>) -> (Pin<&mut Option<F>>, &mut Sleep, Duration) {
-        // SAFETY: `future` is structurally pinned: it is never moved out of `self`
-        // (only dropped in place through `Pin::set`), and `Timeout` has no `Drop` impl
-        // and is not `Unpin` unless `F` is. `sleep` and `duration` are not pinned
-        // (`Sleep` is `Unpin`).
+        // `future` is never moved out of `self` (only dropped in place through
+        // `Pin::set`); `Timeout` has no `Drop` impl and is `Unpin` only if `F` is.
+        // SAFETY: `future` is structurally pinned (above); `sleep`, `duration` are not.
         unsafe {
             let this = self.get_unchecked_mut();
             (

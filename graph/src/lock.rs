@@ -69,10 +69,10 @@ fn with_thread_counter<R>(
     if p.is_null() {
         p = first_counter(may_register)?;
     }
-    // SAFETY: `p` is non-null, so it points at the counter inside the `Arc` that this
-    // thread's `OWNER` holds (set by `first_counter` from `OWNER` itself), and `OWNER`
-    // is alive: its `Drop`, which runs only at this thread's exit and not inside `f`,
-    // nulls `CACHED` before releasing the `Arc`. Only this thread reads `CACHED`.
+    // `p` is non-null, so it points at the counter inside the `Arc` that this thread's
+    // `OWNER` holds; `OWNER`'s `Drop` (only at thread exit, never inside `f`) nulls
+    // `CACHED` before releasing the `Arc`. Only this thread reads `CACHED`.
+    // SAFETY: `p` points at a counter this thread's `OWNER` keeps alive (above).
     Some(f(unsafe { &*p }))
 }
 
