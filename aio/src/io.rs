@@ -376,12 +376,7 @@ impl<T: Send + 'static> Unpin for RingOp<T> {}
 impl<T: Send + 'static> RingOp<T> {
     /// A future for `op` on `ctx` (the op layer's entry point, `op/mod.rs`).
     pub(crate) fn new<O: OpCode<Output = T> + Unpin>(ctx: &AioContext, op: O) -> Self {
-        let shared = Arc::new(Mutex::new(Shared {
-            slot: Slot::Waiting(None),
-            id: None,
-            cancel_requested: false,
-            kernel_deadline: false,
-        }));
+        let shared = Arc::new(Mutex::new(Shared::waiting()));
         let inflight = Box::new(InFlight {
             op: Some(op),
             slot: Arc::clone(&shared),
@@ -429,12 +424,7 @@ impl<T: Send + 'static> RingOp<T> {
         };
         if ctx.backend() == crate::Backend::IoUring {
             // [DL1] (`io/deadline.rs`): the kernel's own timeout, linked behind.
-            let shared = Arc::new(Mutex::new(Shared {
-                slot: Slot::Waiting(None),
-                id: None,
-                cancel_requested: false,
-                kernel_deadline: false,
-            }));
+            let shared = Arc::new(Mutex::new(Shared::waiting()));
             inflight.set_next(Box::new(InFlight {
                 op: Some(crate::op::LinkTimeout::new(after)),
                 slot: shared,

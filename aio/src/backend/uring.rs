@@ -97,8 +97,9 @@ pub(crate) fn check_entries(entries: u32) -> io::Result<()> {
 }
 
 impl Ring {
-    /// A ring of `entries` submission entries with the default flags.
-    #[cfg(test)]
+    /// A ring of `entries` submission entries with the default flags (for the unit
+    /// tests, which do not run under loom).
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn new(entries: u32) -> io::Result<Self> {
         Self::with_setup(&RingSetup {
             sq: entries,

@@ -26,6 +26,18 @@ pub(super) struct Shared<T> {
     pub(super) kernel_deadline: bool,
 }
 
+impl<T> Shared<T> {
+    /// An operation not handed to its back end yet: waiting, unnamed, not cancelled.
+    pub(super) fn waiting() -> Self {
+        Self {
+            slot: Slot::Waiting(None),
+            id: None,
+            cancel_requested: false,
+            kernel_deadline: false,
+        }
+    }
+}
+
 /// The state of an operation's result ([IO2]).
 pub(super) enum Slot<T> {
     Waiting(Option<Waker>),
@@ -93,18 +105,13 @@ pub(super) fn cancel(ctx: &Weak<AioContext>, id: u64) {
 /// them cancels it, never neither (a lost cancel) and never both.
 #[cfg(all(loom, test))]
 mod loom_cancel {
-    use super::{Dropped, Shared, Slot, abandon, record_id};
+    use super::{Dropped, Shared, abandon, record_id};
     use crate::sync::{Arc, Mutex};
 
     #[test]
     fn exactly_one_side_cancels_a_dropped_operation() {
         loom::model(|| {
-            let shared = Arc::new(Mutex::new(Shared::<Vec<u8>> {
-                slot: Slot::Waiting(None),
-                id: None,
-                cancel_requested: false,
-                kernel_deadline: false,
-            }));
+            let shared = Arc::new(Mutex::new(Shared::<Vec<u8>>::waiting()));
             let s = Arc::clone(&shared);
             let home = loom::thread::spawn(move || record_id(&s, 7));
             let dropper = matches!(abandon(&shared), Dropped::Waiting(Some(7)));

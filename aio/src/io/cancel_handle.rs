@@ -98,19 +98,14 @@ impl fmt::Debug for CancelHandle {
 /// issues the back end's cancel, never neither (a lost cancel) and never both.
 #[cfg(all(loom, test))]
 mod loom_cancel_handle {
-    use super::super::cancel::{Shared, Slot, record_id};
+    use super::super::cancel::{Shared, record_id};
     use super::Cancellable;
     use crate::sync::{Arc, Mutex};
 
     #[test]
     fn exactly_one_side_cancels_a_requested_operation() {
         loom::model(|| {
-            let shared = Arc::new(Mutex::new(Shared::<Vec<u8>> {
-                slot: Slot::Waiting(None),
-                id: None,
-                cancel_requested: false,
-                kernel_deadline: false,
-            }));
+            let shared = Arc::new(Mutex::new(Shared::<Vec<u8>>::waiting()));
             let s = Arc::clone(&shared);
             let home = loom::thread::spawn(move || record_id(&s, 7));
             let handle = shared.request() == Some(7);

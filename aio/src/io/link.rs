@@ -45,12 +45,7 @@ fn step<O: OpCode + Unpin>(
     op: O,
     next: Option<Box<dyn Submit>>,
 ) -> (StepSlot<O::Output>, Box<InFlight<O>>) {
-    let shared = Arc::new(Mutex::new(Shared {
-        slot: Slot::Waiting(None),
-        id: None,
-        cancel_requested: false,
-        kernel_deadline: false,
-    }));
+    let shared = Arc::new(Mutex::new(Shared::waiting()));
     let inflight = Box::new(InFlight {
         op: Some(op),
         slot: Arc::clone(&shared),
