@@ -13,7 +13,7 @@ WARM_UP="${WARM_UP:-1}"
 MEASURE="${MEASURE:-2}"
 export FIO_RUNTIME="${FIO_RUNTIME:-5}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-BENCHES=(kick wake bh uring io graph tasks)
+BENCHES=(kick wake bh uring io graph tasks setup)
 crit="$CARGO_TARGET_DIR/criterion"
 cmd="WARM_UP=$WARM_UP MEASURE=$MEASURE FIO_RUNTIME=$FIO_RUNTIME bash benches/report.sh"
 bench_cmd="cargo bench --bench <name> -- --warm-up-time $WARM_UP --measurement-time $MEASURE --noplot"
@@ -45,6 +45,17 @@ for mode in symmetric asymmetric; do
         $(printf -- ' --scenario %s' "${fence_rows[@]}") >"$CARGO_TARGET_DIR/kickstat-$mode.json" \
         || echo '{"rows": []}' >"$CARGO_TARGET_DIR/kickstat-$mode.json"
 done
+# The kick's syscalls per ring setup: `aioctx kickstat` once per setup, the setup given
+# through AIOCTX_RING_SETUP (every context of the process then runs with it).
+SETUPS=(none coop_taskrun+taskrun_flag single_issuer defer_taskrun single_issuer+coop_taskrun+taskrun_flag)
+setup_cmd="AIOCTX_RING_SETUP=SETUP target/release/aioctx kickstat --json --runs 3 --scenario kick-busy --scenario kick-sleeping --scenario notify-sleeping"
+for setup in "${SETUPS[@]}"; do
+    echo "== AIOCTX_RING_SETUP=$setup aioctx kickstat (kick syscalls per ring setup)" >&2
+    AIOCTX_RING_SETUP="$setup" "$CARGO_TARGET_DIR/release/aioctx" kickstat --json --runs 3 \
+        --scenario kick-busy --scenario kick-sleeping --scenario notify-sleeping \
+        >"$CARGO_TARGET_DIR/kickstat-setup-$setup.json" \
+        || echo '{"rows": []}' >"$CARGO_TARGET_DIR/kickstat-setup-$setup.json"
+done
 echo "== benches/dio.sh (O_DIRECT on a zram device and a root-disk file; needs root)" >&2
 dio_out=$(bash benches/dio.sh) || dio_out="dio_skipped=benches/dio.sh failed (exit $?)"
 echo "$dio_out" >&2
@@ -55,6 +66,7 @@ export REPORT_CRIT="$crit" REPORT_FIO="$fio_out" REPORT_CMD="$cmd" REPORT_BENCH_
 export REPORT_DATE="$started" REPORT_ELAPSED="$elapsed"
 export REPORT_LOAD_START="$load_start" REPORT_LOAD_END="$(cut -d" " -f1-3 /proc/loadavg)"
 export REPORT_FENCES_DIR="$CARGO_TARGET_DIR" REPORT_FENCES_CMD="$fence_cmd"
+export REPORT_SETUPS="${SETUPS[*]}" REPORT_SETUP_CMD="$setup_cmd"
 export REPORT_CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
 export REPORT_CORES="$(nproc)"
 export REPORT_KERNEL="$(uname -r)"
@@ -525,6 +537,69 @@ else:
       "the interrupts would disturb. The event loop's notify protocol stays symmetric: its "
       "rare side is the loop going to sleep, which happens on nearly every idle iteration.")
     w("")
+
+# Ring setup flags: the same rows once per setup (criterion group "setup"), and the
+# kick's syscalls per setup from kickstat.
+setups = os.environ["REPORT_SETUPS"].split()
+def setup_ns(setup, row):
+    for name in (f"{setup}_{row}", f"{setup}/{row}"):
+        try:
+            return ns("setup", name)
+        except OSError:
+            pass
+    return None
+w("## ring setup flags: each setup on the same work")
+w("")
+w("`cargo bench --bench setup`: each row once per setup, on a fresh context built with it "
+  "(`benches/setup.rs` says what each row does). `nop_b1`/`nop_b32`: NOPs through the "
+  "callback API, 1 or 32 per submission (they complete inline: nothing for the task-run "
+  "flags to defer). `pipe_read`: a read on an empty pipe, then a byte written, then "
+  "`poll(true)` until it completed (the completion runs as the kernel's task work). "
+  "`pingpong`: a BH round trip between two IoThreads built with the setup, busy polling "
+  "off (each wait sleeps in `io_uring_enter`). `×none` is the row's time over the same "
+  "row without flags; below 1.00× the setup is faster. The syscall columns come from "
+  f"`{os.environ['REPORT_SETUP_CMD']}`, one process per setup: they must not move.")
+w("")
+rows_s = ["nop_b1", "nop_b32", "pipe_read", "pingpong"]
+head = ["Setup"] + [f"{r} ns (×none)" for r in rows_s] + [
+    "kick-busy syscalls/op", "kick-sleeping syscalls/op", "notify-sleeping syscalls/op"]
+w("| " + " | ".join(head) + " |")
+w("|" + "---|" * len(head))
+base = {r: setup_ns("none", r) for r in rows_s}
+for setup in setups:
+    cells = [f"`{setup}`"]
+    for r in rows_s:
+        v = setup_ns(setup, r)
+        if v is None:
+            cells.append("refused here")
+        elif base[r]:
+            cells.append(f"{fmt_ns(v)} ({fmt_ratio(v / base[r])})")
+        else:
+            cells.append(fmt_ns(v))
+    try:
+        with open(os.path.join(os.environ["REPORT_FENCES_DIR"], f"kickstat-setup-{setup}.json")) as f:
+            ks = {x["scenario"]: x for x in json.load(f)["rows"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        ks = {}
+    for sc in ("kick-busy", "kick-sleeping", "notify-sleeping"):
+        x = ks.get(sc)
+        cells.append("n/a" if not x or x["syscalls_per_op"] is None else f"{x['syscalls_per_op']:.3f}")
+    w("| " + " | ".join(cells) + " |")
+w("")
+winners = [st for st in setups if st != "none"
+           and all(setup_ns(st, r) is not None and base[r] and setup_ns(st, r) / base[r] < 0.9
+                   for r in rows_s)]
+if winners:
+    w("In this run " + ", ".join(f"`{x}`" for x in winners) + " beat `none` by more than 10% on "
+      "every row: a case for making it the default (re-measure on a quiet machine first).")
+else:
+    w("In this run no setup beat `none` by more than 10% on every row.")
+w("")
+w("The default stays `none` (`RingFeatures::DEFAULT`) unless a setup beats it on every row "
+  "beyond the noise; `SINGLE_ISSUER`/`DEFER_TASKRUN` also bind the ring to its home thread "
+  "(a context dropped elsewhere leaks what it has in flight), so they stay opt-in "
+  "(`AioContextBuilder`, or `AIOCTX_RING_SETUP` for a whole process).")
+w("")
 
 w("`benches/closing-notes.md`, appended below, holds "
   "the profile-based analysis of each missed target; it is written by hand and is not "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration and doc tests of every crate on both backends
-# (io_uring, then the epoll fallback), then again with io_uring denied by a seccomp
-# filter (`no_uring`: Backend::Auto must fall back), then the loom models (a separate
-# target dir, so the cfg change does not rebuild the main tree).
+# (io_uring with its default ring setup and again with DEFER_TASKRUN, then the epoll
+# fallback), then again with io_uring denied by a seccomp filter (`no_uring`:
+# Backend::Auto must fall back), then the loom models (a separate target dir, so the
+# cfg change does not rebuild the main tree).
 #
 # Tests that need io_uring itself pass without running where it is denied or not
 # selected, printing "skipped TEST: WHY" to stderr. Each pass's output is kept in
@@ -58,6 +59,13 @@ trap print_summary EXIT
 
 echo "== cargo test --workspace --release (io_uring, or whatever AIOCTX_BACKEND says)"
 run_pass io_uring cargo test --workspace --release
+
+echo "== AIOCTX_RING_SETUP=defer_taskrun cargo test --workspace --release"
+# Every context of the suite on a ring set up with DEFER_TASKRUN (which implies
+# SINGLE_ISSUER and TASKRUN_FLAG): completions are then posted only when the home
+# thread enters the kernel, the setup most unlike the default. (On epoll it is
+# checked and ignored.)
+run_pass io_uring-defer_taskrun env AIOCTX_RING_SETUP=defer_taskrun cargo test --workspace --release
 
 echo "== AIOCTX_BACKEND=epoll cargo test --workspace --release"
 run_pass epoll env AIOCTX_BACKEND=epoll cargo test --workspace --release

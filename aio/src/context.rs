@@ -300,14 +300,16 @@ impl AioContextBuilder {
     /// (`InvalidInput`, on every back end); setup flags asked for that the kernel
     /// refuses (a [`RingSetupError`](crate::RingSetupError) inside the error, with the
     /// errno's kind; `Auto` does not fall back to epoll for it); an invalid `AIOCTX_BACKEND`
-    /// (`InvalidInput`, naming the value and the valid ones); io_uring unavailable while
+    /// (`InvalidInput`, naming the value and the valid ones) or `AIOCTX_RING_SETUP`
+    /// ([`RING_SETUP_ENV`](crate::RING_SETUP_ENV)); io_uring unavailable while
     /// forced by [`Backend::IoUring`] or `AIOCTX_BACKEND=io_uring` (the
     /// `io_uring_setup` error, its likely cause and how to use epoll instead); any
     /// other `io_uring_setup` error (e.g. `ENOMEM` under a small `RLIMIT_MEMLOCK`, with
     /// a hint); the `eventfd` / `epoll_create1` error.
     pub fn build(self) -> io::Result<Arc<AioContext>> {
+        let ring = self.ring.with_env()?;
         let event = sys::eventfd()?;
-        let (driver, fallback) = backend::open(self.backend, &self.ring, event.as_raw_fd())?;
+        let (driver, fallback) = backend::open(self.backend, &ring, event.as_raw_fd())?;
         let pool = match driver {
             Driver::Epoll(_) => Some(pool::Owner::new()?),
             Driver::Uring(_) => None,

@@ -173,7 +173,7 @@ mod loom_timer;
 
 pub use aligned::{AlignedBuf, FALLBACK_DIO_ALIGN, dio_alignment};
 pub use backend::uring::MAX_RING_ENTRIES;
-pub use backend::uring::setup::{RingFeatures, RingSetupError};
+pub use backend::uring::setup::{RING_SETUP_ENV, RingFeatures, RingSetupError};
 pub use backend::{BACKEND_ENV, Backend};
 pub use bh::{Bh, BhRef, ContextGone};
 pub use co_lock::{CoMutex, CoMutexGuard, CoQueue, Lock};

@@ -31,7 +31,8 @@ pub const EXIT_HANG: u8 = 3;
     after_help = "Exit codes: 0 done, 1 the command failed (e.g. a thread could not be \
                   started), 2 usage error (or the main context cannot be created), 3 stress \
                   detected a hang.\nEnvironment: AIOCTX_BACKEND=io_uring|epoll|auto \
-                  chooses the event loop's back end."
+                  chooses the event loop's back end; AIOCTX_RING_SETUP=defer_taskrun (io_uring \
+                  setup flags joined by +, or none) sets up every ring with those flags."
 )]
 pub struct Cli {
     /// Print JSON (one object with a `meta` section) instead of text.

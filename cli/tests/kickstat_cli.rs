@@ -35,8 +35,14 @@ const ALL: [&str; 21] = [
 
 /// Runs the binary; a watchdog turns a hang into a failure instead of a stuck CI.
 fn aioctx(args: &[&str]) -> Output {
+    aioctx_with(args, &[])
+}
+
+/// [`aioctx`] with `env` added to the child's environment.
+fn aioctx_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_aioctx"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -80,7 +86,11 @@ fn sleeping_cycle_limit() -> f64 {
 }
 
 fn json(args: &[&str]) -> Vec<Value> {
-    let out = aioctx(args);
+    rows_of(&report(aioctx(args), args))
+}
+
+/// The JSON report of a successful run.
+fn report(out: Output, args: &[&str]) -> Value {
     assert!(
         out.status.success(),
         "aioctx {args:?} failed: {}",
@@ -90,9 +100,13 @@ fn json(args: &[&str]) -> Vec<Value> {
     let report: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("--json did not print JSON ({e}):\n{text}"));
     assert_eq!(report["meta"]["command"], "kickstat", "{text}");
+    report
+}
+
+fn rows_of(report: &Value) -> Vec<Value> {
     match &report["rows"] {
         Value::Array(rows) => rows.clone(),
-        other => panic!("--json has no rows array ({other:?}):\n{text}"),
+        other => panic!("--json has no rows array ({other:?}):\n{report}"),
     }
 }
 
@@ -190,6 +204,54 @@ fn kick_costs_no_syscall_without_sleeper_and_at_most_two_per_sleeping_cycle() {
         sleeping >= 2.0,
         "kick-sleeping cycles did not sleep ({sleeping})"
     );
+}
+
+/// The kick's syscall claims do not depend on the ring's setup flags: each setup this
+/// kernel accepts, given to the whole process through `AIOCTX_RING_SETUP`, keeps a kick
+/// to a busy loop at 0 and a wake-up of a sleeping one at the back end's limit.
+#[test]
+fn kick_syscalls_hold_under_every_ring_setup() {
+    let args = [
+        "--json",
+        "--scenario",
+        "kick-busy",
+        "--scenario",
+        "kick-sleeping",
+        "--iterations",
+        "300",
+        "--runs",
+        "1",
+    ];
+    for setup in [
+        "coop_taskrun+taskrun_flag",
+        "single_issuer",
+        "defer_taskrun",
+        "single_issuer+coop_taskrun+taskrun_flag",
+    ] {
+        let out = aioctx_with(&args, &[("AIOCTX_RING_SETUP", setup)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && err.contains("io_uring_setup refused") {
+            eprintln!(
+                "skipped kick_syscalls_hold_under_every_ring_setup: this kernel refuses {setup}: {err}"
+            );
+            continue;
+        }
+        let report = report(out, &args);
+        let flags = report["meta"]["ring"]["setup_flags"].as_str().unwrap_or("");
+        if report["meta"]["backend"] == "io_uring" {
+            // `defer_taskrun` brings the flags it implies.
+            for flag in setup.split('+') {
+                assert!(flags.contains(flag), "{setup}: the ring ran with {flags}");
+            }
+        }
+        let rows = rows_of(&report);
+        assert_eq!(syscalls(&rows, "kick-busy"), 0.0, "{setup}");
+        let sleeping = syscalls(&rows, "kick-sleeping");
+        assert!(
+            (2.0..=sleeping_cycle_limit()).contains(&sleeping),
+            "{setup}: kick-sleeping costs {sleeping} syscalls per cycle"
+        );
+    }
 }
 
 fn slept(rows: &[Value], name: &str) -> f64 {
@@ -308,10 +370,15 @@ fn table_names_source_scenarios_and_loop() {
 /// not a panic with a backtrace (exit 101) from inside the command.
 #[test]
 fn invalid_backend_env_is_a_one_line_error_not_a_panic() {
-    for args in [&["kickstat"][..], &["stress", "--iterations", "10"][..]] {
+    for (var, args) in [
+        ("AIOCTX_BACKEND", &["kickstat"][..]),
+        ("AIOCTX_BACKEND", &["stress", "--iterations", "10"][..]),
+        ("AIOCTX_RING_SETUP", &["kickstat"][..]),
+        ("AIOCTX_RING_SETUP", &["stress", "--iterations", "10"][..]),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_aioctx"))
             .args(args)
-            .env("AIOCTX_BACKEND", "garbage")
+            .env(var, "garbage")
             .env("RUST_BACKTRACE", "1")
             .output()
             .expect("running aioctx");
@@ -323,7 +390,7 @@ fn invalid_backend_env_is_a_one_line_error_not_a_panic() {
             "aioctx {args:?}: one line, got {err:?}"
         );
         assert!(
-            err.contains("AIOCTX_BACKEND=\"garbage\" is invalid") && !err.contains("panicked"),
+            err.contains(&format!("{var}=\"garbage\" is invalid")) && !err.contains("panicked"),
             "aioctx {args:?}: {err}"
         );
         assert!(out.stdout.is_empty(), "aioctx {args:?} printed a report");

@@ -44,6 +44,16 @@ use super::{MAX_RING_ENTRIES, Ring};
 /// The default ring size (SQ entries).
 pub const DEFAULT_RING_ENTRIES: u32 = 128;
 
+/// The environment variable that adds setup flags to every context built in the process
+/// (the names [`RingFeatures`] parses, e.g. `single_issuer+defer_taskrun`, or `none`):
+/// each flag in it is required as if the builder had turned it on, unless the builder
+/// turned that flag on or off itself. `sqpoll` and `iopoll` are refused there (`sqpoll`
+/// needs an idle time: use [`AioContextBuilder::sqpoll`]). It lets a whole program, a
+/// test suite or a benchmark run under a setup without changing its code.
+///
+/// [`AioContextBuilder::sqpoll`]: crate::AioContextBuilder::sqpoll
+pub const RING_SETUP_ENV: &str = "AIOCTX_RING_SETUP";
+
 /// `IORING_ENTER_GETEVENTS` (the io_uring crate keeps its `sys` module private).
 const IORING_ENTER_GETEVENTS: u32 = 1;
 
@@ -122,6 +132,53 @@ impl std::ops::BitOr for RingFeatures {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {
         self.union(rhs)
+    }
+}
+
+/// Parses the [`Display`](fmt::Display) form: flag names joined by `+`
+/// (`coop_taskrun+taskrun_flag`), or `none`. Case and spaces around names do not matter.
+///
+/// ```
+/// use aioctx_aio::RingFeatures;
+/// let f: RingFeatures = "single_issuer + DEFER_TASKRUN".parse()?;
+/// assert_eq!(f, RingFeatures::SINGLE_ISSUER | RingFeatures::DEFER_TASKRUN);
+/// assert_eq!(f.to_string().parse::<RingFeatures>()?, f);
+/// assert!("single_issuer+fast".parse::<RingFeatures>().is_err());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+impl std::str::FromStr for RingFeatures {
+    type Err = io::Error;
+
+    /// # Errors
+    /// `InvalidInput` naming the unknown or empty name and listing the valid ones.
+    fn from_str(s: &str) -> io::Result<Self> {
+        let names = || {
+            Self::NAMES
+                .iter()
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Self::NONE);
+        }
+        let mut f = Self::NONE;
+        for part in s.split('+') {
+            let part = part.trim();
+            let flag = Self::NAMES
+                .iter()
+                .find(|(_, n)| n.eq_ignore_ascii_case(part))
+                .map(|(flag, _)| *flag)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "unknown io_uring setup flag {part:?} in {s:?}: expected `none` or \
+                         names joined by `+` from: {}",
+                        names()
+                    ))
+                })?;
+            f = f.union(flag);
+        }
+        Ok(f)
     }
 }
 
@@ -225,6 +282,37 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl RingSetup {
+    /// Adds the flags of [`RING_SETUP_ENV`] that the builder left alone, as required.
+    ///
+    /// # Errors
+    /// An invalid value, or `sqpoll`/`iopoll` in it (`InvalidInput`, naming the variable).
+    pub(crate) fn with_env(mut self) -> io::Result<Self> {
+        let value = match std::env::var(RING_SETUP_ENV) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => return Ok(self),
+            Err(e) => return Err(invalid(format!("{RING_SETUP_ENV} is invalid: {e}"))),
+        };
+        let flags: RingFeatures = value
+            .parse()
+            .map_err(|e| invalid(format!("{RING_SETUP_ENV}={value:?} is invalid: {e}")))?;
+        for (flag, why) in [
+            (
+                RingFeatures::SQPOLL,
+                "it needs an idle time: use AioContextBuilder::sqpoll",
+            ),
+            (RingFeatures::IOPOLL, "this loop refuses IOPOLL"),
+        ] {
+            if flags.contains(flag) {
+                return Err(invalid(format!(
+                    "{RING_SETUP_ENV}={value:?} is invalid: {flag} cannot be set there ({why})"
+                )));
+            }
+        }
+        let untouched = flags.difference(self.on).difference(self.off);
+        self.on = self.on.union(untouched);
+        Ok(self)
+    }
+
     /// Turns `flag` on (required) or off.
     pub(crate) fn set(&mut self, flag: RingFeatures, on: bool) {
         self.on = self.on.with(flag, on);
