@@ -82,9 +82,10 @@ impl RingFeatures {
     /// `IORING_SETUP_TASKRUN_FLAG`: the kernel flags pending completion work in the SQ ring.
     pub const TASKRUN_FLAG: Self = Self(1 << 5);
     /// What a builder asks for unless told otherwise (each flag dropped again where the
-    /// kernel refuses it): none. Measured on this loop (NOP rows at batch 1 and 32 on
-    /// both APIs, and the kick/notify wake-up cycles), no flag or pair beat the kernel's
-    /// default beyond the noise: NOPs complete inline, so the task-run flags have nothing
+    /// kernel refuses it): none. Measured on this loop (`benches/setup.rs`: NOPs at
+    /// batch 1 and 32, a pipe read completed by task work, a sleeping ping-pong; and the
+    /// kick/notify wake-up cycles), no flag or pair beat the kernel's default on every
+    /// row beyond the noise: NOPs complete inline, so the task-run flags have nothing
     /// to defer, and a wake-up of the sleeping loop costs the same two syscalls under
     /// every setup. `SINGLE_ISSUER`/`DEFER_TASKRUN` also change what a drop on another
     /// thread can do (setup rule S3), so they stay opt-in.
