@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use aioctx::aio::{AioContext, File, FixedBufPool, IoBuf, IoBufMut, OpenOptions};
+use aioctx::aio::{AioContext, File, FixedBufPool, OpenOptions};
 use common::{Watchdog, new_ctx, pipe, poll_once, write_fd};
-use file_common::{Scratch, direct_file, started_in_bh};
+use file_common::{Counted, Scratch, direct_file, started_in_bh};
 
 const SHORT: Duration = Duration::from_millis(20);
 const LONG: Duration = Duration::from_secs(60);
@@ -38,52 +38,6 @@ fn rw_file(ctx: &AioContext, scratch: &Scratch) -> File {
         .create(true)
         .open(ctx, scratch.path("f"));
     ctx.block_on(open).expect("open a scratch file")
-}
-
-/// A buffer that counts itself in a per-test counter while it lives.
-struct Counted {
-    v: Vec<u8>,
-    live: Arc<AtomicUsize>,
-}
-
-impl Counted {
-    fn new(len: usize, live: &Arc<AtomicUsize>) -> Self {
-        live.fetch_add(1, Ordering::SeqCst);
-        Self {
-            v: Vec::with_capacity(len),
-            live: Arc::clone(live),
-        }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: delegates to the `Vec`, whose heap memory does not move with the value.
-unsafe impl IoBuf for Counted {
-    fn stable_ptr(&self) -> *const u8 {
-        self.v.stable_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.v.bytes_init()
-    }
-}
-
-// SAFETY: as above.
-unsafe impl IoBufMut for Counted {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.v.stable_mut_ptr()
-    }
-    fn bytes_total(&mut self) -> usize {
-        self.v.bytes_total()
-    }
-    unsafe fn set_init(&mut self, n: usize) {
-        // SAFETY: the caller's obligation, passed on.
-        unsafe { self.v.set_init(n) }
-    }
 }
 
 #[test]

@@ -182,7 +182,10 @@ pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES};
 pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
-pub use fs::{FallocateMode, File, FileOp, FileType, FileUnitOp, Metadata, OpenOptions};
+pub use fs::{
+    FallocateMode, File, FileOp, FileType, FileUnitOp, FixedFileTable, MAX_FIXED_FILES, Metadata,
+    OpenOptions,
+};
 pub use io::{
     CancelHandle, FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS, MAX_RETRIES, RingOp,
 };

@@ -269,3 +269,49 @@ where
         ctx.poll(true);
     }
 }
+
+/// A buffer that counts itself in a per-test counter while it lives.
+pub struct Counted {
+    v: Vec<u8>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    pub fn new(len: usize, live: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self {
+            v: Vec::with_capacity(len),
+            live: std::sync::Arc::clone(live),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// SAFETY: delegates to the `Vec`, whose heap memory does not move with the value.
+unsafe impl IoBuf for Counted {
+    fn stable_ptr(&self) -> *const u8 {
+        self.v.stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.v.bytes_init()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for Counted {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.v.stable_mut_ptr()
+    }
+    fn bytes_total(&mut self) -> usize {
+        self.v.bytes_total()
+    }
+    unsafe fn set_init(&mut self, n: usize) {
+        // SAFETY: the caller's obligation, passed on.
+        unsafe { self.v.set_init(n) }
+    }
+}

@@ -6,8 +6,8 @@
 //!    callback never keeps its context alive. Its operations run on that context;
 //!    once the context is gone they fail with `BrokenPipe`.
 //! [FL2] The descriptor is an `Arc<OwnedFd>`; every operation of the `File` holds a share
-//!    (`op::Target::Shared`) until its final completion — on every path: completed,
-//!    cancelled by a drop, reaped by a context's drop. So the descriptor is closed
+//!    (`op::Target::Shared`, or `Fixed` when registered) until its final completion — on
+//!    every path: completed, cancelled by a drop, reaped by a context's drop. So the descriptor is closed
 //!    exactly once, by whoever lets go of the last share, and never while an operation
 //!    of this `File` is in flight in the kernel (its number cannot be reused under it).
 //! [FL3] Dropping a `File` that holds the only share closes the descriptor: through the
@@ -33,6 +33,7 @@ use super::dio::DioAlign;
 use super::file_op::{FileOp, FileUnitOp};
 use super::meta::Metadata;
 use super::options::FallocateMode;
+use super::registered::FileSlot;
 use super::rest::Rest;
 use crate::backend::Backend;
 use crate::context::AioContext;
@@ -78,6 +79,8 @@ pub struct File {
     fd: Option<Arc<OwnedFd>>,
     ctx: Weak<AioContext>,
     pub(super) dio: Option<DioAlign>,
+    /// Its entry in the ring's file table, while registered ([RF2] (`fs/registered.rs`)).
+    pub(super) slot: Option<Arc<FileSlot>>,
 }
 
 fn gone() -> io::Error {
@@ -139,6 +142,7 @@ impl File {
                 fd: Some(Arc::new(fd)),
                 ctx,
                 dio: None,
+                slot: None,
             };
             if flags & libc::O_DIRECT != 0 {
                 let meta = file.metadata().await?;
@@ -164,13 +168,20 @@ impl File {
             fd: Some(Arc::new(fd)),
             ctx: ctx.weak(),
             dio,
+            slot: None,
         }
     }
 
     pub(super) fn share(&self) -> Target {
-        Target::Shared(Arc::clone(
-            self.fd.as_ref().expect("a File has its descriptor"),
-        ))
+        let fd = Arc::clone(self.fd.as_ref().expect("a File has its descriptor"));
+        match &self.slot {
+            Some(slot) => Target::Fixed {
+                fd,
+                index: slot.index,
+                _entry: Arc::clone(slot) as Arc<dyn Send + Sync>,
+            },
+            None => Target::Shared(fd),
+        }
     }
 
     pub(super) fn context(&self) -> io::Result<Arc<AioContext>> {
@@ -550,6 +561,7 @@ impl fmt::Debug for File {
         f.debug_struct("File")
             .field("fd", &self.fd.as_ref().map(|fd| fd.as_raw_fd()))
             .field("direct", &self.dio)
+            .field("fixed_index", &self.fixed_index())
             .finish_non_exhaustive()
     }
 }

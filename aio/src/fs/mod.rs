@@ -29,12 +29,14 @@ mod file_fixed;
 mod file_op;
 mod meta;
 mod options;
+mod registered;
 mod rest;
 
 pub use self::file::File;
 pub use self::file_op::{FileOp, FileUnitOp};
 pub use self::meta::{FileType, Metadata};
 pub use self::options::{FallocateMode, OpenOptions};
+pub use self::registered::{FixedFileTable, MAX_FIXED_FILES};
 
 /// `path` as a C string ([FS1]).
 pub(crate) fn c_path(what: &str, path: &Path) -> io::Result<CString> {
