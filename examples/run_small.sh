@@ -4,11 +4,13 @@
 # file in the cargo target dir (skipped with a "skipped" line where that file system
 # refuses O_DIRECT), and copy (O_DIRECT, queue depth 4, a short tail) checked byte for
 # byte — in the target dir, on /dev/shm, and, as root, onto a ramfs (which refuses
-# O_DIRECT: the fallback must say so).
+# O_DIRECT: the fallback must say so); fsync_chain (20 linked and 20 awaited write → fsync)
+# and dio_randread --fixed (registered buffers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -q --example pipe_timeout --example dio_randread --example copy
+cargo build --release -q --example pipe_timeout --example dio_randread --example copy \
+    --example fsync_chain
 "$target/release/examples/pipe_timeout" 20
 file=$(mktemp -p "$target" aioctx-dio-small.XXXXXX)
 work=$(mktemp -d -p "$target" aioctx-copy-small.XXXXXX)
@@ -45,6 +47,7 @@ else
     [ -n "$ramfs" ] && rmdir "$ramfs" && ramfs=""
     echo "skipped copy onto ramfs (the O_DIRECT fallback): cannot mount one here"
 fi
+"$target/release/examples/fsync_chain" "$work/chain" --count 20
 
 dd if=/dev/urandom of="$file" bs=4096 count=64 status=none
 if ! dd if="$file" of=/dev/null bs=4096 count=1 iflag=direct status=none 2>/dev/null; then
@@ -54,3 +57,4 @@ fi
 for depth in 1 8; do
     "$target/release/examples/dio_randread" "$file" --depth "$depth" --count 512 --bs 4096
 done
+"$target/release/examples/dio_randread" "$file" --depth 8 --count 512 --bs 4096 --fixed
