@@ -199,7 +199,11 @@ fn a_memlock_refusal_names_the_limit() {
         .output()
         .expect("run the child");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {text}");
+    assert!(
+        out.status.success(),
+        "child failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if text.contains("CHILD-OK") {
         common::say_skipped(&format!(
             "skipped a_memlock_refusal_names_the_limit: nothing refused here ({})",

@@ -331,3 +331,26 @@ fn a_context_dropped_under_a_file_read_with_a_deadline() {
         .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
 }
+
+/// Descriptors that cannot serve: no descriptor at all (`-1`: never a number another
+/// test's descriptor could take) and a `File` open read-only, written to. The
+/// registered-buffer operations report `EBADF` as a plain `io::Error`, with a deadline
+/// or without, and the buffer goes back to its pool.
+#[test]
+fn fixed_io_on_a_bad_descriptor_is_ebadf() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::on_ctx(&ctx);
+    let pool = FixedBufPool::new(&ctx, 1, 64).unwrap();
+    let (res, buf) = ctx.block_on(ctx.read_fixed_at(-1, pool.try_get().unwrap(), 0));
+    assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    let (res, mut buf) = ctx.block_on(ctx.read_fixed_at(-1, buf, 0).with_deadline(LONG));
+    assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    buf.set_len(1);
+    let scratch = Scratch::new("fileop-ebadf");
+    drop(rw_file(&ctx, &scratch));
+    let read_only = ctx.block_on(File::open(&ctx, scratch.path("f"))).unwrap();
+    let (res, buf) = ctx.block_on(read_only.write_fixed_at(buf, 0).with_deadline(LONG));
+    assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    drop(buf);
+    assert_eq!(pool.available(), 1);
+}
