@@ -354,3 +354,34 @@ fn fixed_io_on_a_bad_descriptor_is_ebadf() {
     drop(buf);
     assert_eq!(pool.available(), 1);
 }
+
+/// Started inside an fd handler (level-triggered: it clears its notifier first), polled
+/// once there, and finished outside: the deadline still fires and the buffer comes back.
+#[test]
+fn a_file_read_with_a_deadline_started_inside_an_fd_handler() {
+    use aioctx::aio::EventNotifier;
+    let ctx = new_ctx();
+    let _dog = Watchdog::on_ctx(&ctx);
+    let (file, _w) = pipe_file(&ctx);
+    let file = Arc::new(file);
+    let e = Arc::new(EventNotifier::new().unwrap());
+    let stash = Arc::new(Mutex::new(None));
+    let (e2, f, s) = (e.clone(), file.clone(), stash.clone());
+    let handler = move || {
+        e2.test_and_clear().unwrap();
+        let mut read = f.read_at(Vec::with_capacity(4), 0).with_deadline(SHORT);
+        assert!(poll_once(&mut read).is_pending());
+        *s.lock().unwrap() = Some(read);
+    };
+    ctx.set_fd_handler(e.fd(), Some(Box::new(handler)), None)
+        .unwrap();
+    e.set().unwrap();
+    while stash.lock().unwrap().is_none() {
+        ctx.poll(true);
+    }
+    ctx.set_fd_handler(e.fd(), None, None).unwrap();
+    let read = stash.lock().unwrap().take().unwrap();
+    let (res, buf) = ctx.block_on(read);
+    assert_eq!(res.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    assert_eq!(buf.capacity(), 4);
+}
