@@ -15,15 +15,26 @@
 #   dio_<zram|disk>_qd<depth>_aioctx_p99_us=<µs>
 #   dio_<zram|disk>_qd<depth>_ratio=<aioctx / fio>
 #   dio_<zram|disk>_skipped=<why>                      (when a target cannot run)
+# and, at QD32 on each target, registered buffers against plain ones (dio_randread with
+# and without --fixed, two alternating runs each, the better of each kept):
+#   dio_<zram|disk>_qd32_plain_iops=<IOPS>  dio_<zram|disk>_qd32_fixed_iops=<IOPS>
+#   dio_<zram|disk>_qd32_fixed_ratio=<fixed / plain>
+# and, on the root disk, durable 4 KiB O_DIRECT writes (examples/fsync_chain.rs): a
+# write → fsync chain linked in the kernel against the two ops awaited one by one:
+#   dio_disk_chain_<linked|awaited>_ops_per_s=<ops/s>  dio_disk_chain_<linked|awaited>_p50_us=<µs>
+#   dio_disk_chain_ratio=<linked / awaited>
 # It never falls back to a tmpfs file: a target it cannot set up is reported as skipped
 # (not root, no zram module, the root file system refuses O_DIRECT or is tmpfs).
 #   DIO_RUNTIME (seconds per run, default 5)
+#   DIO_PARTS   (which rows: any of "fio fixed chain", default all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime="${DIO_RUNTIME:-${FIO_RUNTIME:-5}}"
 zram_size="${DIO_ZRAM_SIZE:-1G}"
 file_size="${DIO_FILE_SIZE:-512M}"
+parts=" ${DIO_PARTS:-fio fixed chain} "
+has() { [[ "$parts" == *" $1 "* ]]; }
 target="${CARGO_TARGET_DIR:-target}"
 file="$target/aioctx-dio-bench.dat"
 batched_flags='--iodepth_batch_submit=QD --iodepth_batch_complete_min=1 --gtod_reduce=1 --norandommap'
@@ -44,7 +55,7 @@ cleanup() {
         echo "dio.sh: tore down $zram_dev" >&2
     fi
     if [[ -n "$made_file" ]]; then
-        rm -f "$file"
+        rm -f "$file" "$chain_file"
     fi
     exit "$status"
 }
@@ -56,8 +67,10 @@ if ! command -v fio >/dev/null; then
     echo "fio missing: installing it with apt-get" >&2
     apt-get install -y fio >/dev/null 2>&1 || { apt-get update >/dev/null; apt-get install -y fio >/dev/null; }
 fi
-cargo build --release -q --example dio_randread
+cargo build --release -q --example dio_randread --example fsync_chain
 tool="$target/release/examples/dio_randread"
+chain_tool="$target/release/examples/fsync_chain"
+chain_file="$target/aioctx-dio-chain.dat"
 
 fio_iops() { # PATH QD EXTRA-FLAGS...
     local path="$1" qd="$2"
@@ -68,8 +81,46 @@ fio_iops() { # PATH QD EXTRA-FLAGS...
         python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["iops"]))'
 }
 
+ours_iops() { # PATH QD EXTRA-FLAGS...
+    local path="$1" qd="$2"
+    shift 2
+    "$tool" "$path" --depth "$qd" --seconds "$runtime" --bs 4096 "$@" 2>/dev/null | sed -n 's/^iops=//p'
+}
+
+measure_fixed() { # NAME PATH: registered vs plain buffers at QD32
+    local name="$1" path="$2" plain=0 fixed=0 p f round
+    for round in 1 2; do
+        p=$(ours_iops "$path" 32)
+        f=$(ours_iops "$path" 32 --fixed)
+        (( p > plain )) && plain=$p
+        (( f > fixed )) && fixed=$f
+    done
+    echo "dio_${name}_qd32_plain_iops=$plain"
+    echo "dio_${name}_qd32_fixed_iops=$fixed"
+    echo "dio_${name}_qd32_fixed_ratio=$(python3 -c "print(f'{$fixed / $plain:.2f}')")"
+}
+
+measure_chain() { # write → fsync linked vs awaited, on the root disk
+    local out linked awaited
+    out=$("$chain_tool" "$chain_file" --mode both --seconds "$runtime" 2>&1) || {
+        echo "dio_disk_chain_skipped=fsync_chain failed: ${out//$'\n'/ }"
+        rm -f "$chain_file"
+        return
+    }
+    rm -f "$chain_file"
+    for mode in linked awaited; do
+        echo "dio_disk_chain_${mode}_ops_per_s=$(sed -n "s/^${mode}_ops_per_s=//p" <<<"$out")"
+        echo "dio_disk_chain_${mode}_p50_us=$(sed -n "s/^${mode}_p50_us=//p" <<<"$out")"
+    done
+    linked=$(sed -n 's/^linked_ops_per_s=//p' <<<"$out")
+    awaited=$(sed -n 's/^awaited_ops_per_s=//p' <<<"$out")
+    echo "dio_disk_chain_ratio=$(python3 -c "print(f'{$linked / $awaited:.2f}')")"
+}
+
 measure() { # NAME PATH
     local name="$1" path="$2" qd
+    has fixed && measure_fixed "$name" "$path"
+    has fio || return 0
     for qd in 1 32; do
         local default batched best conf out ours p99
         default=$(fio_iops "$path" "$qd")
@@ -139,5 +190,6 @@ else
         echo "dio_disk_skipped=$fstype at $target refuses O_DIRECT"
     else
         measure disk "$file"
+        has chain && measure_chain
     fi
 fi

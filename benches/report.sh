@@ -341,6 +341,35 @@ for tgt, label in (("zram", "zram block device"), ("disk", "file on the root dis
           f"{float(dio[f'{k}_aioctx_iops']):,.0f} | {dio[f'{k}_aioctx_p99_us']} µs | "
           f"{dio[f'{k}_ratio']}× |")
 w("")
+fixed_rows = [(t, l) for t, l in (("zram", "zram block device"), ("disk", "file on the root disk"))
+              if f"dio_{t}_qd32_fixed_iops" in dio]
+if fixed_rows:
+    w("Registered buffers (`dio_randread --fixed`: a `FixedBufPool` as the ring's buffer "
+      "table, `READ_FIXED`) against plain `AlignedBuf`s, O_DIRECT 4 KiB random reads at QD32, "
+      "two alternating runs of each, the better kept. Target: registered ≥ 1.05× plain.")
+    w("")
+    w("| Target | plain IOPS | registered IOPS | registered / plain |")
+    w("|---|---|---|---|")
+    for tgt, label in fixed_rows:
+        k = f"dio_{tgt}_qd32"
+        w(f"| {label} | {float(dio[f'{k}_plain_iops']):,.0f} | "
+          f"{float(dio[f'{k}_fixed_iops']):,.0f} | {dio[f'{k}_fixed_ratio']}× |")
+    w("")
+if "dio_disk_chain_ratio" in dio or "dio_disk_chain_skipped" in dio:
+    w("Durable 4 KiB O_DIRECT writes on the root disk (`examples/fsync_chain.rs`): "
+      "`File::write_at_then_fsync` (one submission, linked in the kernel) against "
+      "`write_at` then `fsync` awaited one after the other.")
+    w("")
+    w("| write → fsync | ops/s | p50 |")
+    w("|---|---|---|")
+    if "dio_disk_chain_skipped" in dio:
+        w(f"| — | — | skipped: {dio['dio_disk_chain_skipped']} |")
+    else:
+        for mode, label in (("linked", "linked chain"), ("awaited", "two awaited ops")):
+            w(f"| {label} | {float(dio[f'dio_disk_chain_{mode}_ops_per_s']):,.0f} | "
+              f"{dio[f'dio_disk_chain_{mode}_p50_us']} µs |")
+        w(f"| linked / awaited | {dio['dio_disk_chain_ratio']}× | |")
+    w("")
 
 w("## Targets")
 w("")

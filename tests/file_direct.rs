@@ -8,35 +8,9 @@ mod common;
 mod file_common;
 
 use std::io;
-use std::path::Path;
 
-use aioctx::aio::{AioContext, File, OpenOptions};
-use file_common::{Aligned, Scratch};
-
-/// An O_DIRECT file in a scratch dir under /var/tmp, or `None` (with a printed line)
-/// where O_DIRECT is refused there.
-fn direct_file(test: &str, ctx: &AioContext) -> Option<(Scratch, File)> {
-    let base = Path::new("/var/tmp");
-    if !base.is_dir() {
-        common::say_skipped(&format!("skipped {test}: no /var/tmp"));
-        return None;
-    }
-    let scratch = Scratch::under(base, "dio");
-    let open = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .direct(true)
-        .open(ctx, scratch.path("f"));
-    match ctx.block_on(open) {
-        Ok(file) => Some((scratch, file)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            common::say_skipped(&format!("skipped {test}: /var/tmp refuses O_DIRECT ({e})"));
-            None
-        }
-        Err(e) => panic!("{test}: open O_DIRECT: {e}"),
-    }
-}
+use aioctx::aio::{AioContext, File};
+use file_common::{Aligned, direct_file};
 
 /// The alignment the test uses: 4096 is a multiple of every O_DIRECT alignment in
 /// practice (the test checks what the kernel reports against it).

@@ -6,6 +6,7 @@
 #![cfg(not(loom))]
 
 mod common;
+mod file_common;
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
@@ -198,7 +199,11 @@ fn a_memlock_refusal_names_the_limit() {
         .output()
         .expect("run the child");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {text}");
+    assert!(
+        out.status.success(),
+        "child failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if text.contains("CHILD-OK") {
         common::say_skipped(&format!(
             "skipped a_memlock_refusal_names_the_limit: nothing refused here ({})",
@@ -255,24 +260,16 @@ fn drop_ipc_lock() {
 /// and finished outside.
 #[test]
 fn pool_and_fixed_read_made_inside_a_bh() {
-    use std::sync::{Arc, Mutex};
     let ctx = new_ctx();
     let _dog = Watchdog::on_ctx(&ctx);
     let (r, w) = pipe();
     let fd = r.as_raw_fd();
-    let stash = Arc::new(Mutex::new(None));
-    let (c, s) = (ctx.clone(), stash.clone());
-    ctx.schedule_oneshot(move || {
+    let c = ctx.clone();
+    let read = file_common::started_in_bh(&ctx, move || {
         let pool = FixedBufPool::new(&c, 1, 64).expect("a pool inside a BH");
-        let mut read = c.read_fixed_at(fd, pool.try_get().unwrap(), 0);
-        assert!(poll_once(&mut read).is_pending());
-        *s.lock().unwrap() = Some(read);
+        c.read_fixed_at(fd, pool.try_get().unwrap(), 0)
     });
-    while stash.lock().unwrap().is_none() {
-        ctx.poll(true);
-    }
     write_fd(w.as_raw_fd(), b"bh");
-    let read = stash.lock().unwrap().take().unwrap();
     let (res, buf) = ctx.block_on(read);
     assert_eq!(&buf[..res.unwrap()], b"bh");
 }

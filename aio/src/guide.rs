@@ -128,6 +128,15 @@
 //! - `O_DIRECT` alignment is checked before anything reaches the kernel, with an
 //!   `InvalidInput` naming what is misaligned (`[FL4]`; the buffer:
 //!   [`AlignedBuf`](crate::AlignedBuf), `[A1]`–`[A3]` in `aligned.rs`).
+//! - A `File`'s operations are [`FileOp`](crate::FileOp)s: the same deadline and cancel
+//!   handle as a `RingOp`; one refused before the kernel (misaligned, context gone)
+//!   resolves at its first poll with the error and the buffer (`[FO1]`, `[FO2]` in
+//!   `fs/file_op.rs`).
+//! - A [registered](crate::File::register) file's operations name its
+//!   [`FixedFileTable`](crate::FixedFileTable) entry; the entry is emptied and reused
+//!   only after every operation issued on it completed, and on the home thread
+//!   (`[RF2]`, `[RF3]` in `fs/registered.rs`). A [`FixedBufPool`](crate::FixedBufPool)'s
+//!   buffers are page-aligned, so they serve `O_DIRECT` (`[FX5]` in `io/fixed.rs`).
 //!
 //! # Shutdown and the context's drop (`shutdown.rs`)
 //!

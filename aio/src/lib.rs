@@ -57,9 +57,82 @@
 //! same buffer, each with a result per step; [`RingOp::with_deadline`] gives one
 //! operation a deadline (`IORING_OP_LINK_TIMEOUT`; a timer and a cancel on epoll), and
 //! [`RingOp::cancel_handle`] a [`CancelHandle`] that cancels it from any thread while
-//! its future stays alive. A [`FixedBufPool`] registers its buffers as the ring's
-//! buffer table for [`AioContext::read_fixed_at`]/[`AioContext::write_fixed_at`]
-//! (`READ_FIXED`/`WRITE_FIXED`; plain reads and writes on epoll).
+//! its future stays alive; a [`File`]'s operations return a [`FileOp`] with the same
+//! two. A [`FixedBufPool`] registers its buffers as the ring's buffer table for
+//! [`AioContext::read_fixed_at`]/[`AioContext::write_fixed_at`] and
+//! [`File::read_fixed_at`]/[`File::write_fixed_at`] (`READ_FIXED`/`WRITE_FIXED`; plain
+//! reads and writes on epoll), and a [`FixedFileTable`] registers files
+//! ([`File::register`]: their operations name a table entry, `IOSQE_FIXED_FILE`).
+//!
+//! # A storage program
+//!
+//! End to end, on a scratch file: open it with `O_DIRECT` (where the file system refuses
+//! it, without), read and write [`AlignedBuf`]s at offsets, each with a deadline
+//! ([`FileOp::with_deadline`]), a registered file and a registered buffer
+//! ([`FixedFileTable`], [`FixedBufPool`]), a linked `write → fsync`, a read cancelled by
+//! its deadline, and an explicit close.
+//!
+//! ```
+//! use std::io::ErrorKind;
+//! use std::time::Duration;
+//! use aioctx_aio::{AioContext, AlignedBuf, File, FixedBufPool, FixedFileTable, OpenOptions};
+//!
+//! let path = std::env::temp_dir().join(format!("aioctx-storage-doc-{}", std::process::id()));
+//! let ctx = AioContext::new()?;
+//! let table = FixedFileTable::new(&ctx, 4)?; // IORING_REGISTER_FILES (nothing on epoll)
+//! let pool = FixedBufPool::new(&ctx, 2, 4096)?; // IORING_REGISTER_BUFFERS, page-aligned
+//! let c = ctx.clone();
+//! let p = path.clone();
+//! ctx.block_on(async move {
+//!     let deadline = Duration::from_secs(10);
+//!     let mut opts = OpenOptions::new();
+//!     opts.read(true).write(true).create(true).truncate(true);
+//!     let mut file = match opts.clone().direct(true).open(&c, &p).await {
+//!         // tmpfs before Linux 6.6 refuses O_DIRECT: say so, and go on without.
+//!         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+//!             eprintln!("{} refuses O_DIRECT ({e}): buffered I/O", p.display());
+//!             opts.open(&c, &p).await?
+//!         }
+//!         res => res?,
+//!     };
+//!     file.register(&table)?; // its operations now name the table's entry
+//!
+//!     // A buffer at the file's O_DIRECT alignment; a misaligned one would be refused
+//!     // (InvalidInput) before it reached the kernel.
+//!     let mut buf = AlignedBuf::for_file(&file, 8192)?;
+//!     buf.fill(b'a');
+//!     let (res, buf) = file.write_at(buf, 0).with_deadline(deadline).await;
+//!     assert_eq!(res?, 8192);
+//!
+//!     // A registered buffer, written with WRITE_FIXED, then write → fsync linked in
+//!     // the kernel: one submission, the flush runs only after the whole write.
+//!     let mut fixed = pool.try_get().expect("a free buffer");
+//!     fixed.set_len(4096);
+//!     fixed.fill(b'b');
+//!     let (res, _fixed) = file.write_fixed_at(fixed, 8192).with_deadline(deadline).await;
+//!     assert_eq!(res?, 4096);
+//!     let (written, flushed, buf) = file.write_at_then_fsync(buf, 12288, false).await;
+//!     assert_eq!(written?, 8192);
+//!     flushed?;
+//!
+//!     // Read back at an offset, the same buffer reused.
+//!     let (res, buf) = file.read_at(buf, 4096).with_deadline(deadline).await;
+//!     assert_eq!(res?, 8192);
+//!     assert!(buf[..4096].iter().all(|&b| b == b'a') && buf[4096..].iter().all(|&b| b == b'b'));
+//!     assert_eq!(file.metadata().await?.len(), 20480);
+//!
+//!     // A read nobody answers (a pipe nobody writes to) is cancelled by its deadline:
+//!     // TimedOut, and the buffer comes back (the kernel is done with it).
+//!     let (r, _w) = std::io::pipe()?;
+//!     let stalled = File::from_owned_fd(&c, r.into());
+//!     let (res, _buf) = stalled.read_at(buf, 0).with_deadline(Duration::from_millis(20)).await;
+//!     assert_eq!(res.unwrap_err().kind(), ErrorKind::TimedOut);
+//!
+//!     file.close().await // close(2)'s own error, through the ring
+//! })?;
+//! # std::fs::remove_file(&path)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 //!
 //! What a user can rely on — where callbacks and tasks run, bottom-half, timer and
 //! fd-handler ordering, buffer ownership and cancel-on-drop, `File`'s close, shutdown,
@@ -182,7 +255,10 @@ pub use context::{AioContext, AioContextBuilder, DEFAULT_RING_ENTRIES};
 pub use current::{current, main_context, try_current, with_current};
 pub use event_notifier::EventNotifier;
 pub use fd::FdCallback;
-pub use fs::{FallocateMode, File, FileType, Metadata, OpenOptions};
+pub use fs::{
+    FallocateMode, File, FileOp, FileType, FileUnitOp, FixedFileTable, MAX_FIXED_FILES, Metadata,
+    OpenOptions,
+};
 pub use io::{
     CancelHandle, FixedBuf, FixedBufPool, MAX_FIXED_BUF_SIZE, MAX_FIXED_BUFS, MAX_RETRIES, RingOp,
 };

@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use aioctx::aio::{IoBuf, IoBufMut};
+use aioctx::aio::{AioContext, File, IoBuf, IoBufMut, OpenOptions};
 
 /// A scratch directory under `base`, removed with its contents on drop.
 pub struct Scratch {
@@ -218,4 +218,100 @@ pub fn remove_canary(fd: RawFd, id: (u64, u64)) {
     );
     // SAFETY: the canary is ours (installed by `install_canary`).
     unsafe { libc::close(fd) };
+}
+
+/// An O_DIRECT file in a scratch dir under /var/tmp, or `None` (with a printed line)
+/// where O_DIRECT is refused there.
+pub fn direct_file(test: &str, ctx: &AioContext) -> Option<(Scratch, File)> {
+    let base = Path::new("/var/tmp");
+    if !base.is_dir() {
+        aioctx_testkit::say_skipped(&format!("skipped {test}: no /var/tmp"));
+        return None;
+    }
+    let scratch = Scratch::under(base, "dio");
+    let open = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .direct(true)
+        .open(ctx, scratch.path("f"));
+    match ctx.block_on(open) {
+        Ok(file) => Some((scratch, file)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            aioctx_testkit::say_skipped(&format!(
+                "skipped {test}: /var/tmp refuses O_DIRECT ({e})"
+            ));
+            None
+        }
+        Err(e) => panic!("{test}: open O_DIRECT: {e}"),
+    }
+}
+
+/// Starts a future inside a bottom half of `ctx` — `make` runs there, and the future
+/// is polled once there (it must be pending) — and hands it back, for the caller to
+/// finish outside the callback.
+pub fn started_in_bh<F>(ctx: &AioContext, make: impl FnOnce() -> F + Send + 'static) -> F
+where
+    F: std::future::Future + Unpin + Send + 'static,
+{
+    use std::sync::{Arc, Mutex};
+    let stash = Arc::new(Mutex::new(None));
+    let s = stash.clone();
+    ctx.schedule_oneshot(move || {
+        let mut fut = make();
+        assert!(aioctx_testkit::poll_once(&mut fut).is_pending());
+        *s.lock().unwrap() = Some(fut);
+    });
+    loop {
+        if let Some(fut) = stash.lock().unwrap().take() {
+            return fut;
+        }
+        ctx.poll(true);
+    }
+}
+
+/// A buffer that counts itself in a per-test counter while it lives.
+pub struct Counted {
+    v: Vec<u8>,
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    pub fn new(len: usize, live: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self {
+            v: Vec::with_capacity(len),
+            live: std::sync::Arc::clone(live),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// SAFETY: delegates to the `Vec`, whose heap memory does not move with the value.
+unsafe impl IoBuf for Counted {
+    fn stable_ptr(&self) -> *const u8 {
+        self.v.stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.v.bytes_init()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for Counted {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.v.stable_mut_ptr()
+    }
+    fn bytes_total(&mut self) -> usize {
+        self.v.bytes_total()
+    }
+    unsafe fn set_init(&mut self, n: usize) {
+        // SAFETY: the caller's obligation, passed on.
+        unsafe { self.v.set_init(n) }
+    }
 }

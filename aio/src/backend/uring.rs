@@ -366,6 +366,31 @@ impl UringDriver {
         Ok(())
     }
 
+    /// Registers a file table of `slots` empty entries (`IORING_REGISTER_FILES` with
+    /// `-1`s): the kernel's error as is (`EMFILE` beyond `RLIMIT_NOFILE`, `EBUSY` for a
+    /// second table, `ENOMEM`). The entries are filled by [`update_file`](Self::update_file).
+    pub(crate) fn register_files(&mut self, slots: u32) -> io::Result<()> {
+        let fds = vec![-1; slots as usize];
+        self.ring.ring.submitter().register_files(&fds)
+    }
+
+    /// Sets entry `index` of the registered file table to `fd` (`-1`: empties it;
+    /// `IORING_REGISTER_FILES_UPDATE`). The kernel holds its own reference to the file
+    /// while the entry names it, and operations already issued on it keep theirs.
+    pub(crate) fn update_file(&mut self, index: u32, fd: RawFd) -> io::Result<()> {
+        match self
+            .ring
+            .ring
+            .submitter()
+            .register_files_update(index, &[fd])?
+        {
+            1 => Ok(()),
+            n => Err(io::Error::other(format!(
+                "IORING_REGISTER_FILES_UPDATE of entry {index} updated {n} entries"
+            ))),
+        }
+    }
+
     /// Whether this kernel's ring runs `opcode` ([UR11]).
     pub(crate) fn supports(&mut self, opcode: u8) -> bool {
         let ring = &self.ring.ring;

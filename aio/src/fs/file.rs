@@ -6,8 +6,8 @@
 //!    callback never keeps its context alive. Its operations run on that context;
 //!    once the context is gone they fail with `BrokenPipe`.
 //! [FL2] The descriptor is an `Arc<OwnedFd>`; every operation of the `File` holds a share
-//!    (`op::Target::Shared`) until its final completion — on every path: completed,
-//!    cancelled by a drop, reaped by a context's drop. So the descriptor is closed
+//!    (`op::Target::Shared`, or `Fixed` when registered) until its final completion — on
+//!    every path: completed, cancelled by a drop, reaped by a context's drop. So the descriptor is closed
 //!    exactly once, by whoever lets go of the last share, and never while an operation
 //!    of this `File` is in flight in the kernel (its number cannot be reused under it).
 //! [FL3] Dropping a `File` that holds the only share closes the descriptor: through the
@@ -30,8 +30,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Weak;
 
 use super::dio::DioAlign;
+use super::file_op::{FileOp, FileUnitOp};
 use super::meta::Metadata;
 use super::options::FallocateMode;
+use super::registered::FileSlot;
 use super::rest::Rest;
 use crate::backend::Backend;
 use crate::context::AioContext;
@@ -76,7 +78,9 @@ pub struct File {
     /// `None` only while `close`/`into_raw_fd` take it.
     fd: Option<Arc<OwnedFd>>,
     ctx: Weak<AioContext>,
-    dio: Option<DioAlign>,
+    pub(super) dio: Option<DioAlign>,
+    /// Its entry in the ring's file table, while registered ([RF2] (`fs/registered.rs`)).
+    pub(super) slot: Option<Arc<FileSlot>>,
 }
 
 fn gone() -> io::Error {
@@ -138,6 +142,7 @@ impl File {
                 fd: Some(Arc::new(fd)),
                 ctx,
                 dio: None,
+                slot: None,
             };
             if flags & libc::O_DIRECT != 0 {
                 let meta = file.metadata().await?;
@@ -163,32 +168,32 @@ impl File {
             fd: Some(Arc::new(fd)),
             ctx: ctx.weak(),
             dio,
+            slot: None,
         }
     }
 
-    fn share(&self) -> Target {
-        Target::Shared(Arc::clone(
-            self.fd.as_ref().expect("a File has its descriptor"),
-        ))
+    pub(super) fn share(&self) -> Target {
+        let fd = Arc::clone(self.fd.as_ref().expect("a File has its descriptor"));
+        match &self.slot {
+            Some(slot) => Target::Fixed {
+                fd,
+                index: slot.index,
+                _entry: Arc::clone(slot) as Arc<dyn Send + Sync>,
+            },
+            None => Target::Shared(fd),
+        }
     }
 
-    fn context(&self) -> io::Result<Arc<AioContext>> {
+    pub(super) fn context(&self) -> io::Result<Arc<AioContext>> {
         self.ctx.upgrade().ok_or_else(gone)
     }
 
-    /// Runs `op` on the file's context.
-    async fn run<O: crate::op::OpCode + Unpin>(&self, op: O) -> (io::Result<usize>, O::Output)
-    where
-        O::Output: Default,
-    {
-        match self.context() {
-            Ok(ctx) => {
-                let fut = RingOp::new(&ctx, op);
-                drop(ctx);
-                fut.await
-            }
-            Err(e) => (Err(e), O::Output::default()),
-        }
+    /// `op`, which hands back nothing, on the file's context.
+    fn unit<O: crate::op::OpCode<Output = ()> + Unpin>(&self, op: O) -> FileUnitOp {
+        FileUnitOp::new(match self.context() {
+            Ok(ctx) => FileOp::op(RingOp::new(&ctx, op)),
+            Err(e) => FileOp::refused(e, ()),
+        })
     }
 
     /// Whether the file was opened with `O_DIRECT` (its reads and writes are checked for
@@ -218,99 +223,82 @@ impl File {
     /// # Errors
     /// `InvalidInput` for a misaligned O_DIRECT read (\[FL4\]); `BrokenPipe` when
     /// the context is gone; the kernel's error. The buffer comes back either way.
-    pub async fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<usize>, B) {
+    ///
+    /// The future takes a deadline ([`FileOp::with_deadline`]) and gives a cancel handle.
+    pub fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> FileOp<B> {
         if let Some(dio) = &self.dio {
             let (ptr, len) = (buf.stable_mut_ptr() as usize, buf.bytes_total());
             if let Err(e) = dio.check("read_at", ptr, len, offset) {
-                return (Err(e), buf);
+                return FileOp::refused(e, buf);
             }
         }
-        let ctx = match self.context() {
-            Ok(ctx) => ctx,
-            Err(e) => return (Err(e), buf),
-        };
-        let fut = RingOp::new(&ctx, ReadAt::new(self.share(), buf, offset));
-        drop(ctx);
-        fut.await
+        match self.context() {
+            Ok(ctx) => FileOp::op(RingOp::new(&ctx, ReadAt::new(self.share(), buf, offset))),
+            Err(e) => FileOp::refused(e, buf),
+        }
     }
 
     /// Writes `buf` at `offset`, as [`AioContext::write_at`]; may be short.
     ///
     /// # Errors
     /// As for [`read_at`](Self::read_at).
-    pub async fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
+    pub fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> FileOp<B> {
         if let Some(dio) = &self.dio {
             let (ptr, len) = (buf.stable_ptr() as usize, buf.bytes_init());
             if let Err(e) = dio.check("write_at", ptr, len, offset) {
-                return (Err(e), buf);
+                return FileOp::refused(e, buf);
             }
         }
-        let ctx = match self.context() {
-            Ok(ctx) => ctx,
-            Err(e) => return (Err(e), buf),
-        };
-        let fut = RingOp::new(
-            &ctx,
-            WriteAt {
-                fd: self.share(),
-                buf,
-                off: offset,
-            },
-        );
-        drop(ctx);
-        fut.await
+        let fd = self.share();
+        match self.context() {
+            Ok(ctx) => FileOp::op(RingOp::new(
+                &ctx,
+                WriteAt {
+                    fd,
+                    buf,
+                    off: offset,
+                },
+            )),
+            Err(e) => FileOp::refused(e, buf),
+        }
     }
 
     /// Reads into several buffers in order, as [`AioContext::readv_at`].
     ///
     /// # Errors
     /// As for [`read_at`](Self::read_at) (each buffer is checked on O_DIRECT files).
-    pub async fn readv_at<B: IoBufMut>(
-        &self,
-        mut bufs: Vec<B>,
-        offset: u64,
-    ) -> (io::Result<usize>, Vec<B>) {
+    pub fn readv_at<B: IoBufMut>(&self, mut bufs: Vec<B>, offset: u64) -> FileOp<Vec<B>> {
         if let Some(dio) = &self.dio {
             for b in &mut bufs {
                 let (ptr, len) = (b.stable_mut_ptr() as usize, b.bytes_total());
                 if let Err(e) = dio.check("readv_at", ptr, len, offset) {
-                    return (Err(e), bufs);
+                    return FileOp::refused(e, bufs);
                 }
             }
         }
-        let ctx = match self.context() {
-            Ok(ctx) => ctx,
-            Err(e) => return (Err(e), bufs),
-        };
-        let fut = RingOp::new(&ctx, ReadvAt::new(self.share(), bufs, offset));
-        drop(ctx);
-        fut.await
+        match self.context() {
+            Ok(ctx) => FileOp::op(RingOp::new(&ctx, ReadvAt::new(self.share(), bufs, offset))),
+            Err(e) => FileOp::refused(e, bufs),
+        }
     }
 
     /// Writes several buffers in order, as [`AioContext::writev_at`].
     ///
     /// # Errors
     /// As for [`read_at`](Self::read_at).
-    pub async fn writev_at<B: IoBuf>(
-        &self,
-        bufs: Vec<B>,
-        offset: u64,
-    ) -> (io::Result<usize>, Vec<B>) {
+    pub fn writev_at<B: IoBuf>(&self, bufs: Vec<B>, offset: u64) -> FileOp<Vec<B>> {
         if let Some(dio) = &self.dio {
             for b in &bufs {
                 let (ptr, len) = (b.stable_ptr() as usize, b.bytes_init());
                 if let Err(e) = dio.check("writev_at", ptr, len, offset) {
-                    return (Err(e), bufs);
+                    return FileOp::refused(e, bufs);
                 }
             }
         }
-        let ctx = match self.context() {
-            Ok(ctx) => ctx,
-            Err(e) => return (Err(e), bufs),
-        };
-        let fut = RingOp::new(&ctx, WritevAt::new(self.share(), bufs, offset));
-        drop(ctx);
-        fut.await
+        match self.context() {
+            Ok(ctx) => FileOp::op(RingOp::new(&ctx, WritevAt::new(self.share(), bufs, offset))),
+            Err(e) => FileOp::refused(e, bufs),
+        }
     }
 
     /// Reads exactly `buf.bytes_total()` bytes at `offset` (a `Vec`'s whole capacity,
@@ -403,24 +391,24 @@ impl File {
     ///
     /// # Errors
     /// The kernel's error; `BrokenPipe` when the context is gone.
-    pub async fn fsync(&self) -> io::Result<()> {
+    pub fn fsync(&self) -> FileUnitOp {
         let op = Fsync {
             fd: self.share(),
             data_only: false,
         };
-        self.run(op).await.0.map(drop)
+        self.unit(op)
     }
 
     /// Flushes data and the metadata needed to read it (`fdatasync`).
     ///
     /// # Errors
     /// As for [`fsync`](Self::fsync).
-    pub async fn fdatasync(&self) -> io::Result<()> {
+    pub fn fdatasync(&self) -> FileUnitOp {
         let op = Fsync {
             fd: self.share(),
             data_only: true,
         };
-        self.run(op).await.0.map(drop)
+        self.unit(op)
     }
 
     /// Starts or waits for write-out of a range (`sync_file_range`; `len` 0: to the end
@@ -429,14 +417,14 @@ impl File {
     ///
     /// # Errors
     /// `EINVAL` for unknown flags; the kernel's error.
-    pub async fn sync_file_range(&self, offset: u64, len: u32, flags: u32) -> io::Result<()> {
+    pub fn sync_file_range(&self, offset: u64, len: u32, flags: u32) -> FileUnitOp {
         let op = SyncFileRange {
             fd: self.share(),
             off: offset,
             len,
             flags,
         };
-        self.run(op).await.0.map(drop)
+        self.unit(op)
     }
 
     /// Allocates, punches or zeroes `len` bytes at `offset` (`fallocate`).
@@ -444,14 +432,14 @@ impl File {
     /// # Errors
     /// `EINVAL` for a zero `len`; `EOPNOTSUPP` where the file system lacks the mode;
     /// `ENOSPC`; the kernel's error.
-    pub async fn fallocate(&self, mode: FallocateMode, offset: u64, len: u64) -> io::Result<()> {
+    pub fn fallocate(&self, mode: FallocateMode, offset: u64, len: u64) -> FileUnitOp {
         let op = Fallocate {
             fd: self.share(),
             mode: mode.bits(),
             off: offset,
             len,
         };
-        self.run(op).await.0.map(drop)
+        self.unit(op)
     }
 
     /// Truncates or extends the file to `len` bytes (`ftruncate`): through the ring
@@ -460,12 +448,12 @@ impl File {
     ///
     /// # Errors
     /// `EINVAL` for a file not open for writing; the kernel's error.
-    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+    pub fn set_len(&self, len: u64) -> FileUnitOp {
         let op = Ftruncate {
             fd: self.share(),
             len,
         };
-        self.run(op).await.0.map(drop)
+        self.unit(op)
     }
 
     /// Closes the file, through the ring where the context runs one, and reports
@@ -573,6 +561,7 @@ impl fmt::Debug for File {
         f.debug_struct("File")
             .field("fd", &self.fd.as_ref().map(|fd| fd.as_raw_fd()))
             .field("direct", &self.dio)
+            .field("fixed_index", &self.fixed_index())
             .finish_non_exhaustive()
     }
 }

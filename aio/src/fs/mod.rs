@@ -7,7 +7,7 @@
 //! [FS1] A path is copied into a `CString` owned by its operation, which keeps it until
 //!    the operation's final completion ([IO1] (`io.rs`)); a path with a NUL byte is
 //!    `InvalidInput` before anything reaches the kernel.
-//! [FS2] Descriptors: see `file.rs`.
+//! [FS2] Descriptors: see `file.rs`; the futures of a `File`'s operations: `file_op.rs`.
 //!
 //! [`RingOp`]: crate::RingOp
 
@@ -25,13 +25,18 @@ mod dio;
 #[cfg(all(test, not(loom)))]
 mod fallback_tests;
 mod file;
+mod file_fixed;
+mod file_op;
 mod meta;
 mod options;
+mod registered;
 mod rest;
 
 pub use self::file::File;
+pub use self::file_op::{FileOp, FileUnitOp};
 pub use self::meta::{FileType, Metadata};
 pub use self::options::{FallocateMode, OpenOptions};
+pub use self::registered::{FixedFileTable, MAX_FIXED_FILES};
 
 /// `path` as a C string ([FS1]).
 pub(crate) fn c_path(what: &str, path: &Path) -> io::Result<CString> {

@@ -75,6 +75,14 @@ impl CancelHandle {
         Self { op, ctx }
     }
 
+    /// A handle of an operation that never reaches a back end (refused before it was
+    /// submitted): its cancel does nothing ([CH3]).
+    pub(crate) fn inert() -> Self {
+        let shared = Arc::new(Mutex::new(Shared::<()>::waiting()));
+        lock(&shared).slot = Slot::Taken;
+        Self::new(&shared, Weak::new())
+    }
+
     /// Asks for the operation to be cancelled (\[CH1\]); its future then resolves with
     /// `ECANCELED`, or with the operation's real result if it completed first or could
     /// not be interrupted (a syscall already running on the epoll back end's worker

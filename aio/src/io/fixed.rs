@@ -15,6 +15,8 @@
 //!    that could not be registered, another context's pool) to a plain `READ`/`WRITE`
 //!    (`pread`/`pwrite` on epoll) with the same result.
 //! [FX4] One table per ring: registering a second pool on a context fails.
+//! [FX5] Each buffer starts on a page boundary (`FIXED_BUF_ALIGN`, 4096 bytes), so a pool
+//!    serves O_DIRECT files whose memory alignment is at most a page (all Linux has).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -30,7 +32,17 @@ pub const MAX_FIXED_BUFS: usize = 1 << 14;
 /// The largest buffer of a pool (io_uring's limit: 1 GiB).
 pub const MAX_FIXED_BUF_SIZE: usize = 1 << 30;
 
-/// The pool's memory: `count` zero-filled heap allocations of `size` bytes ([FX1]).
+/// The alignment of each buffer of a pool ([FX5]): a page, enough for O_DIRECT.
+const FIXED_BUF_ALIGN: usize = 4096;
+
+/// The layout of one buffer of `size` bytes ([FX5]).
+fn buf_layout(size: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(size, FIXED_BUF_ALIGN)
+        .expect("a buffer size within MAX_FIXED_BUF_SIZE has a layout")
+}
+
+/// The pool's memory: `count` zero-filled heap allocations of `size` bytes ([FX1]),
+/// each aligned to `FIXED_BUF_ALIGN` ([FX5]).
 struct PoolMem {
     ptrs: Vec<*mut u8>,
     size: usize,
@@ -45,9 +57,9 @@ unsafe impl Sync for PoolMem {}
 impl Drop for PoolMem {
     fn drop(&mut self) {
         for &p in &self.ptrs {
-            // SAFETY: `p` came from `Box::into_raw` of a `[u8]` of `size` bytes in
+            // SAFETY: `p` came from `alloc_zeroed` with `buf_layout(size)` in
             // `FixedBufPool::new`, and is freed only here, once.
-            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, self.size)) });
+            unsafe { std::alloc::dealloc(p, buf_layout(self.size)) };
         }
     }
 }
@@ -77,8 +89,9 @@ pub struct FixedBufPool {
 }
 
 impl FixedBufPool {
-    /// `count` zero-filled buffers of `size` bytes, registered on `ctx`'s ring when it
-    /// runs io_uring (`IORING_REGISTER_BUFFERS`).
+    /// `count` zero-filled buffers of `size` bytes, each page-aligned (\[FX5\]: usable
+    /// for O_DIRECT), registered on `ctx`'s ring when it runs io_uring
+    /// (`IORING_REGISTER_BUFFERS`).
     ///
     /// # Errors
     /// `InvalidInput` when `count` is not in `1..=MAX_FIXED_BUFS` or `size` not in
@@ -101,10 +114,20 @@ impl FixedBufPool {
         }
         // Binds the calling thread as home if none is, like `poll`.
         ctx.check_home("FixedBufPool::new");
-        let ptrs = (0..count)
-            .map(|_| Box::into_raw(vec![0u8; size].into_boxed_slice()).cast::<u8>())
-            .collect();
-        let mem = Arc::new(PoolMem { ptrs, size });
+        let layout = buf_layout(size);
+        let mut mem = PoolMem {
+            ptrs: Vec::with_capacity(count),
+            size,
+        };
+        for _ in 0..count {
+            // SAFETY: the layout's size is at least 1 (checked above).
+            let p = unsafe { std::alloc::alloc_zeroed(layout) };
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            mem.ptrs.push(p); // freed by `PoolMem`'s drop, even if a later one fails
+        }
+        let mem = Arc::new(mem);
         let mut ring = None;
         if ctx.backend() == crate::Backend::IoUring {
             let iovecs: Vec<libc::iovec> = mem
@@ -293,17 +316,22 @@ impl AioContext {
     /// its pool is registered on this context's ring, a plain read otherwise (\[FX3\]).
     /// The buffer's length becomes what was read.
     pub fn read_fixed_at(&self, fd: RawFd, buf: FixedBuf, offset: u64) -> RingOp<FixedBuf> {
+        self.read_fixed_on(Target::Raw(fd), buf, offset)
+    }
+
+    /// [`read_fixed_at`](Self::read_fixed_at) on any target (a `File`'s share).
+    pub(crate) fn read_fixed_on(&self, fd: Target, buf: FixedBuf, off: u64) -> RingOp<FixedBuf> {
         match self.fixed_index(&buf) {
             Some(index) => RingOp::new(
                 self,
                 ReadFixed {
-                    fd: Target::Raw(fd),
+                    fd,
                     buf,
                     index,
-                    off: offset,
+                    off,
                 },
             ),
-            None => RingOp::new(self, ReadAt::new(Target::Raw(fd), buf, offset)),
+            None => RingOp::new(self, ReadAt::new(fd, buf, off)),
         }
     }
 
@@ -311,24 +339,22 @@ impl AioContext {
     /// `offset`: `WRITE_FIXED` when its pool is registered on this context's ring, a
     /// plain write otherwise (\[FX3\]).
     pub fn write_fixed_at(&self, fd: RawFd, buf: FixedBuf, offset: u64) -> RingOp<FixedBuf> {
+        self.write_fixed_on(Target::Raw(fd), buf, offset)
+    }
+
+    /// [`write_fixed_at`](Self::write_fixed_at) on any target (a `File`'s share).
+    pub(crate) fn write_fixed_on(&self, fd: Target, buf: FixedBuf, off: u64) -> RingOp<FixedBuf> {
         match self.fixed_index(&buf) {
             Some(index) => RingOp::new(
                 self,
                 WriteFixed {
-                    fd: Target::Raw(fd),
+                    fd,
                     buf,
                     index,
-                    off: offset,
+                    off,
                 },
             ),
-            None => RingOp::new(
-                self,
-                WriteAt {
-                    fd: Target::Raw(fd),
-                    buf,
-                    off: offset,
-                },
-            ),
+            None => RingOp::new(self, WriteAt { fd, buf, off }),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, libc_res};
 
@@ -19,10 +19,10 @@ impl OpCode for Fallocate {
     const OPCODE: u8 = opcode::Fallocate::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
-        let entry = opcode::Fallocate::new(types::Fd(self.fd.raw()), self.len)
+        let entry = super::on_target!(self.fd, |fd| opcode::Fallocate::new(fd, self.len)
             .offset(self.off)
             .mode(self.mode)
-            .build();
+            .build());
         // SAFETY: a FALLOCATE names no memory.
         unsafe { Sqe::new(entry) }
     }

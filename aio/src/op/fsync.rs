@@ -25,11 +25,9 @@ impl OpCode for Fsync {
         };
         // SAFETY: an FSYNC names no memory.
         unsafe {
-            Sqe::new(
-                opcode::Fsync::new(types::Fd(self.fd.raw()))
-                    .flags(flags)
-                    .build(),
-            )
+            Sqe::new(super::on_target!(self.fd, |fd| opcode::Fsync::new(fd)
+                .flags(flags)
+                .build()))
         }
     }
 

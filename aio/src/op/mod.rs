@@ -135,6 +135,16 @@ pub(crate) enum Target {
     Raw(RawFd),
     /// A share of an owned descriptor.
     Shared(Arc<OwnedFd>),
+    /// A share of an owned descriptor that is also entry `index` of the ring's
+    /// registered file table; `_entry` holds that entry (it is not emptied or reused)
+    /// until the operation's final completion ([RF2] (`fs/registered.rs`)). Entries that
+    /// take a fixed file name the index (`IOSQE_FIXED_FILE`, [`on_target!`]); the
+    /// blocking lowering, and entries that cannot, use the descriptor.
+    Fixed {
+        fd: Arc<OwnedFd>,
+        index: u32,
+        _entry: Arc<dyn Send + Sync>,
+    },
 }
 
 impl Target {
@@ -142,10 +152,37 @@ impl Target {
     pub(crate) fn raw(&self) -> RawFd {
         match self {
             Target::Raw(fd) => *fd,
-            Target::Shared(fd) => fd.as_raw_fd(),
+            Target::Shared(fd) | Target::Fixed { fd, .. } => fd.as_raw_fd(),
+        }
+    }
+
+    /// The registered file table's entry, if the target is one.
+    pub(crate) fn fixed(&self) -> Option<u32> {
+        match self {
+            Target::Fixed { index, .. } => Some(*index),
+            Target::Raw(_) | Target::Shared(_) => None,
         }
     }
 }
+
+/// Builds an entry on a [`Target`]: `$build` runs with `$fd` bound to
+/// `io_uring::types::Fixed(index)` for a registered file, else to
+/// `io_uring::types::Fd(raw)`.
+macro_rules! on_target {
+    ($target:expr, |$fd:ident| $build:expr) => {
+        match $target.fixed() {
+            Some(index) => {
+                let $fd = io_uring::types::Fixed(index);
+                $build
+            }
+            None => {
+                let $fd = io_uring::types::Fd($target.raw());
+                $build
+            }
+        }
+    };
+}
+pub(crate) use on_target;
 
 /// A syscall's result as a CQE's `res`.
 pub(crate) fn cqe_res(res: io::Result<usize>) -> i32 {

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, iovec, rw};
 use crate::io_buf::IoBufMut;
@@ -44,9 +44,9 @@ impl<B: IoBufMut> OpCode for ReadAt<B> {
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let this = self.get_mut();
         let (ptr, len) = this.target();
-        let entry = opcode::Read::new(types::Fd(this.fd.raw()), ptr, len as u32)
+        let entry = super::on_target!(this.fd, |fd| opcode::Read::new(fd, ptr, len as u32)
             .offset(this.off)
-            .build();
+            .build());
         // SAFETY: the entry names `buf`'s heap memory (stable across moves, `IoBuf`'s
         // contract) for `bytes_total()` bytes, which the caller keeps alive and
         // untouched until the final CQE (`OpCode::sqe`'s contract).

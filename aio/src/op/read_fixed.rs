@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, iovec, rw};
 use crate::io_buf::IoBufMut;
@@ -24,14 +24,12 @@ impl<B: IoBufMut> OpCode for ReadFixed<B> {
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let this = self.get_mut();
         let len = this.buf.bytes_total().min(u32::MAX as usize) as u32;
-        let entry = opcode::ReadFixed::new(
-            types::Fd(this.fd.raw()),
-            this.buf.stable_mut_ptr(),
-            len,
-            this.index,
+        let ptr = this.buf.stable_mut_ptr();
+        let entry = super::on_target!(this.fd, |fd| opcode::ReadFixed::new(
+            fd, ptr, len, this.index
         )
         .offset(this.off)
-        .build();
+        .build());
         // SAFETY: the entry names `buf`'s memory, inside registered buffer `index`,
         // for `bytes_total()` bytes; the caller keeps it alive and untouched until the
         // final CQE (`OpCode::sqe`'s contract), and the pool's memory outlives the ring.

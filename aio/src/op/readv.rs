@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, rw};
 use crate::io_buf::{IoBufMut, IoVecs, iovecs_mut, set_init_vectored};
@@ -36,9 +36,13 @@ impl<B: IoBufMut> OpCode for ReadvAt<B> {
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let iov = &self.iovs.0;
-        let entry = opcode::Readv::new(types::Fd(self.fd.raw()), iov.as_ptr(), iov.len() as u32)
-            .offset(self.off)
-            .build();
+        let entry = super::on_target!(self.fd, |fd| opcode::Readv::new(
+            fd,
+            iov.as_ptr(),
+            iov.len() as u32
+        )
+        .offset(self.off)
+        .build());
         // SAFETY: the entry names the boxed iovec array and the buffers' heap memory it
         // points into, all owned by `self`, which the caller keeps alive and untouched
         // until the final CQE (`OpCode::sqe`'s contract).

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, libc_res};
 
@@ -20,10 +20,10 @@ impl OpCode for SyncFileRange {
     const OPCODE: u8 = opcode::SyncFileRange::CODE;
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
-        let entry = opcode::SyncFileRange::new(types::Fd(self.fd.raw()), self.len)
+        let entry = super::on_target!(self.fd, |fd| opcode::SyncFileRange::new(fd, self.len)
             .offset(self.off)
             .flags(self.flags)
-            .build();
+            .build());
         // SAFETY: a SYNC_FILE_RANGE names no memory.
         unsafe { Sqe::new(entry) }
     }

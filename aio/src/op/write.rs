@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, iovec, rw};
 use crate::io_buf::IoBuf;
@@ -31,9 +31,9 @@ impl<B: IoBuf> OpCode for WriteAt<B> {
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let (ptr, len) = self.target();
-        let entry = opcode::Write::new(types::Fd(self.fd.raw()), ptr, len as u32)
+        let entry = super::on_target!(self.fd, |fd| opcode::Write::new(fd, ptr, len as u32)
             .offset(self.off)
-            .build();
+            .build());
         // SAFETY: the entry names `buf`'s heap memory (stable across moves), which the
         // caller keeps alive until the final CQE (`OpCode::sqe`'s contract).
         unsafe { Sqe::new(entry) }

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, iovec, rw};
 use crate::io_buf::IoBuf;
@@ -24,14 +24,12 @@ impl<B: IoBuf> OpCode for WriteFixed<B> {
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let len = self.buf.bytes_init().min(u32::MAX as usize) as u32;
-        let entry = opcode::WriteFixed::new(
-            types::Fd(self.fd.raw()),
-            self.buf.stable_ptr(),
-            len,
-            self.index,
+        let ptr = self.buf.stable_ptr();
+        let entry = super::on_target!(self.fd, |fd| opcode::WriteFixed::new(
+            fd, ptr, len, self.index
         )
         .offset(self.off)
-        .build();
+        .build());
         // SAFETY: the entry names `buf`'s initialized bytes, inside registered buffer
         // `index`; the caller keeps them alive and unchanged until the final CQE
         // (`OpCode::sqe`'s contract), and the pool's memory outlives the ring.

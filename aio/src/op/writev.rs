@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 
 use super::{OpCode, Sqe, Target, file_off, rw};
 use crate::io_buf::{IoBuf, IoVecs, iovecs};
@@ -36,9 +36,13 @@ impl<B: IoBuf> OpCode for WritevAt<B> {
 
     unsafe fn sqe(self: Pin<&mut Self>) -> Sqe {
         let iov = &self.iovs.0;
-        let entry = opcode::Writev::new(types::Fd(self.fd.raw()), iov.as_ptr(), iov.len() as u32)
-            .offset(self.off)
-            .build();
+        let entry = super::on_target!(self.fd, |fd| opcode::Writev::new(
+            fd,
+            iov.as_ptr(),
+            iov.len() as u32
+        )
+        .offset(self.off)
+        .build());
         // SAFETY: the entry names the boxed iovec array and the buffers it points into,
         // owned by `self`, which the caller keeps alive until the final CQE.
         unsafe { Sqe::new(entry) }
