@@ -2,7 +2,8 @@
 //! any interleaving on one context, against a reference model (`io.rs`'s \[IO2\],
 //! \[IO3\], \[IO6\]–\[IO8\], `io/deadline.rs`, `io/cancel_handle.rs`, `timeout.rs`).
 //!
-//! A run owns one context (io_uring or epoll, chosen by the input's first byte), two
+//! A run owns one context (io_uring — plain, `DEFER_TASKRUN`, `COOP_TASKRUN` or
+//! `SINGLE_ISSUER` only — or epoll, chosen by the input's first byte; see [`Ring`]), two
 //! pipes it reads from (data arrives only when the run feeds it), a sink pipe it writes
 //! to (drained after every step) and a temp file. Each operation — a read on a pipe, a
 //! write to the sink, a read or write of the file, or a zero-length read (a no-op) — is
@@ -115,6 +116,12 @@ pub enum Op {
     Drop(u8),
     /// `CancelHandle::cancel` of the slot's operation.
     Cancel(u8),
+    /// The same cancel, called on a second thread: handed to the loop, so data fed
+    /// before the loop's next poll may still reach the operation.
+    RemoteCancel(u8),
+    /// Drops the slot's held future on a second thread (the cancel is handed to the
+    /// loop, as for `RemoteCancel`); a task handle is dropped there too (detached).
+    RemoteDrop(u8),
     /// Writes `1 + len % 16` bytes to pipe `pipe % PIPES`.
     Feed {
         /// Which pipe.
@@ -126,6 +133,43 @@ pub enum Op {
     PollCtx,
     /// `shutdown_tasks`, then drops the run's reference to the context.
     DropContext,
+}
+
+/// How a run's ring is set up (io_uring only; epoll ignores it). A setup the kernel
+/// refuses falls back to the plain ring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ring {
+    /// The default flags.
+    #[default]
+    Plain,
+    /// `defer_taskrun(true)` (completions posted only when the home thread enters the
+    /// kernel).
+    DeferTaskrun,
+    /// `coop_taskrun(true)`.
+    CoopTaskrun,
+    /// `single_issuer(true)` alone.
+    SingleIssuer,
+}
+
+impl Ring {
+    /// The setup bits 1 and 2 of an input's first byte name.
+    pub fn from_byte(b: u8) -> Self {
+        match (b >> 1) % 4 {
+            0 => Ring::Plain,
+            1 => Ring::DeferTaskrun,
+            2 => Ring::CoopTaskrun,
+            _ => Ring::SingleIssuer,
+        }
+    }
+
+    fn apply(self, b: aioctx_aio::AioContextBuilder) -> aioctx_aio::AioContextBuilder {
+        match self {
+            Ring::Plain => b,
+            Ring::DeferTaskrun => b.defer_taskrun(true),
+            Ring::CoopTaskrun => b.coop_taskrun(true),
+            Ring::SingleIssuer => b.single_issuer(true),
+        }
+    }
 }
 
 /// The result of a task.
@@ -179,20 +223,19 @@ fn outcome(res: std::io::Result<usize>, buf: &Tracked) -> Outcome {
 }
 
 impl Real {
-    fn new(backend: Backend) -> Self {
-        let ctx = match AioContext::builder()
-            .name("fuzz-io")
-            .backend(backend)
-            .build()
-        {
+    fn new(backend: Backend, ring: Ring) -> Self {
+        let builder = AioContext::builder().name("fuzz-io").backend(backend);
+        let ctx = match ring.apply(builder).build() {
             Ok(ctx) => ctx,
+            // This kernel refuses the setup: the plain ring.
+            Err(_) if ring != Ring::Plain => return Self::new(backend, Ring::Plain),
             // No io_uring here: the run goes to epoll.
             Err(e)
                 if backend == Backend::IoUring
                     && (e.kind() == std::io::ErrorKind::PermissionDenied
                         || e.raw_os_error() == Some(libc::ENOSYS)) =>
             {
-                return Self::new(Backend::Epoll);
+                return Self::new(Backend::Epoll, Ring::Plain);
             }
             Err(e) => panic!("io_ops: cannot create an AioContext ({backend:?}): {e}"),
         };
@@ -394,18 +437,35 @@ impl Real {
                 self.poll_slot(model, slot(s))?;
             }
             Op::Wait(s) => self.wait(model, slot(s))?,
-            Op::Drop(s) => {
+            Op::Drop(s) | Op::RemoteDrop(s) => {
                 if let Some(sl) = self.slots[slot(s)].take() {
+                    // A held future never polled holds the context: after the run let
+                    // go of it, its drop may be the context's, which belongs on the
+                    // home thread (a single-issuer ring dropped elsewhere leaks what is
+                    // in flight, by design).
+                    let remote = matches!(op, Op::RemoteDrop(_))
+                        && !(model.ctx_dropped
+                            && matches!(sl.fut, Fut::Held(_))
+                            && !model.ops[sl.op].submitted);
                     match sl.fut {
-                        Fut::Held(_) => model.drop_held(sl.op),
+                        Fut::Held(_) => model.drop_held(sl.op, !remote),
                         Fut::Task(_) => model.detach(sl.op),
+                    }
+                    if remote {
+                        crate::on_remote_thread(move || drop(sl));
                     }
                 }
             }
-            Op::Cancel(s) => {
+            Op::Cancel(s) | Op::RemoteCancel(s) => {
                 if let Some(sl) = &self.slots[slot(s)] {
-                    model.cancel(sl.op);
-                    sl.cancel.cancel();
+                    let remote = matches!(op, Op::RemoteCancel(_));
+                    model.cancel(sl.op, !remote);
+                    let cancel = sl.cancel.clone();
+                    if remote {
+                        crate::on_remote_thread(move || cancel.cancel());
+                    } else {
+                        cancel.cancel();
+                    }
                 }
             }
             Op::Feed { pipe, len } => {
@@ -447,10 +507,11 @@ impl Real {
     }
 }
 
-/// Decodes `data` (libFuzzer bytes: the first picks the back end, even io_uring, odd
-/// epoll) and [`run`]s it; undecodable input is ignored.
+/// Decodes `data` (libFuzzer bytes: the first picks the back end — bit 0: even
+/// io_uring, odd epoll — and the [`Ring`] setup, bits 1 and 2) and [`run`]s it;
+/// undecodable input is ignored.
 pub fn run_bytes(data: &[u8]) {
-    let Some((&b, rest)) = data.split_first() else {
+    let Some(&b) = data.first() else {
         return;
     };
     let backend = if b % 2 == 0 {
@@ -458,34 +519,32 @@ pub fn run_bytes(data: &[u8]) {
     } else {
         Backend::Epoll
     };
-    if let Some(ops) = crate::decode::<Op>(rest) {
-        run(backend, &ops);
-    }
+    run_bytes_on(backend, data);
 }
 
-/// Decodes `data` like [`run_bytes`] but runs it on `backend`, whatever its first byte
-/// says (the corpus replay runs every input on each back end).
+/// Decodes `data` like [`run_bytes`] but runs it on `backend`, whatever bit 0 of its
+/// first byte says (the corpus replay runs every input on each back end).
 pub fn run_bytes_on(backend: Backend, data: &[u8]) {
-    if let Some(ops) = data
-        .split_first()
-        .and_then(|(_, rest)| crate::decode::<Op>(rest))
-    {
-        run(backend, &ops);
+    let Some((&b, rest)) = data.split_first() else {
+        return;
+    };
+    if let Some(ops) = crate::decode::<Op>(rest) {
+        run(backend, Ring::from_byte(b), &ops);
     }
 }
 
-/// Runs `ops` on a new context of `backend` (io_uring falls back to epoll where it is
-/// unavailable) and checks every step against the model, then drops the context and
+/// Runs `ops` on a new context of `backend`, its ring set up as `ring` (io_uring falls
+/// back to epoll where it is unavailable) and checks every step against the model, then drops the context and
 /// checks that every buffer was freed, none under the kernel.
 ///
 /// # Panics
 /// When the real operations and the model disagree (the message names the step), or
 /// when the run hangs for 20 s (the watchdog aborts).
-pub fn run(backend: Backend, ops: &[Op]) {
-    let mut real = Real::new(backend);
+pub fn run(backend: Backend, ring: Ring, ops: &[Op]) {
+    let mut real = Real::new(backend, ring);
     let watchdog = aioctx_testkit::Watchdog::named("io_ops", Duration::from_secs(20));
     let mut model = Model::new();
-    let chosen = real.ctx.as_ref().map(|c| c.backend());
+    let chosen = real.ctx.as_ref().map(|c| (c.backend(), c.ring_features()));
     for (step, &op) in ops.iter().enumerate() {
         watchdog.note(|s| *s = format!("{chosen:?}: step {step}: {op:?}"));
         if let Err(e) = real.step(&mut model, op) {

@@ -7,7 +7,7 @@
 
 use aioctx_aio::{BACKEND_ENV, Backend};
 use aioctx_fuzzcheck::decode_each;
-use aioctx_fuzzcheck::io_ops::{self, Kind, Limit, Op};
+use aioctx_fuzzcheck::io_ops::{self, Kind, Limit, Op, Ring};
 use proptest::prelude::*;
 
 /// The back ends every input runs on: the selected one, and epoll unless that is it.
@@ -30,9 +30,20 @@ fn corpus_io_ops_replays_on_each_backend() {
     }
 }
 
+/// Runs `ops` on each back end, and on io_uring with each ring setup.
 fn run_each(ops: &[Op]) {
     for backend in backends() {
-        io_ops::run(backend, ops);
+        for ring in [
+            Ring::Plain,
+            Ring::DeferTaskrun,
+            Ring::CoopTaskrun,
+            Ring::SingleIssuer,
+        ] {
+            io_ops::run(backend, ring, ops);
+            if backend == Backend::Epoll {
+                break;
+            }
+        }
     }
 }
 

@@ -274,28 +274,30 @@ impl Model {
         self.pipes[pipe].iter().map(Vec::len).sum()
     }
 
-    /// The explicit cancel handle's `cancel` (on the home thread, the loop idle).
-    pub(super) fn cancel(&mut self, i: usize) {
+    /// The explicit cancel handle's `cancel`: on the home thread with the loop idle
+    /// (`home`), or on another thread, which hands the cancel to the loop.
+    pub(super) fn cancel(&mut self, i: usize, home: bool) {
         let o = &mut self.ops[i];
         if o.state != State::Live {
             return;
         }
         o.cancelled = true;
-        o.stopped = true;
+        o.stopped |= home;
         if !o.submitted {
             o.never_started = true;
         }
     }
 
-    /// The held future was dropped (on the home thread, the loop idle).
-    pub(super) fn drop_held(&mut self, i: usize) {
+    /// The held future was dropped: on the home thread with the loop idle (`home`), or
+    /// on another thread.
+    pub(super) fn drop_held(&mut self, i: usize, home: bool) {
         let o = &mut self.ops[i];
         o.state = if o.buf_freed {
             State::Done
         } else {
             State::Dropped
         };
-        o.stopped = true;
+        o.stopped |= home;
         if !o.submitted {
             o.never_started = true;
         }
