@@ -534,8 +534,9 @@ pub fn run_bytes_on(backend: Backend, data: &[u8]) {
 }
 
 /// Runs `ops` on a new context of `backend`, its ring set up as `ring` (io_uring falls
-/// back to epoll where it is unavailable) and checks every step against the model, then drops the context and
-/// checks that every buffer was freed, none under the kernel.
+/// back to epoll where it is unavailable), and checks every step against the model;
+/// then drops the context and checks that every buffer was freed, none under the
+/// kernel.
 ///
 /// # Panics
 /// When the real operations and the model disagree (the message names the step), or
