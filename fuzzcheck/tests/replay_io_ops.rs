@@ -121,3 +121,40 @@ proptest! {
         run_each(&decode_each(&chunks));
     }
 }
+
+/// Reads on a pipe that has data, dropped or cancelled after their submission (at home
+/// and from a second thread) before their result was taken: what each consumed (its
+/// freed buffer says) must be exactly what the next read misses.
+#[test]
+fn reads_dropped_with_data_available_consume_a_prefix_or_nothing() {
+    use Op::*;
+    let read = Kind::PipeRead { pipe: 1, len: 5 };
+    for _ in 0..4 {
+        run_each(&[
+            Feed { pipe: 1, len: 9 },
+            Feed { pipe: 1, len: 2 },
+            Submit(read, Limit::None),
+            Poll(0),
+            Drop(0),
+            PollCtx,
+            Submit(read, Limit::None),
+            Poll(0),
+            PollCtx,
+            Feed { pipe: 1, len: 3 },
+            RemoteDrop(0),
+            Wait(1),
+            Spawn(read, Limit::None),
+            PollCtx,
+            Feed { pipe: 1, len: 4 },
+            RemoteCancel(0),
+            Wait(0),
+            Submit(read, Limit::DeadlineZero),
+            Poll(0),
+            Cancel(0),
+            Feed { pipe: 1, len: 1 },
+            Wait(0),
+            Submit(Kind::PipeRead { pipe: 1, len: 31 }, Limit::None),
+            Wait(0),
+        ]);
+    }
+}
