@@ -158,3 +158,31 @@ fn reads_dropped_with_data_available_consume_a_prefix_or_nothing() {
         ]);
     }
 }
+
+/// A read waiting in the kernel (or the stream table) on an empty pipe, dropped or
+/// cancelled on the home thread: data fed afterwards stays in the pipe, and the next
+/// read gets all of it.
+#[test]
+fn data_fed_after_a_waiting_read_was_dropped_or_cancelled_reaches_the_next_read() {
+    use Op::*;
+    let read = Kind::PipeRead { pipe: 0, len: 31 };
+    for limit in [Limit::None, Limit::DeadlineNever] {
+        run_each(&[
+            Submit(read, limit),
+            Poll(0),
+            PollCtx,
+            Drop(0),
+            Feed { pipe: 0, len: 4 },
+            PollCtx,
+            Submit(read, limit),
+            Poll(0),
+            PollCtx,
+            Cancel(0),
+            Feed { pipe: 0, len: 5 },
+            PollCtx,
+            Wait(0),
+            Spawn(read, limit),
+            Wait(0),
+        ]);
+    }
+}
