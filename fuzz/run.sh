@@ -6,6 +6,9 @@
 #   fuzz/run.sh 60                     # stable, no sanitizer (`-s none`): what CI runs
 #   FUZZ_TOOLCHAIN=nightly fuzz/run.sh 60   # nightly: adds AddressSanitizer
 #
+# io_ops picks its back end (io_uring or epoll) from its input's first byte, so one
+# process fuzzes both; where io_uring is unavailable its io_uring inputs run on epoll.
+#
 # graph_lock runs twice, once per fence mode (AIOCTX_FENCES=symmetric, then asymmetric
 # where the kernel grants membarrier): the mode is process-wide and chosen once, so each
 # mode needs a fuzzing process of its own.
@@ -13,14 +16,14 @@
 # Installs cargo-fuzz if it is missing (`cargo install cargo-fuzz --locked`, about 2-3
 # minutes on two cores). New inputs go to a scratch corpus; the committed seed corpus
 # in fuzz/corpus/<target>/ is only read (its replay on stable is
-# `cargo test -p aioctx-fuzzcheck`). A failing input is written to
+# `cargo test -p aioctx-fuzzcheck`, io_ops on each back end). A failing input is written to
 # fuzz/artifacts/<target>/; reproduce it with `cargo fuzz run -s none <target> <file>`.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-60}"
 toolchain="${FUZZ_TOOLCHAIN:-stable}"
 # TARGET or TARGET@FENCES (run with AIOCTX_FENCES=FENCES).
-targets=(bh_schedule timers graph_lock@symmetric graph_lock@asymmetric)
+targets=(bh_schedule timers graph_lock@symmetric graph_lock@asymmetric io_ops)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz (cargo install cargo-fuzz --locked)"

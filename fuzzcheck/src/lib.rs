@@ -7,7 +7,10 @@
 //!   progress, nested polls, delete from anywhere, scheduling from a second thread);
 //! - [`timers`]: timer lists (modify, anticipate, delete, clock advance, poll);
 //! - [`graph`]: the graph lock (readers in tasks on four contexts, one of which the run
-//!   drops; the writer on the main loop).
+//!   drops; the writer on the main loop);
+//! - [`io_ops`]: owned-buffer I/O operations submitted, polled, cancelled, dropped and
+//!   timed out in any interleaving, with the context dropped under them, on either back
+//!   end, with a live-buffer counter.
 //!
 //! The same `run(&[Op])` is called by the cargo-fuzz targets in `fuzz/`, by the replay
 //! of the committed corpus and by the proptests (`cargo test -p aioctx-fuzzcheck`). A
@@ -21,12 +24,43 @@ use arbitrary::{Arbitrary, Unstructured};
 
 pub mod bh;
 pub mod graph;
+pub mod io_ops;
 pub mod timers;
 
 /// Decodes `data` as libFuzzer's `fuzz_target!(|ops: Vec<Op>| ..)` would
 /// (`arbitrary_take_rest`); `None` when the bytes do not decode.
 pub fn decode<'a, T: Arbitrary<'a>>(data: &'a [u8]) -> Option<Vec<T>> {
     Vec::<T>::arbitrary_take_rest(Unstructured::new(data)).ok()
+}
+
+/// The committed seed corpus of a fuzz target (`fuzz/corpus/<target>/`), sorted by
+/// name: each file's path and bytes, for the replay tests.
+///
+/// # Panics
+/// When the directory cannot be read, or holds fewer than ten files (a corpus that
+/// went missing must not pass as an empty replay).
+pub fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| e.expect("read a corpus entry").path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "corpus {} has only {} files",
+        dir.display(),
+        files.len()
+    );
+    files
+        .into_iter()
+        .map(|f| {
+            let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            (f, data)
+        })
+        .collect()
 }
 
 /// Decodes one operation from each chunk (the proptests' encoding: random bytes decoded

@@ -3,28 +3,11 @@
 //! CI covers the fuzz targets without libFuzzer.
 #![cfg(not(loom))]
 
-use std::path::PathBuf;
-
 use aioctx_fuzzcheck::{bh, decode_each, graph, timers};
 use proptest::prelude::*;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .map(|e| e.expect("read a corpus entry").path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "corpus {} has only {} files",
-        dir.display(),
-        files.len()
-    );
-    for f in files {
-        let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    for (f, data) in aioctx_fuzzcheck::corpus(target) {
         eprintln!("replay {}", f.display());
         run(&data);
     }
