@@ -38,6 +38,14 @@
 //!    `Bh` of the context, pending or not (the list keeps a set of them: `Bh::new`
 //!    adds one, its drop removes it), and a refused schedule kills the callback too:
 //!    none can ever run again, and a callback that owns its own `Bh` (a cycle) is freed.
+//! [BH10] A oneshot BH that ran on the home thread is spent: its callback was freed by
+//!    its run ([BH6]) and the home thread's queue held its last reference. The home
+//!    thread keeps a few spent oneshots (`BhQueue::spare`), and a oneshot scheduled on
+//!    the home thread refills one (flags, link and a fresh callback cell) instead of
+//!    allocating a new one: one allocation per oneshot (its closure's box) instead of
+//!    two. The refill goes through `Arc::get_mut`, which proves that no other reference
+//!    to the spent BH exists (a oneshot has no handle, strong or weak), so nobody can
+//!    observe the reuse; one that fails that check is simply not reused.
 
 mod bh_ref;
 
@@ -178,6 +186,31 @@ impl BhInner {
         }
     }
 
+    /// [BH10]: refills the spent oneshot `this` as a new BH for `cb` with `flags`; gives
+    /// `cb` back when another reference to `this` exists.
+    fn refill(
+        mut this: Arc<Self>,
+        cb: Box<Callback>,
+        flags: u32,
+    ) -> Result<Arc<Self>, Box<Callback>> {
+        match Arc::get_mut(&mut this) {
+            Some(inner) => {
+                *inner = Self {
+                    flags: AtomicU32::new(flags),
+                    next: AtomicPtr::new(ptr::null_mut()),
+                    cb: CallbackCell::new(cb),
+                };
+                Ok(this)
+            }
+            None => Err(cb),
+        }
+    }
+
+    /// Whether this is a oneshot BH (the bit is set at creation and never changes).
+    pub(crate) fn is_oneshot(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & ONESHOT != 0
+    }
+
     /// Frees the callback: the BH's context is gone, it can never run ([BH8]).
     pub(crate) fn kill(&self) {
         self.cb.kill();
@@ -297,15 +330,22 @@ impl BhList {
     }
 
     fn take_chain(mut node: *mut BhInner, out: &mut VecDeque<Arc<BhInner>>) {
-        let start = out.len();
+        let (mut first, mut last) = (out.len(), out.len());
         while !node.is_null() {
             // SAFETY: every node on the list came from `Arc::into_raw` in `push`, and
             // the swap above made this thread the only owner of the whole chain.
             let bh = unsafe { Arc::from_raw(node) };
             node = bh.next.load(Ordering::Relaxed);
             out.push_back(bh);
+            last += 1;
         }
-        out.make_contiguous()[start..].reverse();
+        // Oldest first: reverse what was appended, in place (no `make_contiguous`, which
+        // moves the whole queue; nothing at all for the common chain of one).
+        while first + 1 < last {
+            last -= 1;
+            out.swap(first, last);
+            first += 1;
+        }
     }
 }
 
@@ -330,21 +370,30 @@ pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
 }
 
 /// A new oneshot BH for `cb`, scheduled: two allocations (the `Arc` and the closure's
-/// box; `cb` is stored in the box, not boxed again). Nobody else can see the BH yet, so
-/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit ([BH1])
-/// without an RMW — and the list takes the creator's reference instead of a clone.
-/// Returns `false` when the list is closed ([BH8]): the BH and its callback are freed
-/// unrun at once. The caller notifies the context afterwards.
-pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) -> bool {
+/// box; `cb` is stored in the box, not boxed again), or one when `spare` is a spent
+/// oneshot to refill ([BH10]). Nobody else can see the BH yet, so it is created
+/// `PENDING | SCHEDULED` — this call owns the `PENDING` bit ([BH1]) without an RMW —
+/// and the list takes the creator's reference instead of a clone. Returns `false` when
+/// the list is closed ([BH8]): the BH and its callback are freed unrun at once. The
+/// caller notifies the context afterwards.
+pub(crate) fn push_oneshot(
+    list: &BhList,
+    spare: Option<Arc<BhInner>>,
+    cb: impl FnOnce() + Send + 'static,
+) -> bool {
     let mut cb = Some(cb);
-    let bh = BhInner::new(
-        Box::new(move || {
-            if let Some(cb) = cb.take() {
-                cb();
-            }
-        }),
-        ONESHOT | PENDING | SCHEDULED,
-    );
+    let cb: Box<Callback> = Box::new(move || {
+        if let Some(cb) = cb.take() {
+            cb();
+        }
+    });
+    let flags = ONESHOT | PENDING | SCHEDULED;
+    let bh = match spare {
+        Some(spare) => {
+            BhInner::refill(spare, cb, flags).unwrap_or_else(|cb| BhInner::new(cb, flags))
+        }
+        None => BhInner::new(cb, flags),
+    };
     // The push's Release CAS publishes the flags and the closure to `take_all`.
     list.push(bh)
 }
@@ -362,9 +411,26 @@ fn closed() -> *mut BhInner {
 pub(crate) struct BhQueue {
     /// Taken off the list, not run yet: the outermost `poll`'s slice first.
     pub(crate) queued: VecDeque<Arc<BhInner>>,
+    /// Spent oneshots kept for reuse ([BH10]), at most [`SPARE_MAX`].
+    pub(crate) spare: Vec<Arc<BhInner>>,
 }
 
+/// How many spent oneshots the home thread keeps ([BH10]): about 20 KiB at most.
+const SPARE_MAX: usize = 256;
+
 impl BhQueue {
+    /// Keeps `bh` for reuse if it is a spent oneshot that nothing else references and
+    /// the pool has room ([BH10]); else drops it.
+    pub(crate) fn recycle(&mut self, bh: Arc<BhInner>) {
+        if self.spare.len() < SPARE_MAX
+            && bh.is_oneshot()
+            && bh.cb.is_dead()
+            && Arc::strong_count(&bh) == 1
+        {
+            self.spare.push(bh);
+        }
+    }
+
     /// Takes every BH the home thread took off the list and has not run: the context
     /// is being closed ([BH8]).
     pub(crate) fn take_queued(&mut self) -> VecDeque<Arc<BhInner>> {

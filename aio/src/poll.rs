@@ -261,6 +261,10 @@ impl AioContext {
             let run = bh.run(&self.remote.bhs);
             bump(&self.remote.counters.bhs_run, u64::from(run.ran()));
             progress |= run.progress();
+            if bh.is_oneshot() {
+                // [BH10] (`bh.rs`): keep a spent oneshot for the next one.
+                self.home().bhs.recycle(bh);
+            }
         }
         progress
     }
