@@ -298,6 +298,7 @@ impl BhList {
     }
 
     /// Takes every pushed BH, appending them to `out` oldest first.
+    #[inline]
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // No RMW on an empty list: a push this load misses was published after the
         // last `accept`, whose notify keeps the loop from sleeping ([N3]-[N5] (`notify.rs`)).
@@ -305,6 +306,12 @@ impl BhList {
         if head.is_null() || head == closed() {
             return;
         }
+        self.take_pushed(out);
+    }
+
+    /// The non-empty part of [`take_all`](Self::take_all).
+    #[inline(never)]
+    fn take_pushed(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // Acquire: pairs with the Release CAS in `push`.
         let node = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         Self::take_chain(node, out);

@@ -236,14 +236,23 @@ impl TimerList {
 
     /// Runs the timers that expired and were armed before this pass began ([T2] and
     /// [T3]); returns how many ran. Home thread only.
+    #[inline]
     pub(crate) fn run_expired(&self) -> usize {
-        // [T7]: no lock and no clock read while nothing is armed; no lock while nothing
-        // is due. Relaxed: see [T7] for why a stale hint loses no timer.
+        // [T7]: no lock and no clock read while nothing is armed. Relaxed: see [T7] for
+        // why a stale hint loses no timer.
         let hint = self.earliest.load(Ordering::Relaxed);
         if hint == NO_TIMER {
             return 0;
         }
-        // The clock is read once per pass, and only when a timer is armed.
+        self.run_armed(hint)
+    }
+
+    /// [`run_expired`](Self::run_expired) once its hint says a timer is armed, due at
+    /// `hint` or (the hint being stale) earlier or later.
+    #[inline(never)]
+    fn run_armed(&self, hint: i64) -> usize {
+        // The clock is read once per pass, and only when a timer is armed; no lock
+        // while nothing is due ([T7]).
         let now = self.clock.now_ns();
         if hint > now {
             return 0;
