@@ -46,6 +46,12 @@
 //!    two. The refill goes through `Arc::get_mut`, which proves that no other reference
 //!    to the spent BH exists (a oneshot has no handle, strong or weak), so nobody can
 //!    observe the reuse; one that fails that check is simply not reused.
+//! [BH11] Only the home thread writes a oneshot's flags after its creation: it has no
+//!    handle, so nobody can schedule, cancel or delete it, and its push published the
+//!    flags and the closure ([BH2]: the push's Release CAS, `take_all`'s Acquire swap).
+//!    Its run therefore clears `PENDING | SCHEDULED` with a plain load and store instead
+//!    of [BH3]'s `fetch_and`, and runs the callback once ([CC5] (`callback.rs`): the run
+//!    frees it with one RMW instead of [BH6]'s kill and the cell's put-back).
 
 mod bh_ref;
 
@@ -127,6 +133,10 @@ impl BhInner {
     /// Runs the BH if [BH3] allows, and says whether it ran and whether that counts as
     /// progress. A BH whose callback is running already ([BH7]) goes back on `list`.
     pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> BhRun {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & ONESHOT != 0 {
+            return self.run_oneshot(flags);
+        }
         // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
         // scheduler wrote before scheduling is visible to the callback.
         let flags = self
@@ -135,11 +145,11 @@ impl BhInner {
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
             return BhRun::Skipped;
         }
-        /// Finishes a run on return and on unwind alike ([BH7] and [BH9]).
+        /// Finishes a run on return and on unwind alike ([BH7] and [BH9]; a oneshot is
+        /// freed by `run_once` instead, [BH11]).
         struct AfterRun<'a> {
             bh: &'a Arc<BhInner>,
             list: &'a BhList,
-            oneshot: bool,
         }
         impl Drop for AfterRun<'_> {
             fn drop(&mut self) {
@@ -161,17 +171,10 @@ impl BhInner {
                     };
                     enqueue(self.list, self.bh, SCHEDULED | idle);
                 }
-                if self.oneshot {
-                    self.bh.cb.kill();
-                }
             }
         }
         let ran = self.cb.run(|f| {
-            let _after = AfterRun {
-                bh: self,
-                list,
-                oneshot: flags & ONESHOT != 0,
-            };
+            let _after = AfterRun { bh: self, list };
             f();
         });
         if !ran && !self.cb.is_dead() {
@@ -209,6 +212,19 @@ impl BhInner {
     /// Whether this is a oneshot BH (the bit is set at creation and never changes).
     pub(crate) fn is_oneshot(&self) -> bool {
         self.flags.load(Ordering::Relaxed) & ONESHOT != 0
+    }
+
+    /// [`run`](Self::run) for a oneshot ([BH11]); `flags` are its flags, read by the
+    /// home thread, their only writer.
+    fn run_oneshot(&self, flags: u32) -> BhRun {
+        // Relaxed: [BH11] — no other writer; the closure was published by the list.
+        self.flags
+            .store(flags & !(PENDING | SCHEDULED | IDLE), Ordering::Relaxed);
+        if flags & SCHEDULED != 0 && self.cb.run_once(|f| f()) {
+            BhRun::Ran
+        } else {
+            BhRun::Skipped
+        }
     }
 
     /// Frees the callback: the BH's context is gone, it can never run ([BH8]).
