@@ -38,6 +38,20 @@
 //!    `Bh` of the context, pending or not (the list keeps a set of them: `Bh::new`
 //!    adds one, its drop removes it), and a refused schedule kills the callback too:
 //!    none can ever run again, and a callback that owns its own `Bh` (a cycle) is freed.
+//! [BH10] A oneshot BH that ran on the home thread is spent: its callback was freed by
+//!    its run ([BH6]) and the home thread's queue held its last reference. The home
+//!    thread keeps a few spent oneshots (`BhQueue::spare`), and a oneshot scheduled on
+//!    the home thread refills one (flags, link and a fresh callback cell) instead of
+//!    allocating a new one: one allocation per oneshot (its closure's box) instead of
+//!    two. The refill goes through `Arc::get_mut`, which proves that no other reference
+//!    to the spent BH exists (a oneshot has no handle, strong or weak), so nobody can
+//!    observe the reuse; one that fails that check is simply not reused.
+//! [BH11] Only the home thread writes a oneshot's flags after its creation: it has no
+//!    handle, so nobody can schedule, cancel or delete it, and its push published the
+//!    flags and the closure ([BH2]: the push's Release CAS, `take_all`'s Acquire swap).
+//!    Its run therefore clears `PENDING | SCHEDULED` with a plain load and store instead
+//!    of [BH3]'s `fetch_and`, and runs the callback once ([CC5] (`callback.rs`): the run
+//!    frees it with one RMW instead of [BH6]'s kill and the cell's put-back).
 
 mod bh_ref;
 
@@ -119,6 +133,10 @@ impl BhInner {
     /// Runs the BH if [BH3] allows, and says whether it ran and whether that counts as
     /// progress. A BH whose callback is running already ([BH7]) goes back on `list`.
     pub(crate) fn run(self: &Arc<Self>, list: &BhList) -> BhRun {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & ONESHOT != 0 {
+            return self.run_oneshot(flags);
+        }
         // Acquire: pairs with the Release `fetch_or` in `Remote::enqueue`, so what the
         // scheduler wrote before scheduling is visible to the callback.
         let flags = self
@@ -127,11 +145,11 @@ impl BhInner {
         if flags & (SCHEDULED | DELETED) != SCHEDULED {
             return BhRun::Skipped;
         }
-        /// Finishes a run on return and on unwind alike ([BH7] and [BH9]).
+        /// Finishes a run on return and on unwind alike ([BH7] and [BH9]; a oneshot is
+        /// freed by `run_once` instead, [BH11]).
         struct AfterRun<'a> {
             bh: &'a Arc<BhInner>,
             list: &'a BhList,
-            oneshot: bool,
         }
         impl Drop for AfterRun<'_> {
             fn drop(&mut self) {
@@ -153,17 +171,10 @@ impl BhInner {
                     };
                     enqueue(self.list, self.bh, SCHEDULED | idle);
                 }
-                if self.oneshot {
-                    self.bh.cb.kill();
-                }
             }
         }
         let ran = self.cb.run(|f| {
-            let _after = AfterRun {
-                bh: self,
-                list,
-                oneshot: flags & ONESHOT != 0,
-            };
+            let _after = AfterRun { bh: self, list };
             f();
         });
         if !ran && !self.cb.is_dead() {
@@ -175,6 +186,44 @@ impl BhInner {
             (false, _) => BhRun::Skipped,
             (true, true) => BhRun::RanIdle,
             (true, false) => BhRun::Ran,
+        }
+    }
+
+    /// [BH10]: refills the spent oneshot `this` as a new BH for `cb` with `flags`; gives
+    /// `cb` back when another reference to `this` exists.
+    fn refill(
+        mut this: Arc<Self>,
+        cb: Box<Callback>,
+        flags: u32,
+    ) -> Result<Arc<Self>, Box<Callback>> {
+        match Arc::get_mut(&mut this) {
+            Some(inner) => {
+                *inner = Self {
+                    flags: AtomicU32::new(flags),
+                    next: AtomicPtr::new(ptr::null_mut()),
+                    cb: CallbackCell::new(cb),
+                };
+                Ok(this)
+            }
+            None => Err(cb),
+        }
+    }
+
+    /// Whether this is a oneshot BH (the bit is set at creation and never changes).
+    pub(crate) fn is_oneshot(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & ONESHOT != 0
+    }
+
+    /// [`run`](Self::run) for a oneshot ([BH11]); `flags` are its flags, read by the
+    /// home thread, their only writer.
+    fn run_oneshot(&self, flags: u32) -> BhRun {
+        // Relaxed: [BH11] — no other writer; the closure was published by the list.
+        self.flags
+            .store(flags & !(PENDING | SCHEDULED | IDLE), Ordering::Relaxed);
+        if flags & SCHEDULED != 0 && self.cb.run_once(|f| f()) {
+            BhRun::Ran
+        } else {
+            BhRun::Skipped
         }
     }
 
@@ -265,6 +314,7 @@ impl BhList {
     }
 
     /// Takes every pushed BH, appending them to `out` oldest first.
+    #[inline]
     pub(crate) fn take_all(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // No RMW on an empty list: a push this load misses was published after the
         // last `accept`, whose notify keeps the loop from sleeping ([N3]-[N5] (`notify.rs`)).
@@ -272,6 +322,12 @@ impl BhList {
         if head.is_null() || head == closed() {
             return;
         }
+        self.take_pushed(out);
+    }
+
+    /// The non-empty part of [`take_all`](Self::take_all).
+    #[inline(never)]
+    fn take_pushed(&self, out: &mut VecDeque<Arc<BhInner>>) {
         // Acquire: pairs with the Release CAS in `push`.
         let node = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         Self::take_chain(node, out);
@@ -297,15 +353,22 @@ impl BhList {
     }
 
     fn take_chain(mut node: *mut BhInner, out: &mut VecDeque<Arc<BhInner>>) {
-        let start = out.len();
+        let (mut first, mut last) = (out.len(), out.len());
         while !node.is_null() {
             // SAFETY: every node on the list came from `Arc::into_raw` in `push`, and
             // the swap above made this thread the only owner of the whole chain.
             let bh = unsafe { Arc::from_raw(node) };
             node = bh.next.load(Ordering::Relaxed);
             out.push_back(bh);
+            last += 1;
         }
-        out.make_contiguous()[start..].reverse();
+        // Oldest first: reverse what was appended, in place (no `make_contiguous`, which
+        // moves the whole queue; nothing at all for the common chain of one).
+        while first + 1 < last {
+            last -= 1;
+            out.swap(first, last);
+            first += 1;
+        }
     }
 }
 
@@ -330,21 +393,30 @@ pub(crate) fn enqueue(list: &BhList, bh: &Arc<BhInner>, flags: u32) -> bool {
 }
 
 /// A new oneshot BH for `cb`, scheduled: two allocations (the `Arc` and the closure's
-/// box; `cb` is stored in the box, not boxed again). Nobody else can see the BH yet, so
-/// it is created `PENDING | SCHEDULED` — this call owns the `PENDING` bit ([BH1])
-/// without an RMW — and the list takes the creator's reference instead of a clone.
-/// Returns `false` when the list is closed ([BH8]): the BH and its callback are freed
-/// unrun at once. The caller notifies the context afterwards.
-pub(crate) fn push_oneshot(list: &BhList, cb: impl FnOnce() + Send + 'static) -> bool {
+/// box; `cb` is stored in the box, not boxed again), or one when `spare` is a spent
+/// oneshot to refill ([BH10]). Nobody else can see the BH yet, so it is created
+/// `PENDING | SCHEDULED` — this call owns the `PENDING` bit ([BH1]) without an RMW —
+/// and the list takes the creator's reference instead of a clone. Returns `false` when
+/// the list is closed ([BH8]): the BH and its callback are freed unrun at once. The
+/// caller notifies the context afterwards.
+pub(crate) fn push_oneshot(
+    list: &BhList,
+    spare: Option<Arc<BhInner>>,
+    cb: impl FnOnce() + Send + 'static,
+) -> bool {
     let mut cb = Some(cb);
-    let bh = BhInner::new(
-        Box::new(move || {
-            if let Some(cb) = cb.take() {
-                cb();
-            }
-        }),
-        ONESHOT | PENDING | SCHEDULED,
-    );
+    let cb: Box<Callback> = Box::new(move || {
+        if let Some(cb) = cb.take() {
+            cb();
+        }
+    });
+    let flags = ONESHOT | PENDING | SCHEDULED;
+    let bh = match spare {
+        Some(spare) => {
+            BhInner::refill(spare, cb, flags).unwrap_or_else(|cb| BhInner::new(cb, flags))
+        }
+        None => BhInner::new(cb, flags),
+    };
     // The push's Release CAS publishes the flags and the closure to `take_all`.
     list.push(bh)
 }
@@ -362,9 +434,26 @@ fn closed() -> *mut BhInner {
 pub(crate) struct BhQueue {
     /// Taken off the list, not run yet: the outermost `poll`'s slice first.
     pub(crate) queued: VecDeque<Arc<BhInner>>,
+    /// Spent oneshots kept for reuse ([BH10]), at most [`SPARE_MAX`].
+    pub(crate) spare: Vec<Arc<BhInner>>,
 }
 
+/// How many spent oneshots the home thread keeps ([BH10]): about 20 KiB at most.
+const SPARE_MAX: usize = 256;
+
 impl BhQueue {
+    /// Keeps `bh` for reuse if it is a spent oneshot that nothing else references and
+    /// the pool has room ([BH10]); else drops it.
+    pub(crate) fn recycle(&mut self, bh: Arc<BhInner>) {
+        if self.spare.len() < SPARE_MAX
+            && bh.is_oneshot()
+            && bh.cb.is_dead()
+            && Arc::strong_count(&bh) == 1
+        {
+            self.spare.push(bh);
+        }
+    }
+
     /// Takes every BH the home thread took off the list and has not run: the context
     /// is being closed ([BH8]).
     pub(crate) fn take_queued(&mut self) -> VecDeque<Arc<BhInner>> {

@@ -21,6 +21,13 @@
 //! [CC4] A closure that panics is put back all the same (during unwinding), so a panicking
 //!    bottom half, handler or timer stays usable: the panic propagates, the callback
 //!    does not vanish.
+//! [CC5] A closure that runs only once (a oneshot bottom half) is retired by its runner
+//!    instead of put back: [`run_once`](CallbackCell::run_once) raises `DEAD` with one
+//!    RMW after the call (on return or unwind), leaving `RUNNING` up so that nobody can
+//!    take it again, then drops the closure it holds. A killer meanwhile found `RUNNING`
+//!    up and left the closure alone ([CC2]); a later killer finds `DEAD` and does
+//!    nothing. The closure is dropped exactly once, by the runner, never while it runs:
+//!    one RMW where `put_back` and `kill` took two.
 //!
 //! A run costs two uncontended RMWs and no lock (it used to take a mutex twice). The
 //! closure's drop never runs under any lock, so a closure whose drop deletes other
@@ -123,6 +130,33 @@ impl<F: ?Sized> CallbackCell<F> {
             }
             None => false,
         }
+    }
+
+    /// Runs the closure with `call` if it is alive and not already running, then frees
+    /// it and leaves the cell dead, on return or unwind ([CC5]); returns whether it ran.
+    pub(crate) fn run_once(&self, call: impl FnOnce(&mut F)) -> bool {
+        /// Retires the closure when dropped, on return or unwind ([CC5]).
+        struct Retire<'a, F: ?Sized> {
+            cell: &'a CallbackCell<F>,
+            f: Option<Box<F>>,
+        }
+        impl<F: ?Sized> Drop for Retire<'_, F> {
+            fn drop(&mut self) {
+                // [CB4] Release: pairs with the Acquire of `is_dead` and of a later
+                // `kill` ([CB3]): a thread that sees the cell dead sees the run done.
+                self.cell.state.fetch_or(DEAD, Ordering::Release);
+                drop(self.f.take());
+            }
+        }
+        let Some(f) = self.take() else {
+            return false;
+        };
+        let mut retire = Retire {
+            cell: self,
+            f: Some(f),
+        };
+        call(retire.f.as_mut().expect("set above"));
+        true
     }
 
     /// Runs `f`, which [`take`](Self::take) returned for this cell, with `call`, and

@@ -97,7 +97,17 @@ impl Remote {
     /// Runs `cb` once on the home thread at the next `poll`; dropped unrun when the
     /// context is gone (QEMU: `aio_bh_schedule_oneshot`).
     pub(crate) fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
-        if crate::bh::push_oneshot(&self.bhs, cb) {
+        self.schedule_oneshot_in(None, cb);
+    }
+
+    /// [`schedule_oneshot`](Self::schedule_oneshot), refilling `spare` (a spent oneshot
+    /// of the home thread, [BH10] (`bh.rs`)) when given one.
+    pub(crate) fn schedule_oneshot_in(
+        &self,
+        spare: Option<Arc<BhInner>>,
+        cb: impl FnOnce() + Send + 'static,
+    ) {
+        if crate::bh::push_oneshot(&self.bhs, spare, cb) {
             self.notify();
         }
     }
@@ -445,10 +455,18 @@ impl AioContext {
     /// Binds the calling thread as home if no thread is, else panics unless it is the
     /// home thread. Only for what must run on the home thread (`poll`, `block_on`,
     /// `make_current`): a getter never binds.
+    #[inline]
     pub(crate) fn check_home(&self, what: &str) {
         if self.remote.notify.is_home() {
             return;
         }
+        self.bind_or_panic(what);
+    }
+
+    /// The cold part of [`check_home`](Self::check_home).
+    #[cold]
+    #[inline(never)]
+    fn bind_or_panic(&self, what: &str) {
         // The home id lives in the notify state, which decides the home-thread fast
         // path from it ([N6] (`notify.rs`)).
         if self.remote.notify.bind_home() == thread_id() {
@@ -471,7 +489,8 @@ impl AioContext {
         self.home.0.borrow_mut()
     }
 
-    /// The home state if it is not borrowed (home thread only, like `home`).
+    /// The home state if it is not borrowed (home thread only, like `home`: the caller
+    /// checked `check_home` or `notify.is_home()`).
     pub(crate) fn try_home(&self) -> Option<std::cell::RefMut<'_, Home>> {
         self.home.0.try_borrow_mut().ok()
     }
@@ -491,7 +510,14 @@ impl AioContext {
     /// Runs `cb` once on the home thread, at the next `poll`
     /// (QEMU: `aio_bh_schedule_oneshot`).
     pub fn schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
-        self.remote.schedule_oneshot(cb);
+        // [BH10] (`bh.rs`): on the home thread, outside a borrow of its state, refill a
+        // spent oneshot instead of allocating one.
+        let spare = if self.remote.notify.is_home() {
+            self.try_home().and_then(|mut home| home.bhs.spare.pop())
+        } else {
+            None
+        };
+        self.remote.schedule_oneshot_in(spare, cb);
     }
 
     /// A new, disarmed timer on `clock` (QEMU: `aio_timer_new`). See [`Timer`].

@@ -115,6 +115,17 @@ fn cross_thread_notify_racing_a_pending_home_notify() {
 /// that starts after the kill does not call it.
 #[test]
 fn callback_kill_racing_its_run_drops_it_once() {
+    kill_racing_a_run(|cell| cell.run(|f| f()));
+}
+
+/// [CC5]: the same race against `run_once`, which retires the closure after its call.
+#[test]
+fn callback_kill_racing_its_run_once_drops_it_once() {
+    kill_racing_a_run(|cell| cell.run_once(|f| f()));
+}
+
+/// A kill from another thread racing `run` on the home thread (see the tests above).
+fn kill_racing_a_run(run: fn(&crate::callback::CallbackCell<dyn FnMut() + Send>) -> bool) {
     use crate::sync::atomic::AtomicUsize;
     struct OnDrop(Arc<AtomicUsize>, Arc<AtomicUsize>);
     impl Drop for OnDrop {
@@ -128,7 +139,7 @@ fn callback_kill_racing_its_run_drops_it_once() {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
     }
-    loom::model(|| {
+    loom::model(move || {
         let drops = Arc::new(AtomicUsize::new(0));
         // Odd while the closure runs.
         let running = Arc::new(AtomicUsize::new(0));
@@ -144,7 +155,7 @@ fn callback_kill_racing_its_run_drops_it_once() {
             let cell = Arc::clone(&cell);
             loom::thread::spawn(move || cell.kill())
         };
-        let ran = cell.run(|f| f());
+        let ran = run(&cell);
         killer.join().unwrap();
         assert_eq!(drops.load(Ordering::Relaxed), 1);
         assert!(cell.is_dead());

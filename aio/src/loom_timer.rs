@@ -1,6 +1,8 @@
 //! loom models of the timer list: `delete` and `modify` from another thread racing the
 //! home thread's timer pass, on the real `TimerList` code ([T2] (`timer.rs`)), and
-//! `modify` racing the context's drop closing the list ([T5]).
+//! `modify` racing the context's drop closing the list ([T5]), and an arming from
+//! another thread racing the home thread's lock-free look at the earliest-deadline
+//! hint ([T7]).
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
@@ -11,13 +13,13 @@
 
 use loom::sync::atomic::AtomicUsize;
 
+use crate::notify::NotifyState;
 use crate::sync::Arc;
 use crate::sync::atomic::Ordering;
-use crate::timer::{ClockType, TimerInner, TimerList};
+use crate::timer::{ClockType, TimerInner, TimerList, arm};
 
-/// A list with one timer, already due, whose callback counts its runs.
-fn due_timer() -> (Arc<TimerList>, Arc<TimerInner>, Arc<AtomicUsize>) {
-    let list = Arc::new(TimerList::new(ClockType::Realtime));
+/// A disarmed timer of `list` whose callback counts its runs.
+fn counting_timer(list: &TimerList) -> (Arc<TimerInner>, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&runs);
     let timer = TimerInner::new(
@@ -26,6 +28,13 @@ fn due_timer() -> (Arc<TimerList>, Arc<TimerInner>, Arc<AtomicUsize>) {
             r.fetch_add(1, Ordering::Relaxed);
         }),
     );
+    (timer, runs)
+}
+
+/// A list with one timer, already due, whose callback counts its runs.
+fn due_timer() -> (Arc<TimerList>, Arc<TimerInner>, Arc<AtomicUsize>) {
+    let list = Arc::new(TimerList::new(ClockType::Realtime));
+    let (timer, runs) = counting_timer(&list);
     list.modify(&timer, 0, false).unwrap();
     (list, timer, runs)
 }
@@ -89,5 +98,63 @@ fn modify_racing_close_never_leaves_the_timer_on_a_closed_list() {
         // Whether the racing modify was accepted (it came first, and the close disarmed
         // it) or refused, every modify after the close is refused.
         assert!(list.modify(&timer, 0, false).is_err());
+    });
+}
+
+/// [T7]: another thread arms a due timer on an empty list (the real `arm`, then the
+/// real cross-thread notify) while the home thread makes a poll's timer step: the
+/// notify protocol's `accept`, then `run_expired`, which reads the hint before any
+/// lock. Either the pass runs the timer, or the notify is still pending — so the next
+/// poll cannot sleep ([N3] (`notify.rs`)) and, its `accept` having synchronized with
+/// the arming, that poll's pass runs it. A timer armed and notified but neither run
+/// nor announced would be a lost wake-up.
+#[test]
+fn timer_armed_from_another_thread_is_run_or_its_notify_is_pending() {
+    loom::model(|| {
+        let list = Arc::new(TimerList::new(ClockType::Realtime));
+        let notify = Arc::new(NotifyState::new());
+        notify.bind_home();
+        let (timer, runs) = counting_timer(&list);
+        list.register(&timer);
+        let (l, t, n) = (Arc::clone(&list), Arc::clone(&timer), Arc::clone(&notify));
+        let other = loom::thread::spawn(move || {
+            arm(&l, &t, 0, false, || {
+                n.notify();
+            })
+            .unwrap();
+        });
+        // One poll's steps, in `AioContext::poll`'s order: accept, then the pass.
+        notify.accept();
+        let ran = list.run_expired();
+        other.join().unwrap();
+        if ran == 0 {
+            assert!(
+                notify.is_notified(),
+                "the pass missed the timer and the notify was consumed: a lost wake-up"
+            );
+            // The next poll: its accept synchronizes with the arming, its pass runs it.
+            notify.accept();
+            assert_eq!(list.run_expired(), 1);
+        }
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+        list.close();
+    });
+}
+
+/// [T7] on the home thread: a timer armed by the home thread itself (no notify needed,
+/// [N5]) is seen by its next pass through the hint, also after a pass emptied the list.
+#[test]
+fn timer_armed_on_the_home_thread_is_seen_by_the_next_pass() {
+    loom::model(|| {
+        let list = TimerList::new(ClockType::Realtime);
+        let timer = TimerInner::new(list.next_id(), Box::new(|| {}));
+        list.register(&timer);
+        assert_eq!(list.run_expired(), 0);
+        arm(&list, &timer, 0, false, || {}).unwrap();
+        assert_eq!(list.run_expired(), 1);
+        assert_eq!(list.run_expired(), 0);
+        arm(&list, &timer, 0, false, || {}).unwrap();
+        assert_eq!(list.run_expired(), 1);
+        list.close();
     });
 }

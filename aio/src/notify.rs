@@ -111,6 +111,7 @@ impl NotifyState {
     }
 
     /// Whether the calling thread is the home thread ([N6]).
+    #[inline]
     pub(crate) fn is_home(&self) -> bool {
         // Relaxed: see `bind_home`.
         self.home.load(Ordering::Relaxed) == thread_id()
@@ -199,6 +200,7 @@ thread_local! {
 
 /// A process-unique, non-zero id of the calling thread (ids are never reused).
 #[cfg(not(all(loom, test)))]
+#[inline]
 pub(crate) fn thread_id() -> u64 {
     THREAD_ID.with(|id| match id.get() {
         0 => {

@@ -73,6 +73,7 @@ impl Kernel for Counted<'_> {
 /// The wait of one poll inside the notify protocol ([N3] and [N4] (`notify.rs`)): sleeps
 /// only when `timeout` is not zero and no notify arrived since the last `accept`, then
 /// accepts. Returns whether it slept.
+#[inline]
 pub(crate) fn sleep_or_look(
     notify: &NotifyState,
     timeout: Option<Duration>,
@@ -261,6 +262,10 @@ impl AioContext {
             let run = bh.run(&self.remote.bhs);
             bump(&self.remote.counters.bhs_run, u64::from(run.ran()));
             progress |= run.progress();
+            if bh.is_oneshot() {
+                // [BH10] (`bh.rs`): keep a spent oneshot for the next one.
+                self.home().bhs.recycle(bh);
+            }
         }
         progress
     }

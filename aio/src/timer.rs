@@ -33,10 +33,29 @@
 //!    list but stays pending (its deadline kept), so nested blocking polls do not spin
 //!    on it; when the callback returns (or unwinds), the outer pass puts it back, and it
 //!    runs at the next `poll`. A `delete` or `modify` meanwhile wins, as always.
+//! [T7] Each list keeps a hint of its earliest deadline (`NO_TIMER` when nothing is
+//!    armed), stored (Relaxed) under the list lock by every change of the list. The home
+//!    thread's timer pass reads it before the lock and leaves at once — no lock, and no
+//!    clock read when nothing is armed — when it says nothing is armed or nothing is due.
+//!    A stale hint that says "armed" or "due" costs the lock and nothing else. One that
+//!    says "nothing" or "later" while an earlier timer is armed cannot lose that timer:
+//!    the hint only moves earlier (or away from `NO_TIMER`) by an arming that made its
+//!    timer the earliest, and such an arming notifies the context after its store
+//!    ([T1]). From the home thread that is program order. From another thread, the
+//!    store is sequenced before the notify's release swap ([P1] (`notify.rs`)); the
+//!    poll's `accept` ([C4]) that reads it acquires, so the pass that follows that
+//!    `accept` sees the store or a later one. If the pass's `accept` came before the
+//!    notify, `notified` stays up: this pass may miss the timer, but the next `poll`
+//!    cannot sleep ([N3]) and its `accept` synchronizes with the arming. An arming that
+//!    left the earliest deadline alone found an earlier timer armed, whose own arming
+//!    is covered the same way. The loom model `loom_timer.rs` runs this race on the
+//!    real code.
 
 mod deadline;
+mod sleep;
 
 pub use deadline::TimerRef;
+pub use sleep::{Sleep, sleep};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -71,6 +90,9 @@ type Callback = dyn FnMut() + Send;
 /// Not on the list.
 const NOT_PENDING: i64 = -1;
 
+/// The earliest-deadline hint of a list with no armed timer ([T7]).
+const NO_TIMER: i64 = i64::MAX;
+
 pub(crate) struct TimerInner {
     id: u64,
     /// Deadline while on the list, else `NOT_PENDING`. Written under the list lock.
@@ -99,6 +121,13 @@ struct Armed {
     closed: bool,
     /// Every live timer of the list, armed or not, by id ([T5]).
     all: HashMap<u64, Arc<TimerInner>>,
+}
+
+impl Armed {
+    /// The earliest armed deadline, or [`NO_TIMER`].
+    fn earliest(&self) -> i64 {
+        self.timers.keys().next().map_or(NO_TIMER, |&(t, _)| t)
+    }
 }
 
 /// Puts a timer that a nested pass deferred ([T6]) back on the list once its callback
@@ -130,6 +159,8 @@ impl Drop for RearmDeferred<'_> {
             .timers
             .entry((expire, self.timer.id))
             .or_insert_with(|| (Arc::clone(self.timer), pass));
+        // [T7]: the home thread's own store; program order covers its next pass.
+        self.list.publish(&armed);
     }
 }
 
@@ -148,6 +179,8 @@ pub(crate) enum Earliest {
 pub(crate) struct TimerList {
     clock: ClockType,
     next_id: AtomicU64,
+    /// [T7]: the earliest armed deadline, or [`NO_TIMER`]; written under `armed`'s lock.
+    earliest: AtomicI64,
     armed: Mutex<Armed>,
 }
 
@@ -156,6 +189,7 @@ impl TimerList {
         Self {
             clock,
             next_id: AtomicU64::new(0),
+            earliest: AtomicI64::new(NO_TIMER),
             armed: Mutex::new(Armed {
                 timers: BTreeMap::new(),
                 pass: 0,
@@ -163,6 +197,13 @@ impl TimerList {
                 all: HashMap::new(),
             }),
         }
+    }
+
+    /// Stores the [T7] hint; called under the lock after every change of `armed`.
+    fn publish(&self, armed: &Armed) {
+        // Relaxed: [T7] — a store that moves the hint earlier is published by the
+        // arming's notify ([P1] (`notify.rs`)), which the poll's `accept` acquires.
+        self.earliest.store(armed.earliest(), Ordering::Relaxed);
     }
 
     /// A number for a new timer of this list.
@@ -194,18 +235,36 @@ impl TimerList {
     }
 
     /// Runs the timers that expired and were armed before this pass began ([T2] and
-    /// 3); returns how many ran.
+    /// [T3]); returns how many ran. Home thread only.
+    #[inline]
     pub(crate) fn run_expired(&self) -> usize {
+        // [T7]: no lock and no clock read while nothing is armed. Relaxed: see [T7] for
+        // why a stale hint loses no timer.
+        let hint = self.earliest.load(Ordering::Relaxed);
+        if hint == NO_TIMER {
+            return 0;
+        }
+        self.run_armed(hint)
+    }
+
+    /// [`run_expired`](Self::run_expired) once its hint says a timer is armed, due at
+    /// `hint` or (the hint being stale) earlier or later.
+    #[inline(never)]
+    fn run_armed(&self, hint: i64) -> usize {
+        // The clock is read once per pass, and only when a timer is armed; no lock
+        // while nothing is due ([T7]).
+        let now = self.clock.now_ns();
+        if hint > now {
+            return 0;
+        }
         let pass = {
             let mut armed = lock(&self.armed);
             if armed.timers.is_empty() {
-                return 0; // no clock read without an armed timer
+                return 0;
             }
             armed.pass += 1;
             armed.pass
         };
-        // The clock is read once per pass, and only when a timer is armed.
-        let now = self.clock.now_ns();
         let mut ran = 0;
         loop {
             let (timer, f) = {
@@ -219,6 +278,7 @@ impl TimerList {
                     .map(|(&k, _)| k);
                 let Some(key) = key else { break };
                 let (timer, _) = armed.timers.remove(&key).expect("found above");
+                self.publish(&armed);
                 // [T2]: the callback starts here, under the list lock. `None`: it is
                 // running already, further up this thread's stack ([T6]), or dead.
                 let f = timer.cb.take();
@@ -266,6 +326,8 @@ impl TimerList {
         armed
             .timers
             .insert((expire, timer.id), (Arc::clone(timer), pass));
+        // [T7]: a store that moves the hint earlier is followed by the caller's notify.
+        self.publish(&armed);
         if armed.timers.keys().next() == Some(&(expire, timer.id)) {
             Ok(Earliest::Changed)
         } else {
@@ -282,6 +344,7 @@ impl TimerList {
             for (timer, _) in std::mem::take(&mut armed.timers).into_values() {
                 timer.expire.store(NOT_PENDING, Ordering::Relaxed);
             }
+            self.publish(&armed);
             std::mem::take(&mut armed.all)
         };
         // Outside the lock: a callback's drop may drop a `Timer` of this list, whose
@@ -300,6 +363,7 @@ impl TimerList {
         let old = timer.expire.swap(NOT_PENDING, Ordering::Relaxed);
         if old != NOT_PENDING {
             armed.timers.remove(&(old, timer.id));
+            self.publish(&armed);
         }
     }
 
@@ -413,9 +477,23 @@ fn modify(
     expire_ns: i64,
     anticipate: bool,
 ) -> Result<(), ContextGone> {
-    if remote.timers(clock).modify(timer, expire_ns, anticipate)? == Earliest::Changed {
+    arm(remote.timers(clock), timer, expire_ns, anticipate, || {
+        remote.notify()
+    })
+}
+
+/// Arms `timer` on `list`, then calls `notify` when it became the earliest ([T1]; the
+/// notify also publishes the [T7] hint). Split from [`modify`] for the loom models.
+pub(crate) fn arm(
+    list: &TimerList,
+    timer: &Arc<TimerInner>,
+    expire_ns: i64,
+    anticipate: bool,
+    notify: impl FnOnce(),
+) -> Result<(), ContextGone> {
+    if list.modify(timer, expire_ns, anticipate)? == Earliest::Changed {
         // [T1]: the earliest deadline changed; a sleeping loop must recompute.
-        remote.notify();
+        notify();
     }
     Ok(())
 }
@@ -434,144 +512,5 @@ impl fmt::Debug for Timer {
             .field("clock", &self.clock)
             .field("expire_time", &self.expire_time())
             .finish()
-    }
-}
-
-/// Completes `duration` after its first poll, on the context of the task that awaits it
-/// (QEMU: `qemu_co_sleep_ns`). The task sleeps: its context may sleep in the kernel
-/// until the deadline, nothing spins.
-///
-/// The deadline is fixed at the first poll, and the timer armed on the current context
-/// then. If that context shuts down first (dropped, or its `IoThread` stopped) while
-/// the future lives on — it was moved to another context, or is polled by
-/// `block_on` elsewhere — the shutdown wakes it, and the next poll arms the same
-/// deadline on the context current then: it never waits on a dead context.
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// let start = Instant::now();
-/// ctx.block_on(aioctx_aio::sleep(Duration::from_millis(2)));
-/// assert!(start.elapsed() >= Duration::from_millis(2));
-/// # Ok::<(), std::io::Error>(())
-/// ```
-///
-/// # Panics
-/// When polled, first or after its context shut down, on a thread without a current
-/// context (see [`current`]).
-///
-/// [`current`]: crate::current
-pub fn sleep(duration: std::time::Duration) -> Sleep {
-    Sleep {
-        duration,
-        deadline: 0,
-        state: None,
-    }
-}
-
-/// The future of [`sleep`]. Each poll that finds it pending keeps that poll's waker,
-/// replacing the one before (the `Future` contract: wake the task that polled last).
-#[must_use = "a future does nothing unless awaited"]
-pub struct Sleep {
-    duration: std::time::Duration,
-    /// Fixed at the first poll.
-    deadline: i64,
-    state: Option<(Timer, Arc<Mutex<SleepState>>)>,
-}
-
-/// Whether the timer fired, and the waker of the last poll that found it pending.
-struct SleepState {
-    fired: bool,
-    waker: Option<std::task::Waker>,
-}
-
-/// What a `Sleep`'s timer callback owns. Running it fires the sleep; freeing it unrun
-/// (the context shut down) wakes the task too, so that it re-arms elsewhere. `Sleep`'s
-/// own drop takes the waker out first: dropping the future wakes nobody.
-struct Alarm(Arc<Mutex<SleepState>>);
-
-impl Alarm {
-    fn wake(&self, fired: bool) {
-        let waker = {
-            let mut st = lock(&self.0);
-            st.fired |= fired;
-            st.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-impl Drop for Alarm {
-    fn drop(&mut self) {
-        self.wake(false);
-    }
-}
-
-impl Sleep {
-    /// Arms a timer for the deadline on the calling thread's current context.
-    fn arm(&mut self, state: Arc<Mutex<SleepState>>) {
-        let alarm = Alarm(Arc::clone(&state));
-        let timer = crate::current().timer_new(ClockType::Realtime, move || alarm.wake(true));
-        timer.modify(self.deadline);
-        self.state = Some((timer, state));
-    }
-}
-
-impl std::future::Future for Sleep {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let state = match &self.state {
-            Some((timer, state)) => {
-                let mut st = lock(state);
-                if st.fired {
-                    return std::task::Poll::Ready(());
-                }
-                match &mut st.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
-                drop(st);
-                if timer.pending() {
-                    return std::task::Poll::Pending;
-                }
-                // Neither fired nor armed: its context shut down (which disarms every
-                // timer and frees its callback), or the callback is firing right now on
-                // another thread (re-arming then is harmless: both share the state).
-                let state = Arc::clone(state);
-                let old = self.state.take();
-                let waker = lock(&state).waker.take();
-                drop(old); // may wake through a not yet freed callback: taken above
-                lock(&state).waker = waker;
-                state
-            }
-            None => {
-                let ns = i64::try_from(self.duration.as_nanos()).unwrap_or(i64::MAX / 2);
-                self.deadline = ClockType::Realtime.now_ns().saturating_add(ns);
-                Arc::new(Mutex::new(SleepState {
-                    fired: false,
-                    waker: Some(cx.waker().clone()),
-                }))
-            }
-        };
-        if lock(&state).fired {
-            return std::task::Poll::Ready(());
-        }
-        self.arm(state);
-        std::task::Poll::Pending
-    }
-}
-
-impl Drop for Sleep {
-    fn drop(&mut self) {
-        if let Some((_, state)) = &self.state {
-            // Dropping the future wakes nobody (see `Alarm`).
-            lock(state).waker = None;
-        }
     }
 }
