@@ -42,13 +42,24 @@ pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
 /// executor uses it so that [`current`] inside a task is the task's context.
 ///
 /// In a thread-local's destructor, once the slot is gone, this does nothing: code run
-/// there sees no current context (see [`with_current`]).
+/// there sees no current context (see [`with_current`]). When `ctx` is current already
+/// it does nothing either (no `Arc` count traffic: `block_on` enters once per poll of its
+/// future); a [`make_current`](AioContext::make_current) made under such a guard then
+/// outlasts it, as one made outside any guard does.
 pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
-    CurrentGuard(CURRENT.try_with(|c| c.replace(Some(Arc::clone(ctx)))).ok())
+    CurrentGuard(
+        CURRENT
+            .try_with(|c| {
+                let same = c.borrow().as_ref().is_some_and(|cur| Arc::ptr_eq(cur, ctx));
+                (!same).then(|| c.replace(Some(Arc::clone(ctx))))
+            })
+            .ok()
+            .flatten(),
+    )
 }
 
 /// Restores the previous current context (see [`enter_current`]); `None` when
-/// `enter_current` found the slot destroyed.
+/// `enter_current` found the slot destroyed or `ctx` current already.
 pub(crate) struct CurrentGuard(Option<Option<Arc<AioContext>>>);
 
 impl Drop for CurrentGuard {

@@ -131,6 +131,10 @@ pub(crate) trait Schedule: Send + Sync {
     /// queue will be drained ([RQ1] (`run_queue.rs`)); on a closed queue, cancels it instead.
     fn schedule(&self, task: TaskRef);
 
+    /// [`schedule`](Self::schedule) for a caller whose innermost drain loop is this
+    /// queue's ([RQ7] (`run_queue.rs`)): the push alone, on the home queue, no kick.
+    fn schedule_draining(&self, task: TaskRef);
+
     /// Enters `task` in the registry; gives it back when the queue is closed.
     fn register(&self, task: TaskRef) -> Result<(), TaskRef>;
 
@@ -248,8 +252,16 @@ where
     fn push(self: Arc<Self>) {
         // SAFETY: the caller is the single pusher ([TK1] and [TK3]), reading before its
         // queue push; the task is not `RUNNING`, so nobody writes the home ([TK8]).
-        let home = unsafe { self.header.home.read() }.upgrade();
-        match home {
+        let home = unsafe { self.header.home.read() };
+        let queue = Weak::as_ptr(home);
+        if crate::run_queue::is_draining_here(queue.cast()) {
+            // SAFETY: [RQ7] (`run_queue.rs`): the drain of the queue at this address is on
+            // this thread's stack and holds the queue alive, and `home`'s allocation is
+            // that queue's (a `Weak` keeps its allocation, so no other queue can share
+            // the address): no upgrade needed.
+            return unsafe { &*queue }.schedule_draining(self);
+        }
+        match home.upgrade() {
             Some(home) => home.schedule(self),
             None => {
                 if let Some(panic) = self.cancel() {
