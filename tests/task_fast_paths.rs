@@ -282,3 +282,36 @@ fn block_on_waker_woken_on_its_thread_and_from_another() {
     kept.wake_by_ref();
     std::thread::spawn(move || kept.wake()).join().unwrap();
 }
+
+/// A join handle polled on another thread, first with one waker and then awaited in
+/// that thread's `block_on` (a second waker replaces the first in the task), while the
+/// task completes on its home thread: the second waker is woken. Then the same with
+/// the task's context dropped under the waiting handle: the cancel wakes it.
+#[test]
+fn join_waker_replaced_on_another_thread_is_woken_by_completion_and_by_cancel() {
+    for drop_ctx in [false, true] {
+        let ctx = new_ctx();
+        let _dog = Watchdog::for_ctx("join_waker", &ctx);
+        let s = slot();
+        let (mut h, polls, drops) = parked_task(&ctx, &s);
+        run_until(&ctx, || polls.load(Ordering::Relaxed) == 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::spawn(move || {
+            assert!(common::poll_once(&mut h).is_pending());
+            let other = new_ctx();
+            // `block_on` polls with its own waker (a replacement), then waits.
+            tx.send(()).unwrap();
+            other.block_on(h)
+        });
+        rx.recv().unwrap();
+        if drop_ctx {
+            drop(ctx);
+            assert_eq!(drops.load(Ordering::Relaxed), 1);
+            assert!(joiner.join().unwrap().unwrap_err().is_cancelled());
+        } else {
+            take(&s).wake();
+            run_until(&ctx, || polls.load(Ordering::Relaxed) == 2);
+            joiner.join().unwrap().unwrap();
+        }
+    }
+}

@@ -1,14 +1,15 @@
 //! loom models of a run queue's home queue and injection queue ([RQ6], [RQ7]
 //! (`run_queue.rs`)): a cross-thread wake racing the home drain, a wake racing the
-//! task's completion, a wake racing the queue's end.
+//! task's completion, a wake racing the queue's end; and the join waker's hand-over
+//! ([TK9] (`task.rs`)).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use loom::sync::Notify;
-use loom::sync::atomic::AtomicUsize;
+use loom::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::{
     Spawned, bounded, park_then_wake_from_another_thread, poll_join, setup, spawn_wait_once,
@@ -165,5 +166,63 @@ fn wake_racing_the_queue_drop_cancels_the_task_once() {
             "the future was dropped once"
         );
         assert!(matches!(poll_join(&mut handle), Poll::Ready(Err(_))));
+    });
+}
+
+/// A waker that raises a flag and notifies a loom `Notify`.
+#[derive(Default)]
+struct Signal {
+    woken: AtomicBool,
+    notify: Notify,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        // Release: pairs with the Acquire load in `wait`.
+        self.woken.store(true, Ordering::Release);
+        self.notify.notify();
+    }
+}
+
+impl Signal {
+    fn wait(&self) {
+        // Acquire: pairs with the Release store in `wake` (loom's Notify may wake
+        // spuriously, hence the flag).
+        while !self.woken.load(Ordering::Acquire) {
+            self.notify.wait();
+        }
+    }
+}
+
+/// The task completes on the home thread while another thread polls its join handle,
+/// first with one waker, then with another (which takes the cell back and republishes
+/// it): the handle gets the output, or its last waker is woken and the next poll gets
+/// it — never a lost wake, never both sides in the cell at once.
+#[test]
+fn join_waker_replaced_while_the_task_completes_is_woken() {
+    bounded(3, || {
+        let (l, q) = setup();
+        let mut handle = q.spawn(async { 7u32 });
+        let joiner = loom::thread::spawn(move || {
+            let first = Waker::from(Arc::new(Signal::default()));
+            if let Poll::Ready(out) = Pin::new(&mut handle).poll(&mut Context::from_waker(&first)) {
+                return out.unwrap();
+            }
+            let signal = Arc::new(Signal::default());
+            let second = Waker::from(Arc::clone(&signal));
+            let mut cx = Context::from_waker(&second);
+            if let Poll::Ready(out) = Pin::new(&mut handle).poll(&mut cx) {
+                return out.unwrap();
+            }
+            signal.wait();
+            match Pin::new(&mut handle).poll(&mut cx) {
+                Poll::Ready(out) => out.unwrap(),
+                Poll::Pending => panic!("the join waker was woken but the task is not done"),
+            }
+        });
+        let mut incoming = VecDeque::new();
+        l.poll(false, &mut incoming);
+        assert_eq!(joiner.join().unwrap(), 7);
+        assert_eq!(q.shutdown().0, 0, "the finished task left the registry");
     });
 }
