@@ -4,7 +4,7 @@
 //! a `block_on`, by the executor.
 
 use std::cell::{Cell, RefCell};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, Weak};
 
 use crate::context::{AioContext, thread_label};
 use crate::sync::Arc;
@@ -56,6 +56,23 @@ pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
             .ok()
             .flatten(),
     )
+}
+
+/// [`enter_current`] for a context held weakly: `None` when it is gone. When it is the
+/// current context already, the `Weak` is not even upgraded (the thread's slot holds it
+/// alive): the run queue's drain enters this way once per pass.
+pub(crate) fn enter_current_weak(ctx: &Weak<AioContext>) -> Option<CurrentGuard> {
+    let same = CURRENT
+        .try_with(|c| {
+            c.borrow()
+                .as_ref()
+                .is_some_and(|cur| std::ptr::eq(Arc::as_ptr(cur), ctx.as_ptr()))
+        })
+        .unwrap_or(false);
+    if same {
+        return Some(CurrentGuard(None));
+    }
+    ctx.upgrade().map(|ctx| enter_current(&ctx))
 }
 
 /// Restores the previous current context (see [`enter_current`]); `None` when

@@ -75,7 +75,7 @@ use slab::Slab;
 
 use crate::bh::Bh;
 use crate::context::AioContext;
-use crate::current::enter_current;
+use crate::current::{enter_current, enter_current_weak};
 use crate::join::JoinHandle;
 use crate::local::ContextLocal;
 use crate::notify::thread_id;
@@ -162,8 +162,9 @@ impl RunQueue {
             Arc::new_cyclic(|me: &Weak<RunQueue>| {
                 let (me, weak_ctx) = (me.clone(), ctx.weak());
                 let bh = ctx.bh_new(move || {
-                    if let (Some(q), Some(ctx)) = (me.upgrade(), weak_ctx.upgrade()) {
-                        let _current = enter_current(&ctx);
+                    if let Some(q) = me.upgrade()
+                        && let Some(_current) = enter_current_weak(&weak_ctx)
+                    {
                         q.drain();
                     }
                 });
