@@ -164,3 +164,25 @@ fn spawn_allocates_once_and_run_and_join_nothing() {
         "{rest} allocations running and joining {ROUNDS} tasks"
     );
 }
+
+/// A wake of `block_on`'s own waker on its thread (a `yield_now` awaited directly in
+/// `block_on`: the wake, a loop pass, the next poll) allocates nothing.
+#[test]
+fn block_on_same_thread_wake_allocates_nothing() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("block_on_wake_alloc", &ctx);
+    let n = ctx.block_on(async {
+        for _ in 0..16 {
+            aioctx::aio::yield_now().await;
+        }
+        let before = common::allocs();
+        for _ in 0..ROUNDS {
+            aioctx::aio::yield_now().await;
+        }
+        common::allocs() - before
+    });
+    assert_eq!(
+        n, 0,
+        "{n} allocations in {ROUNDS} same-thread wakes of block_on"
+    );
+}

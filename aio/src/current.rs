@@ -4,7 +4,7 @@
 //! a `block_on`, by the executor.
 
 use std::cell::{Cell, RefCell};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, Weak};
 
 use crate::context::{AioContext, thread_label};
 use crate::sync::Arc;
@@ -42,13 +42,41 @@ pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
 /// executor uses it so that [`current`] inside a task is the task's context.
 ///
 /// In a thread-local's destructor, once the slot is gone, this does nothing: code run
-/// there sees no current context (see [`with_current`]).
+/// there sees no current context (see [`with_current`]). When `ctx` is current already
+/// it does nothing either (no `Arc` count traffic: `block_on` enters once per poll of its
+/// future); a [`make_current`](AioContext::make_current) made under such a guard then
+/// outlasts it, as one made outside any guard does.
 pub(crate) fn enter_current(ctx: &Arc<AioContext>) -> CurrentGuard {
-    CurrentGuard(CURRENT.try_with(|c| c.replace(Some(Arc::clone(ctx)))).ok())
+    CurrentGuard(
+        CURRENT
+            .try_with(|c| {
+                let same = c.borrow().as_ref().is_some_and(|cur| Arc::ptr_eq(cur, ctx));
+                (!same).then(|| c.replace(Some(Arc::clone(ctx))))
+            })
+            .ok()
+            .flatten(),
+    )
+}
+
+/// [`enter_current`] for a context held weakly: `None` when it is gone. When it is the
+/// current context already, the `Weak` is not even upgraded (the thread's slot holds it
+/// alive): the run queue's drain enters this way once per pass.
+pub(crate) fn enter_current_weak(ctx: &Weak<AioContext>) -> Option<CurrentGuard> {
+    let same = CURRENT
+        .try_with(|c| {
+            c.borrow()
+                .as_ref()
+                .is_some_and(|cur| std::ptr::eq(Arc::as_ptr(cur), ctx.as_ptr()))
+        })
+        .unwrap_or(false);
+    if same {
+        return Some(CurrentGuard(None));
+    }
+    ctx.upgrade().map(|ctx| enter_current(&ctx))
 }
 
 /// Restores the previous current context (see [`enter_current`]); `None` when
-/// `enter_current` found the slot destroyed.
+/// `enter_current` found the slot destroyed or `ctx` current already.
 pub(crate) struct CurrentGuard(Option<Option<Arc<AioContext>>>);
 
 impl Drop for CurrentGuard {

@@ -3,7 +3,9 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p aioctx-aio --release --lib`.
 //!
 //! The task models run the real `Task` (state word, run, waker, cancel) on the real
-//! `RunQueue` (queue, registry, drain, close), on the shared loop model (`loom_loop.rs`):
+//! `RunQueue` (its home queue and injection queue, registry, drain, close; the home
+//! queue is a loom cell, so a model in which another thread touched it would fail), on
+//! the shared loop model (`loom_loop.rs`):
 //! its `poll` enters through the real run-queue entry (`PollFrame::enter_with`), then
 //! takes the sleep decision of `AioContext::poll` with the real `BhList`, `BhInner`,
 //! `NotifyState`, `wait_bound` and `sleep_or_look`, and runs the BHs — the run queue's
@@ -20,12 +22,23 @@ use std::task::{Context, Poll, Wake, Waker};
 use loom::sync::Notify;
 use loom::sync::atomic::{AtomicBool, AtomicUsize};
 
+use crate::bh::BhInner;
 use crate::join::JoinHandle;
 use crate::loom_loop::{Loop, ModelQueue};
 use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Mutex, lock};
 
+/// The models of the home queue and the injection queue ([RQ6], [RQ7] (`run_queue.rs`)).
+mod queue;
+
 type Queue = Arc<ModelQueue>;
+
+/// Runs the model `f` with at most `preemptions` preemptions per execution.
+fn bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.check(f);
+}
 
 /// A loop and a real run queue whose bottom half drains it.
 fn setup() -> (Arc<Loop>, Queue) {
@@ -93,6 +106,21 @@ fn spawn_wait_once() -> Spawned {
     }
 }
 
+/// Runs the loop until the task of [`spawn_wait_once`] parked, then wakes it from a new
+/// thread.
+fn park_then_wake_from_another_thread(
+    l: &Loop,
+    polls: &AtomicUsize,
+    waker: &Mutex<Option<Waker>>,
+    incoming: &mut VecDeque<Arc<BhInner>>,
+) -> loom::thread::JoinHandle<()> {
+    while polls.load(Ordering::Relaxed) == 0 {
+        l.poll(true, incoming);
+    }
+    let w = lock(waker).take().expect("the task published its waker");
+    loom::thread::spawn(move || w.wake())
+}
+
 /// Polls a join handle once, with a waker that does nothing.
 fn poll_join<T>(h: &mut JoinHandle<T>) -> Poll<Result<T, crate::JoinError>> {
     Pin::new(h).poll(&mut Context::from_waker(Waker::noop()))
@@ -102,9 +130,7 @@ fn poll_join<T>(h: &mut JoinHandle<T>) -> Poll<Result<T, crate::JoinError>> {
 /// exactly once.
 #[test]
 fn task_woken_from_another_thread_while_home_sleeps_runs_once() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    bounded(3, || {
         let Spawned {
             l,
             q,
@@ -115,11 +141,7 @@ fn task_woken_from_another_thread_while_home_sleeps_runs_once() {
         } = spawn_wait_once();
         let mut incoming = VecDeque::new();
         // First run on the home thread: the task parks and publishes its waker.
-        while polls.load(Ordering::Relaxed) == 0 {
-            l.poll(true, &mut incoming);
-        }
-        let w = lock(&waker).take().expect("the task published its waker");
-        let waker_thread = loom::thread::spawn(move || w.wake());
+        let waker_thread = park_then_wake_from_another_thread(&l, &polls, &waker, &mut incoming);
         while polls.load(Ordering::Relaxed) < 2 {
             l.poll(true, &mut incoming);
         }
@@ -161,9 +183,7 @@ impl Future for PublishOnce {
 /// twice (a double schedule would poll it a third time or panic in the state machine).
 #[test]
 fn task_wakes_racing_its_poll_and_each_other_run_once() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
+    bounded(2, || {
         let (l, q) = setup();
         let polls = Arc::new(AtomicUsize::new(0));
         let slot = Arc::new(Mutex::new(None));
@@ -209,9 +229,7 @@ fn task_wakes_racing_its_poll_and_each_other_run_once() {
 /// the join handle says cancelled — unless the task ran to completion first.
 #[test]
 fn wake_racing_shutdown_drops_the_future_once() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    bounded(3, || {
         let Spawned {
             l,
             q,
@@ -221,11 +239,7 @@ fn wake_racing_shutdown_drops_the_future_once() {
             mut handle,
         } = spawn_wait_once();
         let mut incoming = VecDeque::new();
-        while polls.load(Ordering::Relaxed) == 0 {
-            l.poll(true, &mut incoming);
-        }
-        let w = lock(&waker).take().expect("the task published its waker");
-        let waker_thread = loom::thread::spawn(move || w.wake());
+        let waker_thread = park_then_wake_from_another_thread(&l, &polls, &waker, &mut incoming);
         l.poll(false, &mut incoming);
         q.shutdown();
         waker_thread.join().unwrap();
@@ -267,9 +281,7 @@ impl Future for Gate {
 /// the closer drops the future, exactly once, never during the poll.
 #[test]
 fn shutdown_racing_the_tasks_poll_cancels_it_once() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    bounded(3, || {
         let (l, q) = setup();
         let drops = Arc::new(AtomicUsize::new(0));
         let polls = Arc::new(AtomicUsize::new(0));
@@ -327,9 +339,7 @@ impl Future for NestedWait {
 /// and the drain's bottom half cannot run nested; [RQ2] (`run_queue.rs`) is the fix.)
 #[test]
 fn nested_wait_in_a_task_for_a_task_woken_by_another_thread_ends() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
-    builder.check(|| {
+    bounded(3, || {
         let Spawned {
             l,
             q,

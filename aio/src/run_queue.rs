@@ -3,9 +3,11 @@
 //! `co_schedule_bh_cb`, `aio_co_reschedule_self` in util/async.c).
 //!
 //! Each context has one run queue and one bottom half that drains it
-//! (`co_schedule_bh_cb`); QEMU's two lists — the cross-thread `scheduled_coroutines`
-//! and the per-thread wake-up queue — collapse into this one FIFO. The task state
-//! machine ([TK1]–[TK7]) is in `task.rs`; the queue adds:
+//! (`co_schedule_bh_cb`). Like QEMU's two lists — the cross-thread
+//! `scheduled_coroutines` and the per-thread wake-up queue — it has a home-only part and
+//! a cross-thread part ([RQ6]); the drain splices the second onto the first. The task
+//! state machine ([TK1]–[TK7]) is in `task.rs`; the entry points are in
+//! `run_queue/api.rs`. The queue adds:
 //!
 //! [RQ1] A wake (or spawn) whose innermost frame on the calling thread is this queue's
 //!    drain loop — no `poll` in between — only pushes: the drain loop picks the task up
@@ -25,27 +27,68 @@
 //!     the context's drop, [`AioContext::shutdown_tasks`], an `IoThread`'s drop — takes
 //!     the registry and cancels every task in it on the calling thread ([TK6] (`task.rs`));
 //!     from then on a task spawned or moved here, or pushed here by a racing wake, is
-//!     cancelled instead of queued. No lock is held while a future is dropped.
+//!     cancelled instead of run. No lock is held while a future is dropped.
+//!
+//! # The home queue and the injection queue
+//!
+//! [RQ6] The ready queue has two parts. `local` is touched only by the queue's home
+//!     thread: the thread of its drains, whose id the first drain writes in `home`, once
+//!     (a drain on any other thread panics). A thread that reads its own id there is
+//!     the home thread, since only the home thread wrote it; any other reads `0` or
+//!     another id (the argument of [N6] (`notify.rs`)). `injected` is under the lock.
+//!     A push from the home thread goes to `local`, with no lock and no RMW; a push from
+//!     any other thread (or before the first drain) goes to `injected` and raises
+//!     `has_injected` under the lock, then kicks ([RQ1]). A drain splices all of
+//!     `injected` behind `local` when it starts and whenever `local` runs dry, and only
+//!     when `has_injected` is up, so the home thread takes the lock only when another
+//!     thread pushed.
+//! [RQ7] A push by the thread whose innermost drain ([RQ1]) is the task's home queue goes
+//!     to `local` without upgrading the task's weak home: that drain, further up this
+//!     thread's stack, holds the queue alive, and the task's `Weak` keeps the queue's
+//!     allocation, so no other queue can sit at the address the two compare equal on.
+//!
+//! Proof that [RQ6] loses no task. A cross-thread push publishes the task and raises the
+//! flag under the lock, and then kicks: the bottom-half schedule that follows happens
+//! before the drain the bottom half runs ([BH1] (`bh.rs`); in a nested poll, the notify's
+//! acquiring clear, [N4] (`notify.rs`), before [RQ2]'s test), so that drain reads the flag
+//! up — or a later `false`, written under the lock by a splice that took the task onto
+//! `local` already. A drain that read the flag down while the push was in flight is
+//! followed by the drain of that push's kick. The flag is cleared only under the lock,
+//! together with the splice that empties `injected`, so a raised flag is never lost.
+//! Fairness: every drain splices first, and a drain that ends on its budget reschedules
+//! itself ([RQ3]), so a pushed task waits at most for the tasks ahead of it in `local`
+//! at the splice, never for tasks that home-thread tasks keep pushing after it.
+//! Closing: `closed` is set under the lock, so the cross-thread push and `spawn`, which
+//! test it under the lock, are exact. The home-thread push tests it without the lock:
+//! it may put a task on a queue that is closing — harmless, because that task is
+//! `SCHEDULED` by the push's own wake and registered ([TK5] (`task.rs`)), so the closer's
+//! cancel claims it ([TK6] (`task.rs`)) and the drain that pops it skips it. A closing
+//! thread other than the home thread leaves `local` alone; what is on it is freed by the
+//! next drain or with the queue.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
-use std::panic::resume_unwind;
-use std::pin::{Pin, pin};
 use std::sync::Weak;
-use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 
 use crate::bh::Bh;
 use crate::context::AioContext;
-use crate::current::enter_current;
+use crate::current::{enter_current, enter_current_weak};
 use crate::join::JoinHandle;
 use crate::local::ContextLocal;
+use crate::notify::thread_id;
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use crate::sync::{Arc, Mutex, lock};
-use crate::task::{Header, Panic, Schedule, TaskRef, move_current_task, new_task};
+use crate::task::{Header, Panic, Schedule, TaskRef, new_task};
+
+mod api;
+mod home_only;
+
+pub use api::{RescheduleTo, YieldNow, reschedule_to, yield_now};
+
+use home_only::HomeOnly;
 
 /// How many tasks one drain of a run queue runs before it yields to the loop (\[RQ3\]).
 pub const DRAIN_BUDGET: usize = 256;
@@ -63,18 +106,28 @@ impl Kick for Bh {
     }
 }
 
-/// The queue proper and the registry, under one lock.
-struct Inner {
-    ready: VecDeque<TaskRef>,
+/// What other threads share with the home thread, under one lock.
+struct Shared {
+    /// Tasks pushed by other threads, spliced onto the home queue by a drain ([RQ6]).
+    injected: VecDeque<TaskRef>,
     /// Every unfinished task that belongs here ([RQ5]; [TK5] (`task.rs`)).
     tasks: Slab<TaskRef>,
-    closed: bool,
 }
 
 /// One context's run queue and the bottom half that drains it (QEMU:
 /// `AioContext::scheduled_coroutines` and `co_schedule_bh`).
 pub(crate) struct RunQueue<K: Kick = Bh> {
-    inner: Mutex<Inner>,
+    /// The home thread's ready queue ([RQ6]).
+    local: HomeOnly<VecDeque<TaskRef>>,
+    /// The id of the thread that drains this queue ([RQ6]); `0` before the first drain.
+    /// Not protocol state: only ever compared with the reader's own id, so `std` and
+    /// Relaxed even under loom (as the notify state's home id, [N6] (`notify.rs`)).
+    home: std::sync::atomic::AtomicU64,
+    shared: Mutex<Shared>,
+    /// `shared.injected` may be non-empty ([RQ6]); written only under the lock.
+    has_injected: AtomicBool,
+    /// The queue is closed ([RQ5]); written only under the lock.
+    closed: AtomicBool,
     kick: K,
     /// How many drains of this queue are on the home thread's stack (home thread only).
     draining: AtomicU32,
@@ -94,6 +147,12 @@ loom::thread_local! {
     static DRAINING: Cell<usize> = Cell::new(0);
 }
 
+/// Whether the innermost drain loop of the calling thread is that of the queue at
+/// `queue` ([RQ1], [RQ7]).
+pub(crate) fn is_draining_here(queue: *const ()) -> bool {
+    DRAINING.with(Cell::get) == queue as usize
+}
+
 static RUN_QUEUE: ContextLocal<Arc<RunQueue>> = ContextLocal::new();
 
 impl RunQueue {
@@ -103,8 +162,9 @@ impl RunQueue {
             Arc::new_cyclic(|me: &Weak<RunQueue>| {
                 let (me, weak_ctx) = (me.clone(), ctx.weak());
                 let bh = ctx.bh_new(move || {
-                    if let (Some(q), Some(ctx)) = (me.upgrade(), weak_ctx.upgrade()) {
-                        let _current = enter_current(&ctx);
+                    if let Some(q) = me.upgrade()
+                        && let Some(_current) = enter_current_weak(&weak_ctx)
+                    {
                         q.drain();
                     }
                 });
@@ -117,11 +177,14 @@ impl RunQueue {
 impl<K: Kick> RunQueue<K> {
     pub(crate) fn new(kick: K) -> Self {
         Self {
-            inner: Mutex::new(Inner {
-                ready: VecDeque::new(),
+            local: HomeOnly::new(VecDeque::new()),
+            home: std::sync::atomic::AtomicU64::new(0),
+            shared: Mutex::new(Shared {
+                injected: VecDeque::new(),
                 tasks: Slab::new(),
-                closed: false,
             }),
+            has_injected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             kick,
             draining: AtomicU32::new(0),
         }
@@ -131,9 +194,34 @@ impl<K: Kick> RunQueue<K> {
         self as *const Self as usize
     }
 
-    fn home(self: &Arc<Self>) -> Weak<dyn Schedule> {
+    fn home_weak(self: &Arc<Self>) -> Weak<dyn Schedule> {
         let weak: Weak<dyn Schedule> = Arc::downgrade(self) as Weak<dyn Schedule>;
         weak
+    }
+
+    /// Whether the caller is the home thread ([RQ6]).
+    fn is_home(&self) -> bool {
+        // Relaxed: see the field.
+        self.home.load(std::sync::atomic::Ordering::Relaxed) == thread_id()
+    }
+
+    /// Binds the calling thread as home at the first drain ([RQ6]).
+    ///
+    /// # Panics
+    /// When another thread drained this queue before (a bug: drains run in the home
+    /// thread's `poll`).
+    fn bind_home(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = thread_id();
+        // Relaxed: see the field.
+        let home = match self.home.load(Relaxed) {
+            0 => match self.home.compare_exchange(0, me, Relaxed, Relaxed) {
+                Ok(_) => me,
+                Err(owner) => owner,
+            },
+            home => home,
+        };
+        assert_eq!(home, me, "a run queue was drained off its home thread");
     }
 
     /// Kicks the queue's drain unless this thread's innermost drain loop is this
@@ -144,6 +232,40 @@ impl<K: Kick> RunQueue<K> {
         }
     }
 
+    /// Pushes on the home queue ([RQ6]).
+    ///
+    /// # Safety
+    /// The caller is the home thread.
+    unsafe fn push_local(&self, task: TaskRef) {
+        // SAFETY: home thread (the caller's contract); `push_back` runs no user code.
+        unsafe { self.local.with(|q| q.push_back(task)) }
+    }
+
+    /// Pushes `task` where the calling thread may ([RQ6]); gives it back when the queue
+    /// is closed.
+    fn push(&self, task: TaskRef) -> Result<(), TaskRef> {
+        if self.is_home() {
+            // Relaxed: a hint; a push that misses a racing close is harmless ([RQ6]'s
+            // note on closing).
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(task);
+            }
+            // SAFETY: `is_home` said so.
+            unsafe { self.push_local(task) };
+            return Ok(());
+        }
+        let mut shared = lock(&self.shared);
+        // Relaxed: written under this lock.
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(task);
+        }
+        shared.injected.push_back(task);
+        // Relaxed: under the lock; the kick that follows orders it before the drain
+        // that must see it ([RQ6]'s proof).
+        self.has_injected.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Creates a task of this queue, registers and queues it — or, on a closed queue,
     /// cancels it at once ([RQ5]).
     pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
@@ -151,15 +273,26 @@ impl<K: Kick> RunQueue<K> {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (task, handle) = new_task(future, self.home());
+        let (task, handle) = new_task(future, self.home_weak());
+        let home = self.is_home();
         let refused = {
-            let mut inner = lock(&self.inner);
-            if inner.closed {
+            let mut shared = lock(&self.shared);
+            // Relaxed: written under this lock.
+            if self.closed.load(Ordering::Relaxed) {
                 Some(task)
             } else {
-                let key = inner.tasks.insert(Arc::clone(&task));
+                let key = shared.tasks.insert(Arc::clone(&task));
                 task.header().set_key(key);
-                inner.ready.push_back(task);
+                if home {
+                    drop(shared);
+                    // SAFETY: `is_home` said so. A close between the unlock and this
+                    // push claims the registered task first ([RQ6]'s note on closing).
+                    unsafe { self.push_local(task) };
+                } else {
+                    shared.injected.push_back(task);
+                    // Relaxed: as in `push`.
+                    self.has_injected.store(true, Ordering::Relaxed);
+                }
                 None
             }
         };
@@ -171,14 +304,47 @@ impl<K: Kick> RunQueue<K> {
         handle
     }
 
-    /// Whether no task is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.inner).ready.is_empty()
+    /// Whether no task is queued (home thread only).
+    fn is_empty(&self) -> bool {
+        // Relaxed: a stale `false` is followed by a kick ([RQ6]'s proof).
+        // SAFETY: home thread (the callers: the drain, and [RQ2]'s test in a poll).
+        !self.has_injected.load(Ordering::Relaxed) && unsafe { self.local.with(|q| q.is_empty()) }
     }
 
-    /// Runs queued tasks, FIFO, up to the budget ([RQ1], [RQ3] and [RQ4]). The caller made
-    /// the queue's context current.
+    /// Moves the injected tasks behind the home queue's, if any ([RQ6]); returns
+    /// whether it moved some. Home thread only.
+    fn splice(&self) -> bool {
+        // Relaxed: see `is_empty`.
+        if !self.has_injected.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut shared = lock(&self.shared);
+        // Relaxed: under the lock, with the splice that empties the queue.
+        self.has_injected.store(false, Ordering::Relaxed);
+        let moved = !shared.injected.is_empty();
+        // SAFETY: home thread (the drain); `append` moves the tasks, running no user code.
+        unsafe { self.local.with(|q| q.append(&mut shared.injected)) };
+        moved
+    }
+
+    /// The next task to run (home thread only).
+    fn pop(&self) -> Option<TaskRef> {
+        // SAFETY: home thread (the drain); `pop_front` runs no user code.
+        let task = unsafe { self.local.with(VecDeque::pop_front) };
+        if task.is_some() || !self.splice() {
+            return task;
+        }
+        // SAFETY: as above.
+        unsafe { self.local.with(VecDeque::pop_front) }
+    }
+
+    /// Runs queued tasks, FIFO, up to the budget ([RQ1], [RQ3], [RQ4] and [RQ6]). The
+    /// caller made the queue's context current.
+    ///
+    /// # Panics
+    /// Off the queue's home thread, and when a detached task panics ([RQ4]).
     pub(crate) fn drain(&self) {
+        self.bind_home();
         // Relaxed: home-thread-only counter.
         self.draining.fetch_add(1, Ordering::Relaxed);
         let outer = DRAINING.with(|d| d.replace(self.addr()));
@@ -195,9 +361,9 @@ impl<K: Kick> RunQueue<K> {
             }
         }
         let _leave = Leave(self, outer);
+        self.splice();
         for _ in 0..DRAIN_BUDGET {
-            let task = lock(&self.inner).ready.pop_front();
-            match task {
+            match self.pop() {
                 Some(task) => task.run(),
                 None => return,
             }
@@ -212,13 +378,23 @@ impl<K: Kick> RunQueue<K> {
     /// destructor (the others are logged). Tasks running on another thread at this
     /// moment are cancelled by their runner when their poll returns.
     pub(crate) fn shutdown(&self) -> (usize, Option<Panic>) {
-        let (tasks, ready) = {
-            let mut inner = lock(&self.inner);
-            inner.closed = true;
+        let (tasks, injected) = {
+            let mut shared = lock(&self.shared);
+            // Relaxed: under the lock (the home-thread push reads it as a hint, [RQ6]).
+            self.closed.store(true, Ordering::Relaxed);
+            self.has_injected.store(false, Ordering::Relaxed);
             (
-                std::mem::take(&mut inner.tasks),
-                std::mem::take(&mut inner.ready),
+                std::mem::take(&mut shared.tasks),
+                std::mem::take(&mut shared.injected),
             )
+        };
+        // Only the home thread may take the home queue ([RQ6]); elsewhere its tasks,
+        // all registered, are cancelled below and skipped when popped.
+        let local = if self.is_home() {
+            // SAFETY: `is_home` said so; `take` runs no user code.
+            unsafe { self.local.with(std::mem::take) }
+        } else {
+            VecDeque::new()
         };
         let count = tasks.len();
         let mut first: Option<Panic> = None;
@@ -231,50 +407,55 @@ impl<K: Kick> RunQueue<K> {
             }
         }
         // Every queued task was registered, so it was cancelled above.
-        drop(ready);
+        drop((injected, local));
         (count, first)
+    }
+
+    /// Cancels a task whose push found the queue closed: whichever of this cancel and
+    /// the closer's claims it drops the future ([TK6] (`task.rs`)).
+    fn refuse(task: TaskRef) {
+        if task.cancel().is_some() {
+            log::error!("a cancelled task's destructor panicked");
+        }
     }
 }
 
 impl<K: Kick> Schedule for RunQueue<K> {
     fn schedule(&self, task: TaskRef) {
-        let refused = {
-            let mut inner = lock(&self.inner);
-            if inner.closed {
-                Some(task)
-            } else {
-                inner.ready.push_back(task);
-                None
-            }
-        };
-        match refused {
-            // A wake racing the close: the task is cancelled by whichever of this
-            // cancel and the closer's claims it ([TK6] (`task.rs`)).
-            Some(task) => {
-                if task.cancel().is_some() {
-                    log::error!("a cancelled task's destructor panicked");
-                }
-            }
-            None => self.kick_unless_draining(),
+        match self.push(task) {
+            Err(task) => Self::refuse(task),
+            Ok(()) => self.kick_unless_draining(),
         }
     }
 
+    fn schedule_draining(&self, task: TaskRef) {
+        debug_assert!(is_draining_here((self as *const Self).cast()));
+        // Relaxed: a hint, as in `push`.
+        if self.closed.load(Ordering::Relaxed) {
+            return Self::refuse(task);
+        }
+        // SAFETY: this queue's drain is on the calling thread's stack (the caller's
+        // contract), and drains run on the home thread only (`bind_home`).
+        unsafe { self.push_local(task) };
+    }
+
     fn register(&self, task: TaskRef) -> Result<(), TaskRef> {
-        let mut inner = lock(&self.inner);
-        if inner.closed {
+        let mut shared = lock(&self.shared);
+        // Relaxed: written under this lock.
+        if self.closed.load(Ordering::Relaxed) {
             return Err(task);
         }
-        let key = inner.tasks.insert(Arc::clone(&task));
+        let key = shared.tasks.insert(Arc::clone(&task));
         task.header().set_key(key);
         Ok(())
     }
 
     fn unregister(&self, header: &Header) -> Option<TaskRef> {
-        let mut inner = lock(&self.inner);
+        let mut shared = lock(&self.shared);
         let key = header.key();
         // The key may name another task by now (keys are reused): check it is ours.
-        match inner.tasks.get(key) {
-            Some(t) if std::ptr::eq(t.header(), header) => Some(inner.tasks.remove(key)),
+        match shared.tasks.get(key) {
+            Some(t) if std::ptr::eq(t.header(), header) => Some(shared.tasks.remove(key)),
             _ => None,
         }
     }
@@ -360,269 +541,5 @@ pub(crate) fn shutdown(ctx: &AioContext) {
             ctx.name(),
             crate::task::describe(&*panic)
         );
-    }
-}
-
-/// Wakes a `block_on` caller: sets a flag and notifies its context.
-struct BlockOnSignal {
-    woken: AtomicBool,
-    ctx: Weak<AioContext>,
-}
-
-impl Wake for BlockOnSignal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Release: pairs with the Acquire swap in `block_on`.
-        self.woken.store(true, Ordering::Release);
-        if let Some(ctx) = self.ctx.upgrade() {
-            ctx.notify();
-        }
-    }
-}
-
-impl AioContext {
-    /// Spawns `future` as a task of this context and schedules it: it first runs at the
-    /// next `poll` of the context (QEMU: `qemu_coroutine_create` + `aio_co_schedule`).
-    /// Callable from any thread. The task may move to another context with
-    /// [`reschedule_to`], hence `Send`.
-    ///
-    /// # Tasks end with their context
-    ///
-    /// A context owns its unfinished tasks. When it is dropped — or shut down with
-    /// [`shutdown_tasks`](Self::shutdown_tasks), which an [`IoThread`](crate::IoThread)'s
-    /// drop does — every task that has not finished is cancelled: its future is dropped
-    /// on the thread doing the drop (with no context made current for it: destructors
-    /// must not need one), its [`JoinHandle`] yields `Err(JoinError)`, and later wakes
-    /// of it do nothing. A task spawned on (or moved to) a shut-down context is
-    /// cancelled at once. A future whose destructor panics hands the panic to its
-    /// `JoinHandle`'s awaiter; a detached one's panic is resumed by `shutdown_tasks`,
-    /// and logged by the context's drop.
-    ///
-    /// Tasks, their wakers and their run queue hold the context weakly, so a parked task
-    /// does not keep its context alive — unless its future owns an `Arc` of it, as
-    /// `let ctx = current();` held across an `.await` does. Such a task and its context
-    /// keep each other alive until someone calls `shutdown_tasks` (an `IoThread` does
-    /// when dropped, so the idiom is fine there). For a context you own through a bare
-    /// `Arc`, call `shutdown_tasks` before dropping it, or do not hold the `Arc` across
-    /// an `.await`: call [`current`](crate::current) again after it, or keep a `Weak`.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let c = Arc::clone(&ctx);
-    /// let handle = ctx.spawn(async move {
-    ///     // Inside a task, `current()` is the task's context.
-    ///     assert!(Arc::ptr_eq(&aioctx_aio::current(), &c));
-    ///     "done"
-    /// });
-    /// assert_eq!(ctx.block_on(handle).unwrap(), "done");
-    ///
-    /// // A task holding its own context across an await: shut the tasks down to let
-    /// // the context go.
-    /// let weak = Arc::downgrade(&ctx);
-    /// let parked = ctx.spawn(async {
-    ///     let me = aioctx_aio::current();
-    ///     std::future::pending::<()>().await;
-    ///     drop(me);
-    /// });
-    /// ctx.poll(false); // the task runs, takes `current()` and parks
-    /// assert_eq!(ctx.shutdown_tasks(), 1);
-    /// drop(ctx);
-    /// assert!(weak.upgrade().is_none());
-    /// assert!(parked.is_finished());
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn spawn<F>(&self, future: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        RunQueue::of(self).spawn(future)
-    }
-
-    /// Cancels every unfinished task of this context and refuses new ones: a task
-    /// spawned or moved here afterwards is cancelled at once (tokio: dropping a
-    /// runtime). Returns how many tasks were cancelled. Callable from any thread.
-    ///
-    /// The futures of parked and queued tasks are dropped on the calling thread before
-    /// this returns, with no context made current for them; a task being polled on the
-    /// home thread at this moment is cancelled when its poll returns `Pending` (if it
-    /// returns `Ready`, its output stands). Their [`JoinHandle`]s yield `Err(JoinError)`.
-    /// Dropping the context does this; an [`IoThread`](crate::IoThread)'s drop does it
-    /// after stopping its thread, so a task that holds its own context (through
-    /// [`current`](crate::current)) cannot keep it alive. The context itself stays
-    /// usable for everything but tasks.
-    ///
-    /// # Panics
-    /// When the destructor of a detached task's future panics: that panic is resumed
-    /// after every task was cancelled. (Dropping the context logs it instead: the drop
-    /// must go on to wait for the kernel's operations.)
-    pub fn shutdown_tasks(&self) -> usize {
-        let (count, panic) = RunQueue::of(self).shutdown();
-        if let Some(panic) = panic {
-            resume_unwind(panic);
-        }
-        count
-    }
-
-    /// Polls `future` on the calling thread, running this context's loop while it is
-    /// pending, and returns its output. The future need not be `Send`; inside it,
-    /// [`current`](crate::current) is this context.
-    ///
-    /// May nest: in a callback (bottom half, fd handler, timer, completion), inside
-    /// another `block_on`, and inside a task of this context — there the nested loop
-    /// runs the context's other tasks (QEMU's nested `aio_poll` runs scheduled
-    /// coroutines too), but never the calling task itself, which is being polled: a
-    /// nested wait for something only the calling task would do never ends. (QEMU
-    /// refuses `AIO_WAIT_WHILE` in a coroutine outright; here it works, with that
-    /// caveat.) It runs only this context's loop: a wait here for a task of another
-    /// context whose home is this thread ends only if that task can finish without
-    /// this thread.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// let ctx = aioctx_aio::AioContext::new()?;
-    /// let v = ctx.block_on(async {
-    ///     aioctx_aio::yield_now().await;
-    ///     std::rc::Rc::new(5) // not Send: fine for block_on
-    /// });
-    /// assert_eq!(*v, 5);
-    ///
-    /// // Nested inside a task: the inner task runs.
-    /// let c = Arc::clone(&ctx);
-    /// let outer = ctx.spawn(async move { c.block_on(c.spawn(async { 7 })).unwrap() });
-    /// assert_eq!(ctx.block_on(outer).unwrap(), 7);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    ///
-    /// # Panics
-    /// Off the context's home thread (the first that polled it), or when `future`
-    /// panics.
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.check_home("block_on");
-        let ctx = self.arc();
-        let signal = Arc::new(BlockOnSignal {
-            woken: AtomicBool::new(true),
-            ctx: self.weak(),
-        });
-        let waker = Waker::from(Arc::clone(&signal));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = pin!(future);
-        loop {
-            // Acquire: pairs with the Release store in `BlockOnSignal::wake_by_ref`.
-            if signal.woken.swap(false, Ordering::Acquire) {
-                let _current = enter_current(&ctx);
-                if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                    return out;
-                }
-            }
-            // A wake after the swap has notified the context, so this poll does not
-            // sleep through it ([N3] (`notify.rs`)); a task the future pushed without a
-            // kick (nested in a task: [RQ1]) is run by the poll itself ([RQ2]).
-            self.poll(true);
-        }
-    }
-}
-
-/// Lets the other tasks of the context (and, past the drain budget, the rest of the
-/// loop) run before the caller continues. QEMU: `aio_co_schedule(ctx, self)` +
-/// `qemu_coroutine_yield`.
-///
-/// ```
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// ctx.block_on(async { aioctx_aio::yield_now().await });
-/// # Ok::<(), std::io::Error>(())
-/// ```
-pub fn yield_now() -> YieldNow {
-    YieldNow { yielded: false }
-}
-
-/// The future of [`yield_now`].
-#[derive(Debug)]
-#[must_use = "futures do nothing unless awaited"]
-pub struct YieldNow {
-    yielded: bool,
-}
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// Moves the calling task to `ctx`: when the returned future completes, the task runs
-/// on `ctx`'s home thread (QEMU: `aio_co_reschedule_self`). The task finishes its
-/// current poll on the old context before it is queued on the new one, so it never
-/// runs on two threads at once. Moving to the task's own context completes at once.
-///
-/// The returned future holds `ctx` weakly. If `ctx` is dropped or shut down before the
-/// move, the task is cancelled (see [`AioContext::spawn`]).
-///
-/// ```
-/// use std::sync::Arc;
-/// let io = aioctx_aio::IoThread::new("io-resched")?;
-/// let ctx = aioctx_aio::AioContext::new()?;
-/// let target = Arc::clone(io.ctx());
-/// let handle = ctx.spawn(async move {
-///     aioctx_aio::reschedule_to(&target).await;
-///     std::thread::current().name().map(str::to_owned)
-/// });
-/// assert_eq!(ctx.block_on(handle).unwrap().as_deref(), Some("io-resched"));
-/// # Ok::<(), std::io::Error>(())
-/// ```
-///
-/// # Panics
-/// When awaited outside a task (for instance directly in [`AioContext::block_on`]).
-pub fn reschedule_to(ctx: &Arc<AioContext>) -> RescheduleTo {
-    RescheduleTo {
-        target: Arc::downgrade(RunQueue::of(ctx)),
-        moved: false,
-    }
-}
-
-/// The future of [`reschedule_to`].
-#[must_use = "futures do nothing unless awaited"]
-pub struct RescheduleTo {
-    /// Weak: a task holding this must not keep the target's queue, and the tasks it
-    /// owns, alive (no cycle through the queue).
-    target: Weak<RunQueue>,
-    moved: bool,
-}
-
-impl Future for RescheduleTo {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
-        if self.moved {
-            return Poll::Ready(());
-        }
-        let target: Weak<dyn Schedule> = self.target.clone();
-        match move_current_task(target) {
-            None => {
-                panic!("reschedule_to awaited outside a task: spawn the future on an AioContext")
-            }
-            Some(false) => return Poll::Ready(()),
-            Some(true) => {}
-        }
-        self.moved = true;
-        Poll::Pending
-    }
-}
-
-impl fmt::Debug for RescheduleTo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RescheduleTo")
-            .field("moved", &self.moved)
-            .finish()
     }
 }

@@ -75,6 +75,19 @@
 //!      (`complete` vs `drop_join_interest`), or the `JoinHandle` that saw `COMPLETE`
 //!      with its Acquire load. Each hand-over is a Release/Acquire pair on the state
 //!      word (`finish_pending`/`start_run`/`cancel`, `complete`/`load`).
+//!
+//! [TK9] The join waker is a cell too, handed over by the `JOIN_WAKER` bit. While the bit
+//!    is clear, only the `JoinHandle` touches the cell: it writes its waker there, then
+//!    sets the bit with a CAS that fails once the task is `COMPLETE` (it then takes the
+//!    output). While the bit is set, the cell is read-only: the handle compares its
+//!    waker with it, and to replace it clears the bit first (a CAS that fails once the
+//!    task is `COMPLETE`); the runner, when its `complete` finds the bit set, reads the
+//!    waker there and wakes it. The bit's set and clear and `complete` are RMWs on one
+//!    word, so a runner reads the cell only between a set and the next clear, which no
+//!    clear can follow once `COMPLETE` is in: the two sides never write the cell at
+//!    once, and the handle never misses the completion (its CAS fails on it) nor the
+//!    runner the waker (the set came first, Release/Acquire). The waker is dropped with
+//!    the task.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -86,20 +99,22 @@ use std::sync::Weak;
 use std::task::{Context, Poll, Wake, Waker};
 
 use crate::join::{Join, JoinError, JoinHandle};
+use crate::sync::Arc;
 use crate::sync::atomic::{AtomicUsize, Ordering};
-use crate::sync::{Arc, Mutex, lock};
 
 mod state;
 
 use state::{AfterPoll, State};
-use state::{JOIN_INTEREST, SCHEDULED, has_join_interest, is_complete};
+use state::{JOIN_INTEREST, SCHEDULED, has_join_interest, has_join_waker, is_complete};
 
 /// A cell whose accesses the task state word makes exclusive ([TK8]).
 struct Exclusive<T>(std::cell::UnsafeCell<T>);
 
-// SAFETY: [TK8]: at most one thread touches the value at a time, each hand-over being
+// SAFETY: [TK8]: at most one thread writes the value at a time, each hand-over being
 // a Release/Acquire pair on the task's state word; the value moves between threads
-// only that way, so `T: Send` suffices.
+// only that way, so `T: Send` suffices for the stage. Only two cells are read by two
+// threads at once, and their types are `Sync`: the home (`Weak<dyn Schedule>`) and the
+// join waker (`Option<Waker>`, [TK9]).
 unsafe impl<T: Send> Sync for Exclusive<T> {}
 
 impl<T> Exclusive<T> {
@@ -130,6 +145,10 @@ pub(crate) trait Schedule: Send + Sync {
     /// Pushes `task`, which the caller just moved to `SCHEDULED`, and makes sure the
     /// queue will be drained ([RQ1] (`run_queue.rs`)); on a closed queue, cancels it instead.
     fn schedule(&self, task: TaskRef);
+
+    /// [`schedule`](Self::schedule) for a caller whose innermost drain loop is this
+    /// queue's ([RQ7] (`run_queue.rs`)): the push alone, on the home queue, no kick.
+    fn schedule_draining(&self, task: TaskRef);
 
     /// Enters `task` in the registry; gives it back when the queue is closed.
     fn register(&self, task: TaskRef) -> Result<(), TaskRef>;
@@ -162,7 +181,8 @@ pub(crate) trait Runnable: Send + Sync {
 pub(crate) struct Header {
     pub(crate) state: State,
     home: Exclusive<Weak<dyn Schedule>>,
-    join_waker: Mutex<Option<Waker>>,
+    /// [TK9].
+    join_waker: Exclusive<Option<Waker>>,
     /// The task's key in its home's registry; read and written only under that
     /// registry's lock ([TK5]), hence Relaxed.
     key: AtomicUsize,
@@ -236,7 +256,7 @@ where
             header: Header {
                 state: State::new(SCHEDULED | JOIN_INTEREST),
                 home: Exclusive::new(home),
-                join_waker: Mutex::new(None),
+                join_waker: Exclusive::new(None),
                 key: AtomicUsize::new(usize::MAX),
             },
             stage: Exclusive::new(Stage::Running(future)),
@@ -248,8 +268,16 @@ where
     fn push(self: Arc<Self>) {
         // SAFETY: the caller is the single pusher ([TK1] and [TK3]), reading before its
         // queue push; the task is not `RUNNING`, so nobody writes the home ([TK8]).
-        let home = unsafe { self.header.home.read() }.upgrade();
-        match home {
+        let home = unsafe { self.header.home.read() };
+        let queue = Weak::as_ptr(home);
+        if crate::run_queue::is_draining_here(queue.cast()) {
+            // SAFETY: [RQ7] (`run_queue.rs`): the drain of the queue at this address is on
+            // this thread's stack and holds the queue alive, and `home`'s allocation is
+            // that queue's (a `Weak` keeps its allocation, so no other queue can share
+            // the address): no upgrade needed.
+            return unsafe { &*queue }.schedule_draining(self);
+        }
+        match home.upgrade() {
             Some(home) => home.schedule(self),
             None => {
                 if let Some(panic) = self.cancel() {
@@ -286,9 +314,12 @@ where
             drop(home.unregister(&self.header));
         }
         if has_join_interest(prev) {
-            let waker = lock(&self.header.join_waker).take();
-            if let Some(w) = waker {
-                w.wake();
+            if has_join_waker(prev) {
+                // SAFETY: [TK9]: `complete` found `JOIN_WAKER` set, so the handle has
+                // published the cell and can no longer take it back: readers only.
+                if let Some(w) = unsafe { self.header.join_waker.read() } {
+                    w.wake_by_ref();
+                }
             }
             None
         } else {
@@ -302,6 +333,29 @@ where
                 _ => None,
             }
         }
+    }
+
+    /// [TK9]: leaves `waker` in the join waker cell for the runner, unless it is there
+    /// already; returns `true` when the task turned out `COMPLETE` meanwhile.
+    fn publish_join_waker(&self, state: u32, waker: &Waker) -> bool {
+        if has_join_waker(state) {
+            // SAFETY: [TK9]: the bit is set: the cell is read-only, for both sides.
+            let current = unsafe { self.header.join_waker.read() };
+            if current.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                return false;
+            }
+            if !self.header.state.clear_join_waker() {
+                return true;
+            }
+        }
+        // SAFETY: [TK9]: the bit is clear (this handle is the only one that sets it), so
+        // the runner does not read the cell, whether or not it completes meanwhile.
+        let slot = unsafe { self.header.join_waker.get() };
+        match slot {
+            Some(w) => w.clone_from(waker),
+            None => *slot = Some(waker.clone()),
+        }
+        !self.header.state.set_join_waker()
     }
 
     /// Drops the future of a claimed task on this thread and completes it as cancelled
@@ -406,22 +460,12 @@ where
     F::Output: Send + 'static,
 {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<F::Output, JoinError>> {
-        if !is_complete(self.header.state.load()) {
-            {
-                let mut slot = lock(&self.header.join_waker);
-                match &mut *slot {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
-            }
-            // Checked again after storing the waker: `finish` sets COMPLETE before it
-            // takes the waker under the same lock, so one of the two sees the other.
-            if !is_complete(self.header.state.load()) {
-                return Poll::Pending;
-            }
+        let state = self.header.state.load();
+        if !is_complete(state) && !self.publish_join_waker(state, cx.waker()) {
+            return Poll::Pending;
         }
-        // SAFETY: the Acquire load saw `COMPLETE` with `JOIN_INTEREST` held by this
-        // handle: the runner no longer touches the stage ([TK8]).
+        // SAFETY: an Acquire load or CAS saw `COMPLETE` with `JOIN_INTEREST` held by
+        // this handle: the runner no longer touches the stage ([TK8]).
         match std::mem::replace(unsafe { self.stage.get() }, Stage::Consumed) {
             Stage::Finished(Ok(output)) => Poll::Ready(Ok(output)),
             Stage::Finished(Err(Failure::Cancelled)) => Poll::Ready(Err(JoinError(()))),

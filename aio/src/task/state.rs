@@ -17,6 +17,8 @@ pub(super) const COMPLETE: u32 = 1 << 3;
 pub(super) const JOIN_INTEREST: u32 = 1 << 4;
 /// Cancelled ([TK6]): the future is dropped instead of polled again.
 pub(super) const CANCELLED: u32 = 1 << 5;
+/// The join waker cell holds the waker to wake when the task completes ([TK9]).
+pub(super) const JOIN_WAKER: u32 = 1 << 6;
 /// The bits that make up the lifecycle value.
 pub(super) const LIFECYCLE: u32 = SCHEDULED | RUNNING | NOTIFIED | COMPLETE;
 
@@ -26,6 +28,10 @@ pub(super) fn lifecycle(state: u32) -> u32 {
 
 pub(super) fn is_complete(state: u32) -> bool {
     lifecycle(state) == COMPLETE
+}
+
+pub(super) fn has_join_waker(state: u32) -> bool {
+    state & JOIN_WAKER != 0
 }
 
 pub(super) fn has_join_interest(state: u32) -> bool {
@@ -163,7 +169,9 @@ impl State {
             }
             let next = (cur & !(RUNNING | NOTIFIED)) | COMPLETE;
             // AcqRel: Release publishes the stored output to the JoinHandle's Acquire
-            // load; Acquire pairs with `drop_join_interest`.
+            // load (and failed CASes in `set_join_waker`/`clear_join_waker`); Acquire
+            // pairs with `drop_join_interest`, and with `set_join_waker`'s Release (the
+            // waker in the cell, [TK9]).
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -179,6 +187,57 @@ impl State {
         // AcqRel: pairs with `complete`; of the two RMWs exactly one sees the other, so
         // exactly one side drops the output.
         is_complete(self.0.fetch_and(!JOIN_INTEREST, Ordering::AcqRel))
+    }
+
+    /// [TK9]: the JoinHandle publishes the waker it wrote in the cell; `false` (and the
+    /// bit stays clear) when the task completed first.
+    pub(super) fn set_join_waker(&self) -> bool {
+        // Acquire: pairs with the Release in `complete`, when it reads `COMPLETE` (the
+        // output).
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if is_complete(cur) {
+                return false;
+            }
+            debug_assert!(!has_join_waker(cur), "join waker published twice");
+            // Release: publishes the cell's waker to the Acquire in `complete`. Acquire
+            // on failure: pairs with `complete`'s Release, should the task have
+            // completed (the output).
+            match self.0.compare_exchange_weak(
+                cur,
+                cur | JOIN_WAKER,
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// [TK9]: the JoinHandle takes the cell back, to replace its waker; `false` (the
+    /// bit stays set, the cell the runner's) when the task completed first.
+    pub(super) fn clear_join_waker(&self) -> bool {
+        // Acquire: pairs with the Release in `complete`, when it reads `COMPLETE` (the
+        // output).
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if is_complete(cur) {
+                return false;
+            }
+            // Relaxed on success: a runner whose `complete` comes later in this word's
+            // order sees the bit clear and does not read the cell. Acquire on failure:
+            // pairs with `complete`'s Release (the output).
+            match self.0.compare_exchange_weak(
+                cur,
+                cur & !JOIN_WAKER,
+                Ordering::Relaxed,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     pub(super) fn load(&self) -> u32 {
