@@ -34,7 +34,8 @@ impl AioContext {
     /// dropped) rather than freed while the kernel may still use what it owns.
     ///
     /// Only entries that post exactly one CQE and hold no memory past it are accepted;
-    /// see `# Errors`.
+    /// see `# Errors`. Multishot entries, and NOPs that allocate nothing, go through
+    /// [`submit_raw_handler`](Self::submit_raw_handler).
     ///
     /// ```
     /// use std::sync::{Arc, atomic::{AtomicI32, Ordering}};
@@ -86,8 +87,8 @@ impl AioContext {
     /// `InvalidInput` for an entry the loop cannot track, with the reason: the SQE
     /// flags `IO_LINK`, `IO_HARDLINK`, `CQE_SKIP_SUCCESS`, `BUFFER_SELECT` or unknown
     /// ones; a multishot `POLL_ADD`, `ACCEPT`, `RECV`/`RECVMSG` or `TIMEOUT`, and
-    /// `READ_MULTISHOT`; `SEND_ZC`/`SENDMSG_ZC`; `PROVIDE_BUFFERS`/`REMOVE_BUFFERS`;
-    /// `MSG_RING`; `LINK_TIMEOUT`; `URING_CMD`; `POLL_REMOVE` with update flags; an
+    /// `READ_MULTISHOT` (a `FnOnce` runs once: use `submit_raw_handler`);
+    /// `SEND_ZC`/`SENDMSG_ZC`; `PROVIDE_BUFFERS`/`REMOVE_BUFFERS`; `MSG_RING`; `LINK_TIMEOUT`; `URING_CMD`; `POLL_REMOVE` with update flags; an
     /// `ASYNC_CANCEL`, `POLL_REMOVE` or `TIMEOUT_REMOVE` whose target `user_data` has
     /// the top bit set (the loop's reserved tag space); an opcode this crate does not
     /// know. `BrokenPipe` when another thread hands an entry to a context that shut
