@@ -1,6 +1,10 @@
-//! NOPs through the context's ring — the callback API (`submit_raw`) and the task API
+//! NOPs through the context's ring — the callback API (`submit_raw` with a boxed
+//! callback per NOP, and `submit_raw_handler` with one kept handler) and the task API
 //! (a future awaiting each NOP in `block_on`) — at batch 1 and 32, against a bare
 //! io-uring crate loop doing the same. One iteration is one NOP.
+//!
+//! `BENCH_CLOCK=thread` times every row in the measuring thread's CPU time instead of
+//! wall time (for a shared, loaded machine).
 //!
 //! The `loop_event` group times the loop's overhead per event: each iteration is one
 //! bottom half, one NOP and one (already due) timer, run by blocking polls, against a
@@ -10,20 +14,42 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use aioctx_aio::{AioContext, ClockType, DEFAULT_RING_ENTRIES};
+use aioctx_aio::{AioContext, ClockType, CompletionHandler, DEFAULT_RING_ENTRIES};
 use criterion::{Criterion, criterion_group, criterion_main};
 use io_uring::{IoUring, opcode};
 
 static DONE: AtomicU64 = AtomicU64::new(0);
+
+/// The clock of every row: wall time, or with `BENCH_CLOCK=thread` the measuring
+/// thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), which time other processes take on
+/// a shared machine does not inflate. Every row here runs on the measuring thread (the
+/// NOPs complete inline, inside its `io_uring_enter`), so both clocks see all its work.
+fn stamp() -> Duration {
+    static THREAD: OnceLock<bool> = OnceLock::new();
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    if *THREAD.get_or_init(|| std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "thread")) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the kernel to fill.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        EPOCH.get_or_init(Instant::now).elapsed()
+    }
+}
 
 /// Submits `n` NOPs with callbacks and polls until they all completed.
 fn callback_batch(ctx: &AioContext, n: u64) {
@@ -42,6 +68,32 @@ fn callback_batch(ctx: &AioContext, n: u64) {
             )
         }
         .expect("the uring bench needs the io_uring backend");
+    }
+    while DONE.load(Ordering::Relaxed) < target {
+        ctx.poll(true);
+    }
+}
+
+/// The kept handler of the `aioctx_handler_*` rows: the same count, no allocation per
+/// NOP.
+struct Counter;
+
+impl CompletionHandler for Counter {
+    fn complete(&self, res: i32, _flags: u32) {
+        debug_assert_eq!(res, 0);
+        // Relaxed: read back on this thread.
+        DONE.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Submits `n` NOPs with a kept handler and polls until they all completed.
+fn handler_batch(ctx: &AioContext, handler: &Arc<Counter>, n: u64) {
+    // Relaxed: the handler runs on this thread, inside `poll`.
+    let target = DONE.load(Ordering::Relaxed) + n;
+    for _ in 0..n {
+        // SAFETY: a NOP names no memory.
+        unsafe { ctx.submit_raw_handler(opcode::Nop::new().build(), Arc::clone(handler)) }
+            .expect("the uring bench needs the io_uring backend");
     }
     while DONE.load(Ordering::Relaxed) < target {
         ctx.poll(true);
@@ -172,22 +224,30 @@ fn bench(c: &mut Criterion) {
     for batch in [1u64, 32] {
         g.bench_function(format!("bare_b{batch}"), |b| {
             b.iter_custom(|iters| {
-                let t = Instant::now();
+                let t = stamp();
                 batches(iters, batch, |n| bare_batch(&mut ring, n));
-                t.elapsed()
+                stamp() - t
             })
         });
         g.bench_function(format!("aioctx_callback_b{batch}"), |b| {
             b.iter_custom(|iters| {
-                let t = Instant::now();
+                let t = stamp();
                 batches(iters, batch, |n| callback_batch(&ctx, n));
-                t.elapsed()
+                stamp() - t
+            })
+        });
+        let handler = Arc::new(Counter);
+        g.bench_function(format!("aioctx_handler_b{batch}"), |b| {
+            b.iter_custom(|iters| {
+                let t = stamp();
+                batches(iters, batch, |n| handler_batch(&ctx, &handler, n));
+                stamp() - t
             })
         });
         g.bench_function(format!("aioctx_task_b{batch}"), |b| {
             b.iter_custom(|iters| {
                 ctx.block_on(async {
-                    let t = Instant::now();
+                    let t = stamp();
                     let mut left = iters;
                     while left > 0 {
                         let n = left.min(batch);
@@ -198,7 +258,7 @@ fn bench(c: &mut Criterion) {
                         }
                         left -= n;
                     }
-                    t.elapsed()
+                    stamp() - t
                 })
             })
         });
@@ -218,7 +278,7 @@ fn loop_event(c: &mut Criterion, ctx: &Arc<AioContext>) {
         let mut bhs: VecDeque<&dyn Fn()> = VecDeque::with_capacity(16);
         let mut timers: BinaryHeap<Reverse<i64>> = BinaryHeap::with_capacity(16);
         b.iter_custom(|iters| {
-            let t = Instant::now();
+            let t = stamp();
             for _ in 0..iters {
                 let target = events.get() + 3;
                 bhs.push_back(&bh);
@@ -247,7 +307,7 @@ fn loop_event(c: &mut Criterion, ctx: &Arc<AioContext>) {
                     }
                 }
             }
-            t.elapsed()
+            stamp() - t
         })
     });
     g.bench_function("aioctx_event", |b| {
@@ -263,7 +323,7 @@ fn loop_event(c: &mut Criterion, ctx: &Arc<AioContext>) {
             e.fetch_add(1, Ordering::Relaxed);
         });
         b.iter_custom(|iters| {
-            let t = Instant::now();
+            let t = stamp();
             for _ in 0..iters {
                 // Relaxed: every event runs on this thread, inside `poll`.
                 let target = events.load(Ordering::Relaxed) + 3;
@@ -286,7 +346,7 @@ fn loop_event(c: &mut Criterion, ctx: &Arc<AioContext>) {
                     ctx.poll(true);
                 }
             }
-            t.elapsed()
+            stamp() - t
         })
     });
     g.finish();

@@ -186,3 +186,52 @@ fn block_on_same_thread_wake_allocates_nothing() {
         "{n} allocations in {ROUNDS} same-thread wakes of block_on"
     );
 }
+
+/// A NOP submitted with a kept handler (`submit_raw_handler`) and dispatched by a poll
+/// allocates nothing: the loop holds a reference to the caller's handler, its op table
+/// and dispatch queue reuse their slots. Batches of 1 and of 32 (several CQEs per
+/// poll). io_uring only: epoll has no ring.
+#[test]
+fn handler_nop_with_reused_state_allocates_nothing() {
+    use aioctx::aio::CompletionHandler;
+    use aioctx::aio::io_uring::opcode;
+
+    struct Count(AtomicU64);
+    impl CompletionHandler for Count {
+        fn complete(&self, res: i32, _flags: u32) {
+            assert_eq!(res, 0);
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let Some(ctx) = common::uring_ctx(
+        "handler_nop_with_reused_state_allocates_nothing",
+        aioctx::aio::AioContext::builder(),
+    ) else {
+        return;
+    };
+    let _dog = Watchdog::for_ctx("handler_nop_alloc", &ctx);
+    let count = Arc::new(Count(AtomicU64::new(0)));
+    let batch = |n: u64| {
+        let target = count.0.load(Ordering::Relaxed) + n;
+        for _ in 0..n {
+            // SAFETY: a NOP names no memory.
+            unsafe { ctx.submit_raw_handler(opcode::Nop::new().build(), Arc::clone(&count)) }
+                .unwrap();
+        }
+        while count.0.load(Ordering::Relaxed) < target {
+            ctx.poll(true);
+        }
+    };
+    for n in [1, 32] {
+        for _ in 0..16 {
+            batch(n);
+        }
+        let allocs = allocs_in(|| (0..ROUNDS / n).for_each(|_| batch(n)));
+        assert_eq!(
+            allocs,
+            0,
+            "{allocs} allocations in {} handler NOPs in batches of {n}",
+            ROUNDS / n * n
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Regressions of the ring and the loop's sleep decision:
 //! - a CQE can only reach the operation that submitted it: raw entries the loop cannot
-//!   track (multishot, `CQE_SKIP_SUCCESS`, zero-copy sends, links, cancels naming the
+//!   track (multishot through a `FnOnce` callback, `CQE_SKIP_SUCCESS`, zero-copy sends, links, cancels naming the
 //!   loop's own operations) are refused at submit, and a user cancel cannot silence the
 //!   loop's own eventfd read or fd-handler polls;
 //! - a blocking `poll` never sleeps while something it already took from the kernel is

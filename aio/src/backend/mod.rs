@@ -291,6 +291,15 @@ impl Driver {
         }
     }
 
+    /// Cancels the raw operation `user_data` names if it is still in flight (a user's
+    /// `cancel_raw`); nothing on epoll, which runs no raw operations.
+    pub(crate) fn cancel_raw(&mut self, user_data: u64) {
+        match self {
+            Driver::Uring(d) => d.cancel_user(user_data),
+            Driver::Epoll(_) => {}
+        }
+    }
+
     /// Sleeps for at most `timeout` (`None`: no limit), submitting queued operations.
     pub(crate) fn wait(&mut self, timeout: Option<Duration>) {
         match self {

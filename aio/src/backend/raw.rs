@@ -2,18 +2,19 @@
 //!
 //! Rules:
 //! [RW1] The loop can only keep the promise "a CQE reaches the operation that submitted it,
-//!    and what an operation owns is freed only after its last CQE" for entries that post
-//!    exactly one CQE, that do not hand the kernel memory beyond that CQE, and that
-//!    cannot act on the loop's own operations by `user_data`. [`check`] refuses every
-//!    other entry at submit with an `InvalidInput` error that names the reason.
+//!    and what an operation owns is freed only after its last CQE" for entries whose
+//!    last CQE it can recognise (the one without `IORING_CQE_F_MORE`), that do not hand
+//!    the kernel memory beyond that CQE, and that cannot act on the loop's own
+//!    operations by `user_data`. [`check`] refuses every other entry at submit with an
+//!    `InvalidInput` error that names the reason, and says which entries are multishot.
 //! [RW2] Refused outright: `IOSQE_IO_LINK`/`IO_HARDLINK` (the loop pushes its own entries
 //!    between the user's, so a chain would swallow them; safe chains are the loop's
 //!    own, `io/link.rs`), `IOSQE_IO_DRAIN` (the drain
 //!    waits for the loop's always-armed eventfd read too, and holds back every entry
 //!    after it, the read's re-arm included: wake-ups would be lost), `IOSQE_CQE_SKIP_SUCCESS` (no
 //!    CQE: the operation would never leave the table), `IOSQE_BUFFER_SELECT`, unknown
-//!    SQE flags; multishot forms (`POLL_ADD` with `IORING_POLL_ADD_MULTI`, multishot
-//!    `ACCEPT`/`RECV`/`RECVMSG`/`TIMEOUT`, `READ_MULTISHOT`); `SEND_ZC`/`SENDMSG_ZC` (a
+//!    SQE flags (so also the multishot `RECV`/`RECVMSG`/`READ_MULTISHOT`, which the
+//!    kernel runs only with provided buffers); `SEND_ZC`/`SENDMSG_ZC` (a
 //!    second, notification CQE); `PROVIDE_BUFFERS` (memory owned by the kernel after
 //!    the CQE); `MSG_RING` (posts a CQE with a `user_data` of its choice); `URING_CMD`,
 //!    `LINK_TIMEOUT` and opcodes this crate does not know; `POLL_REMOVE` with update
@@ -27,6 +28,14 @@
 //!    For users that promise is `submit_raw`'s `# Safety` (`submit.rs`); for typed
 //!    operations it is `OpCode::sqe`'s contract (`op/mod.rs`); the rest of the loop
 //!    passes `Sqe`s around with safe calls.
+//! [RW5] Multishot forms (`POLL_ADD` with `IORING_POLL_ADD_MULTI`, `ACCEPT` with
+//!    `ACCEPT_MULTISHOT`, `RECV`/`RECVMSG` with `RECV_MULTISHOT`, `TIMEOUT` with
+//!    `TIMEOUT_MULTISHOT`, `READ_MULTISHOT`) post a CQE with `IORING_CQE_F_MORE` per event
+//!    and a last one without it. They are accepted only with a kept handler
+//!    (`submit_raw_handler`), which can run once per CQE; a one-shot `FnOnce` callback
+//!    (`submit_raw`) cannot, so `submit_raw` refuses them. The slot and what it owns
+//!    stay until the last CQE ([UR12] (`uring.rs`)); a cancel (`cancel_raw`, or the
+//!    context's drop) makes the kernel post that last CQE.
 
 use std::io;
 
@@ -109,14 +118,25 @@ fn refuse(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(
-            "submit_raw: {what}; the loop tracks only entries that post exactly one CQE \
-             and hold no memory past it, and never act on the loop's own operations"
+            "submit_raw: {what}; the loop tracks only entries whose last CQE it can \
+             recognise, that hold no memory past it and never act on the loop's own \
+             operations"
         ),
     )
 }
 
-/// Refuses an entry the loop cannot track ([RW1] and [RW2]).
-pub(crate) fn check(e: &squeue::Entry) -> io::Result<()> {
+/// How many CQEs an accepted entry posts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shots {
+    /// Exactly one.
+    One,
+    /// One per event while `IORING_CQE_F_MORE` is set, then a last one ([RW5]).
+    Many,
+}
+
+/// Refuses an entry the loop cannot track ([RW1] and [RW2]); says whether an accepted
+/// one is multishot ([RW5]).
+pub(crate) fn check(e: &squeue::Entry) -> io::Result<Shots> {
     let v = view(e);
     let bad_flags = v.flags & !(FIXED_FILE | ASYNC);
     if bad_flags != 0 {
@@ -139,22 +159,18 @@ pub(crate) fn check(e: &squeue::Entry) -> io::Result<()> {
         )));
     }
     let targets_internal = v.addr & INTERNAL_TAG != 0;
-    let multishot = |name: &str| {
-        Err(refuse(format_args!(
-            "{name} is multishot (one CQE per event)"
-        )))
-    };
+    use Shots::{Many, One};
     match v.opcode {
-        op if single_shot(op) => Ok(()),
-        POLL_ADD if v.len & 1 != 0 => multishot("POLL_ADD with IORING_POLL_ADD_MULTI"),
-        POLL_ADD => Ok(()),
-        RECV | RECVMSG if v.ioprio & (1 << 1) != 0 => multishot("a RECV with RECV_MULTISHOT"),
-        RECV | RECVMSG => Ok(()),
-        ACCEPT if v.ioprio & 1 != 0 => multishot("an ACCEPT with ACCEPT_MULTISHOT"),
-        ACCEPT => Ok(()),
-        TIMEOUT if v.op_flags & (1 << 6) != 0 => multishot("a TIMEOUT with TIMEOUT_MULTISHOT"),
-        TIMEOUT => Ok(()),
-        READ_MULTISHOT => multishot("READ_MULTISHOT"),
+        op if single_shot(op) => Ok(One),
+        POLL_ADD if v.len & 1 != 0 => Ok(Many), // IORING_POLL_ADD_MULTI
+        POLL_ADD => Ok(One),
+        RECV | RECVMSG if v.ioprio & (1 << 1) != 0 => Ok(Many), // RECV_MULTISHOT
+        RECV | RECVMSG => Ok(One),
+        ACCEPT if v.ioprio & 1 != 0 => Ok(Many), // ACCEPT_MULTISHOT
+        ACCEPT => Ok(One),
+        TIMEOUT if v.op_flags & (1 << 6) != 0 => Ok(Many), // TIMEOUT_MULTISHOT
+        TIMEOUT => Ok(One),
+        READ_MULTISHOT => Ok(Many),
         POLL_REMOVE if v.len != 0 => Err(refuse(
             "POLL_REMOVE with update flags (it may change a poll's user_data or make it multishot)",
         )),
@@ -164,7 +180,7 @@ pub(crate) fn check(e: &squeue::Entry) -> io::Result<()> {
                 v.opcode, v.addr
             )))
         }
-        POLL_REMOVE | TIMEOUT_REMOVE | ASYNC_CANCEL => Ok(()),
+        POLL_REMOVE | TIMEOUT_REMOVE | ASYNC_CANCEL => Ok(One),
         SEND_ZC | SENDMSG_ZC => Err(refuse("SEND_ZC/SENDMSG_ZC post a second, notification CQE")),
         PROVIDE_BUFFERS | REMOVE_BUFFERS => Err(refuse(
             "provided buffers are owned by the kernel past the CQE",

@@ -38,6 +38,14 @@
 //!     `IORING_REGISTER_PROBE`, taken once: e.g. `FTRUNCATE` before Linux 6.9,
 //!     `MKDIRAT` before 5.15) runs its blocking lowering on the worker pool instead,
 //!     and completes on the home thread as a bottom half, as on epoll.
+//! [UR12] Completions are triaged as they come off the CQ, one CQ borrow per batch
+//!     (`Ring::reap_with`; a poll with an empty CQ, no pending CQE and no overflow
+//!     costs three loads): the loop's own are handled there, a user operation's or an
+//!     fd poll's slot is emptied at its final CQE and what it held is queued for
+//!     dispatch with the CQE, one item each, taken one at a time ([PO2] (`poll.rs`)).
+//!     A multishot operation's non-final CQE (`IORING_CQE_F_MORE`, only a kept
+//!     handler's: [RW5] (`raw.rs`)) queues a clone of the handler's reference and
+//!     leaves the slot, and what it owns, in place until the final CQE.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -255,12 +263,32 @@ impl Ring {
         }));
     }
 
-    /// Moves every completion into `out`, pending ones first, flushing the kernel's
-    /// overflow list ([UR2]).
-    pub(crate) fn reap(&mut self, out: &mut VecDeque<Completion>) {
+    /// Whether the CQ or the pending buffer may hold completions, or the kernel holds
+    /// overflowed ones ([UR2]): three loads, no store, for the common empty poll.
+    fn may_have_completions(&mut self) -> bool {
+        !self.pending.is_empty()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().cq_overflow()
+    }
+
+    /// Hands every completion to `f`, pending ones first, with one borrow of the CQ
+    /// per batch (its head is published once, when the batch ends), flushing the
+    /// kernel's overflow list ([UR2]). `f` must not touch the ring.
+    pub(crate) fn reap_with(&mut self, mut f: impl FnMut(Completion)) {
+        if !self.may_have_completions() {
+            return;
+        }
         loop {
-            self.drain_cq();
-            out.append(&mut self.pending);
+            for c in self.pending.drain(..) {
+                f(c);
+            }
+            for cqe in &mut self.ring.completion() {
+                f(Completion {
+                    user_data: cqe.user_data(),
+                    result: cqe.result(),
+                    flags: cqe.flags(),
+                });
+            }
             if !self.ring.submission().cq_overflow() {
                 return;
             }
@@ -284,10 +312,8 @@ pub(crate) struct UringDriver {
     event: RawFd,
     /// The target of the notify eventfd read; its address is given to the kernel.
     notify_buf: Box<u64>,
-    /// Completions of user operations and fd polls, collected for dispatch.
-    completions: VecDeque<Completion>,
-    /// Scratch for `collect`.
-    reaped: VecDeque<Completion>,
+    /// Completions of user operations and fd polls, collected for dispatch ([UR12]).
+    completions: VecDeque<Collected>,
     /// Completions collected for dispatch.
     pub(crate) cqes: u64,
     /// The kernel's supported opcodes (`IORING_REGISTER_PROBE`), taken at first need;
@@ -299,12 +325,13 @@ pub(crate) struct UringDriver {
     fixed: Option<Arc<dyn Send + Sync>>,
 }
 
-/// What happens to one CQE ([UR6] to [UR8]).
-enum Triage {
-    /// Queue it for dispatch.
-    Dispatch,
-    /// Handled in place, or stale.
-    Done,
+/// A CQE collected for dispatch, with what its slot held ([UR12]).
+enum Collected {
+    /// A user operation's CQE: its callback (a clone of a kept handler's reference for
+    /// a multishot operation's non-final CQE), `res`, `flags`.
+    Raw(Callback, i32, u32),
+    /// An fd handler's poll: the handler, the poll's `user_data`, `res`.
+    Poll(Arc<FdNode>, u64, i32),
 }
 
 impl UringDriver {
@@ -317,7 +344,6 @@ impl UringDriver {
             event,
             notify_buf: Box::new(0),
             completions: VecDeque::new(),
-            reaped: VecDeque::new(),
             cqes: 0,
             probe: None,
             fixed: None,
@@ -527,97 +553,55 @@ impl UringDriver {
     }
 
     /// Takes every completion off the ring: the loop's own ones are handled in place
-    /// ([UR6] to [UR8]), the others queued for dispatch.
+    /// ([UR6] to [UR8]), the others queued for dispatch with what their slots held
+    /// ([UR12]).
     pub(crate) fn collect(&mut self, name: &str) {
-        let mut reaped = std::mem::take(&mut self.reaped);
-        self.ring.reap(&mut reaped);
-        self.cqes += reaped.len() as u64;
-        for c in reaped.drain(..) {
-            if let Triage::Dispatch = self.triage(name, c) {
-                self.completions.push_back(c);
-            }
-        }
-        self.reaped = reaped;
-    }
-
-    fn triage(&mut self, name: &str, c: Completion) -> Triage {
-        let Some(slot) = self.ops.find(c.user_data) else {
-            log::warn!(
-                "{name}: dropped a CQE for no operation in flight (user_data {:#x}, res {}, \
-                 flags {:#x}): stale or foreign",
-                c.user_data,
-                c.result,
-                c.flags
-            );
-            return Triage::Done;
-        };
-        if cqueue::more(c.flags) {
-            // `raw::check` refuses every entry known to post more than one CQE; were one
-            // to slip through, its slot stays until the final CQE.
-            log::warn!(
-                "{name}: dropped a non-final CQE (IORING_CQE_F_MORE) of user_data {:#x}",
-                c.user_data
-            );
-            return Triage::Done;
-        }
-        match slot.op {
-            Some(Op::NotifyRead) => {
-                self.ops.remove(c.user_data);
-                if c.result < 0 && c.result != -libc::ECANCELED {
-                    log::warn!(
-                        "{name}: notify eventfd read failed: {}",
-                        io::Error::from_raw_os_error(-c.result)
-                    );
-                }
-                // Also after ECANCELED: a user cancel reached it ([UR8]); the drop path
-                // does not come here.
-                self.arm_notify_read();
-                Triage::Done
-            }
-            Some(Op::Control) => {
-                self.ops.remove(c.user_data);
-                Triage::Done
-            }
-            Some(Op::Poll(_) | Op::Raw(_)) => Triage::Dispatch,
-            None => unreachable!("`find` returns occupied slots"),
+        let Self {
+            ring,
+            ops,
+            completions,
+            cqes,
+            ..
+        } = self;
+        let mut rearm_notify = false;
+        ring.reap_with(|c| {
+            *cqes += 1;
+            rearm_notify |= triage(name, ops, completions, c);
+        });
+        if rearm_notify {
+            // [UR6]: before anything is dispatched, so before the loop can sleep.
+            self.arm_notify_read();
         }
     }
 
     /// The next collected item to run.
     pub(crate) fn next_ready(&mut self) -> Option<Ready> {
         while let Some(c) = self.completions.pop_front() {
-            match self.ops.remove(c.user_data) {
-                Some(Op::Poll(node)) => {
-                    let fd = node.fd;
-                    let current = match self.fds.get_mut(&fd) {
-                        Some(h) if h.armed == Some(c.user_data) => {
-                            h.armed = None;
-                            Arc::ptr_eq(&h.node, &node)
-                        }
-                        _ => false,
-                    };
-                    if !current {
-                        continue;
-                    }
-                    if c.result == -libc::ECANCELED {
-                        // Not our POLL_REMOVE (that one unsets `armed` first): a user
-                        // cancel reached the poll ([UR8]).
-                        self.arm_poll(fd);
-                        continue;
-                    }
-                    if c.result < 0 {
-                        return Some(Ready::FdFailed(
-                            node,
-                            io::Error::from_raw_os_error(-c.result),
-                        ));
-                    }
-                    return Some(Ready::Fd(node, c.result as u32));
+            let (node, user_data, result) = match c {
+                Collected::Raw(cb, res, flags) => return Some(Ready::Raw(cb, res, flags)),
+                Collected::Poll(node, user_data, result) => (node, user_data, result),
+            };
+            let fd = node.fd;
+            let current = match self.fds.get_mut(&fd) {
+                Some(h) if h.armed == Some(user_data) => {
+                    h.armed = None;
+                    Arc::ptr_eq(&h.node, &node)
                 }
-                Some(Op::Raw(cb)) => return Some(Ready::Raw(cb, c.result, c.flags)),
-                Some(Op::NotifyRead | Op::Control) | None => {
-                    unreachable!("only polls and user operations are queued for dispatch")
-                }
+                _ => false,
+            };
+            if !current {
+                continue;
             }
+            if result == -libc::ECANCELED {
+                // Not our POLL_REMOVE (that one unsets `armed` first): a user
+                // cancel reached the poll ([UR8]).
+                self.arm_poll(fd);
+                continue;
+            }
+            if result < 0 {
+                return Some(Ready::FdFailed(node, io::Error::from_raw_os_error(-result)));
+            }
+            return Some(Ready::Fd(node, result as u32));
         }
         None
     }
@@ -632,7 +616,9 @@ impl UringDriver {
         // Completions reaped but not dispatched (a panic unwound the loop, or a nested
         // poll left them): final results.
         for c in mem::take(&mut self.completions) {
-            self.finish(name, c, &mut done);
+            if let Collected::Raw(cb, res, flags) = c {
+                done.push((cb, res, flags));
+            }
         }
         if !self.ops.is_empty() && !self.ring.can_enter_here() {
             // Setup rule [S3]: only the thread the kernel bound may enter this ring.
@@ -665,12 +651,9 @@ impl UringDriver {
             self.push(&sqe, Op::Control);
         }
         let deadline = sys::monotonic_ns() + limit.as_nanos() as i64;
-        let mut batch = VecDeque::new();
         loop {
-            self.ring.reap(&mut batch);
-            for c in batch.drain(..) {
-                self.finish(name, c, &mut done);
-            }
+            let ops = &mut self.ops;
+            self.ring.reap_with(|c| finish(name, ops, c, &mut done));
             if self.ops.is_empty() || sys::monotonic_ns() >= deadline {
                 break;
             }
@@ -688,21 +671,85 @@ impl UringDriver {
         }
         done
     }
+}
 
-    /// Drop path: frees the operation a final CQE names, keeping a user callback and
-    /// its CQE in `done`.
-    fn finish(&mut self, name: &str, c: Completion, done: &mut Vec<(Callback, i32, u32)>) {
-        if cqueue::more(c.flags) {
-            return;
-        }
-        match self.ops.remove(c.user_data) {
-            Some(Op::Raw(cb)) => done.push((cb, c.result, c.flags)),
-            Some(_) => {}
-            None => log::warn!(
-                "{name}: dropped a CQE for no operation in flight at drop (user_data {:#x})",
+/// Handles one CQE as it is collected ([UR6] to [UR8], [UR12]): the loop's own
+/// operations in place (returns true when the notify read must be armed again), a user
+/// operation's or an fd poll's queued for dispatch with what its slot held, the slot
+/// freed at the final CQE. A stale CQE is logged and dropped.
+fn triage(name: &str, ops: &mut OpTable, queue: &mut VecDeque<Collected>, c: Completion) -> bool {
+    let Some(slot) = ops.find(c.user_data) else {
+        log::warn!(
+            "{name}: dropped a CQE for no operation in flight (user_data {:#x}, res {}, \
+             flags {:#x}): stale or foreign",
+            c.user_data,
+            c.result,
+            c.flags
+        );
+        return false;
+    };
+    if cqueue::more(c.flags) {
+        // Only a kept handler may be multishot (`raw::check`, [RW5]); the slot stays.
+        match &slot.op {
+            Some(Op::Raw(Callback::Shared(h))) => {
+                let cb = Callback::Shared(std::sync::Arc::clone(h));
+                queue.push_back(Collected::Raw(cb, c.result, c.flags));
+            }
+            _ => log::warn!(
+                "{name}: dropped a non-final CQE (IORING_CQE_F_MORE) of user_data {:#x}, \
+                 which is not a multishot operation",
                 c.user_data
             ),
         }
+        return false;
+    }
+    match ops.remove(c.user_data) {
+        Some(Op::NotifyRead) => {
+            if c.result < 0 && c.result != -libc::ECANCELED {
+                log::warn!(
+                    "{name}: notify eventfd read failed: {}",
+                    io::Error::from_raw_os_error(-c.result)
+                );
+            }
+            // Also after ECANCELED: a user cancel reached it ([UR8]); the drop path
+            // does not come here.
+            true
+        }
+        Some(Op::Control) => false,
+        Some(Op::Poll(node)) => {
+            queue.push_back(Collected::Poll(node, c.user_data, c.result));
+            false
+        }
+        Some(Op::Raw(cb)) => {
+            queue.push_back(Collected::Raw(cb, c.result, c.flags));
+            false
+        }
+        None => unreachable!("`find` found the slot occupied"),
+    }
+}
+
+/// Drop path: frees the operation a final CQE names, keeping a user callback and its
+/// CQE in `done`; a kept handler also gets its operation's non-final CQEs.
+fn finish(name: &str, ops: &mut OpTable, c: Completion, done: &mut Vec<(Callback, i32, u32)>) {
+    if cqueue::more(c.flags) {
+        if let Some(Op::Raw(Callback::Shared(h))) =
+            ops.find(c.user_data).and_then(|s| s.op.as_ref())
+        {
+            done.push((
+                Callback::Shared(std::sync::Arc::clone(h)),
+                c.result,
+                c.flags,
+            ));
+        }
+        return;
+    }
+    match ops.remove(c.user_data) {
+        Some(Op::Raw(cb)) => done.push((cb, c.result, c.flags)),
+        Some(_) => {}
+        None => log::warn!(
+            "{name}: dropped a CQE for no operation in flight at drop (user_data {:#x})",
+            c.user_data
+        ),
     }
 }
 
