@@ -20,9 +20,12 @@
 #   dio_<zram|disk>_qd32_plain_iops=<IOPS>  dio_<zram|disk>_qd32_fixed_iops=<IOPS>
 #   dio_<zram|disk>_qd32_fixed_ratio=<fixed / plain>
 # and, on the root disk, durable 4 KiB O_DIRECT writes (examples/fsync_chain.rs): a
-# write → fsync chain linked in the kernel against the two ops awaited one by one:
-#   dio_disk_chain_<linked|awaited>_ops_per_s=<ops/s>  dio_disk_chain_<linked|awaited>_p50_us=<µs>
-#   dio_disk_chain_ratio=<linked / awaited>
+# write → fsync chain linked in the kernel against the two ops awaited one by one, on
+# writes that extend the file (<how>=extend) and on writes over allocated blocks
+# (<how>=overwrite); two alternating runs of each, the better kept:
+#   dio_disk_chain_<how>_<linked|awaited>_ops_per_s=<ops/s>
+#   dio_disk_chain_<how>_<linked|awaited>_p50_us=<µs>
+#   dio_disk_chain_<how>_ratio=<linked / awaited>
 # It never falls back to a tmpfs file: a target it cannot set up is reported as skipped
 # (not root, no zram module, the root file system refuses O_DIRECT or is tmpfs).
 #   DIO_RUNTIME (seconds per run, default 5)
@@ -100,21 +103,39 @@ measure_fixed() { # NAME PATH: registered vs plain buffers at QD32
     echo "dio_${name}_qd32_fixed_ratio=$(python3 -c "print(f'{$fixed / $plain:.2f}')")"
 }
 
-measure_chain() { # write → fsync linked vs awaited, on the root disk
-    local out linked awaited
-    out=$("$chain_tool" "$chain_file" --mode both --seconds "$runtime" 2>&1) || {
-        echo "dio_disk_chain_skipped=fsync_chain failed: ${out//$'\n'/ }"
-        rm -f "$chain_file"
+chain_run() { # HOW MODE: one fsync_chain run, "<ops/s> <p50 µs>"
+    local flag="" out
+    [[ $1 == overwrite ]] && flag=--overwrite
+    # shellcheck disable=SC2086 # an empty flag is no word
+    out=$("$chain_tool" "$chain_file" --mode "$2" --seconds "$runtime" $flag 2>&1) || {
+        echo "FAILED ${out//$'\n'/ }"
         return
     }
-    rm -f "$chain_file"
-    for mode in linked awaited; do
-        echo "dio_disk_chain_${mode}_ops_per_s=$(sed -n "s/^${mode}_ops_per_s=//p" <<<"$out")"
-        echo "dio_disk_chain_${mode}_p50_us=$(sed -n "s/^${mode}_p50_us=//p" <<<"$out")"
+    echo "$(sed -n "s/^$2_ops_per_s=//p" <<<"$out") $(sed -n "s/^$2_p50_us=//p" <<<"$out")"
+}
+
+measure_chain() { # write → fsync linked vs awaited on the root disk: alternating runs, the better kept
+    local how mode round res ops p50
+    for how in extend overwrite; do
+        declare -A best_ops=([linked]=0 [awaited]=0) best_p50=()
+        for round in 1 2; do
+            for mode in linked awaited; do
+                res=$(chain_run "$how" "$mode")
+                rm -f "$chain_file"
+                if [[ $res == FAILED* ]]; then
+                    echo "dio_disk_chain_skipped=fsync_chain failed: ${res#FAILED }"
+                    return
+                fi
+                read -r ops p50 <<<"$res"
+                if (( ops > best_ops[$mode] )); then best_ops[$mode]=$ops best_p50[$mode]=$p50; fi
+            done
+        done
+        for mode in linked awaited; do
+            echo "dio_disk_chain_${how}_${mode}_ops_per_s=${best_ops[$mode]}"
+            echo "dio_disk_chain_${how}_${mode}_p50_us=${best_p50[$mode]}"
+        done
+        echo "dio_disk_chain_${how}_ratio=$(python3 -c "print(f'{${best_ops[linked]} / ${best_ops[awaited]}:.2f}')")"
     done
-    linked=$(sed -n 's/^linked_ops_per_s=//p' <<<"$out")
-    awaited=$(sed -n 's/^awaited_ops_per_s=//p' <<<"$out")
-    echo "dio_disk_chain_ratio=$(python3 -c "print(f'{$linked / $awaited:.2f}')")"
 }
 
 measure() { # NAME PATH
@@ -172,7 +193,7 @@ setup_zram() {
     return 0
 }
 
-if setup_zram; then
+if { has fio || has fixed; } && setup_zram; then
     measure zram "$zram_dev"
 fi
 

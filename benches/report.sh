@@ -355,22 +355,26 @@ if fixed_rows:
         w(f"| {label} | {float(dio[f'{k}_plain_iops']):,.0f} | "
           f"{float(dio[f'{k}_fixed_iops']):,.0f} | {dio[f'{k}_fixed_ratio']}× |")
     w("")
-if "dio_disk_chain_ratio" in dio or "dio_disk_chain_skipped" in dio:
+if "dio_disk_chain_extend_ratio" in dio or "dio_disk_chain_skipped" in dio:
     w("Durable 4 KiB O_DIRECT writes on the root disk (`examples/fsync_chain.rs`): "
       "`File::write_at_then_fsync` (one submission, linked in the kernel) against "
-      "`write_at` then `fsync` awaited one after the other.")
+      "`write_at` then `fsync` awaited one after the other; on writes that extend the file "
+      "(the file system allocates blocks) and on writes over allocated blocks (`--overwrite`); "
+      "two alternating runs of each, the better kept. A shared disk makes these noisy: "
+      "compare them from a quiet machine.")
     w("")
-    w("| write → fsync | ops/s | p50 |")
-    w("|---|---|---|")
+    w("| write → fsync | writes | ops/s | p50 |")
+    w("|---|---|---|---|")
     if "dio_disk_chain_skipped" in dio:
-        w(f"| — | — | skipped: {dio['dio_disk_chain_skipped']} |")
+        w(f"| — | — | — | skipped: {dio['dio_disk_chain_skipped']} |")
     else:
-        for mode, label in (("linked", "linked chain"), ("awaited", "two awaited ops")):
-            w(f"| {label} | {float(dio[f'dio_disk_chain_{mode}_ops_per_s']):,.0f} | "
-              f"{dio[f'dio_disk_chain_{mode}_p50_us']} µs |")
-        w(f"| linked / awaited | {dio['dio_disk_chain_ratio']}× | |")
+        for how in ("extend", "overwrite"):
+            for mode, label in (("linked", "linked chain"), ("awaited", "two awaited ops")):
+                k = f"dio_disk_chain_{how}_{mode}"
+                w(f"| {label} | {how} | {float(dio[f'{k}_ops_per_s']):,.0f} | "
+                  f"{dio[f'{k}_p50_us']} µs |")
+            w(f"| linked / awaited | {how} | {dio[f'dio_disk_chain_{how}_ratio']}× | |")
     w("")
-
 w("## Targets")
 w("")
 w("Each verdict compares two rows measured in this run, named in the second column with "

@@ -5,12 +5,14 @@
 //! percentiles of each (one op = one write and its flush).
 //!
 //! ```text
-//! cargo run --release --example fsync_chain -- PATH [--mode linked|awaited|both] [--seconds S | --count N] [--bs BYTES]
+//! cargo run --release --example fsync_chain -- PATH [--mode linked|awaited|both] [--seconds S | --count N] [--bs BYTES] [--overwrite]
 //! ```
 //!
 //! `PATH` is created (or truncated) and written with O_DIRECT where its file system
 //! allows (a line on stderr says when it does not), `bs` bytes (default 4096) per write
-//! at increasing offsets, wrapping at 64 MiB. Output (stdout), one `key=value` per line
+//! at increasing offsets, wrapping at 64 MiB: each first pass extends the file (the file
+//! system allocates blocks), unless `--overwrite` writes the 64 MiB once first, so every
+//! timed write overwrites allocated blocks. Output (stdout), one `key=value` per line
 //! per mode: `<mode>_ops`, `<mode>_ops_per_s`, `<mode>_p50_us`, `<mode>_p99_us`.
 
 use std::io;
@@ -27,12 +29,13 @@ struct Args {
     seconds: Option<f64>,
     count: Option<u64>,
     bs: usize,
+    overwrite: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: fsync_chain PATH [--mode linked|awaited|both] [--seconds S | --count N] \
-         [--bs BYTES]\ndefaults: both, 3 seconds, bs 4096"
+         [--bs BYTES] [--overwrite]\ndefaults: both, 3 seconds, bs 4096"
     );
     std::process::exit(2);
 }
@@ -44,6 +47,7 @@ fn parse() -> Args {
         seconds: None,
         count: None,
         bs: 4096,
+        overwrite: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -82,6 +86,7 @@ fn parse() -> Args {
                     .filter(|&b: &usize| b > 0 && b % 4096 == 0)
                     .unwrap_or_else(|| usage())
             }
+            "--overwrite" => args.overwrite = true,
             "-h" | "--help" => usage(),
             p if args.path.as_os_str().is_empty() && !p.starts_with('-') => args.path = p.into(),
             _ => usage(),
@@ -154,7 +159,23 @@ fn run(args: &Args) -> io::Result<()> {
             })?,
         };
         println!("direct={}", file.is_direct());
+        if args.overwrite {
+            // Every block allocated and written once, so the timed writes overwrite.
+            let mut fill = AlignedBuf::new(1 << 20, 4096)?;
+            fill.fill(0xA5);
+            for off in (0..WRAP).step_by(1 << 20) {
+                let (res, b) = file.write_all_at(fill, off).await;
+                fill = b;
+                res?;
+            }
+            file.fsync().await?;
+        }
         for mode in &args.modes {
+            if !args.overwrite {
+                // Each mode extends the file from empty, as the first one did.
+                file.set_len(0).await?;
+                file.fsync().await?;
+            }
             let secs = Instant::now();
             let mut lat = run_mode(&file, mode, args).await?;
             let secs = secs.elapsed().as_secs_f64();
