@@ -100,18 +100,6 @@ impl Remote {
         self.schedule_oneshot_in(None, cb);
     }
 
-    /// [`schedule_oneshot`](Self::schedule_oneshot), refilling `spare` (a spent oneshot
-    /// of the home thread, [BH10] (`bh.rs`)) when given one.
-    pub(crate) fn schedule_oneshot_in(
-        &self,
-        spare: Option<Arc<BhInner>>,
-        cb: impl FnOnce() + Send + 'static,
-    ) {
-        if crate::bh::push_oneshot(&self.bhs, spare, cb) {
-            self.notify();
-        }
-    }
-
     pub(crate) fn timers(&self, clock: ClockType) -> &TimerList {
         match clock {
             ClockType::Realtime => &self.timers,
