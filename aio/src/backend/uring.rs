@@ -179,6 +179,7 @@ impl Ring {
     }
 
     /// Queues `sqe` as `user_data` ([UR1]).
+    #[inline]
     fn push(&mut self, sqe: &Sqe, user_data: u64) {
         let entry = sqe.with_user_data(user_data);
         loop {
@@ -362,6 +363,7 @@ impl UringDriver {
 
     /// Queues `sqe` as `op`; returns its `user_data`. The slot keeps `op` (and what it
     /// owns) until the operation's final CQE.
+    #[inline]
     fn push(&mut self, sqe: &Sqe, op: Op) -> u64 {
         let user_data = self.ops.insert(op);
         self.ring.push(sqe, user_data);
@@ -430,6 +432,7 @@ impl UringDriver {
     }
 
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
+    #[inline]
     pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: Callback) -> u64 {
         #[cfg(all(test, not(loom)))]
         assert!(
@@ -678,8 +681,8 @@ fn triage(name: &str, ops: &mut OpTable, queue: &mut VecDeque<Collected>, c: Com
         }
         return false;
     }
-    match ops.remove(c.user_data) {
-        Some(Op::NotifyRead) => {
+    match ops.take_found(c.user_data) {
+        Op::NotifyRead => {
             if c.result < 0 && c.result != -libc::ECANCELED {
                 log::warn!(
                     "{name}: notify eventfd read failed: {}",
@@ -690,16 +693,15 @@ fn triage(name: &str, ops: &mut OpTable, queue: &mut VecDeque<Collected>, c: Com
             // does not come here.
             true
         }
-        Some(Op::Control) => false,
-        Some(Op::Poll(node)) => {
+        Op::Control => false,
+        Op::Poll(node) => {
             queue.push_back(Collected::Poll(node, c.user_data, c.result));
             false
         }
-        Some(Op::Raw(cb)) => {
+        Op::Raw(cb) => {
             queue.push_back(Collected::Raw(cb, c.result, c.flags));
             false
         }
-        None => unreachable!("`find` found the slot occupied"),
     }
 }
 
