@@ -254,6 +254,7 @@ impl Driver {
 
     /// Queues a raw io_uring operation; returns its `user_data` (never in the loop's
     /// reserved tag space).
+    #[inline]
     pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: impl Into<Callback>) -> u64 {
         match self {
             Driver::Uring(d) => d.push_raw(sqe, cb.into()),

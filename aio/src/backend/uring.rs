@@ -53,10 +53,9 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use io_uring::{IoUring, cqueue, opcode, types};
+use io_uring::{IoUring, opcode, types};
 
 use self::setup::{RingFeatures, RingSetup};
-use super::Ready;
 use super::ops::{Op, OpTable};
 use crate::completion::Callback;
 use crate::fd::FdNode;
@@ -64,7 +63,10 @@ use crate::op::Sqe;
 use crate::sync::Arc;
 use crate::sys;
 
+mod collect;
 pub(crate) mod setup;
+
+use self::collect::{Collected, finish};
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).
 pub const MAX_RING_ENTRIES: u32 = 32768;
@@ -179,6 +181,7 @@ impl Ring {
     }
 
     /// Queues `sqe` as `user_data` ([UR1]).
+    #[inline]
     fn push(&mut self, sqe: &Sqe, user_data: u64) {
         let entry = sqe.with_user_data(user_data);
         loop {
@@ -325,15 +328,6 @@ pub(crate) struct UringDriver {
     fixed: Option<Arc<dyn Send + Sync>>,
 }
 
-/// A CQE collected for dispatch, with what its slot held ([UR12]).
-enum Collected {
-    /// A user operation's CQE: its callback (a clone of a kept handler's reference for
-    /// a multishot operation's non-final CQE), `res`, `flags`.
-    Raw(Callback, i32, u32),
-    /// An fd handler's poll: the handler, the poll's `user_data`, `res`.
-    Poll(Arc<FdNode>, u64, i32),
-}
-
 impl UringDriver {
     /// A driver on `ring`, reading the notify eventfd `event` (which outlives it).
     pub(crate) fn new(ring: Ring, event: RawFd) -> Self {
@@ -362,6 +356,7 @@ impl UringDriver {
 
     /// Queues `sqe` as `op`; returns its `user_data`. The slot keeps `op` (and what it
     /// owns) until the operation's final CQE.
+    #[inline]
     fn push(&mut self, sqe: &Sqe, op: Op) -> u64 {
         let user_data = self.ops.insert(op);
         self.ring.push(sqe, user_data);
@@ -455,6 +450,7 @@ impl UringDriver {
     }
 
     /// Queues a user operation (checked by `raw::check`); returns its `user_data`.
+    #[inline]
     pub(crate) fn push_raw(&mut self, sqe: Sqe, cb: Callback) -> u64 {
         #[cfg(all(test, not(loom)))]
         assert!(
@@ -552,60 +548,6 @@ impl UringDriver {
         !self.completions.is_empty() || self.ring.has_completions()
     }
 
-    /// Takes every completion off the ring: the loop's own ones are handled in place
-    /// ([UR6] to [UR8]), the others queued for dispatch with what their slots held
-    /// ([UR12]).
-    pub(crate) fn collect(&mut self, name: &str) {
-        let Self {
-            ring,
-            ops,
-            completions,
-            cqes,
-            ..
-        } = self;
-        let mut rearm_notify = false;
-        ring.reap_with(|c| {
-            *cqes += 1;
-            rearm_notify |= triage(name, ops, completions, c);
-        });
-        if rearm_notify {
-            // [UR6]: before anything is dispatched, so before the loop can sleep.
-            self.arm_notify_read();
-        }
-    }
-
-    /// The next collected item to run.
-    pub(crate) fn next_ready(&mut self) -> Option<Ready> {
-        while let Some(c) = self.completions.pop_front() {
-            let (node, user_data, result) = match c {
-                Collected::Raw(cb, res, flags) => return Some(Ready::Raw(cb, res, flags)),
-                Collected::Poll(node, user_data, result) => (node, user_data, result),
-            };
-            let fd = node.fd;
-            let current = match self.fds.get_mut(&fd) {
-                Some(h) if h.armed == Some(user_data) => {
-                    h.armed = None;
-                    Arc::ptr_eq(&h.node, &node)
-                }
-                _ => false,
-            };
-            if !current {
-                continue;
-            }
-            if result == -libc::ECANCELED {
-                // Not our POLL_REMOVE (that one unsets `armed` first): a user
-                // cancel reached the poll ([UR8]).
-                self.arm_poll(fd);
-                continue;
-            }
-            if result < 0 {
-                return Some(Ready::FdFailed(node, io::Error::from_raw_os_error(-result)));
-            }
-            return Some(Ready::Fd(node, result as u32));
-        }
-        None
-    }
-
     /// Cancels every operation in flight and reaps its CQE before the ring and the
     /// buffers go away ([UR9]); returns the user callbacks with their CQEs, to be run
     /// by the caller now that the kernel is done with their memory. If the kernel does
@@ -670,86 +612,6 @@ impl UringDriver {
             mem::forget(self.fixed.take());
         }
         done
-    }
-}
-
-/// Handles one CQE as it is collected ([UR6] to [UR8], [UR12]): the loop's own
-/// operations in place (returns true when the notify read must be armed again), a user
-/// operation's or an fd poll's queued for dispatch with what its slot held, the slot
-/// freed at the final CQE. A stale CQE is logged and dropped.
-fn triage(name: &str, ops: &mut OpTable, queue: &mut VecDeque<Collected>, c: Completion) -> bool {
-    let Some(slot) = ops.find(c.user_data) else {
-        log::warn!(
-            "{name}: dropped a CQE for no operation in flight (user_data {:#x}, res {}, \
-             flags {:#x}): stale or foreign",
-            c.user_data,
-            c.result,
-            c.flags
-        );
-        return false;
-    };
-    if cqueue::more(c.flags) {
-        // Only a kept handler may be multishot (`raw::check`, [RW5]); the slot stays.
-        match &slot.op {
-            Some(Op::Raw(Callback::Shared(h))) => {
-                let cb = Callback::Shared(std::sync::Arc::clone(h));
-                queue.push_back(Collected::Raw(cb, c.result, c.flags));
-            }
-            _ => log::warn!(
-                "{name}: dropped a non-final CQE (IORING_CQE_F_MORE) of user_data {:#x}, \
-                 which is not a multishot operation",
-                c.user_data
-            ),
-        }
-        return false;
-    }
-    match ops.remove(c.user_data) {
-        Some(Op::NotifyRead) => {
-            if c.result < 0 && c.result != -libc::ECANCELED {
-                log::warn!(
-                    "{name}: notify eventfd read failed: {}",
-                    io::Error::from_raw_os_error(-c.result)
-                );
-            }
-            // Also after ECANCELED: a user cancel reached it ([UR8]); the drop path
-            // does not come here.
-            true
-        }
-        Some(Op::Control) => false,
-        Some(Op::Poll(node)) => {
-            queue.push_back(Collected::Poll(node, c.user_data, c.result));
-            false
-        }
-        Some(Op::Raw(cb)) => {
-            queue.push_back(Collected::Raw(cb, c.result, c.flags));
-            false
-        }
-        None => unreachable!("`find` found the slot occupied"),
-    }
-}
-
-/// Drop path: frees the operation a final CQE names, keeping a user callback and its
-/// CQE in `done`; a kept handler also gets its operation's non-final CQEs.
-fn finish(name: &str, ops: &mut OpTable, c: Completion, done: &mut Vec<(Callback, i32, u32)>) {
-    if cqueue::more(c.flags) {
-        if let Some(Op::Raw(Callback::Shared(h))) =
-            ops.find(c.user_data).and_then(|s| s.op.as_ref())
-        {
-            done.push((
-                Callback::Shared(std::sync::Arc::clone(h)),
-                c.result,
-                c.flags,
-            ));
-        }
-        return;
-    }
-    match ops.remove(c.user_data) {
-        Some(Op::Raw(cb)) => done.push((cb, c.result, c.flags)),
-        Some(_) => {}
-        None => log::warn!(
-            "{name}: dropped a CQE for no operation in flight at drop (user_data {:#x})",
-            c.user_data
-        ),
     }
 }
 

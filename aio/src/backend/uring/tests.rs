@@ -3,6 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use super::*;
+use crate::backend::Ready;
 use crate::backend::ops::INTERNAL_TAG;
 
 /// A CQE whose `user_data` names no operation in flight — a free slot, a slot
