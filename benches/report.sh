@@ -208,6 +208,7 @@ wake = table("wake: cross-thread round trip", "wake", "eventfd_pingpong",
 
 bh = table("bh: pre-allocated BH, one scheduler pass per op", "bh", "prealloc_floor",
     [("prealloc_floor", "`VecDeque<&dyn Fn()>` push + pop + call, nothing allocated (floor)"),
+     ("aioctx_poll_empty", "aioctx `poll(false)` with nothing to run (the loop's fixed cost)"),
      ("aioctx_prealloc", "aioctx pre-allocated BH: `schedule()` + `poll(false)`"),
      ("tokio_spawn_local", "tokio `LocalSet::spawn_local` + run (one `yield_now`)"),
      ("tokio_yield_now", "tokio `yield_now` in `block_on`")],
@@ -236,6 +237,7 @@ for batch in (1, 32):
     uring[batch] = table(f"uring: NOPs at batch {batch}", "uring", f"bare_b{batch}",
         [(f"bare_b{batch}", "bare io-uring crate loop (floor)"),
          (f"aioctx_callback_b{batch}", "aioctx `submit_raw` + callback, `poll(true)`"),
+         (f"aioctx_handler_b{batch}", "aioctx `submit_raw_handler` + a kept `CompletionHandler` (no allocation per op), `poll(true)`"),
          (f"aioctx_task_b{batch}", "aioctx task API: a NOP future per op in `block_on`")],
         [],
         note="One operation is one NOP. The task API has no built-in NOP, so the bench's "
@@ -457,12 +459,12 @@ target("Cross-thread BH ping-pong no slower than tokio",
        f"({blocking}: tokio does not busy-poll)",
        fmt_ratio(r) + " of tokio's time", r <= 1.0, f"{r:.2f}× tokio's time")
 for batch in (1, 32):
-    for api in ("callback", "task"):
+    for api, bound in (("callback", 0.95), ("handler", 0.95), ("task", 0.85)):
         r = uring[batch][f"bare_b{batch}"] / uring[batch][f"aioctx_{api}_b{batch}"]
-        target(f"NOPs through the context ≥ 0.9× the bare loop's rate, batch {batch}, {api} API",
+        target(f"NOPs through the context ≥ {bound}× the bare loop's rate, batch {batch}, {api} API",
                f"aioctx {api} API vs the bare io-uring crate loop (the same NOPs, {batch} "
                f"per submission, all reaped before the next submission)",
-               f"{r:.2f}× the bare rate", r >= 0.9, f"{0.9 / r:.2f}× short")
+               f"{r:.2f}× the bare rate", r >= bound, f"{bound / r:.2f}× short")
 if "fio_qd32_iops" in fio:
     ours = 1e9 / io[32]["aioctx_qd32"]
     best = fio.get("fio_qd32_best", "?")

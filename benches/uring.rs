@@ -263,16 +263,6 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    // The loop's fixed cost with nothing to do: the floor under every row above.
-    g.bench_function("aioctx_empty_poll", |b| {
-        b.iter_custom(|iters| {
-            let t = stamp();
-            for _ in 0..iters {
-                ctx.poll(false);
-            }
-            stamp() - t
-        })
-    });
     g.finish();
     loop_event(c, &ctx);
 }
