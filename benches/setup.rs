@@ -18,16 +18,19 @@
 //! One iteration is one NOP, one pipe read, or one round trip.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
-use aioctx_aio::{AioContext, AioContextBuilder, Backend, Bh, IoThread, PollParams};
+use aioctx_aio::{AioContext, AioContextBuilder, Backend, PollParams};
 use aioctx_testkit::{pipe, write_fd};
 use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use io_uring::{opcode, types};
+
+#[path = "common/pingpong.rs"]
+mod pingpong;
 
 /// The setups compared, by the name the report uses.
 fn setups() -> Vec<(&'static str, AioContextBuilder)> {
@@ -128,46 +131,6 @@ fn pipe_row(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ctx: &AioContext) 
     });
 }
 
-fn pingpong_row(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, builder: &AioContextBuilder) {
-    let mk = |n: &str| {
-        IoThread::with_builder(n, builder.clone().poll_params(PollParams::OFF))
-            .expect("an IoThread with a setup the kernel accepted")
-    };
-    let (a, b) = (mk("ping"), mk("pong"));
-    let bh_a: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
-    let bh_b: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
-    let remaining = Arc::new(AtomicU64::new(0));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let (bh_b, remaining) = (Arc::clone(&bh_b), Arc::clone(&remaining));
-        let bh = a.ctx().bh_new(move || {
-            // Relaxed: only ping's thread changes the count while a batch runs; the
-            // batch's start and end travel through the BH queues and the channel.
-            if remaining.fetch_sub(1, Ordering::Relaxed) == 1 {
-                done_tx.send(()).unwrap();
-            } else {
-                bh_b.get().unwrap().schedule();
-            }
-        });
-        assert!(bh_a.set(bh).is_ok());
-    }
-    {
-        let bh_a = Arc::clone(&bh_a);
-        let bh = b.ctx().bh_new(move || bh_a.get().unwrap().schedule());
-        assert!(bh_b.set(bh).is_ok());
-    }
-    g.bench_function(format!("{name}/pingpong"), |bench| {
-        bench.iter_custom(|iters| {
-            // Relaxed: published to ping's thread by the schedule below (its BH queue).
-            remaining.store(iters, Ordering::Relaxed);
-            let t = Instant::now();
-            bh_b.get().unwrap().schedule();
-            done_rx.recv().unwrap();
-            t.elapsed()
-        })
-    });
-}
-
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("setup");
     for (name, builder) in setups() {
@@ -185,7 +148,11 @@ fn bench(c: &mut Criterion) {
         nop_rows(&mut g, name, &ctx);
         pipe_row(&mut g, name, &ctx);
         drop(ctx);
-        pingpong_row(&mut g, name, &builder);
+        pingpong::bench(
+            &mut g,
+            &format!("{name}/pingpong"),
+            &builder.poll_params(PollParams::OFF),
+        );
     }
     g.finish();
 }

@@ -4,13 +4,16 @@
 //! with busy polling off; `eventfd_pingpong_spinning` busy-polls, like default IoThreads.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread;
 use std::time::Instant;
 
-use aioctx_aio::{AioContext, Bh, IOTHREAD_POLL_MAX_NS, IoThread};
+use aioctx_aio::{AioContext, IOTHREAD_POLL_MAX_NS};
 use criterion::{Criterion, criterion_group, criterion_main};
+
+#[path = "common/pingpong.rs"]
+mod pingpong;
 use io_uring::{IoUring, opcode, squeue, types};
 
 /// `poll_max_ns`: IoThreads' default busy polling, or 0 (block at once, like the peers).
@@ -20,41 +23,8 @@ fn aioctx_bh(
     poll_max_ns: u64,
 ) {
     let builder =
-        || AioContext::builder().poll_params(aioctx_aio::PollParams::from_qemu(poll_max_ns, 0, 0));
-    let a = IoThread::with_builder("ping", builder()).unwrap();
-    let b = IoThread::with_builder("pong", builder()).unwrap();
-    let bh_a: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
-    let bh_b: Arc<OnceLock<Bh>> = Arc::new(OnceLock::new());
-    let remaining = Arc::new(AtomicU64::new(0));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let (bh_b, remaining) = (Arc::clone(&bh_b), Arc::clone(&remaining));
-        let bh = a.ctx().bh_new(move || {
-            // Relaxed: only ping's thread touches the count while a batch runs; the
-            // batch's start and end travel through the BH queues and the channel.
-            if remaining.fetch_sub(1, Ordering::Relaxed) == 1 {
-                done_tx.send(()).unwrap();
-            } else {
-                bh_b.get().unwrap().schedule();
-            }
-        });
-        assert!(bh_a.set(bh).is_ok());
-    }
-    {
-        let bh_a2 = Arc::clone(&bh_a);
-        let bh = b.ctx().bh_new(move || bh_a2.get().unwrap().schedule());
-        assert!(bh_b.set(bh).is_ok());
-    }
-    c.bench_function(name, |bench| {
-        bench.iter_custom(|iters| {
-            remaining.store(iters, Ordering::Relaxed);
-            let t = Instant::now();
-            bh_b.get().unwrap().schedule();
-            done_rx.recv().unwrap();
-            t.elapsed()
-        })
-    });
-    drop((a, b));
+        AioContext::builder().poll_params(aioctx_aio::PollParams::from_qemu(poll_max_ns, 0, 0));
+    pingpong::bench(c, name, &builder);
 }
 
 fn eventfd() -> i32 {

@@ -271,10 +271,10 @@ where
         let home = unsafe { self.header.home.read() };
         let queue = Weak::as_ptr(home);
         if crate::run_queue::is_draining_here(queue.cast()) {
-            // SAFETY: [RQ7] (`run_queue.rs`): the drain of the queue at this address is on
-            // this thread's stack and holds the queue alive, and `home`'s allocation is
-            // that queue's (a `Weak` keeps its allocation, so no other queue can share
-            // the address): no upgrade needed.
+            // [RQ7] (`run_queue.rs`): the drain of the queue at this address is on this
+            // thread's stack, and `home`'s allocation is that queue's (a `Weak` keeps its
+            // allocation, so no other queue can share the address): no upgrade needed.
+            // SAFETY: the queue lives while its drain on this thread's stack runs ([RQ7]).
             return unsafe { &*queue }.schedule_draining(self);
         }
         match home.upgrade() {
