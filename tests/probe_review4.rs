@@ -494,6 +494,42 @@ fn current_is(a: &Arc<AioContext>) -> Option<bool> {
     aioctx::aio::try_current().map(|c| Arc::ptr_eq(&c, a))
 }
 
+/// A task of `a` (current on its thread) calls `b.make_current()`: refused with a
+/// panic (resumed in the task's awaiter), so a later task of `a` in the same drain,
+/// and the thread after the drain, still have `a` current. (Before the refusal, the
+/// drain's single enter let the next tasks see `b` as their context, and with `a`
+/// current already `b` stayed current for good.)
+#[test]
+fn make_current_in_a_task_is_refused_and_leaks_into_no_other_task() {
+    let (t1, seen_t2, after) = std::thread::spawn(|| {
+        let a = new_ctx();
+        let b = new_ctx();
+        let _dog = Watchdog::for_ctx("make_current_in_task", &a);
+        a.make_current();
+        b.poll(false); // b's home is this thread too
+        let b2 = Arc::clone(&b);
+        let t1 = a.spawn(async move {
+            b2.make_current();
+        });
+        let a2 = Arc::clone(&a);
+        let t2 = a.spawn(async move { current_is(&a2) });
+        a.poll(false);
+        let after = current_is(&a);
+        let seen_t2 = a.block_on(t2).unwrap();
+        // The task's panic resumes in its awaiter.
+        let t1 = catch_unwind(AssertUnwindSafe(|| a.block_on(t1)))
+            .map(|r| r.is_ok())
+            .map_err(|p| common::panic_message(&*p));
+        (t1, seen_t2, after)
+    })
+    .join()
+    .unwrap();
+    let msg = t1.expect_err("make_current inside a task did not panic");
+    assert!(msg.contains("inside a task"), "{msg}");
+    assert_eq!(seen_t2, Some(true), "the second task's current context");
+    assert_eq!(after, Some(true), "after the drain");
+}
+
 /// `make_current` inside `block_on`, with and without the context current before: what
 /// is current afterwards (as `enter_current` documents: the call outlasts the
 /// `block_on` only when its context was current already; otherwise the `block_on`

@@ -19,6 +19,16 @@ thread_local! {
 
 /// `make_current`'s slot write: returns the context that was current before.
 pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
+    // A task runs with its own context current: a drain makes it current once for all
+    // the tasks it runs (and not at all when it is current already), so a replacement
+    // here would be what the tasks polled after this one see as theirs.
+    if crate::task::in_task() {
+        panic!(
+            "AioContext::make_current called on thread {} inside a task, which runs with its \
+             own context current (as do the tasks polled after it): call it outside tasks",
+            thread_label()
+        );
+    }
     if LENDING.with(Cell::get) > 0 {
         panic!(
             "AioContext::make_current called on thread {} inside a with_current closure, \
