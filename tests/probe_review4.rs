@@ -496,7 +496,7 @@ fn current_is(a: &Arc<AioContext>) -> Option<bool> {
 
 /// A task of `a` (current on its thread) calls `b.make_current()`: refused with a
 /// panic (resumed in the task's awaiter), so a later task of `a` in the same drain,
-/// and the thread after the drain, still have `a` current. (Before the refusal, the
+/// and the thread after the drain, still have `a` current ([CU1]). (Before the refusal, the
 /// drain's single enter let the next tasks see `b` as their context, and with `a`
 /// current already `b` stayed current for good.)
 #[test]
