@@ -622,3 +622,45 @@ fn context_table_file_pool_and_op_dropped_in_every_order() {
         drop(cancel);
     }
 }
+
+/// A timer armed from another thread, round after round, each time while the home
+/// thread waits in `block_on` for its callback with no other timer armed (the
+/// earliest-deadline hint read before the lock, [T7]): every arming is run.
+#[test]
+fn timers_armed_from_another_thread_while_home_waits_all_run() {
+    const ROUNDS: usize = 2000;
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("cross_thread_timer_arms", &ctx);
+    let count = Arc::new(AtomicUsize::new(0));
+    let slot: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+    let timer = {
+        let (count, slot) = (Arc::clone(&count), Arc::clone(&slot));
+        Arc::new(ctx.timer_new(ClockType::Realtime, move || {
+            count.fetch_add(1, Ordering::AcqRel);
+            if let Some(w) = slot.lock().unwrap().take() {
+                w.wake();
+            }
+        }))
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let t = Arc::clone(&timer);
+    let armer = std::thread::spawn(move || {
+        for spin in rx {
+            for _ in 0..spin {
+                std::hint::spin_loop();
+            }
+            t.modify(ClockType::Realtime.now_ns());
+        }
+    });
+    for round in 0..ROUNDS {
+        tx.send((round as u32 * 53) % 5000).unwrap();
+        ctx.block_on(UntilCount {
+            count: Arc::clone(&count),
+            slot: Arc::clone(&slot),
+            n: round + 1,
+        });
+    }
+    drop(tx);
+    armer.join().unwrap();
+    assert_eq!(count.load(Ordering::Acquire), ROUNDS);
+}
