@@ -664,3 +664,60 @@ fn timers_armed_from_another_thread_while_home_waits_all_run() {
     armer.join().unwrap();
     assert_eq!(count.load(Ordering::Acquire), ROUNDS);
 }
+
+/// Detached tasks that panic while the home queue and the injection queue both hold
+/// tasks ([PO4] over [RQ6]): each `poll` that unwinds is caught, and every other task
+/// runs exactly once on the next polls.
+#[test]
+fn panicking_detached_tasks_between_home_and_injected_tasks() {
+    let ctx = new_ctx();
+    let _dog = Watchdog::for_ctx("panics_over_split_queue", &ctx);
+    ctx.poll(false); // bind the home thread (and the run queue's at its first drain)
+    let ran = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&ctx);
+    let r2 = Arc::clone(&ran);
+    // Home-queue tasks (spawned on the home thread, inside a drain) and injected ones;
+    // nothing runs before the loop below.
+    c.spawn(async move {
+        let c = aioctx::aio::current();
+        for i in 0..60 {
+            let r = Arc::clone(&r2);
+            c.spawn(async move {
+                if i % 10 == 0 {
+                    panic!("probe task {i}");
+                }
+                r.fetch_add(1, Ordering::Relaxed);
+            })
+            .detach();
+        }
+    })
+    .detach();
+    let c = Arc::clone(&ctx);
+    let r3 = Arc::clone(&ran);
+    std::thread::spawn(move || {
+        for i in 0..60 {
+            let r = Arc::clone(&r3);
+            c.spawn(async move {
+                if i % 15 == 0 {
+                    panic!("probe injected task {i}");
+                }
+                r.fetch_add(1, Ordering::Relaxed);
+            })
+            .detach();
+        }
+    })
+    .join()
+    .unwrap();
+    let mut panics = 0;
+    wait_until("every task to run", || {
+        if catch_unwind(AssertUnwindSafe(|| ctx.poll(false))).is_err() {
+            panics += 1;
+        }
+        ran.load(Ordering::Relaxed) == 54 + 56
+    });
+    for _ in 0..4 {
+        assert!(catch_unwind(AssertUnwindSafe(|| ctx.poll(false))).is_ok());
+    }
+    assert_eq!(ran.load(Ordering::Relaxed), 54 + 56);
+    assert_eq!(panics, 6 + 4);
+}
