@@ -1,11 +1,15 @@
 //! Review probes (fourth round): the split run queue's injection queue racing a home
 //! thread that sleeps inside a task's nested `block_on` ([RQ2]/[RQ6]), `block_on`'s
-//! same-thread wake flag set from callbacks of the poll it sleeps in ([RQ8]), fixed
-//! buffers of dropped, deadlined and cancelled `FileOp`s kept out of their pool until
-//! the final completion, a registered entry reused only after the operation on it
-//! completed, and panicking oneshots racing cross-thread oneshots through the refill
-//! path ([BH10]). Each has a watchdog; the suite runs on io_uring and again with
-//! `AIOCTX_BACKEND=epoll` (and `AIOCTX_RING_SETUP=defer_taskrun`).
+//! same-thread wake flag set from callbacks of the poll it sleeps in and cross-thread
+//! wakes every round ([RQ8]), join wakers replaced while tasks complete ([TK9]), timers
+//! armed from another thread against the hint ([T7]), fixed buffers of dropped,
+//! deadlined and cancelled `FileOp`s kept out of their pool until the final completion,
+//! a registered entry reused only after the operation on it completed, deadlines racing
+//! pipe data, a context with its table, registered file, pool and pending operation
+//! dropped in every order, panicking oneshots ([BH10]) and detached tasks ([PO4]) over
+//! the new queues, and `make_current` inside `block_on` and inside a task ([CU1]). Each
+//! has a watchdog; the suite runs on io_uring and again with `AIOCTX_BACKEND=epoll`
+//! (and `AIOCTX_RING_SETUP=defer_taskrun`).
 #![cfg(not(loom))]
 
 mod common;
