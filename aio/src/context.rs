@@ -392,9 +392,10 @@ impl AioContext {
     /// [`current`](crate::current) one. Returns the context that was current before.
     ///
     /// # Panics
-    /// When another thread is already this context's home, or inside a
+    /// When another thread is already this context's home, inside a
     /// [`with_current`](crate::with_current) closure (which borrows the context this
-    /// would replace).
+    /// would replace), or inside a spawned task ([`in_task`](crate::in_task): a task
+    /// runs with its own context current, and so do the tasks polled after it).
     pub fn make_current(&self) -> Option<Arc<AioContext>> {
         self.check_home("make_current");
         crate::current::replace_current(self.arc())

@@ -2,6 +2,11 @@
 //! `qemu_get_aio_context`): what [`current`], [`try_current`] and [`with_current`]
 //! return, set by [`AioContext::make_current`] and, for the duration of a task's poll or
 //! a `block_on`, by the executor.
+//!
+//! [CU1] Inside a task, the current context is the task's. A run queue's drain makes its
+//!    context current once for all the tasks it runs (not at all when it is current
+//!    already), so [`AioContext::make_current`] inside a task is refused with a panic:
+//!    it would become the current context of the tasks polled after it.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{OnceLock, Weak};
@@ -19,6 +24,15 @@ thread_local! {
 
 /// `make_current`'s slot write: returns the context that was current before.
 pub(crate) fn replace_current(ctx: Arc<AioContext>) -> Option<Arc<AioContext>> {
+    // [CU1]: a replacement here would be what the tasks polled after this one see as
+    // their context.
+    if crate::task::in_task() {
+        panic!(
+            "AioContext::make_current called on thread {} inside a task, which runs with its \
+             own context current (as do the tasks polled after it): call it outside tasks",
+            thread_label()
+        );
+    }
     if LENDING.with(Cell::get) > 0 {
         panic!(
             "AioContext::make_current called on thread {} inside a with_current closure, \

@@ -156,7 +156,8 @@
 //! - `poll`, `block_on` or `make_current` from a thread that is not the context's home
 //!   (the message names both threads);
 //! - [`current`](crate::current) on a thread with no current context, and
-//!   `make_current` inside a [`with_current`](crate::with_current) closure;
+//!   `make_current` inside a [`with_current`](crate::with_current) closure or inside a
+//!   spawned task;
 //! - a [`ContextLocal`](crate::ContextLocal) whose init reads its own slot;
 //! - [`reschedule_to`](crate::reschedule_to) awaited outside a task;
 //! - polling a `RingOp`, a linked chain or a `JoinHandle` again after it completed, and
