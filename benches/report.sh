@@ -327,7 +327,11 @@ w("`benches/dio.sh`: a zram block device it sets up as root (filled with random 
   "a file on the root disk, each read with `O_DIRECT` by fio's io_uring engine "
   "(`--direct=1`; the better of its defaults and its batched flags) and by "
   "`examples/dio_randread.rs` (aioctx `read_at` into an `AlignedBuf` per in-flight read), "
-  "same depth and duration. Ratio above 1.00× means aioctx is faster.")
+  "same depth and duration. Ratio above 1.00× means aioctx is faster. Each side runs its "
+  "ring as it ships: aioctx with its default `coop_taskrun+taskrun_flag`; fio 3.33's engine "
+  "asks for `COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN` (seen with `strace -e io_uring_setup`). "
+  "zram takes no non-blocking reads, so io_uring hands each read to an io-wq worker for "
+  "both programs.")
 w("")
 w("| Target | QD | fio IOPS | aioctx IOPS | aioctx p99 | aioctx / fio |")
 w("|---|---|---|---|---|---|")
@@ -630,8 +634,10 @@ if winners:
 else:
     w("In this run no setup beat `none` by more than 10% on every row.")
 w("")
-w("The default stays `none` (`RingFeatures::DEFAULT`) unless a setup beats it on every row "
-  "beyond the noise; `SINGLE_ISSUER`/`DEFER_TASKRUN` also bind the ring to its home thread "
+w("The library's default is `coop_taskrun+taskrun_flag` (`RingFeatures::DEFAULT`, dropped "
+  "where the kernel refuses it): it costs nothing on these rows, and it is what lets O_DIRECT "
+  "reads completed by io-wq workers reach the loop without interrupting it (the dio table "
+  "runs with it). `SINGLE_ISSUER`/`DEFER_TASKRUN` bind the ring to its home thread "
   "(a context dropped elsewhere leaks what it has in flight), so they stay opt-in "
   "(`AioContextBuilder`, or `AIOCTX_RING_SETUP` for a whole process).")
 w("")

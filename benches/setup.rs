@@ -1,8 +1,9 @@
 //! The ring's setup flags, measured one against another on the same work: each row runs
-//! once per setup (`none`, the kernel's default; `coop_taskrun+taskrun_flag`;
+//! once per setup (`none`, a plain ring; `coop_taskrun+taskrun_flag`;
 //! `single_issuer`; `defer_taskrun`, which implies `single_issuer+taskrun_flag`;
 //! `single_issuer+coop_taskrun+taskrun_flag`). Setups the kernel refuses are left out
-//! with a printed line. The rows:
+//! with a printed line. `coop_taskrun+taskrun_flag` is the library's default
+//! ([`RingFeatures::DEFAULT`]). The rows:
 //!
 //! - `nop_b1`, `nop_b32`: NOPs through the callback API (`submit_raw` + a callback,
 //!   `poll(true)` until all completed), 1 or 32 per submission. NOPs complete inline
@@ -16,6 +17,8 @@
 //!   cross-thread wake-up of a sleeping loop.
 //!
 //! One iteration is one NOP, one pipe read, or one round trip.
+//!
+//! [`RingFeatures::DEFAULT`]: aioctx_aio::RingFeatures::DEFAULT
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -34,7 +37,12 @@ mod pingpong;
 
 /// The setups compared, by the name the report uses.
 fn setups() -> Vec<(&'static str, AioContextBuilder)> {
-    let b = || AioContext::builder().backend(Backend::IoUring);
+    // `COOP_TASKRUN` off: a plain ring (its `TASKRUN_FLAG` default goes with it).
+    let b = || {
+        AioContext::builder()
+            .backend(Backend::IoUring)
+            .coop_taskrun(false)
+    };
     vec![
         ("none", b()),
         (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, integration and doc tests of every crate on both backends
-# (io_uring with its default ring setup and again with DEFER_TASKRUN, then the epoll
-# fallback), then again with io_uring denied by a seccomp filter (`no_uring`:
+# (io_uring with its default ring setup, again with DEFER_TASKRUN and on plain rings,
+# then the epoll fallback), then again with io_uring denied by a seccomp filter (`no_uring`:
 # Backend::Auto must fall back), then the loom models (a separate target dir, so the
 # cfg change does not rebuild the main tree).
 #
@@ -66,6 +66,11 @@ echo "== AIOCTX_RING_SETUP=defer_taskrun cargo test --workspace --release"
 # thread enters the kernel, the setup most unlike the default. (On epoll it is
 # checked and ignored.)
 run_pass io_uring-defer_taskrun env AIOCTX_RING_SETUP=defer_taskrun cargo test --workspace --release
+
+echo "== AIOCTX_RING_SETUP=none cargo test --workspace --release"
+# And on plain rings, without the default COOP_TASKRUN + TASKRUN_FLAG: what a kernel
+# that refuses those flags gives every context.
+run_pass io_uring-plain env AIOCTX_RING_SETUP=none cargo test --workspace --release
 
 echo "== AIOCTX_BACKEND=epoll cargo test --workspace --release"
 run_pass epoll env AIOCTX_BACKEND=epoll cargo test --workspace --release

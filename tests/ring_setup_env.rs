@@ -103,15 +103,43 @@ fn a_builder_that_sets_a_flag_wins_over_the_variable() {
 }
 
 #[test]
-fn none_changes_nothing() {
+fn none_is_a_plain_ring_without_the_defaults() {
     if !is_child() {
-        in_child("none_changes_nothing", "none");
+        in_child("none_is_a_plain_ring_without_the_defaults", "none");
         return;
     }
     let Some(ctx) = uring("none", AioContext::new().expect("a context")) else {
         return;
     };
-    assert_eq!(ctx.ring_features(), RingFeatures::DEFAULT);
+    assert_eq!(ctx.ring_features(), RingFeatures::NONE);
+    // A builder's own flag still wins.
+    let ctx = AioContext::builder()
+        .coop_taskrun(true)
+        .build()
+        .expect("a context");
+    assert_eq!(
+        ctx.ring_features(),
+        RingFeatures::COOP_TASKRUN | RingFeatures::TASKRUN_FLAG
+    );
+}
+
+#[test]
+fn a_named_flag_brings_what_it_implies_and_drops_the_other_defaults() {
+    if !is_child() {
+        in_child(
+            "a_named_flag_brings_what_it_implies_and_drops_the_other_defaults",
+            "defer_taskrun",
+        );
+        return;
+    }
+    let Some(ctx) = uring("defer_taskrun", AioContext::new().expect("a context")) else {
+        return;
+    };
+    assert_eq!(
+        ctx.ring_features(),
+        RingFeatures::SINGLE_ISSUER | RingFeatures::DEFER_TASKRUN | RingFeatures::TASKRUN_FLAG,
+        "COOP_TASKRUN (a default not named) must be off, TASKRUN_FLAG (implied) on"
+    );
 }
 
 /// The error a child gets for `value`, checked there against `needles`.

@@ -44,12 +44,14 @@ use super::{MAX_RING_ENTRIES, Ring};
 /// The default ring size (SQ entries).
 pub const DEFAULT_RING_ENTRIES: u32 = 128;
 
-/// The environment variable that adds setup flags to every context built in the process
-/// (the names [`RingFeatures`] parses, e.g. `single_issuer+defer_taskrun`, or `none`):
-/// each flag in it is required as if the builder had turned it on, unless the builder
-/// turned that flag on or off itself. `sqpoll` and `iopoll` are refused there (`sqpoll`
-/// needs an idle time: use [`AioContextBuilder::sqpoll`]). It lets a whole program, a
-/// test suite or a benchmark run under a setup without changing its code.
+/// The environment variable that sets up every ring of the process with the flags it
+/// names (the names [`RingFeatures`] parses, e.g. `single_issuer+defer_taskrun`, or
+/// `none`) instead of [`RingFeatures::DEFAULT`]: each flag in it is required as if the
+/// builder had turned it on, and each default not in it is off, unless the builder set
+/// that flag itself (the builder wins). `none` is a plain ring. `sqpoll` and `iopoll`
+/// are refused there (`sqpoll` needs an idle time: use [`AioContextBuilder::sqpoll`]).
+/// It lets a whole program, a test suite or a benchmark run under a setup without
+/// changing its code.
 ///
 /// [`AioContextBuilder::sqpoll`]: crate::AioContextBuilder::sqpoll
 pub const RING_SETUP_ENV: &str = "AIOCTX_RING_SETUP";
@@ -82,14 +84,16 @@ impl RingFeatures {
     /// `IORING_SETUP_TASKRUN_FLAG`: the kernel flags pending completion work in the SQ ring.
     pub const TASKRUN_FLAG: Self = Self(1 << 5);
     /// What a builder asks for unless told otherwise (each flag dropped again where the
-    /// kernel refuses it): none. Measured on this loop (`benches/setup.rs`: NOPs at
-    /// batch 1 and 32, a pipe read completed by task work, a sleeping ping-pong; and the
-    /// kick/notify wake-up cycles), no flag or pair beat the kernel's default on every
-    /// row beyond the noise: NOPs complete inline, so the task-run flags have nothing
-    /// to defer, and a wake-up of the sleeping loop costs the same two syscalls under
-    /// every setup. `SINGLE_ISSUER`/`DEFER_TASKRUN` also change what a drop on another
-    /// thread can do (setup rule S3), so they stay opt-in.
-    pub const DEFAULT: Self = Self::NONE;
+    /// kernel refuses it): `COOP_TASKRUN` and `TASKRUN_FLAG`. Measured on this loop
+    /// (`benches/setup.rs` and BENCHMARKS.md's "ring setup flags" table; `benches/dio.sh`),
+    /// they cost nothing on NOPs, a task-work pipe read or a sleeping ping-pong, and
+    /// O_DIRECT reads at depth 32 on a block device whose reads go through io-wq
+    /// workers ran about 1.3× faster with them: the workers' completions no longer
+    /// interrupt the loop's thread, which takes them at its next enter, flagged by
+    /// `IORING_SQ_TASKRUN` ([S2]). The kick's syscalls do not change. `SINGLE_ISSUER`/
+    /// `DEFER_TASKRUN` bind the ring to one thread (setup rule S3: a context dropped
+    /// elsewhere leaks what it has in flight), so they stay opt-in.
+    pub const DEFAULT: Self = Self(Self::COOP_TASKRUN.0 | Self::TASKRUN_FLAG.0);
 
     const NAMES: [(Self, &'static str); 6] = [
         (Self::SQPOLL, "sqpoll"),
@@ -283,7 +287,8 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl RingSetup {
-    /// Adds the flags of [`RING_SETUP_ENV`] that the builder left alone, as required.
+    /// Applies [`RING_SETUP_ENV`] to the flags the builder left alone: its flags
+    /// required (with what they imply), the defaults it does not name off.
     ///
     /// # Errors
     /// An invalid value, or `sqpoll`/`iopoll` in it (`InvalidInput`, naming the variable).
@@ -309,8 +314,15 @@ impl RingSetup {
                 )));
             }
         }
-        let untouched = flags.difference(self.on).difference(self.off);
-        self.on = self.on.union(untouched);
+        let untouched = |f: RingFeatures| f.difference(self.on).difference(self.off);
+        // `TASKRUN_FLAG` is not turned off by name: it goes with the task-run flags,
+        // implied by a named one ([S2]) or dropped with `COOP_TASKRUN` by `wished`.
+        let unnamed = RingFeatures::DEFAULT
+            .difference(flags)
+            .difference(RingFeatures::TASKRUN_FLAG);
+        let (on, off) = (untouched(flags), untouched(unnamed));
+        self.on = self.on.union(on);
+        self.off = self.off.union(off);
         Ok(self)
     }
 
