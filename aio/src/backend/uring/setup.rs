@@ -90,7 +90,7 @@ impl RingFeatures {
     /// O_DIRECT reads at depth 32 on a block device whose reads go through io-wq
     /// workers ran about 1.3× faster with them: the workers' completions no longer
     /// interrupt the loop's thread, which takes them at its next enter, flagged by
-    /// `IORING_SQ_TASKRUN` ([S2]). The kick's syscalls do not change. `SINGLE_ISSUER`/
+    /// `IORING_SQ_TASKRUN` (setup rule S2). The kick's syscalls do not change. `SINGLE_ISSUER`/
     /// `DEFER_TASKRUN` bind the ring to one thread (setup rule S3: a context dropped
     /// elsewhere leaks what it has in flight), so they stay opt-in.
     pub const DEFAULT: Self = Self(Self::COOP_TASKRUN.0 | Self::TASKRUN_FLAG.0);
