@@ -18,6 +18,9 @@ use std::time::Instant;
 use aioctx_aio::AioContext;
 use criterion::{Criterion, criterion_group};
 
+#[path = "common/cputime.rs"]
+mod cputime;
+
 /// The callbacks' work: a plain increment, as the floors' `Cell` does (a BH callback
 /// must be `Send`, hence the atomic; only the home thread runs these, so a load and a
 /// store suffice and the rows do not pay a locked RMW that the floors do not).
@@ -170,18 +173,6 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// Thread-CPU nanoseconds.
-fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Best thread-CPU nanoseconds per op over `RUNS` runs of `OPS` calls of `op`.
 fn best_ns(mut op: impl FnMut()) -> f64 {
     const RUNS: usize = 15;
@@ -191,11 +182,11 @@ fn best_ns(mut op: impl FnMut()) -> f64 {
     }
     (0..RUNS)
         .map(|_| {
-            let t = cpu_ns();
+            let t = cputime::thread_cpu_ns();
             for _ in 0..OPS {
                 op();
             }
-            (cpu_ns() - t) as f64 / OPS as f64
+            (cputime::thread_cpu_ns() - t) as f64 / OPS as f64
         })
         .fold(f64::INFINITY, f64::min)
 }
@@ -240,13 +231,13 @@ fn cpu_time_rows() {
         let count = std::rc::Rc::new(Cell::new(0u64));
         let mut best = f64::INFINITY;
         for _ in 0..15 {
-            let t = cpu_ns();
+            let t = cputime::thread_cpu_ns();
             for _ in 0..100_000 {
                 let c = std::rc::Rc::clone(&count);
                 drop(tokio::task::spawn_local(async move { c.set(c.get() + 1) }));
                 tokio::task::yield_now().await;
             }
-            best = best.min((cpu_ns() - t) as f64 / 100_000.0);
+            best = best.min((cputime::thread_cpu_ns() - t) as f64 / 100_000.0);
         }
         best
     });

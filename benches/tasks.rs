@@ -23,6 +23,9 @@ use criterion::{Criterion, criterion_group};
 use tokio::runtime::Runtime;
 use tokio::task::LocalSet;
 
+#[path = "common/cputime.rs"]
+mod cputime;
+
 /// Wakes its own task `left` times (returning `Pending` each time), then completes.
 struct SelfWake {
     left: u64,
@@ -145,18 +148,6 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// The calling thread's CPU time, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer for the call's duration.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// `TASKS_CPU_TIME=1`: the rows in thread CPU time (see the module docs).
 fn cpu_time() {
     const OPS: u64 = 100_000;
@@ -166,9 +157,9 @@ fn cpu_time() {
     let mut best = vec![u64::MAX; rows.len()];
     for _ in 0..RUNS {
         for (i, (_, run)) in rows.iter().enumerate() {
-            let t = thread_cpu_ns();
+            let t = cputime::thread_cpu_ns();
             run(OPS);
-            best[i] = best[i].min(thread_cpu_ns() - t);
+            best[i] = best[i].min(cputime::thread_cpu_ns() - t);
         }
     }
     let per_op = |i: usize| best[i] as f64 / OPS as f64;

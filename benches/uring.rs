@@ -28,6 +28,9 @@ use aioctx_aio::{AioContext, ClockType, CompletionHandler, DEFAULT_RING_ENTRIES}
 use criterion::{Criterion, criterion_group, criterion_main};
 use io_uring::{IoUring, opcode};
 
+#[path = "common/cputime.rs"]
+mod cputime;
+
 static DONE: AtomicU64 = AtomicU64::new(0);
 
 /// The clock of every row: wall time, or with `BENCH_CLOCK=thread` the measuring
@@ -38,14 +41,7 @@ fn stamp() -> Duration {
     static THREAD: OnceLock<bool> = OnceLock::new();
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     if *THREAD.get_or_init(|| std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "thread")) {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec for the kernel to fill.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        Duration::from_nanos(cputime::thread_cpu_ns())
     } else {
         EPOCH.get_or_init(Instant::now).elapsed()
     }

@@ -262,10 +262,10 @@ fn notify_from_another_thread_wakes_a_sleeping_loop_on_each_setup() {
 #[test]
 fn bad_combinations_are_refused_with_the_kernels_reason() {
     if let Ok(v) = std::env::var(aioctx::aio::RING_SETUP_ENV) {
-        // Its flags are added to every builder: "taskrun_flag alone" is not alone then.
+        // It sets every builder's flags: "taskrun_flag alone" is not alone then.
         say_skipped(&format!(
-            "skipped bad_combinations_are_refused_with_the_kernels_reason: {}={v} adds flags \
-             to the combinations under test",
+            "skipped bad_combinations_are_refused_with_the_kernels_reason: {}={v} changes the \
+             flags of the combinations under test",
             aioctx::aio::RING_SETUP_ENV
         ));
         return;
